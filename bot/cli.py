@@ -1,0 +1,9 @@
+"""The `run` and `sync-commands` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    return None

@@ -1,0 +1,54 @@
+"""The metadata file written beside an exported model (`moodring.json`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+METADATA_FILE = "moodring.json"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelMetadata:
+    """Everything needed to use and to reproduce an exported model, besides its weights."""
+
+    labels: list[str]
+    thresholds: list[float]
+    global_threshold: float
+    ekman_mapping: dict[str, list[str]]
+    sentiment_mapping: dict[str, list[str]]
+    backbone: str
+    max_length: int
+    training_args: dict[str, Any] = field(default_factory=dict)
+    data_checksums: dict[str, str] = field(default_factory=dict)
+    dev_metrics: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    git_commit: str | None = None
+    created_at: str | None = None
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if len(self.thresholds) != len(self.labels):
+            raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.labels)} labels")
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / METADATA_FILE
+        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ModelMetadata:
+        path = Path(directory) / METADATA_FILE
+        data = json.loads(path.read_text(encoding="utf-8"))
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{path}: metadata format {version!r}, this moodring reads {FORMAT_VERSION}")
+        return cls(**data)
+
+    def group_of(self, mapping: dict[str, list[str]]) -> dict[str, str]:
+        """Invert a group -> labels mapping; labels in no group (neutral) map to themselves."""
+        inverse = {label: group for group, members in mapping.items() for label in members}
+        return {label: inverse.get(label, label) for label in self.labels}

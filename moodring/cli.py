@@ -1,0 +1,43 @@
+"""`moodring train | evaluate | classify | run | sync-commands`.
+
+Each package registers its own subcommands and imports its heavy modules only when one runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from dotenv import load_dotenv
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bot import cli as bot_cli
+    from model import cli as model_cli
+    from training import cli as training_cli
+
+    parser = argparse.ArgumentParser(prog="moodring", description="Emotion-aware Discord bot and its GoEmotions model.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    training_cli.register(commands)
+    model_cli.register(commands)
+    bot_cli.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    load_dotenv()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "accelerate", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.handler(args) or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

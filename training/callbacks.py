@@ -1,0 +1,135 @@
+"""Tez callbacks for what Tez 0.7.2 gets wrong or lacks.
+
+Tez averages metrics per batch (wrong for F1), its `EarlyStopping` uses `np.Inf` (gone in NumPy 2)
+and its full checkpoints pickle a config that `torch.load` refuses by default. `DevEvaluation`
+replaces all three: it scores the whole dev split, saves the best weights as safetensors and stops
+on a patience. `ProgressLog` writes machine-readable progress for the bot's retrain command.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from tez import enums
+from tez.callbacks import Callback
+from torch.utils.data import DataLoader
+
+from training.metrics import PAPER_THRESHOLD, f1_scores, tune_thresholds
+
+log = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def predict_scores(network: torch.nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid scores and targets for every row of `loader`, in order."""
+    was_training = network.training
+    network.eval()
+    device = next(network.parameters()).device
+    scores, targets = [], []
+    for batch in loader:
+        logits = network(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+        scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+        targets.append(batch["targets"].numpy())
+    network.train(was_training)
+    return np.concatenate(scores), np.concatenate(targets).astype(bool)
+
+
+def dev_summary(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dev macro-F1 with per-label tuned thresholds (the selection metric), and at 0.3 and 0.5."""
+    thresholds = tune_thresholds(truth, scores)
+    return {
+        "macro_f1": float(f1_scores(truth, scores >= thresholds).mean()),
+        "macro_f1_at_0.3": float(f1_scores(truth, scores >= PAPER_THRESHOLD).mean()),
+        "macro_f1_at_0.5": float(f1_scores(truth, scores >= 0.5).mean()),
+    }
+
+
+class DevEvaluation(Callback):
+    """After each epoch: score the whole dev split, keep the best weights, stop after `patience` misses."""
+
+    def __init__(
+        self,
+        dev_loader: DataLoader,
+        checkpoint_dir: Path,
+        patience: int,
+        min_delta: float = 0.0,
+        on_evaluated: Callable[[int, dict], None] | None = None,
+    ) -> None:
+        self.dev_loader = dev_loader
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.patience = patience
+        self.min_delta = min_delta
+        self.on_evaluated = on_evaluated
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.misses = 0
+        self.history: list[dict] = []
+
+    def on_epoch_end(self, tez_trainer, **kwargs) -> None:
+        network = tez_trainer._driver.unwrap_model(tez_trainer.model).network
+        summary = dev_summary(*predict_scores(network, self.dev_loader))
+        epoch = tez_trainer.current_epoch + 1
+        self.history.append({"epoch": epoch, **summary})
+        tez_trainer.metrics["valid"].update(summary)
+        score = summary["macro_f1"]
+        if self.best_score is None or score > self.best_score + self.min_delta:
+            log.info("epoch %d: dev macro-F1 %.4f (best so far), saving %s", epoch, score, self.checkpoint_dir)
+            self.best_score, self.best_epoch, self.misses = score, epoch, 0
+            network.save_pretrained(self.checkpoint_dir)
+        else:
+            self.misses += 1
+            log.info(
+                "epoch %d: dev macro-F1 %.4f, best %.4f at epoch %d (%d/%d epochs without improvement)",
+                epoch, score, self.best_score, self.best_epoch, self.misses, self.patience,
+            )
+            if self.misses >= self.patience:
+                log.info("stopping early")
+                tez_trainer.model_state = enums.ModelState.END
+        if self.on_evaluated is not None:
+            self.on_evaluated(epoch, summary)
+
+
+class ProgressLog(Callback):
+    """Append JSON lines (`step` at most every `interval` seconds, `dev` after each epoch) to a file."""
+
+    def __init__(self, path: Path, num_epochs: int, interval: float = 2.0) -> None:
+        self.path = Path(path)
+        self.num_epochs = num_epochs
+        self.interval = interval
+        self.started = time.monotonic()
+        self.last_write = 0.0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("", encoding="utf-8")
+
+    def write(self, event: str, **fields) -> None:
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"event": event, "time": time.time(), **fields}) + "\n")
+
+    def on_train_step_end(self, tez_trainer, **kwargs) -> None:
+        now = time.monotonic()
+        step, total = tez_trainer._train_step, tez_trainer.num_train_steps
+        if now - self.last_write < self.interval and step != total:
+            return
+        self.last_write = now
+        elapsed = now - self.started
+        eta = elapsed / step * (total - step) if step else None
+        loss = tez_trainer.metrics["train"].get("loss")
+        self.write(
+            "step",
+            epoch=tez_trainer.current_epoch + 1,
+            epochs=self.num_epochs,
+            step=step,
+            total_steps=total,
+            elapsed_s=round(elapsed, 1),
+            eta_s=None if eta is None else round(eta, 1),
+            loss=None if loss is None else float(loss),
+        )
+
+    def dev(self, epoch: int, summary: dict) -> None:
+        self.write("dev", epoch=epoch, **summary)

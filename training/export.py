@@ -1,0 +1,72 @@
+"""Write a self-contained model directory: weights, config, tokenizer and `moodring.json`."""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+from model.metadata import ModelMetadata
+from model.network import SqueezeBertForEmotions
+
+
+def library_versions() -> dict[str, str]:
+    import datasets
+    import numpy
+    import tez
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tez": getattr(tez, "__version__", "0.7.2"),
+        "datasets": datasets.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def git_commit() -> str | None:
+    """The commit this code runs from, with `-dirty` if the tree has changes; None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, check=True, timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def export_model(network: SqueezeBertForEmotions, tokenizer, metadata: ModelMetadata, out: Path) -> Path:
+    """Write the model to `out`, replacing what was there only once the new copy is complete."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    network.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    metadata.save(staging)
+    replace_directory(staging, out)
+    return out
+
+
+def replace_directory(new: Path, target: Path) -> None:
+    """Move `new` to `target`; an existing `target` is moved aside first and deleted last."""
+    retired = target.parent / f".{target.name}.retired-{os.getpid()}"
+    if target.exists():
+        os.replace(target, retired)
+    os.replace(new, target)
+    shutil.rmtree(retired, ignore_errors=True)

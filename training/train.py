@@ -1,0 +1,161 @@
+"""Fine-tune SqueezeBERT on GoEmotions with Tez, tune thresholds on dev, export.
+
+Read top to bottom: data -> backbone -> loaders -> Tez fit (with our dev callback) -> best
+checkpoint -> dev thresholds -> export. The test split is never read here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tez import Tez, TezConfig
+from torch.utils.data import DataLoader
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from model.classifier import default_model_dir
+from model.metadata import ModelMetadata
+from model.network import SqueezeBertForEmotions
+from training.backbones import DEFAULT_BACKBONE, load_backbone
+from training.callbacks import DevEvaluation, ProgressLog, predict_scores
+from training.data import LengthGroupedSampler, PadCollator, encode, load_goemotions, resolve_data_dir
+from training.export import export_model, git_commit, library_versions, now_iso
+from training.metrics import classification_report, tune_global_threshold, tune_thresholds
+from training.module import TezEmotionModel
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training could not produce a model."""
+
+
+@dataclass
+class TrainArgs:
+    data_dir: str | None = None
+    backbone: str = DEFAULT_BACKBONE
+    out: str | None = None  # default: MOODRING_MODEL_DIR or models/moodring-goemotions
+    work_dir: str | None = None  # best checkpoint and progress log; default: runs/<out name>
+    epochs: int = 4
+    batch_size: int = 32
+    learning_rate: float = 8e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_length: int = 64
+    dropout: float = 0.1
+    seed: int = 42
+    workers: int = 0
+    patience: int = 2
+    precision: str = "fp32"  # fp32, fp16 or bf16 (the last two on a GPU)
+    train_limit: int | None = None  # use only the first N training rows (quick runs, tests)
+    dev_limit: int | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+def train(args: TrainArgs) -> Path:
+    """Run one training and export the best model; returns the export directory."""
+    out = Path(args.out) if args.out else default_model_dir()
+    work_dir = Path(args.work_dir) if args.work_dir else Path("runs") / out.name
+    checkpoint_dir = work_dir / "best"
+    seed_everything(args.seed)
+
+    data = load_goemotions(resolve_data_dir(args.data_dir), splits=("train", "dev"))
+    train_split, dev_split = data.splits["train"], data.splits["dev"]
+    if args.train_limit:
+        train_split = train_split.select(range(min(args.train_limit, len(train_split))))
+    if args.dev_limit:
+        dev_split = dev_split.select(range(min(args.dev_limit, len(dev_split))))
+    log.info("data: %s (train %d rows, dev %d rows)", data.source, len(train_split), len(dev_split))
+
+    backbone = load_backbone(args.backbone, data.labels, dropout=args.dropout)
+    log.info("backbone: %s (%s from %s)", backbone.name, backbone.kind, backbone.source)
+    tokenizer = backbone.tokenizer
+    num_labels = len(data.labels)
+    train_rows = encode(train_split, tokenizer, args.max_length, num_labels)
+    dev_rows = encode(dev_split, tokenizer, args.max_length, num_labels)
+
+    collate = PadCollator(tokenizer.pad_token_id)
+    lengths = [len(ids) for ids in train_rows["input_ids"]]
+    train_loader = DataLoader(
+        train_rows,
+        batch_size=args.batch_size,
+        sampler=LengthGroupedSampler(lengths, args.batch_size, seed=args.seed),
+        collate_fn=collate,
+        num_workers=args.workers,
+    )
+    dev_loader = DataLoader(dev_rows, batch_size=64, shuffle=False, collate_fn=collate, num_workers=args.workers)
+    num_train_steps = len(train_loader) * args.epochs
+
+    module = TezEmotionModel(
+        backbone.network,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        num_train_steps=num_train_steps,
+    )
+    progress = ProgressLog(work_dir / "progress.jsonl", num_epochs=args.epochs)
+    dev_evaluation = DevEvaluation(dev_loader, checkpoint_dir, patience=args.patience, on_evaluated=progress.dev)
+    config = TezConfig(
+        training_batch_size=args.batch_size,
+        epochs=args.epochs,
+        step_scheduler_after="batch",
+        clip_grad_norm=1.0,
+        num_jobs=args.workers,
+        fp16=args.precision == "fp16",
+        bf16=args.precision == "bf16",
+        pin_memory=torch.cuda.is_available(),
+    )
+    trainer = Tez(module)
+    log.info("training: %d epochs x %d steps, batch %d", args.epochs, len(train_loader), args.batch_size)
+    try:
+        with logging_redirect_tqdm():
+            trainer.fit(train_rows, config=config, train_loader=train_loader, callbacks=[dev_evaluation, progress])
+    except KeyboardInterrupt:
+        log.warning("interrupted: exporting the best checkpoint so far")
+    if dev_evaluation.best_score is None:
+        raise TrainingError("no epoch finished, so there is no checkpoint to export")
+
+    network = SqueezeBertForEmotions.from_pretrained(checkpoint_dir)
+    scores, truth = predict_scores(network, dev_loader)
+    thresholds = tune_thresholds(truth, scores)
+    global_threshold = tune_global_threshold(truth, scores)
+    report = classification_report(truth, scores >= thresholds, data.labels)
+    dev_metrics = {
+        "rows": len(dev_split),
+        "macro_f1": report["macro_f1"],
+        "micro_f1": report["micro_f1"],
+        "best_epoch": dev_evaluation.best_epoch,
+        "history": dev_evaluation.history,
+    }
+    log.info("best epoch %d: dev macro-F1 %.4f, micro-F1 %.4f", dev_evaluation.best_epoch,
+             report["macro_f1"], report["micro_f1"])
+    metadata = ModelMetadata(
+        labels=data.labels,
+        thresholds=[float(t) for t in thresholds],
+        global_threshold=global_threshold,
+        ekman_mapping=data.ekman_mapping,
+        sentiment_mapping=data.sentiment_mapping,
+        backbone=f"{backbone.name} ({backbone.kind} from {backbone.source})",
+        max_length=args.max_length,
+        training_args=asdict(args),
+        data_checksums=data.checksums,
+        dev_metrics=dev_metrics,
+        versions=library_versions(),
+        git_commit=git_commit(),
+        created_at=now_iso(),
+    )
+    export_model(network, tokenizer, metadata, out)
+    progress.write("done", out=str(out), dev_macro_f1=report["macro_f1"])
+    log.info("exported %s", out)
+    return out
