@@ -3,7 +3,58 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+
+BAR_WIDTH = 20
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    return None
+    classify = commands.add_parser("classify", help="print the top-5 emotions of each text")
+    classify.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (default: one per stdin line)")
+    classify.add_argument(
+        "--model", help="exported model directory (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"
+    )
+    classify.add_argument("--top-k", type=int, default=5, help="emotions to show per text (default: 5)")
+    classify.add_argument("--json", action="store_true", help="print a JSON list, one object per text")
+    classify.set_defaults(handler=run_classify)
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from model.classifier import EmotionClassifier, ModelNotFoundError
+
+    texts = args.texts or [line.rstrip("\n") for line in sys.stdin]
+    if not texts:
+        print("moodring classify: no text given (pass TEXT arguments or lines on stdin)", file=sys.stderr)
+        return 2
+    try:
+        classifier = EmotionClassifier.load(args.model)
+    except ModelNotFoundError as error:
+        print(f"moodring classify: {error}", file=sys.stderr)
+        return 2
+    predictions = classifier.predict(texts, top_k=args.top_k)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in predictions], ensure_ascii=False, indent=2))
+        return 0
+    for prediction in predictions:
+        print(format_prediction(prediction))
+    return 0
+
+
+def format_prediction(prediction) -> str:
+    """A small text table: label, score bar, score, and a check mark when above threshold."""
+    shown = prediction.text if len(prediction.text) <= 100 else prediction.text[:99] + "…"
+    lines = [f"“{shown}”"]
+    if not prediction.top:
+        lines.append("  (empty text: nothing to classify)")
+    for item in prediction.top:
+        filled = round(item.score * BAR_WIDTH)
+        bar = "█" * filled + "·" * (BAR_WIDTH - filled)
+        mark = "✓" if item.above_threshold else " "
+        lines.append(f"  {mark} {item.label:<15}{bar} {item.score:.3f}")
+    if prediction.top:
+        lines.append(
+            f"  labels: {', '.join(prediction.labels) or '(none above threshold)'} | "
+            f"ekman: {', '.join(prediction.ekman)} | sentiment: {', '.join(prediction.sentiment)}"
+        )
+    return "\n".join(lines) + "\n"

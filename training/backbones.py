@@ -67,7 +67,8 @@ def load_backbone(name: str, labels: list[str], dropout: float = 0.1) -> Backbon
         "classifier_dropout": dropout,
     }
     if config.model_type == "squeezebert":
-        network = SqueezeBertForEmotions.from_pretrained(source, **label_config)
+        config.update(label_config)
+        network = SqueezeBertForEmotions.from_pretrained(source, config=config)
         kind = "squeezebert"
     elif config.model_type == "bert":
         network = SqueezeBertForEmotions(squeezebert_config_from_bert(config, **label_config))

@@ -86,7 +86,12 @@ class DevEvaluation(Callback):
             self.misses += 1
             log.info(
                 "epoch %d: dev macro-F1 %.4f, best %.4f at epoch %d (%d/%d epochs without improvement)",
-                epoch, score, self.best_score, self.best_epoch, self.misses, self.patience,
+                epoch,
+                score,
+                self.best_score,
+                self.best_epoch,
+                self.misses,
+                self.patience,
             )
             if self.misses >= self.patience:
                 log.info("stopping early")

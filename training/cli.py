@@ -66,7 +66,7 @@ def run_train(args: argparse.Namespace) -> int:
     except (DataError, BackboneError, TrainingError) as error:
         print(f"moodring train: {error}", file=sys.stderr)
         return 2
-    print(f"Model exported to {out}. Try: moodring classify --model {out} \"What a lovely surprise!\"")
+    print(f'Model exported to {out}. Try: moodring classify --model {out} "What a lovely surprise!"')
     return 0
 
 

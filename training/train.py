@@ -138,8 +138,12 @@ def train(args: TrainArgs) -> Path:
         "best_epoch": dev_evaluation.best_epoch,
         "history": dev_evaluation.history,
     }
-    log.info("best epoch %d: dev macro-F1 %.4f, micro-F1 %.4f", dev_evaluation.best_epoch,
-             report["macro_f1"], report["micro_f1"])
+    log.info(
+        "best epoch %d: dev macro-F1 %.4f, micro-F1 %.4f",
+        dev_evaluation.best_epoch,
+        report["macro_f1"],
+        report["micro_f1"],
+    )
     metadata = ModelMetadata(
         labels=data.labels,
         thresholds=[float(t) for t in thresholds],

@@ -1,0 +1,68 @@
+"""Shared fixtures: the GoEmotions directory and a tiny SqueezeBERT trained through the real Tez loop."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("GOEMOTIONS_DIR") or REPO.parent / "shared" / "data" / "goemotions")
+
+
+@pytest.fixture(scope="session")
+def goemotions_dir() -> Path:
+    if not (DATA_DIR / "train.tsv").is_file():
+        pytest.fail(f"GoEmotions not found at {DATA_DIR}; set GOEMOTIONS_DIR")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer SqueezeBERT (grouped convolutions) with the MiniLM tokenizer."""
+    from transformers import AutoTokenizer, SqueezeBertConfig, SqueezeBertModel
+
+    from training.backbones import minilm_directory
+
+    directory = tmp_path_factory.mktemp("tiny-squeezebert")
+    tokenizer = AutoTokenizer.from_pretrained(minilm_directory())
+    config = SqueezeBertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        embedding_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        q_groups=2,
+        k_groups=2,
+        v_groups=2,
+        post_attention_groups=2,
+        intermediate_groups=4,
+        output_groups=4,
+    )
+    SqueezeBertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir: Path, goemotions_dir: Path) -> Path:
+    """The tiny backbone fine-tuned for one epoch on a slice of GoEmotions with Tez, then exported."""
+    from training.train import TrainArgs, train
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    args = TrainArgs(
+        data_dir=str(goemotions_dir),
+        backbone=str(tiny_backbone_dir),
+        out=str(root / "model"),
+        work_dir=str(root / "run"),
+        epochs=1,
+        batch_size=32,
+        learning_rate=1e-3,
+        max_length=32,
+        train_limit=512,
+        dev_limit=256,
+    )
+    return train(args)

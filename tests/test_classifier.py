@@ -1,0 +1,88 @@
+"""`EmotionClassifier.predict` on awkward inputs, and the `classify` command built on it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from model import EmotionClassifier, ModelNotFoundError
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_model_dir: Path) -> EmotionClassifier:
+    return EmotionClassifier.load(tiny_model_dir)
+
+
+def test_predict_ranks_top_k_with_threshold_marks(classifier: EmotionClassifier) -> None:
+    (prediction,) = classifier.predict(["Thank you so much, this made my day!"], top_k=5)
+    scores = [item.score for item in prediction.top]
+    assert len(prediction.top) == 5 and scores == sorted(scores, reverse=True)
+    assert len({item.label for item in prediction.top}) == 5
+    for item in prediction.top:
+        threshold = classifier.thresholds[classifier.labels.index(item.label)]
+        assert item.above_threshold == (item.score >= threshold)
+    assert all(label in classifier.labels for label in prediction.labels)
+    assert prediction.ekman and prediction.sentiment
+    assert set(prediction.sentiment) <= {"positive", "negative", "ambiguous", "neutral"}
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_empty_texts_get_empty_predictions(classifier: EmotionClassifier, text: str) -> None:
+    (prediction,) = classifier.predict([text])
+    assert prediction.text == text and prediction.top == [] and prediction.labels == []
+
+
+def test_awkward_inputs_in_one_batch_keep_their_order(classifier: EmotionClassifier) -> None:
+    texts = ["😂😂😂", "", "Je suis tellement heureux aujourd'hui !", "這太棒了", "a" * 10_000, "ok " * 5000]
+    predictions = classifier.predict(texts)
+    assert [p.text for p in predictions] == texts
+    assert predictions[1].top == []
+    for prediction in predictions[:1] + predictions[2:]:
+        assert len(prediction.top) == 5
+        assert all(0.0 <= item.score <= 1.0 for item in prediction.top)
+
+
+def test_batching_does_not_change_scores(classifier: EmotionClassifier) -> None:
+    texts = ["short", "a somewhat longer sentence about nothing in particular", "mid length text"]
+    together = classifier.predict_scores(texts, batch_size=3)
+    alone = [classifier.predict_scores([t])[0] for t in texts]
+    for row, single in zip(together, alone, strict=True):
+        assert abs(row - single).max() < 1e-5
+
+
+def test_missing_model_says_how_to_train(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="moodring train"):
+        EmotionClassifier.load(tmp_path)
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "moodring", *args], input=stdin, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_classify_json(tiny_model_dir: Path) -> None:
+    result = run_cli("classify", "--model", str(tiny_model_dir), "--json", "I love it", "")
+    assert result.returncode == 0, result.stderr
+    items = json.loads(result.stdout)
+    assert [item["text"] for item in items] == ["I love it", ""]
+    assert set(items[0]) == {"text", "top", "labels", "ekman", "sentiment"}
+    assert len(items[0]["top"]) == 5
+    assert set(items[0]["top"][0]) == {"label", "score", "above_threshold"}
+
+
+def test_classify_table_from_stdin(tiny_model_dir: Path) -> None:
+    result = run_cli("classify", "--model", str(tiny_model_dir), stdin="first line\nsecond line\n")
+    assert result.returncode == 0, result.stderr
+    assert "“first line”" in result.stdout and "“second line”" in result.stdout
+    assert result.stdout.count("█") + result.stdout.count("·") == 2 * 5 * 20  # 5 bars of 20 cells per text
+
+
+def test_classify_without_model_is_a_clear_error(tmp_path: Path) -> None:
+    result = run_cli("classify", "--model", str(tmp_path / "none"), "hi")
+    assert result.returncode == 2
+    assert "moodring train" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,135 @@
+"""The real Tez loop on a tiny SqueezeBERT: train, export, reload, evaluate, interrupt, repeat."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from safetensors.torch import load_file
+
+from model import EmotionClassifier, ModelMetadata
+from training.evaluate import evaluate
+from training.train import TrainArgs, train
+
+
+def test_export_is_self_contained(tiny_model_dir: Path) -> None:
+    names = {p.name for p in tiny_model_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "moodring.json"} <= names
+    assert not any(name.endswith((".bin", ".pt")) for name in names)
+
+
+def test_metadata_round_trip(tiny_model_dir: Path, tiny_backbone_dir: Path) -> None:
+    meta = ModelMetadata.load(tiny_model_dir)
+    assert len(meta.labels) == 28 and meta.labels[-1] == "neutral"
+    assert len(meta.thresholds) == 28 and all(0 < t < 1 for t in meta.thresholds)
+    assert 0 < meta.global_threshold < 1
+    assert str(tiny_backbone_dir) in meta.backbone
+    assert meta.training_args["epochs"] == 1 and meta.training_args["train_limit"] == 512
+    assert set(meta.data_checksums) >= {"train.tsv", "dev.tsv", "emotions.txt"}
+    assert "test.tsv" not in meta.data_checksums  # training never reads the test split
+    assert meta.dev_metrics["rows"] == 256 and 0 <= meta.dev_metrics["macro_f1"] <= 1
+    assert meta.dev_metrics["history"][0]["epoch"] == 1
+    assert {"torch", "transformers", "tez"} <= set(meta.versions)
+    assert "joy" in meta.ekman_mapping["joy"]
+    meta.save(tiny_model_dir.parent)  # write it elsewhere and read it back unchanged
+    assert ModelMetadata.load(tiny_model_dir.parent) == meta
+
+
+def test_exported_model_predicts_what_training_measured(tiny_model_dir: Path, goemotions_dir: Path) -> None:
+    report = evaluate(tiny_model_dir, split="dev", data_dir=goemotions_dir)
+    assert report["rows"] == 5426
+    assert set(report["decision_rules"]) == {"per_label", "global", "paper_0.3"}
+    assert set(report["ekman"]["per_label"]["per_label"]) == {
+        "anger",
+        "disgust",
+        "fear",
+        "joy",
+        "sadness",
+        "surprise",
+        "neutral",
+    }
+    assert set(report["sentiment"]["paper_0.3"]["per_label"]) == {"positive", "negative", "ambiguous", "neutral"}
+    assert Path(report["files"]["chart"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads(Path(report["files"]["json"]).read_text())
+    assert saved["macro_f1"] == report["macro_f1"]
+
+
+def test_same_seed_same_result(tmp_path: Path, tiny_backbone_dir: Path, goemotions_dir: Path) -> None:
+    def run(name: str, seed: int) -> dict:
+        out = train(
+            TrainArgs(
+                data_dir=str(goemotions_dir),
+                backbone=str(tiny_backbone_dir),
+                out=str(tmp_path / name),
+                work_dir=str(tmp_path / f"{name}-run"),
+                epochs=1,
+                batch_size=16,
+                learning_rate=1e-3,
+                max_length=24,
+                train_limit=96,
+                dev_limit=64,
+                seed=seed,
+            )
+        )
+        return load_file(str(out / "model.safetensors"))
+
+    first, second, other = run("a", 7), run("b", 7), run("c", 8)
+    assert all(np.array_equal(first[k].numpy(), second[k].numpy()) for k in first)
+    assert not all(np.array_equal(first[k].numpy(), other[k].numpy()) for k in first)
+
+
+def test_ctrl_c_keeps_the_best_checkpoint(tmp_path: Path, tiny_backbone_dir: Path, goemotions_dir: Path) -> None:
+    out, work = tmp_path / "model", tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "moodring",
+        "train",
+        "--data-dir",
+        str(goemotions_dir),
+        "--backbone",
+        str(tiny_backbone_dir),
+        "--out",
+        str(out),
+        "--work-dir",
+        str(work),
+        "--epochs",
+        "50",
+        "--patience",
+        "50",
+        "--train-limit",
+        "64",
+        "--dev-limit",
+        "32",
+        "--max-length",
+        "16",
+        "--batch-size",
+        "16",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    progress = work / "progress.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if progress.exists() and '"event": "dev"' in progress.read_text():
+            break
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert "exporting the best checkpoint so far" in output
+    meta = ModelMetadata.load(out)
+    assert 1 <= meta.dev_metrics["best_epoch"] < 50
+    assert EmotionClassifier.load(out).predict(["still works"])[0].top
