@@ -1,0 +1,33 @@
+# Two commands do all set-up: `make train` (the main job) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+GOEMOTIONS_DIR ?= $(abspath ../shared/data/goemotions)
+export GOEMOTIONS_DIR
+
+.PHONY: install train test lint benchmark
+
+# torch first, pinned to the CPU wheel: a bare `torch` requirement would pull a multi-GB CUDA build.
+$(BIN)/moodring: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[offline,test]'
+	touch $@
+
+install: $(BIN)/moodring
+
+## Fine-tune SqueezeBERT (offline MiniLM start) on GoEmotions, then report on the test split.
+train: install
+	$(BIN)/moodring train --backbone minilm
+	$(BIN)/moodring evaluate --split test
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+benchmark: install
+	$(BIN)/python benchmarks/speed.py

@@ -1,0 +1,108 @@
+"""`MoodringBot`: start-up in `setup_hook`, one cog per concern, shared services on the bot."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.config import BotConfig
+from bot.inference import InferenceService
+from bot.store import Store
+from model import ModelNotFoundError
+
+log = logging.getLogger(__name__)
+
+COGS = ("bot.cogs.emotions", "bot.cogs.admin")
+
+
+def intents_for(config: BotConfig) -> discord.Intents:
+    """Guilds and guild messages; message content (privileged) only for automatic analysis."""
+    intents = discord.Intents.none()
+    intents.guilds = True
+    intents.guild_messages = True
+    intents.guild_reactions = False
+    intents.message_content = config.message_content
+    return intents
+
+
+class MoodringBot(commands.AutoShardedBot):
+    """Works with any number of shards: nothing here assumes a single gateway connection."""
+
+    def __init__(self, config: BotConfig) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents_for(config),
+            allowed_mentions=discord.AllowedMentions.none(),
+            owner_ids=set(config.owner_ids) or None,
+            help_command=None,
+        )
+        self.config = config
+        self.inference = InferenceService(
+            max_batch=config.batch_size, max_wait=config.batch_wait_ms / 1000, queue_size=config.queue_size
+        )
+        self.store: Store | None = None
+        self.counters: Counter[str] = Counter()
+
+    async def setup_hook(self) -> None:
+        self.store = await Store.open(self.config.database)
+        self.inference.start()
+        await self.load_model()
+        for extension in COGS:
+            await self.load_extension(extension)
+        self.tree.on_error = self.on_app_command_error
+        if self.config.dev_guild_id:
+            guild = discord.Object(id=self.config.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d commands to development guild %s", len(synced), self.config.dev_guild_id)
+
+    async def load_model(self) -> bool:
+        """Serve the exported model if there is one; the bot runs (and says so) without it."""
+        try:
+            await self.inference.load(self.config.model_dir)
+        except ModelNotFoundError as error:
+            log.warning("%s", error)
+            return False
+        except Exception:
+            log.exception("could not load the model in %s; answering without one", self.config.model_dir)
+            return False
+        log.info("serving the model in %s", self.config.model_dir)
+        return True
+
+    async def on_ready(self) -> None:
+        log.info("connected as %s (%s) to %d guilds", self.user, getattr(self.user, "id", "?"), len(self.guilds))
+
+    async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        if isinstance(error, app_commands.MissingPermissions):
+            message = "You need the **Manage Server** permission to do that."
+        elif isinstance(error, app_commands.NoPrivateMessage):
+            message = "That only works in a server."
+        elif isinstance(error, app_commands.CheckFailure):
+            message = str(error) or "You can't use that command."
+        else:
+            log.error("command %r failed", interaction.command and interaction.command.qualified_name, exc_info=error)
+            message = "Sorry, something went wrong on my side. It has been logged."
+        await send_ephemeral(interaction, message)
+
+    async def close(self) -> None:
+        await super().close()
+        await self.inference.close()
+        if self.store is not None:
+            await self.store.close()
+
+
+async def send_ephemeral(interaction: discord.Interaction, content: str) -> None:
+    """Answer an interaction privately, whether or not it has been answered yet."""
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(content, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+        else:
+            await interaction.response.send_message(
+                content, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+            )
+    except discord.HTTPException:
+        log.warning("could not send an error reply for interaction %s", interaction.id)

@@ -1,0 +1,160 @@
+"""What members see: `/emotion`, the "Analyze emotions" context menu, reply-mentions, auto-reactions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.app import MoodringBot, send_ephemeral
+from bot.inference import InferenceBusy, NoModel
+from bot.reactions import ReactionQueue
+from bot.render import emoji_for, emotion_embed, emotion_text
+from bot.text import prepare_text
+from model import Prediction
+
+log = logging.getLogger(__name__)
+
+NO_MODEL = (
+    "I haven't been trained yet, so I can't read emotions. "
+    "The bot's owner can train me with `moodring train` (or `/moodring retrain`)."
+)
+BUSY = "I'm reading a lot of messages right now. Please try again in a few seconds."
+NOTHING_TO_READ = "There's no text there for me to read (links, code, attachments and stickers are skipped)."
+ANSWER_TIMEOUT = 2.5  # seconds; Discord drops interactions not answered within 3
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+class Emotions(commands.Cog):
+    def __init__(self, bot: MoodringBot) -> None:
+        self.bot = bot
+        self.reactions = ReactionQueue(bot.counters)
+        self.context_menu = app_commands.ContextMenu(name="Analyze emotions", callback=self.analyze_message)
+        self.bot.tree.add_command(self.context_menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.context_menu.name, type=self.context_menu.type)
+        await self.reactions.close()
+
+    async def classify(self, text: str) -> Prediction:
+        return await asyncio.wait_for(self.bot.inference.classify(text), ANSWER_TIMEOUT)
+
+    @app_commands.command(name="emotion", description="Read the emotions in a piece of text")
+    @app_commands.describe(text="What should I read?", ephemeral="Only you see the answer")
+    async def emotion(
+        self, interaction: discord.Interaction, text: app_commands.Range[str, 1, 2000], ephemeral: bool = False
+    ) -> None:
+        await self.answer(interaction, text, title="Emotions", ephemeral=ephemeral)
+
+    async def analyze_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        title = f"Emotions in {message.author.display_name}'s message"
+        await self.answer(interaction, message.content, title=title, ephemeral=True, jump_url=message.jump_url)
+
+    async def answer(
+        self, interaction: discord.Interaction, raw: str, *, title: str, ephemeral: bool, jump_url: str | None = None
+    ) -> None:
+        text = prepare_text(raw)
+        if not text:
+            await send_ephemeral(interaction, NOTHING_TO_READ)
+            return
+        try:
+            prediction = await self.classify(text)
+        except NoModel:
+            await send_ephemeral(interaction, NO_MODEL)
+            return
+        except (InferenceBusy, TimeoutError):
+            await send_ephemeral(interaction, BUSY)
+            return
+        embed = emotion_embed(prediction, title=title, jump_url=jump_url)
+        await interaction.response.send_message(embed=embed, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS)
+
+    @commands.Cog.listener()
+    async def on_message(self, message: discord.Message) -> None:
+        if message.author.bot or message.webhook_id is not None or message.guild is None:
+            return
+        self.bot.counters["messages_seen"] += 1
+        me = message.guild.me
+        if message.reference is not None and me is not None and me.mentioned_in(message):
+            await self.analyze_reply(message)
+            return
+        if self.bot.store is None:
+            return
+        settings = await self.bot.store.channel_settings(message.guild.id, message.channel.id)
+        if not settings.analysis:
+            self.bot.counters["skipped_analysis_off"] += 1
+            return
+        text = prepare_text(message.content)
+        if not text:
+            self.bot.counters["skipped_empty"] += 1
+            return
+        try:
+            prediction = await self.bot.inference.classify(text)
+        except NoModel:
+            self.bot.counters["skipped_no_model"] += 1
+            return
+        except InferenceBusy:
+            self.bot.counters["skipped_busy"] += 1
+            return
+        self.bot.counters["analyzed"] += 1
+        self.bot.store.record(message.guild.id, message.channel.id, [(s.label, s.score) for s in prediction.top])
+        if settings.reactions:
+            self.react(message, prediction)
+
+    def react(self, message: discord.Message, prediction: Prediction) -> None:
+        emojis = [emoji_for(label) for label in prediction.labels[: self.bot.config.max_reactions]]
+        if not emojis:
+            return
+        if not message.channel.permissions_for(message.guild.me).add_reactions:
+            self.bot.counters["reactions_forbidden"] += 1
+            return
+        self.reactions.submit(message, emojis)
+
+    async def analyze_reply(self, message: discord.Message) -> None:
+        """Someone replied to a message and mentioned the bot: read the replied-to message."""
+        reference = message.reference
+        target = reference.resolved if isinstance(reference.resolved, discord.Message) else None
+        try:
+            if target is None and reference.message_id is not None:
+                target = await message.channel.fetch_message(reference.message_id)
+        except discord.NotFound:
+            await self.reply(message, content="I couldn't find the message you replied to. Was it deleted?")
+            return
+        except discord.Forbidden:
+            await self.reply(message, content="I can't read that message (I need **Read Message History**).")
+            return
+        if target is None:
+            await self.reply(message, content="I couldn't find the message you replied to.")
+            return
+        text = prepare_text(target.content)
+        if not text:
+            await self.reply(message, content=NOTHING_TO_READ)
+            return
+        try:
+            prediction = await self.classify(text)
+        except NoModel:
+            await self.reply(message, content=NO_MODEL)
+            return
+        except (InferenceBusy, TimeoutError):
+            await self.reply(message, content=BUSY)
+            return
+        title = f"Emotions in {target.author.display_name}'s message"
+        if message.channel.permissions_for(message.guild.me).embed_links:
+            await self.reply(message, embed=emotion_embed(prediction, title=title, jump_url=target.jump_url))
+        else:
+            await self.reply(message, content=emotion_text(prediction))
+
+    async def reply(self, message: discord.Message, **kwargs) -> None:
+        try:
+            await message.reply(mention_author=False, allowed_mentions=NO_MENTIONS, **kwargs)
+        except discord.Forbidden:
+            self.bot.counters["replies_forbidden"] += 1
+            log.warning("missing permission to reply in channel %s", message.channel.id)
+        except discord.HTTPException as error:
+            log.warning("could not reply in channel %s: %s", message.channel.id, error)
+
+
+async def setup(bot: MoodringBot) -> None:
+    await bot.add_cog(Emotions(bot))

@@ -1,0 +1,86 @@
+"""The bot's settings, read from the environment (and `.env`, loaded by the `moodring` command)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model import default_model_dir
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    token: str = field(repr=False)  # never printed or logged
+    model_dir: Path = field(default_factory=default_model_dir)
+    database: Path = Path("data/moodring.sqlite3")
+    dev_guild_id: int | None = None
+    owner_ids: frozenset[int] = frozenset()
+    message_content: bool = True
+    train_on_start: bool = True
+    batch_size: int = 16
+    batch_wait_ms: float = 10.0
+    queue_size: int = 256
+    max_reactions: int = 3
+    data_dir: str | None = None
+    backbone: str = "minilm"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, require_token: bool = True) -> BotConfig:
+        env = os.environ if env is None else env
+        token = env.get("DISCORD_TOKEN", "").strip()
+        if require_token and not token:
+            raise ConfigError(
+                "DISCORD_TOKEN is not set. Create a bot in the Discord developer portal "
+                "(https://discord.com/developers/applications -> your app -> Bot -> Reset Token), "
+                "then put DISCORD_TOKEN=... in .env (see .env.example)."
+            )
+        return cls(
+            token=token,
+            model_dir=Path(env.get("MOODRING_MODEL_DIR") or default_model_dir()),
+            database=Path(env.get("MOODRING_DATABASE") or cls.database),
+            dev_guild_id=_int(env, "MOODRING_DEV_GUILD_ID"),
+            owner_ids=frozenset(_int_list(env, "MOODRING_OWNER_IDS")),
+            message_content=_bool(env, "MOODRING_MESSAGE_CONTENT", True),
+            train_on_start=_bool(env, "MOODRING_TRAIN_ON_START", True),
+            batch_size=_int(env, "MOODRING_BATCH_SIZE") or cls.batch_size,
+            batch_wait_ms=float(_int(env, "MOODRING_BATCH_WAIT_MS") or cls.batch_wait_ms),
+            queue_size=_int(env, "MOODRING_QUEUE_SIZE") or cls.queue_size,
+            max_reactions=_int(env, "MOODRING_MAX_REACTIONS") or cls.max_reactions,
+            data_dir=env.get("GOEMOTIONS_DIR") or None,
+            backbone=env.get("MOODRING_BACKBONE") or cls.backbone,
+        )
+
+
+def _int(env: Mapping[str, str], name: str) -> int | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+
+
+def _int_list(env: Mapping[str, str], name: str) -> list[int]:
+    parts = [p.strip() for p in env.get(name, "").replace(";", ",").split(",") if p.strip()]
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated Discord user ids, got {env.get(name)!r}") from None
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
