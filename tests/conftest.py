@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures for driving the real discord.py client against a local Discord stand-in (tests/discord_standin).
+pytest_plugins = ("discord_standin.fixtures",)
+
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("GOEMOTIONS_DIR") or REPO.parent / "shared" / "data" / "goemotions")
 

@@ -1,0 +1,130 @@
+"""Point the unmodified discord.py client at a :class:`DiscordStandIn`, as pytest fixtures or context managers.
+
+Nothing in the bot needs a test-only branch: discord.py builds every REST URL (including
+interaction callbacks and webhook follow-ups) from ``discord.http.Route.BASE`` and connects to
+``DiscordWebSocket.DEFAULT_GATEWAY``; those two class attributes are all that is patched.
+
+Register the fixtures with ``pytest_plugins = ("discord_standin.fixtures",)`` in ``tests/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import discord
+import pytest
+import yarl
+from discord.gateway import DiscordWebSocket
+from discord.http import Route
+
+from .server import DiscordStandIn
+
+_log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def point_discord_at(standin: DiscordStandIn, monkeypatch: pytest.MonkeyPatch | None = None) -> Iterator[None]:
+    """Route discord.py's REST and gateway traffic to ``standin`` for the duration of the block.
+
+    With ``monkeypatch`` the patches are registered there (undone at test teardown); without it
+    they are restored when the block exits.
+    """
+    patches: list[tuple[Any, str, Any]] = [
+        (Route, "BASE", standin.api_base),
+        (DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(standin.gateway_url)),
+    ]
+    if monkeypatch is not None:
+        for target, name, value in patches:
+            monkeypatch.setattr(target, name, value)
+        yield
+        return
+    saved = [(target, name, getattr(target, name)) for target, name, _ in patches]
+    try:
+        for target, name, value in patches:
+            setattr(target, name, value)
+        yield
+    finally:
+        for target, name, value in saved:
+            setattr(target, name, value)
+
+
+async def stop_bot(bot: discord.Client, task: asyncio.Task[None] | None, *, timeout: float = 5.0) -> None:
+    """Close ``bot`` and wait for its ``start()`` task to finish (cancelling it if it hangs)."""
+    if not bot.is_closed():
+        await bot.close()
+    if task is None:
+        return
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        await asyncio.wait({task}, timeout=timeout)
+
+
+@contextlib.asynccontextmanager
+async def running_bot(
+    bot: discord.Client,
+    standin: DiscordStandIn,
+    *,
+    token: str | None = None,
+    wait_ready: bool = True,
+    timeout: float = 10.0,
+) -> AsyncIterator[discord.Client]:
+    """Run ``bot.start(token)`` in a task; yield once it is ready (``on_ready`` fired); close it after.
+
+    Errors from ``bot.start()`` (``LoginFailure``, ``PrivilegedIntentsRequired``...) are raised here.
+    Tip: ``commands.Bot(..., guild_ready_timeout=0.05)`` makes READY fire without discord.py's
+    default 2 s wait for further GUILD_CREATEs.
+    """
+    task = asyncio.create_task(bot.start(token or standin.token), name="discord-standin-bot")
+    try:
+        if wait_ready:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while not bot.is_ready():
+                if task.done():
+                    task.result()  # raises what start() raised
+                    raise RuntimeError("bot.start() returned before the bot became ready")
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError(f"bot not ready after {timeout}s")
+                await asyncio.sleep(0.01)
+        yield bot
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await stop_bot(bot, task)
+        if task.done() and not task.cancelled():
+            task.exception()  # mark retrieved; the original error is the interesting one
+        raise
+    else:
+        await stop_bot(bot, task)
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``discord_standin`` marker."""
+    config.addinivalue_line(
+        "markers",
+        "discord_standin(**options): keyword arguments for the DiscordStandIn built by the discord_standin fixture",
+    )
+
+
+@pytest.fixture
+async def discord_standin(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[DiscordStandIn]:
+    """A running :class:`DiscordStandIn` with discord.py pointed at it (undone after the test).
+
+    Configure it with ``@pytest.mark.discord_standin(heartbeat_interval=1000, ...)``. The test
+    fails at teardown if a stand-in route handler crashed (a stand-in bug, not a bot bug).
+    """
+    marker = request.node.get_closest_marker("discord_standin")
+    options = dict(marker.kwargs) if marker is not None else {}
+    standin = DiscordStandIn(**options)
+    async with standin:
+        with point_discord_at(standin, monkeypatch):
+            yield standin
+    if standin.errors:
+        pytest.fail("the Discord stand-in had internal errors:\n" + "\n".join(standin.errors), pytrace=False)

@@ -1,0 +1,167 @@
+"""What the stand-in records (REST requests, gateway frames) and how faults are described."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from .payloads import JSON
+
+
+@dataclass(frozen=True)
+class RecordedFile:
+    """One file part of a multipart request."""
+
+    field: str
+    filename: str
+    content_type: str | None
+    data: bytes
+
+
+@dataclass
+class RecordedRequest:
+    """One REST request the client made, and how the stand-in answered it.
+
+    ``path`` is relative to the API base (``/channels/1/messages``), URL-decoded; ``route``
+    is the matched template (``/channels/{channel_id}/messages``) or ``None`` for unknown
+    routes. ``json`` is the JSON body, or the parsed ``payload_json`` part of a multipart body.
+    """
+
+    method: str
+    path: str
+    route: str | None
+    params: dict[str, str]
+    query: dict[str, str]
+    headers: dict[str, str]
+    json: Any
+    files: list[RecordedFile]
+    status: int = 0
+    response: Any = None
+    authorized: bool = False
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def filenames(self) -> list[str]:
+        """Names of the uploaded files, in order."""
+        return [f.filename for f in self.files]
+
+    def __repr__(self) -> str:
+        return f"<RecordedRequest {self.method} {self.path} -> {self.status}>"
+
+
+@dataclass
+class GatewayFrame:
+    """One gateway payload, in either direction (``"recv"`` = from the client)."""
+
+    direction: str
+    shard_id: int | None
+    payload: JSON
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def op(self) -> int | None:
+        """The payload's opcode."""
+        return self.payload.get("op")
+
+    @property
+    def event(self) -> str | None:
+        """The dispatch event name, for op 0."""
+        return self.payload.get("t")
+
+
+@dataclass
+class FaultRule:
+    """A scripted failure for matching REST requests (see ``DiscordStandIn.fail_next``)."""
+
+    method: str
+    pattern: str
+    status: int
+    body: Any
+    headers: dict[str, str]
+    remaining: int
+    retry_after: float = 0.0
+    is_global: bool = False
+    scope: str = "user"
+    hits: int = 0
+    regex: re.Pattern[str] | None = None
+
+    def matches(self, method: str, path: str, route: str | None) -> bool:
+        """Whether a request is targeted by this rule."""
+        if self.remaining <= 0:
+            return False
+        if self.method not in ("*", method):
+            return False
+        if route is not None and self.pattern == route:
+            return True
+        if self.regex is None:
+            try:
+                self.regex = re.compile(self.pattern)
+            except re.error:
+                self.regex = re.compile(re.escape(self.pattern))
+        return self.regex.search(path) is not None
+
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class RouteEntry:
+    """A REST route: ``method`` + template, its handler and whether it needs ``Authorization``."""
+
+    method: str
+    template: str
+    handler: Handler
+    needs_auth: bool = True
+
+    @property
+    def segments(self) -> list[str]:
+        """The template split on ``/``."""
+        return self.template.strip("/").split("/")
+
+
+class RouteTable:
+    """Matches raw request paths against Discord route templates; literal segments win."""
+
+    def __init__(self) -> None:
+        self._routes: list[RouteEntry] = []
+
+    def add(self, method: str, template: str, handler: Handler, *, needs_auth: bool = True) -> None:
+        """Register a route."""
+        self._routes.append(RouteEntry(method, template, handler, needs_auth))
+
+    def match(self, method: str, raw_path: str) -> tuple[RouteEntry, dict[str, str]] | None:
+        """The best route for a raw (still percent-encoded) path, with decoded parameters."""
+        parts = raw_path.strip("/").split("/")
+        best: tuple[int, RouteEntry, dict[str, str]] | None = None
+        for entry in self._routes:
+            if entry.method != method:
+                continue
+            segments = entry.segments
+            if len(segments) != len(parts):
+                continue
+            params: dict[str, str] = {}
+            literal = 0
+            for seg, part in zip(segments, parts, strict=True):
+                if seg.startswith("{") and seg.endswith("}"):
+                    params[seg[1:-1]] = unquote(part)
+                elif seg == unquote(part):
+                    literal += 1
+                else:
+                    break
+            else:
+                if best is None or literal > best[0]:
+                    best = (literal, entry, params)
+        return None if best is None else (best[1], best[2])
+
+    def templates(self) -> list[str]:
+        """All registered ``METHOD template`` strings."""
+        return [f"{r.method} {r.template}" for r in self._routes]
+
+
+def strip_auth(headers: Mapping[str, str]) -> dict[str, str]:
+    """Request headers without credentials."""
+    return {k: v for k, v in headers.items() if k.lower() != "authorization"}
