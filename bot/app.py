@@ -11,12 +11,18 @@ from discord.ext import commands
 
 from bot.config import BotConfig
 from bot.inference import InferenceService
+from bot.retrain import Retrainer
 from bot.store import Store
 from model import ModelNotFoundError
 
 log = logging.getLogger(__name__)
 
-COGS = ("bot.cogs.emotions", "bot.cogs.admin")
+COGS = ("bot.cogs.emotions", "bot.cogs.mood", "bot.cogs.admin")
+
+NO_MODEL = (
+    "I haven't been trained yet, so I can't read emotions. "
+    "The bot's owner can train me with `moodring train` or `/moodring retrain`."
+)
 
 
 def intents_for(config: BotConfig) -> discord.Intents:
@@ -44,13 +50,25 @@ class MoodringBot(commands.AutoShardedBot):
         self.inference = InferenceService(
             max_batch=config.batch_size, max_wait=config.batch_wait_ms / 1000, queue_size=config.queue_size
         )
+        self.retrainer = Retrainer(
+            self.inference,
+            config.model_dir,
+            config.work_dir,
+            backbone=config.backbone,
+            data_dir=config.data_dir,
+            extra_args=config.retrain_args,
+            tolerance=config.retrain_tolerance,
+            progress_interval=config.progress_interval,
+        )
         self.store: Store | None = None
         self.counters: Counter[str] = Counter()
 
     async def setup_hook(self) -> None:
         self.store = await Store.open(self.config.database)
         self.inference.start()
-        await self.load_model()
+        if not await self.load_model() and self.config.train_on_start:
+            log.info("no model yet: training the first one in a child process (MOODRING_TRAIN_ON_START)")
+            self.retrainer.start()
         for extension in COGS:
             await self.load_extension(extension)
         self.tree.on_error = self.on_app_command_error
@@ -73,6 +91,13 @@ class MoodringBot(commands.AutoShardedBot):
         log.info("serving the model in %s", self.config.model_dir)
         return True
 
+    def no_model_message(self) -> str:
+        """What members are told while no model is serving."""
+        status = self.retrainer.status
+        if self.retrainer.running and status is not None:
+            return f"I'm still learning ({status.percent}% of my first training done). Please try again later."
+        return NO_MODEL
+
     async def on_ready(self) -> None:
         log.info("connected as %s (%s) to %d guilds", self.user, getattr(self.user, "id", "?"), len(self.guilds))
 
@@ -89,6 +114,7 @@ class MoodringBot(commands.AutoShardedBot):
         await send_ephemeral(interaction, message)
 
     async def close(self) -> None:
+        await self.retrainer.cancel()
         await super().close()
         await self.inference.close()
         if self.store is not None:

@@ -29,6 +29,10 @@ class BotConfig:
     max_reactions: int = 3
     data_dir: str | None = None
     backbone: str = "minilm"
+    work_dir: Path = Path("runs")
+    retrain_args: str = ""
+    retrain_tolerance: float = 0.005
+    progress_interval: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, require_token: bool = True) -> BotConfig:
@@ -54,6 +58,10 @@ class BotConfig:
             max_reactions=_int(env, "MOODRING_MAX_REACTIONS") or cls.max_reactions,
             data_dir=env.get("GOEMOTIONS_DIR") or None,
             backbone=env.get("MOODRING_BACKBONE") or cls.backbone,
+            work_dir=Path(env.get("MOODRING_WORK_DIR") or cls.work_dir),
+            retrain_args=env.get("MOODRING_RETRAIN_ARGS", ""),
+            retrain_tolerance=_float(env, "MOODRING_RETRAIN_TOLERANCE", cls.retrain_tolerance),
+            progress_interval=_float(env, "MOODRING_PROGRESS_INTERVAL_S", cls.progress_interval),
         )
 
 
@@ -65,6 +73,16 @@ def _int(env: Mapping[str, str], name: str) -> int | None:
         return int(value)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from None
 
 
 def _int_list(env: Mapping[str, str], name: str) -> list[int]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from model.metadata import ModelMetadata
 from model.network import SqueezeBertForEmotions
+from model.storage import replace_directory
 
 
 def library_versions() -> dict[str, str]:
@@ -65,12 +66,3 @@ def export_model(network: SqueezeBertForEmotions, tokenizer, metadata: ModelMeta
     metadata.save(staging)
     replace_directory(staging, out)
     return out
-
-
-def replace_directory(new: Path, target: Path) -> None:
-    """Move `new` to `target`; an existing `target` is moved aside first and deleted last."""
-    retired = target.parent / f".{target.name}.retired-{os.getpid()}"
-    if target.exists():
-        os.replace(target, retired)
-    os.replace(new, target)
-    shutil.rmtree(retired, ignore_errors=True)

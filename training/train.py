@@ -68,6 +68,7 @@ def train(args: TrainArgs) -> Path:
     out = Path(args.out) if args.out else default_model_dir()
     work_dir = Path(args.work_dir) if args.work_dir else Path("runs") / out.name
     checkpoint_dir = work_dir / "best"
+    commit = git_commit()  # of the code that trains, before anything can change under us
     seed_everything(args.seed)
 
     data = load_goemotions(resolve_data_dir(args.data_dir), splits=("train", "dev"))
@@ -156,7 +157,7 @@ def train(args: TrainArgs) -> Path:
         data_checksums=data.checksums,
         dev_metrics=dev_metrics,
         versions=library_versions(),
-        git_commit=git_commit(),
+        git_commit=commit,
         created_at=now_iso(),
     )
     export_model(network, tokenizer, metadata, out)

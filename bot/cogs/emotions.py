@@ -18,10 +18,6 @@ from model import Prediction
 
 log = logging.getLogger(__name__)
 
-NO_MODEL = (
-    "I haven't been trained yet, so I can't read emotions. "
-    "The bot's owner can train me with `moodring train` (or `/moodring retrain`)."
-)
 BUSY = "I'm reading a lot of messages right now. Please try again in a few seconds."
 NOTHING_TO_READ = "There's no text there for me to read (links, code, attachments and stickers are skipped)."
 ANSWER_TIMEOUT = 2.5  # seconds; Discord drops interactions not answered within 3
@@ -63,7 +59,7 @@ class Emotions(commands.Cog):
         try:
             prediction = await self.classify(text)
         except NoModel:
-            await send_ephemeral(interaction, NO_MODEL)
+            await send_ephemeral(interaction, self.bot.no_model_message())
             return
         except (InferenceBusy, TimeoutError):
             await send_ephemeral(interaction, BUSY)
@@ -99,7 +95,9 @@ class Emotions(commands.Cog):
             self.bot.counters["skipped_busy"] += 1
             return
         self.bot.counters["analyzed"] += 1
-        self.bot.store.record(message.guild.id, message.channel.id, [(s.label, s.score) for s in prediction.top])
+        # Statistics count the emotions above their thresholds (the top one when none is).
+        shown = [s for s in prediction.top if s.above_threshold] or prediction.top[:1]
+        self.bot.store.record(message.guild.id, message.channel.id, [(s.label, s.score) for s in shown])
         if settings.reactions:
             self.react(message, prediction)
 
@@ -135,7 +133,7 @@ class Emotions(commands.Cog):
         try:
             prediction = await self.classify(text)
         except NoModel:
-            await self.reply(message, content=NO_MODEL)
+            await self.reply(message, content=self.bot.no_model_message())
             return
         except (InferenceBusy, TimeoutError):
             await self.reply(message, content=BUSY)

@@ -1,0 +1,48 @@
+"""Mood charts (matplotlib, Agg backend). Pure functions returning PNG bytes; call them off the event loop."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.dates as mdates
+import matplotlib.pyplot as plt
+
+COLOURS = ["#5865F2", "#57F287", "#FEE75C", "#EB459E", "#ED4245", "#99AAB5"]
+
+
+def mood_chart(
+    timeline: list[tuple[int, int, dict[str, int]]], labels: list[str], title: str, bin_hours: int = 1
+) -> bytes:
+    """Share of analysed messages showing each of `labels`, per time bin, as a line chart PNG."""
+    bins: dict[int, tuple[int, dict[str, int]]] = {}
+    width = 3600 * bin_hours
+    for start, messages, counts in timeline:
+        key = start - start % width
+        total, merged = bins.get(key, (0, {}))
+        for label, count in counts.items():
+            merged[label] = merged.get(label, 0) + count
+        bins[key] = (total + messages, merged)
+    times = sorted(bins)
+    when = [datetime.fromtimestamp(t, UTC) for t in times]
+
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
+    for colour, label in zip(COLOURS, labels, strict=False):
+        shares = [100 * bins[t][1].get(label, 0) / max(bins[t][0], 1) for t in times]
+        ax.plot(when, shares, marker="o", markersize=3, linewidth=2, label=label, color=colour)
+    ax.set_ylabel("% of messages")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%b %d %H:%M" if bin_hours < 24 else "%b %d"))
+    fig.autofmt_xdate()
+    if labels:
+        ax.legend(loc="upper left", fontsize=8, ncols=min(len(labels), 5))
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()

@@ -1,0 +1,287 @@
+"""Retraining from Discord, without ever training in the bot's process.
+
+`moodring train` runs as a child process writing a candidate model; its `progress.jsonl` is read
+for progress. When it finishes, `moodring evaluate --split dev --json` scores the candidate and the
+serving model the same way, and the candidate replaces the serving model only if it is at least as
+good, within a tolerance. Whatever goes wrong, the serving model keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.inference import InferenceService
+from model import EmotionClassifier
+from model.storage import replace_directory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrainStatus:
+    """What a progress message shows; `phase` is starting, training, evaluating, or a final phase."""
+
+    phase: str = "starting"
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    total_steps: int = 0
+    eta_s: float | None = None
+    dev_f1: list[float] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+    # Set when the run ends:
+    outcome: str | None = None  # swapped, kept, failed, cancelled
+    candidate_f1: float | None = None
+    current_f1: float | None = None
+    detail: str = ""
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.step / self.total_steps) if self.total_steps else 0
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+
+ProgressCallback = Callable[[RetrainStatus], Awaitable[None]]
+
+
+class Retrainer:
+    """Runs one retrain at a time. `start` returns False if one is already running."""
+
+    def __init__(
+        self,
+        inference: InferenceService,
+        model_dir: Path,
+        work_root: Path,
+        *,
+        backbone: str,
+        data_dir: str | None,
+        extra_args: str = "",
+        tolerance: float = 0.005,
+        progress_interval: float = 5.0,
+    ) -> None:
+        self.inference = inference
+        self.model_dir = Path(model_dir)
+        self.work_root = Path(work_root)
+        self.backbone = backbone
+        self.data_dir = data_dir
+        self.extra_args = shlex.split(extra_args)
+        self.tolerance = tolerance
+        self.progress_interval = progress_interval
+        self.status: RetrainStatus | None = None
+        self._task: asyncio.Task | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._cancelled = False
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def start(self, on_progress: ProgressCallback | None = None) -> bool:
+        if self.running:
+            return False
+        self.status = RetrainStatus()
+        self._cancelled = False
+        self._task = asyncio.create_task(self._run(self.status, on_progress), name="moodring-retrain")
+        return True
+
+    async def wait(self) -> RetrainStatus:
+        assert self._task is not None, "no retrain started"
+        return await asyncio.shield(self._task)
+
+    async def cancel(self) -> bool:
+        """Stop the running retrain; the serving model is untouched. False if none was running."""
+        if not self.running:
+            return False
+        self._cancelled = True
+        await self._stop_process()
+        await asyncio.wait({self._task}, timeout=30)
+        return True
+
+    async def _run(self, status: RetrainStatus, on_progress: ProgressCallback | None) -> RetrainStatus:
+        run_dir = self.work_root / time.strftime("retrain-%Y%m%d-%H%M%S")
+        candidate = run_dir / "model"
+        progress_file = run_dir / "work" / "progress.jsonl"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        reporter = asyncio.create_task(self._report(status, progress_file, on_progress))
+        try:
+            await self._train(candidate, run_dir)
+            self._read_progress(status, progress_file)
+            status.phase = "evaluating"
+            await self._notify(status, on_progress)
+            status.candidate_f1 = await self._dev_macro_f1(candidate, run_dir / "eval-candidate.log")
+            if self.inference.ready and (self.model_dir / "moodring.json").is_file():
+                status.current_f1 = await self._dev_macro_f1(self.model_dir, run_dir / "eval-current.log")
+            if status.current_f1 is None or status.candidate_f1 >= status.current_f1 - self.tolerance:
+                await self._swap_in(candidate)
+                status.outcome = "swapped"
+            else:
+                status.outcome = "kept"
+        except asyncio.CancelledError:
+            status.outcome, status.detail = "cancelled", "the bot is shutting down"
+            await self._stop_process()
+            raise
+        except Exception as error:
+            if self._cancelled:
+                status.outcome, status.detail = "cancelled", "cancelled by an owner"
+            else:
+                status.outcome, status.detail = "failed", str(error)
+                log.warning("retrain failed: %s", error)
+        finally:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
+            status.phase = status.outcome or "cancelled"
+            shutil.rmtree(candidate, ignore_errors=True)
+        await self._notify(status, on_progress)
+        return status
+
+    def _command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "moodring", *args]
+
+    async def _spawn(self, command: list[str], log_path: Path) -> tuple[int, str]:
+        """Run a child process with its output in `log_path`; returns its exit code and output tail."""
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("DISCORD_TOKEN", None)  # the child never needs the bot's secret
+        with log_path.open("wb") as output:
+            self._process = await asyncio.create_subprocess_exec(
+                *command, stdout=output, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL, env=env
+            )
+            try:
+                code = await self._process.wait()
+            finally:
+                self._process = None
+        tail = log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
+        return code, tail
+
+    async def _train(self, candidate: Path, run_dir: Path) -> None:
+        args = ["train", "--backbone", self.backbone, "--out", str(candidate), "--work-dir", str(run_dir / "work")]
+        if self.data_dir:
+            args += ["--data-dir", self.data_dir]
+        code, tail = await self._spawn(self._command(*args, *self.extra_args), run_dir / "train.log")
+        if code != 0:
+            raise RuntimeError(f"training exited with code {code}: {_last_line(tail)}")
+        if not (candidate / "moodring.json").is_file():
+            raise RuntimeError("training finished without exporting a model")
+
+    async def _dev_macro_f1(self, model_dir: Path, log_path: Path) -> float:
+        args = ["evaluate", "--model", str(model_dir), "--split", "dev", "--json"]
+        if self.data_dir:
+            args += ["--data-dir", self.data_dir]
+        code, _ = await self._spawn(self._command(*args), log_path)
+        output = log_path.read_text(encoding="utf-8", errors="replace")
+        if code != 0:
+            raise RuntimeError(f"evaluating {model_dir} exited with code {code}: {_last_line(output)}")
+        return float(json.loads(output[output.index("{") :])["macro_f1"])
+
+    async def _swap_in(self, candidate: Path) -> None:
+        """Load the candidate fully, put it where the serving model lives on disk, then serve it."""
+        loop = asyncio.get_running_loop()
+        classifier = await loop.run_in_executor(None, EmotionClassifier.load, candidate)
+        await loop.run_in_executor(None, replace_directory, candidate, self.model_dir)
+        self.inference.swap(classifier)
+        log.info("now serving the retrained model from %s", self.model_dir)
+
+    async def _stop_process(self) -> None:
+        process = self._process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+    async def _report(self, status: RetrainStatus, progress_file: Path, on_progress: ProgressCallback | None) -> None:
+        while True:
+            if status.phase in ("starting", "training"):
+                self._read_progress(status, progress_file)
+            await self._notify(status, on_progress)
+            await asyncio.sleep(self.progress_interval)
+
+    @staticmethod
+    def _read_progress(status: RetrainStatus, progress_file: Path) -> None:
+        if not progress_file.is_file():
+            return
+        dev_f1 = []
+        for line in progress_file.read_text(encoding="utf-8").splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line being written right now
+            if event.get("event") == "step":
+                status.phase = "training"
+                status.epoch, status.epochs = event["epoch"], event["epochs"]
+                status.step, status.total_steps, status.eta_s = event["step"], event["total_steps"], event["eta_s"]
+            elif event.get("event") == "dev":
+                dev_f1.append(event["macro_f1"])
+        status.dev_f1 = dev_f1
+
+    @staticmethod
+    async def _notify(status: RetrainStatus, on_progress: ProgressCallback | None) -> None:
+        if on_progress is None:
+            return
+        try:
+            await on_progress(status)
+        except Exception:
+            log.exception("could not report retrain progress")
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][-300:] if lines else "(no output)"
+
+
+def format_status(status: RetrainStatus) -> str:
+    """One progress message, edited in place while the retrain runs."""
+    elapsed = time.time() - status.started_at
+    lines = ["**Retraining the emotion model**"]
+    if status.phase == "starting":
+        lines.append("Starting `moodring train`…")
+    elif status.phase == "training":
+        eta = f", about {_duration(status.eta_s)} left" if status.eta_s is not None else ""
+        lines.append(
+            f"Epoch {status.epoch}/{status.epochs} · step {status.step}/{status.total_steps} ({status.percent}%){eta}"
+        )
+    elif status.phase == "evaluating":
+        lines.append("Training done. Scoring the new model on the dev split…")
+    if status.dev_f1:
+        lines.append("Dev macro-F1 by epoch: " + ", ".join(f"{f:.3f}" for f in status.dev_f1))
+    if status.outcome == "swapped":
+        before = f" (was {status.current_f1:.3f})" if status.current_f1 is not None else ""
+        lines.append(f"✅ New model is now serving: dev macro-F1 {status.candidate_f1:.3f}{before}.")
+    elif status.outcome == "kept":
+        lines.append(
+            f"↩️ Kept the current model: new dev macro-F1 {status.candidate_f1:.3f} vs current "
+            f"{status.current_f1:.3f} (a new model must be within its tolerance of the current one)."
+        )
+    elif status.outcome == "failed":
+        lines.append(f"❌ Retraining failed; the current model keeps serving. {status.detail[:900]}")
+    elif status.outcome == "cancelled":
+        lines.append(f"⏹️ Retraining cancelled ({status.detail}); the current model keeps serving.")
+    lines.append(f"Elapsed {_duration(elapsed)}.")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float | None) -> str:
+    seconds = int(seconds or 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
