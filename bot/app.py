@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import discord
 from discord import app_commands
@@ -36,15 +39,19 @@ def intents_for(config: BotConfig) -> discord.Intents:
 
 
 class MoodringBot(commands.AutoShardedBot):
-    """Works with any number of shards: nothing here assumes a single gateway connection."""
+    """Works with any number of shards: nothing here assumes a single gateway connection.
 
-    def __init__(self, config: BotConfig) -> None:
+    Extra keyword arguments are discord.py client options (e.g. `guild_ready_timeout`).
+    """
+
+    def __init__(self, config: BotConfig, **options: Any) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents_for(config),
             allowed_mentions=discord.AllowedMentions.none(),
             owner_ids=set(config.owner_ids) or None,
             help_command=None,
+            **options,
         )
         self.config = config
         self.inference = InferenceService(
@@ -62,6 +69,7 @@ class MoodringBot(commands.AutoShardedBot):
         )
         self.store: Store | None = None
         self.counters: Counter[str] = Counter()
+        self.clock: Callable[[], float] = time.time  # one clock for schedules and statistics; tests move it
 
     async def setup_hook(self) -> None:
         self.store = await Store.open(self.config.database)

@@ -126,7 +126,7 @@ class Retrainer:
             status.candidate_f1 = await self._dev_macro_f1(candidate, run_dir / "eval-candidate.log")
             if self.inference.ready and (self.model_dir / "moodring.json").is_file():
                 status.current_f1 = await self._dev_macro_f1(self.model_dir, run_dir / "eval-current.log")
-            if status.current_f1 is None or status.candidate_f1 >= status.current_f1 - self.tolerance:
+            if should_swap(status.candidate_f1, status.current_f1, self.tolerance):
                 await self._swap_in(candidate)
                 status.outcome = "swapped"
             else:
@@ -179,6 +179,12 @@ class Retrainer:
             raise RuntimeError("training finished without exporting a model")
 
     async def _dev_macro_f1(self, model_dir: Path, log_path: Path) -> float:
+        """Dev macro-F1 from `moodring evaluate`; a model's earlier dev report (written beside it by the
+        same command, and gone with the directory when a model is replaced) is reused."""
+        earlier = model_dir / "eval-dev.json"
+        if earlier.is_file():
+            with contextlib.suppress(ValueError, KeyError):
+                return float(json.loads(earlier.read_text(encoding="utf-8"))["macro_f1"])
         args = ["evaluate", "--model", str(model_dir), "--split", "dev", "--json"]
         if self.data_dir:
             args += ["--data-dir", self.data_dir]
@@ -242,6 +248,11 @@ class Retrainer:
             await on_progress(status)
         except Exception:
             log.exception("could not report retrain progress")
+
+
+def should_swap(candidate_f1: float, current_f1: float | None, tolerance: float) -> bool:
+    """Serve the candidate unless it is worse than the current model by more than `tolerance`."""
+    return current_f1 is None or candidate_f1 >= current_f1 - tolerance
 
 
 def _last_line(text: str) -> str:

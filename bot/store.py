@@ -269,10 +269,7 @@ class Store:
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
             await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            async with db.execute("PRAGMA journal_mode = WAL") as cursor:
-                row = await cursor.fetchone()
-            if path != ":memory:" and (row is None or str(row[0]).lower() != "wal"):
-                raise StoreError(f"could not switch {path} to WAL mode (got {row and row[0]!r})")
+            await _enable_wal(db, path, busy_timeout_ms)
             await db.execute("PRAGMA foreign_keys = ON")
             await db.execute("PRAGMA synchronous = NORMAL")
             await _migrate(db, path)
@@ -658,6 +655,27 @@ class Store:
                 ) as cursor:
                     deleted += cursor.rowcount
         return deleted
+
+
+async def _enable_wal(db: aiosqlite.Connection, path: str, busy_timeout_ms: int) -> None:
+    """``PRAGMA journal_mode = WAL``, retried: while another connection is switching the same new file to WAL,
+    SQLite answers "database is locked" at once, without calling the busy handler."""
+    deadline = time.monotonic() + busy_timeout_ms / 1000
+    delay = 0.005
+    while True:
+        try:
+            async with db.execute("PRAGMA journal_mode = WAL") as cursor:
+                row = await cursor.fetchone()
+            break
+        except sqlite3.OperationalError as error:
+            busy = (getattr(error, "sqlite_errorcode", 0) & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            if not busy or time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+    mode = str(row[0]).lower() if row else None
+    if path != ":memory:" and mode != "wal":
+        raise StoreError(f"could not switch {path} to WAL mode (journal_mode is {mode!r})")
 
 
 async def _migrate(db: aiosqlite.Connection, path: str) -> None:

@@ -1,26 +1,82 @@
-"""Server settings (`/moodring ...`). Privileged subcommands check Manage Server when they run."""
+"""`/moodring ...`: server settings (Manage Server, checked when the command runs), privacy, and
+retraining (the bot's owners only, since the model serves every server)."""
 
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import MoodringBot
-from bot.store import ChannelSettings
+from bot.app import MoodringBot, send_ephemeral
+from bot.retrain import RetrainStatus, format_status
+from bot.store import ChannelSettings, Schedule
 
 log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
+WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+admin_only = app_commands.checks.has_permissions(manage_guild=True)
 
 
-def describe(channel: discord.abc.GuildChannel | discord.Thread, settings: ChannelSettings) -> str:
+def owner_only():
+    """Retraining changes the model for every server, so only the bot's owners may start it."""
+
+    async def predicate(interaction: discord.Interaction) -> bool:
+        if await interaction.client.is_owner(interaction.user):
+            return True
+        raise app_commands.CheckFailure("Only the bot's owners can retrain the model: it is shared by every server.")
+
+    return app_commands.check(predicate)
+
+
+def describe_channel(channel_id: int, settings: ChannelSettings) -> str:
     on_off = {True: "on", False: "off"}
-    return (
-        f"{channel.mention}: analysis **{on_off[settings.analysis]}**, auto-reactions **{on_off[settings.reactions]}**"
-    )
+    return f"<#{channel_id}>: analysis **{on_off[settings.analysis]}**, auto-reactions **{on_off[settings.reactions]}**"
+
+
+def describe_schedule(schedule: Schedule) -> str:
+    if schedule.kind == "daily":
+        when = f"daily at {schedule.hour:02d}:00 UTC"
+    elif schedule.kind == "weekly":
+        when = f"weekly on {WEEKDAYS[schedule.weekday or 0]} at {schedule.hour:02d}:00 UTC"
+    else:
+        when = f"every {schedule.every_hours} h"
+    source = f"<#{schedule.source_channel_id}>" if schedule.source_channel_id else "the whole server"
+    state = "" if schedule.enabled else f" — **disabled**: {schedule.disabled_reason}"
+    return f"<#{schedule.channel_id}>: {when}, about {source}{state}"
+
+
+class ConfirmForget(discord.ui.View):
+    """Two buttons; only the admin who asked can press them, and only while still an admin."""
+
+    def __init__(self, bot: MoodringBot, admin_id: int, guild_id: int) -> None:
+        super().__init__(timeout=120)
+        self.bot = bot
+        self.admin_id = admin_id
+        self.guild_id = guild_id
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.user.id != self.admin_id or not interaction.permissions.manage_guild:
+            await send_ephemeral(interaction, "Only the admin who asked can confirm this.")
+            return False
+        return True
+
+    @discord.ui.button(label="Delete all statistics", style=discord.ButtonStyle.danger)
+    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        deleted = await self.bot.store.forget_guild(self.guild_id)
+        log.info("guild %s forgot its statistics (%d rows)", self.guild_id, deleted)
+        await interaction.response.edit_message(
+            content=f"Deleted all of this server's mood statistics ({deleted} rows).", view=None
+        )
+        self.stop()
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
+    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        await interaction.response.edit_message(content="Nothing was deleted.", view=None)
+        self.stop()
 
 
 @app_commands.guild_only()
@@ -29,13 +85,15 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
         self.bot = bot
         super().__init__()
 
+    # ------------------------------------------------------------------ channel settings
+
     @app_commands.command(name="channel", description="Switch emotion analysis and auto-reactions for a channel")
     @app_commands.describe(
         channel="The channel to change (default: this one)",
         analysis="Read messages here for statistics and reactions",
         reactions="React to messages with their emotions",
     )
-    @app_commands.checks.has_permissions(manage_guild=True)
+    @admin_only
     async def channel(
         self,
         interaction: discord.Interaction,
@@ -44,18 +102,182 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
         reactions: bool | None = None,
     ) -> None:
         target = channel or interaction.channel
-        if self.bot.store is None or interaction.guild is None or target is None:
-            raise app_commands.CheckFailure("Settings are not available right now.")
         if analysis is None and reactions is None:
             settings = await self.bot.store.channel_settings(interaction.guild.id, target.id)
-            message = describe(target, settings)
+            message = describe_channel(target.id, settings)
         else:
             settings = await self.bot.store.set_channel_settings(
                 interaction.guild.id, target.id, analysis=analysis, reactions=reactions
             )
-            message = "Updated. " + describe(target, settings)
+            message = "Updated. " + describe_channel(target.id, settings)
             log.info("guild %s channel %s settings: %s", interaction.guild.id, target.id, settings)
         await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    @app_commands.command(name="settings", description="Show moodring's configuration for this server")
+    @admin_only
+    async def settings(self, interaction: discord.Interaction) -> None:
+        guild_id = interaction.guild.id
+        channels = await self.bot.store.guild_channel_settings(guild_id)
+        schedules = await self.bot.store.schedules(guild_id)
+        retention = await self.bot.store.retention_days(guild_id)
+        default = ChannelSettings()
+        embed = discord.Embed(title="moodring settings", colour=0x5865F2)
+        embed.add_field(
+            name="Channels",
+            value="\n".join(describe_channel(c, s) for c, s in channels.items())[:1024]
+            or "All channels use the defaults.",
+            inline=False,
+        )
+        embed.add_field(
+            name="Defaults",
+            value=f"analysis **{'on' if default.analysis else 'off'}**, "
+            f"auto-reactions **{'on' if default.reactions else 'off'}**",
+            inline=False,
+        )
+        embed.add_field(
+            name="Mood summaries",
+            value="\n".join(describe_schedule(s) for s in schedules)[:1024]
+            or "None. Add one with `/moodring summary`.",
+            inline=False,
+        )
+        embed.add_field(name="Statistics kept for", value=f"{retention} days", inline=True)
+        model = "loaded" if self.bot.inference.ready else "not trained yet"
+        embed.add_field(name="Model", value=model, inline=True)
+        await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    # ------------------------------------------------------------------ summaries and retention
+
+    @app_commands.command(name="summary", description="Post a mood summary on a schedule")
+    @app_commands.describe(
+        channel="Where to post the summaries",
+        schedule="How often",
+        hour="Hour of day, UTC (daily and weekly)",
+        weekday="Day of the week (weekly)",
+        every_hours="Hours between summaries (every N hours)",
+        about="Summarise this channel only (default: the whole server)",
+    )
+    @app_commands.choices(weekday=[app_commands.Choice(name=d, value=i) for i, d in enumerate(WEEKDAYS)])
+    @admin_only
+    async def summary(
+        self,
+        interaction: discord.Interaction,
+        channel: discord.TextChannel,
+        schedule: Literal["daily", "weekly", "every"],
+        hour: app_commands.Range[int, 0, 23] = 18,
+        weekday: int = 0,
+        every_hours: app_commands.Range[int, 1, 168] = 24,
+        about: discord.TextChannel | None = None,
+    ) -> None:
+        permissions = channel.permissions_for(interaction.guild.me)
+        if not (permissions.send_messages and permissions.embed_links and permissions.attach_files):
+            await send_ephemeral(
+                interaction, f"I need Send Messages, Embed Links and Attach Files in {channel.mention} first."
+            )
+            return
+        saved = await self.bot.store.upsert_schedule(
+            interaction.guild.id,
+            channel.id,
+            schedule,
+            hour=hour if schedule != "every" else None,
+            weekday=weekday if schedule == "weekly" else None,
+            every_hours=every_hours if schedule == "every" else None,
+            source_channel_id=about.id if about else None,
+        )
+        if saved.last_posted_at is None:  # a new schedule starts at its next slot, not with a catch-up post
+            await self.bot.store.mark_posted(saved.id, self.bot.clock())
+        await interaction.response.send_message(
+            "Scheduled: " + describe_schedule(saved), ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
+    @app_commands.command(name="summary-off", description="Stop the mood summaries posted in a channel")
+    @admin_only
+    async def summary_off(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
+        removed = [s for s in await self.bot.store.schedules(interaction.guild.id) if s.channel_id == channel.id]
+        for schedule in removed:
+            await self.bot.store.delete_schedule(schedule.id)
+        message = f"Stopped the summaries in {channel.mention}." if removed else f"{channel.mention} had none."
+        await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    @app_commands.command(name="retention", description="How many days of mood statistics to keep")
+    @admin_only
+    async def retention(self, interaction: discord.Interaction, days: app_commands.Range[int, 1, 3650]) -> None:
+        await self.bot.store.set_retention_days(interaction.guild.id, days)
+        await interaction.response.send_message(
+            f"Statistics older than {days} days are deleted by the daily prune.", ephemeral=True
+        )
+
+    # ------------------------------------------------------------------ privacy
+
+    @app_commands.command(name="forget", description="Delete all of this server's mood statistics")
+    @admin_only
+    async def forget(self, interaction: discord.Interaction) -> None:
+        view = ConfirmForget(self.bot, interaction.user.id, interaction.guild.id)
+        await interaction.response.send_message(
+            "This deletes **all** of this server's mood statistics, for every channel. It cannot be undone.",
+            view=view,
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="privacy", description="What moodring stores, for how long, and how to delete it")
+    async def privacy(self, interaction: discord.Interaction) -> None:
+        days = await self.bot.store.retention_days(interaction.guild.id)
+        await interaction.response.send_message(privacy_notice(days), ephemeral=True)
+
+    # ------------------------------------------------------------------ retraining (owners)
+
+    @app_commands.command(name="retrain", description="Retrain the emotion model (bot owners only)")
+    @owner_only()
+    async def retrain(self, interaction: discord.Interaction) -> None:
+        retrainer = self.bot.retrainer
+        if retrainer.running:
+            await send_ephemeral(interaction, "A retrain is already running. Stop it with `/moodring retrain-cancel`.")
+            return
+        await interaction.response.send_message("Starting a retrain; progress follows here.", ephemeral=True)
+        progress = ProgressMessage(interaction.channel)
+        retrainer.start(progress.update)
+
+    @app_commands.command(name="retrain-cancel", description="Stop the running retrain (bot owners only)")
+    @owner_only()
+    async def retrain_cancel(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        stopped = await self.bot.retrainer.cancel()
+        message = "Retrain cancelled; the current model keeps serving." if stopped else "No retrain is running."
+        await interaction.followup.send(message, ephemeral=True)
+
+
+class ProgressMessage:
+    """One channel message, edited as a retrain progresses (channel messages, unlike interaction
+    responses, stay editable after 15 minutes)."""
+
+    def __init__(self, channel: discord.abc.Messageable) -> None:
+        self.channel = channel
+        self.message: discord.Message | None = None
+        self.last_text = ""
+
+    async def update(self, status: RetrainStatus) -> None:
+        text = format_status(status)
+        if text == self.last_text:
+            return
+        self.last_text = text
+        if self.message is None:
+            self.message = await self.channel.send(text, allowed_mentions=NO_MENTIONS)
+        else:
+            await self.message.edit(content=text, allowed_mentions=NO_MENTIONS)
+
+
+def privacy_notice(retention_days: int) -> str:
+    return (
+        "**What moodring stores** (in one SQLite file on the bot's host):\n"
+        "• Per channel: whether analysis and auto-reactions are on, and mood-summary schedules.\n"
+        "• Mood statistics: for each channel and hour, how many messages were analysed and how many showed each "
+        "emotion, with the sum of the model's scores.\n"
+        "**What it never stores**: message text, user ids or names. Messages are classified in memory and "
+        "forgotten; they are never used to train the model (it learns from the public GoEmotions data only).\n"
+        f"**How long**: statistics older than {retention_days} days are deleted by a daily prune "
+        "(admins: `/moodring retention`).\n"
+        "**How to delete it**: admins can delete all of this server's statistics with `/moodring forget`, "
+        "or stop analysis in a channel with `/moodring channel analysis:false`. Removing the bot stops all collection."
+    )
 
 
 async def setup(bot: MoodringBot) -> None:

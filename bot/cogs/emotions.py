@@ -72,8 +72,8 @@ class Emotions(commands.Cog):
         if message.author.bot or message.webhook_id is not None or message.guild is None:
             return
         self.bot.counters["messages_seen"] += 1
-        me = message.guild.me
-        if message.reference is not None and me is not None and me.mentioned_in(message):
+        if message.reference is not None and self.mentions_me(message):
+            self.bot.counters["reply_mentions"] += 1
             await self.analyze_reply(message)
             return
         if self.bot.store is None:
@@ -94,12 +94,28 @@ class Emotions(commands.Cog):
         except InferenceBusy:
             self.bot.counters["skipped_busy"] += 1
             return
+        except Exception:  # the inference service has logged the failed batch
+            self.bot.counters["analysis_failed"] += 1
+            return
         self.bot.counters["analyzed"] += 1
         # Statistics count the emotions above their thresholds (the top one when none is).
         shown = [s for s in prediction.top if s.above_threshold] or prediction.top[:1]
         self.bot.store.record(message.guild.id, message.channel.id, [(s.label, s.score) for s in shown])
         if settings.reactions:
             self.react(message, prediction)
+
+    def mentions_me(self, message: discord.Message) -> bool:
+        """The bot is @mentioned in the text itself (its user or its own managed role).
+
+        Not `Member.mentioned_in`: that is also true for @everyone/@here, for any role the bot has, and for
+        a plain reply to one of the bot's messages (Discord puts the replied-to author in `mentions`).
+        """
+        me = message.guild.me if message.guild is not None else None
+        if me is None:
+            return False
+        if me.id in message.raw_mentions:
+            return True
+        return any(role.id in message.raw_role_mentions and role.is_bot_managed() for role in me.roles)
 
     def react(self, message: discord.Message, prediction: Prediction) -> None:
         emojis = [emoji_for(label) for label in prediction.labels[: self.bot.config.max_reactions]]

@@ -6,8 +6,6 @@ import asyncio
 import io
 import logging
 import re
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import discord
@@ -69,9 +67,8 @@ def summary_period(schedule: Schedule) -> int:
 
 
 class Mood(commands.Cog):
-    def __init__(self, bot: MoodringBot, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, bot: MoodringBot) -> None:
         self.bot = bot
-        self.clock = clock
         self.summaries.start()
         self.retention.start()
 
@@ -94,7 +91,7 @@ class Mood(commands.Cog):
             return
         target = channel or interaction.channel
         await interaction.response.defer(thinking=True)
-        embed, chart = await self.report(interaction.guild.id, target.id, f"#{target.name}", seconds, self.clock())
+        embed, chart = await self.report(interaction.guild.id, target.id, f"#{target.name}", seconds, self.bot.clock())
         files = [chart] if chart else []
         await interaction.followup.send(embed=embed, files=files, allowed_mentions=NO_MENTIONS)
 
@@ -143,7 +140,7 @@ class Mood(commands.Cog):
 
     @tasks.loop(minutes=1)
     async def summaries(self) -> None:
-        await self.post_due_summaries(self.clock())
+        await self.post_due_summaries(self.bot.clock())
 
     @summaries.before_loop
     async def _before_summaries(self) -> None:
@@ -215,7 +212,7 @@ class Mood(commands.Cog):
 
     @tasks.loop(hours=24)
     async def retention(self) -> None:
-        deleted = await self.bot.store.prune(self.clock())
+        deleted = await self.bot.store.prune(self.bot.clock())
         log.info("retention prune removed %d statistics rows", deleted)
 
     @retention.error
