@@ -471,17 +471,24 @@ class Store:
                     totals = emotion_rows.setdefault((*key, label), [0, 0.0])
                     totals[0] += 1
                     totals[1] += score
+            db = self._db
+            committing = False
             try:
-                async with _transaction(self._db, "BEGIN IMMEDIATE") as db:
-                    # Parents first: emotion_buckets references channel_buckets.
-                    await db.executemany(_UPSERT_CHANNEL_BUCKET, [(*k, n) for k, n in channel_rows.items()])
-                    await db.executemany(
-                        _UPSERT_EMOTION_BUCKET, [(*k, int(c), s) for k, (c, s) in emotion_rows.items()]
-                    )
-            except BaseException:
-                # Nothing was written: put the entries back in front of what arrived meanwhile.
-                self._buffer.extendleft(reversed(entries))
-                self._trim()
+                await db.execute("BEGIN IMMEDIATE")
+                # Parents first: emotion_buckets references channel_buckets.
+                await db.executemany(_UPSERT_CHANNEL_BUCKET, [(*k, n) for k, n in channel_rows.items()])
+                await db.executemany(_UPSERT_EMOTION_BUCKET, [(*k, int(c), s) for k, (c, s) in emotion_rows.items()])
+                committing = True
+                await db.execute("COMMIT")
+            except BaseException as error:
+                rolled_back = await _rollback(db)
+                # Cancelled while aiosqlite's thread ran COMMIT: it did commit, so re-buffering would count twice.
+                committed = committing and not rolled_back and not isinstance(error, sqlite3.Error)
+                if committed:
+                    self.flushed_total += len(entries)
+                else:  # nothing was written: put the entries back in front of what arrived meanwhile
+                    self._buffer.extendleft(reversed(entries))
+                    self._trim()
                 raise
             finally:
                 self._in_flight = 0
@@ -715,6 +722,14 @@ async def _transaction(db: aiosqlite.Connection, begin: str) -> AsyncIterator[ai
         yield db
         await db.execute("COMMIT")
     except BaseException:
-        with contextlib.suppress(Exception):
-            await db.execute("ROLLBACK")
+        await _rollback(db)
         raise
+
+
+async def _rollback(db: aiosqlite.Connection) -> bool:
+    """ROLLBACK; False when no transaction was open (it never began, or it already committed)."""
+    try:
+        await db.execute("ROLLBACK")
+    except (sqlite3.Error, ValueError):  # ValueError: the connection is closed
+        return False
+    return True
