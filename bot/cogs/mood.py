@@ -203,8 +203,9 @@ class Mood(commands.Cog):
         try:
             if target is not None and target.permissions_for(guild.me).send_messages:
                 await target.send(notice, allowed_mentions=NO_MENTIONS)
-            elif guild.owner is not None:
-                await guild.owner.send(f"[{guild.name}] {notice}")
+            elif guild.owner_id is not None:
+                owner = self.bot.get_user(guild.owner_id) or await self.bot.fetch_user(guild.owner_id)
+                await owner.send(f"[{guild.name}] {notice}", allowed_mentions=NO_MENTIONS)
         except discord.HTTPException:
             log.warning("could not tell guild %s that a summary schedule was disabled", guild.id)
 
