@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-# Fixtures for driving the real discord.py client against a local Discord stand-in (tests/discord_standin).
-pytest_plugins = ("discord_standin.fixtures",)
+# Fixtures for driving the real discord.py client against a local Discord stand-in (tests/discord_standin),
+# and for running the real MoodringBot against it (tests/bot_fixtures.py).
+pytest_plugins = ("discord_standin.fixtures", "bot_fixtures")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("GOEMOTIONS_DIR") or REPO.parent / "shared" / "data" / "goemotions")

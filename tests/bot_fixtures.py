@@ -1,0 +1,119 @@
+"""Fixtures for driving the real `MoodringBot` (bot/app.py) against the Discord stand-in.
+
+`make_moodring_bot(**config)` builds the bot exactly as `moodring run` does, from a `BotConfig` (token from the
+stand-in, the session's tiny model, a fresh SQLite file, the stand-in's guild as development guild), so
+`setup_hook` opens the store, loads the model and the cogs and syncs the commands; it runs until the block
+exits. `moodring_bot` is one such bot with the defaults. Registered in tests/conftest.py via `pytest_plugins`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+from discord_standin import DiscordStandIn, RecordedRequest, payloads, running_bot
+
+from bot.app import MoodringBot
+from bot.config import BotConfig
+from model import EmotionClassifier
+
+#: Member permissions of a server admin (what `/moodring ...` settings commands require).
+ADMIN_PERMISSIONS = payloads.DEFAULT_EVERYONE_PERMISSIONS | payloads.PERM_MANAGE_GUILD
+#: An ordinary member: @everyone's permissions, no Manage Server.
+MEMBER_PERMISSIONS = payloads.DEFAULT_EVERYONE_PERMISSIONS
+
+#: The routes whose request bodies carry message content (and so `allowed_mentions`).
+MESSAGE_ROUTES = {
+    "/channels/{channel_id}/messages",
+    "/channels/{channel_id}/messages/{message_id}",
+    "/interactions/{interaction_id}/{interaction_token}/callback",
+    "/webhooks/{application_id}/{interaction_token}",
+    "/webhooks/{application_id}/{interaction_token}/messages/{message_id}",
+}
+
+
+class BotFactory(Protocol):
+    def __call__(self, **config: Any) -> contextlib.AbstractAsyncContextManager[MoodringBot]: ...
+
+
+def moodring_config(standin: DiscordStandIn, model_dir: Path, root: Path, **overrides: Any) -> BotConfig:
+    """A production `BotConfig` pointing at the stand-in, `model_dir` and files under `root`; `overrides` win."""
+    settings: dict[str, Any] = {
+        "token": standin.token,
+        "model_dir": model_dir,
+        "database": root / "db.sqlite3",
+        "dev_guild_id": standin.guild_id,
+        "train_on_start": False,
+        "work_dir": root / "runs",
+        "data_dir": None,
+    }
+    settings.update(overrides)
+    return BotConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tiny_model_dir: Path) -> EmotionClassifier:
+    """The session's tiny model, loaded in the test process: what the bot should answer, computed directly."""
+    return EmotionClassifier.load(tiny_model_dir)
+
+
+@pytest.fixture
+def make_moodring_bot(discord_standin: DiscordStandIn, tiny_model_dir: Path, tmp_path: Path) -> BotFactory:
+    """`async with make_moodring_bot(**config_overrides) as bot:` runs a real `MoodringBot` until the block ends."""
+
+    @contextlib.asynccontextmanager
+    async def start(**overrides: Any) -> AsyncIterator[MoodringBot]:
+        config = moodring_config(discord_standin, overrides.pop("model_dir", tiny_model_dir), tmp_path, **overrides)
+        # guild_ready_timeout: the stand-in sends every GUILD_CREATE at once; don't wait discord.py's 2 s for more.
+        bot = MoodringBot(config, guild_ready_timeout=0.05)
+        async with running_bot(bot, discord_standin, timeout=30):
+            yield bot
+
+    return start
+
+
+@pytest.fixture
+async def moodring_bot(make_moodring_bot: BotFactory) -> AsyncIterator[MoodringBot]:
+    """A running `MoodringBot` with the tiny model, commands synced to the stand-in's guild."""
+    async with make_moodring_bot() as bot:
+        yield bot
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll `predicate` every 5 ms until it holds; `TimeoutError` naming `what` otherwise."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.005)
+
+
+def store_message(
+    standin: DiscordStandIn, content: str, *, channel_id: int | None = None, author: int | None = None
+) -> dict[str, Any]:
+    """A message that exists on "Discord" (fetchable over REST) but was never dispatched to the bot."""
+    channel = channel_id or standin.channel_id
+    uid = author or standin.user_id
+    guild_id = standin.guild_id
+    member = payloads.member_without_user(standin.world.member(guild_id, uid) or {"roles": []})
+    data = payloads.message(
+        payloads.snowflake(), channel, standin.world.user(uid), content, guild_id=guild_id, member_data=member
+    )
+    return standin.world.store_message(data)
+
+
+def message_body(request: RecordedRequest) -> Mapping[str, Any] | None:
+    """The message part of a request the bot sent (an interaction callback's `data`), if it has one."""
+    if request.route not in MESSAGE_ROUTES or request.method not in ("POST", "PATCH"):
+        return None
+    body = request.json if isinstance(request.json, dict) else None
+    if body is None:
+        return None
+    if request.route == "/interactions/{interaction_id}/{interaction_token}/callback":
+        return body.get("data") if body.get("type") in (4, 7) else None
+    return body
