@@ -121,8 +121,7 @@ class Retrainer:
         try:
             await self._train(candidate, run_dir)
             self._read_progress(status, progress_file)
-            status.phase = "evaluating"
-            await self._notify(status, on_progress)
+            status.phase = "evaluating"  # the reporter task shows it
             status.candidate_f1 = await self._dev_macro_f1(candidate, run_dir / "eval-candidate.log")
             if self.inference.ready and (self.model_dir / "moodring.json").is_file():
                 status.current_f1 = await self._dev_macro_f1(self.model_dir, run_dir / "eval-current.log")
@@ -287,7 +286,8 @@ def format_status(status: RetrainStatus) -> str:
         lines.append(f"❌ Retraining failed; the current model keeps serving. {status.detail[:900]}")
     elif status.outcome == "cancelled":
         lines.append(f"⏹️ Retraining cancelled ({status.detail}); the current model keeps serving.")
-    lines.append(f"Elapsed {_duration(elapsed)}.")
+    if status.finished:  # while running, the message changes only when progress does
+        lines.append(f"Took {_duration(elapsed)}.")
     return "\n".join(lines)
 
 

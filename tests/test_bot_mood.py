@@ -221,7 +221,11 @@ async def test_retrain_from_discord_edits_one_progress_message(
         assert "already running" in (await discord_standin.wait_for_interaction_response(again)).json["data"]["content"]
         status = await asyncio.wait_for(bot.retrainer.wait(), 300)
         assert status.outcome == "swapped", status.detail
-        await wait_until(lambda: "New model is now serving" in str(progress_edits(discord_standin)), what="last edit")
+        await wait_until(
+            lambda: any("New model is now serving" in str(r.json) for r in progress_edits(discord_standin)),
+            timeout=30,
+            what="last edit",
+        )
     posts = [r for r in discord_standin.requests_to("POST", "/messages") if "Retraining" in str(r.json)]
     edits = progress_edits(discord_standin)
     assert len(posts) == 1 and edits  # one message, edited in place

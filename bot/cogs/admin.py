@@ -3,6 +3,7 @@ retraining (the bot's owners only, since the model serves every server)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Literal
 
@@ -253,16 +254,18 @@ class ProgressMessage:
         self.channel = channel
         self.message: discord.Message | None = None
         self.last_text = ""
+        self.lock = asyncio.Lock()  # one request at a time, so there is only ever one message
 
     async def update(self, status: RetrainStatus) -> None:
-        text = format_status(status)
-        if text == self.last_text:
-            return
-        self.last_text = text
-        if self.message is None:
-            self.message = await self.channel.send(text, allowed_mentions=NO_MENTIONS)
-        else:
-            await self.message.edit(content=text, allowed_mentions=NO_MENTIONS)
+        async with self.lock:
+            text = format_status(status)
+            if text == self.last_text:
+                return
+            if self.message is None:
+                self.message = await self.channel.send(text, allowed_mentions=NO_MENTIONS)
+            else:
+                await self.message.edit(content=text, allowed_mentions=NO_MENTIONS)
+            self.last_text = text
 
 
 def privacy_notice(retention_days: int) -> str:
