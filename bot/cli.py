@@ -18,12 +18,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     sync.set_defaults(handler=sync_commands)
 
 
-def _bot():
+def _bot(**overrides):
+    from dataclasses import replace
+
     from bot.app import MoodringBot
     from bot.config import BotConfig, ConfigError
 
     try:
-        return MoodringBot(BotConfig.from_env())
+        return MoodringBot(replace(BotConfig.from_env(), **overrides))
     except ConfigError as error:
         print(f"moodring: {error}", file=sys.stderr)
         return None
@@ -40,7 +42,7 @@ async def _serve(bot, sync_and_exit: bool = False) -> int:
     import discord
 
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # close cleanly: flush statistics, stop a retrain, log out
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
     try:
         async with bot:
@@ -64,12 +66,15 @@ async def _serve(bot, sync_and_exit: bool = False) -> int:
             file=sys.stderr,
         )
         return 2
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
     log.info("shut down cleanly")
     return 0
 
 
 def sync_commands(args: argparse.Namespace) -> int:
-    bot = _bot()
+    bot = _bot(train_on_start=False)  # publishing commands must not start a first training
     if bot is None:
         return 2
     return asyncio.run(_serve(bot, sync_and_exit=True))

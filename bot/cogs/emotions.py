@@ -100,7 +100,9 @@ class Emotions(commands.Cog):
         self.bot.counters["analyzed"] += 1
         # Statistics count the emotions above their thresholds (the top one when none is).
         shown = [s for s in prediction.top if s.above_threshold] or prediction.top[:1]
-        self.bot.store.record(message.guild.id, message.channel.id, [(s.label, s.score) for s in shown])
+        self.bot.store.record(
+            message.guild.id, message.channel.id, [(s.label, s.score) for s in shown], at=self.bot.clock()
+        )
         if settings.reactions:
             self.react(message, prediction)
 
