@@ -1,5 +1,5 @@
 # Two commands do all set-up: `make train` (the main job) and `make test`.
-PYTHON ?= python3
+PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 GOEMOTIONS_DIR ?= $(abspath ../shared/data/goemotions)

@@ -76,7 +76,8 @@ def main() -> None:
 
     import csv
 
-    with (Path(args.data_dir) / "test.tsv").open(newline="", encoding="utf-8") as handle:
+    # Dev texts: the test split is read only by `moodring evaluate --split test`.
+    with (Path(args.data_dir) / "dev.tsv").open(newline="", encoding="utf-8") as handle:
         texts = [row[0] for row in csv.reader(handle, delimiter="\t")]
     ours = EmotionClassifier.load(args.model)
     results = {"moodring (SqueezeBERT, exported)": measure(ours, texts, args.single, args.batches)}
@@ -87,7 +88,7 @@ def main() -> None:
     base = results["moodring (SqueezeBERT, exported)"]
     print(
         f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__} with {torch.get_num_threads()} threads; texts: GoEmotions test.tsv\n"
+        f"torch {torch.__version__} with {torch.get_num_threads()} threads; texts: GoEmotions dev.tsv\n"
     )
     print(
         "| model | params (M) | single p50 (ms) | single p95 (ms) | batch-32 texts/s | p50 vs ours | texts/s vs ours |"

@@ -128,6 +128,7 @@ class MoodringBot(commands.AutoShardedBot):
         await send_ephemeral(interaction, message)
 
     async def close(self) -> None:
+        log.info("closing; message outcomes since start: %s", dict(self.counters))
         await self.retrainer.cancel()
         await super().close()
         await self.inference.close()

@@ -1,15 +1,13 @@
-"""Mood charts (matplotlib, Agg backend). Pure functions returning PNG bytes; call them off the event loop."""
+"""Mood charts (matplotlib's Agg canvas). Pure functions returning PNG bytes; call them off the event loop."""
 
 from __future__ import annotations
 
 import io
 from datetime import UTC, datetime
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.dates as mdates
-import matplotlib.pyplot as plt
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 COLOURS = ["#5865F2", "#57F287", "#FEE75C", "#EB459E", "#ED4245", "#99AAB5"]
 
@@ -29,7 +27,9 @@ def mood_chart(
     times = sorted(bins)
     when = [datetime.fromtimestamp(t, UTC) for t in times]
 
-    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=100)
+    fig = Figure(figsize=(8, 3.6), dpi=100)  # not pyplot: its global state is not thread-safe
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for colour, label in zip(COLOURS, labels, strict=False):
         shares = [100 * bins[t][1].get(label, 0) / max(bins[t][0], 1) for t in times]
         ax.plot(when, shares, marker="o", markersize=3, linewidth=2, label=label, color=colour)
@@ -44,5 +44,4 @@ def mood_chart(
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return buffer.getvalue()

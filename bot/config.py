@@ -52,16 +52,16 @@ class BotConfig:
             owner_ids=frozenset(_int_list(env, "MOODRING_OWNER_IDS")),
             message_content=_bool(env, "MOODRING_MESSAGE_CONTENT", True),
             train_on_start=_bool(env, "MOODRING_TRAIN_ON_START", True),
-            batch_size=_int(env, "MOODRING_BATCH_SIZE") or cls.batch_size,
-            batch_wait_ms=float(_int(env, "MOODRING_BATCH_WAIT_MS") or cls.batch_wait_ms),
-            queue_size=_int(env, "MOODRING_QUEUE_SIZE") or cls.queue_size,
-            max_reactions=_int(env, "MOODRING_MAX_REACTIONS") or cls.max_reactions,
+            batch_size=_at_least(1, env, "MOODRING_BATCH_SIZE", cls.batch_size),
+            batch_wait_ms=_at_least(0.0, env, "MOODRING_BATCH_WAIT_MS", cls.batch_wait_ms),
+            queue_size=_at_least(1, env, "MOODRING_QUEUE_SIZE", cls.queue_size),
+            max_reactions=_at_least(0, env, "MOODRING_MAX_REACTIONS", cls.max_reactions),
             data_dir=env.get("GOEMOTIONS_DIR") or None,
             backbone=env.get("MOODRING_BACKBONE") or cls.backbone,
             work_dir=Path(env.get("MOODRING_WORK_DIR") or cls.work_dir),
             retrain_args=env.get("MOODRING_RETRAIN_ARGS", ""),
             retrain_tolerance=_float(env, "MOODRING_RETRAIN_TOLERANCE", cls.retrain_tolerance),
-            progress_interval=_float(env, "MOODRING_PROGRESS_INTERVAL_S", cls.progress_interval),
+            progress_interval=_at_least(0.1, env, "MOODRING_PROGRESS_INTERVAL_S", cls.progress_interval),
         )
 
 
@@ -73,6 +73,21 @@ def _int(env: Mapping[str, str], name: str) -> int | None:
         return int(value)
     except ValueError:
         raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
+
+
+def _at_least(minimum, env: Mapping[str, str], name: str, default):
+    """A number of `minimum`'s type, at least `minimum`; `default` when unset (0 is a value, not unset)."""
+    kind = type(minimum)
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a {'whole ' if kind is int else ''}number, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value!r}")
+    return number
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:

@@ -32,7 +32,7 @@ class NoModel(RuntimeError):
 @dataclass
 class _Request:
     text: str
-    top_k: int
+    top_k: int | None
     future: asyncio.Future
 
 
@@ -44,6 +44,7 @@ class InferenceService:
         self._queue: asyncio.Queue[_Request] = asyncio.Queue(maxsize=queue_size)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moodring-model")
         self._batcher: asyncio.Task | None = None
+        self._in_flight: list[_Request] = []
         self.batches = 0
         self.served = 0
         self.rejected = 0
@@ -66,7 +67,8 @@ class InferenceService:
         """Serve `classifier` from the next batch on; the batch in flight keeps the old one."""
         self.classifier = classifier
 
-    async def classify(self, text: str, top_k: int = 5) -> Prediction:
+    async def classify(self, text: str, top_k: int | None = 5) -> Prediction:
+        """The model's reading of `text`, with its `top_k` emotions (all of them for None)."""
         if self.classifier is None:
             raise NoModel("no model loaded")
         future = asyncio.get_running_loop().create_future()
@@ -93,8 +95,10 @@ class InferenceService:
             batch = [request for request in batch if not request.future.done()]  # drop cancelled callers
             if not batch:
                 continue
+            self._in_flight = batch
             classifier = self.classifier
-            top_k = max(request.top_k for request in batch)
+            wanted = [request.top_k for request in batch]
+            top_k = None if None in wanted else max(wanted)
             try:
                 if classifier is None:
                     raise NoModel("no model loaded")
@@ -111,7 +115,9 @@ class InferenceService:
             self.served += len(batch)
             for request, prediction in zip(batch, predictions, strict=True):
                 if not request.future.done():
-                    request.future.set_result(replace(prediction, top=prediction.top[: request.top_k]))
+                    top = prediction.top if request.top_k is None else prediction.top[: request.top_k]
+                    request.future.set_result(replace(prediction, top=top))
+            self._in_flight = []
 
     async def close(self) -> None:
         """Stop taking work, fail whatever is still queued, and release the worker thread."""
@@ -120,8 +126,12 @@ class InferenceService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._batcher
             self._batcher = None
+        waiting = list(self._in_flight)
         while not self._queue.empty():
-            request = self._queue.get_nowait()
+            waiting.append(self._queue.get_nowait())
+        for request in waiting:
             if not request.future.done():
                 request.future.set_exception(NoModel("the bot is shutting down"))
-        self._worker.shutdown(wait=True, cancel_futures=True)
+        self._in_flight = []
+        # Never wait on the event loop: a batch still running in the thread finishes there and is dropped.
+        self._worker.shutdown(wait=False, cancel_futures=True)

@@ -108,19 +108,20 @@ class Retrainer:
         if not self.running:
             return False
         self._cancelled = True
-        await self._stop_process()
+        self._task.cancel()
         await asyncio.wait({self._task}, timeout=30)
         return True
 
     async def _run(self, status: RetrainStatus, on_progress: ProgressCallback | None) -> RetrainStatus:
         run_dir = self.work_root / time.strftime("retrain-%Y%m%d-%H%M%S")
         candidate = run_dir / "model"
-        progress_file = run_dir / "work" / "progress.jsonl"
+        progress = _ProgressReader(run_dir / "work" / "progress.jsonl")
         run_dir.mkdir(parents=True, exist_ok=True)
-        reporter = asyncio.create_task(self._report(status, progress_file, on_progress))
+        finished = asyncio.Event()
+        reporter = asyncio.create_task(self._report(status, progress, on_progress, finished))
         try:
             await self._train(candidate, run_dir)
-            self._read_progress(status, progress_file)
+            progress.update(status)
             status.phase = "evaluating"  # the reporter task shows it
             status.candidate_f1 = await self._dev_macro_f1(candidate, run_dir / "eval-candidate.log")
             if self.inference.ready and (self.model_dir / "moodring.json").is_file():
@@ -130,68 +131,69 @@ class Retrainer:
                 status.outcome = "swapped"
             else:
                 status.outcome = "kept"
-        except asyncio.CancelledError:
-            status.outcome, status.detail = "cancelled", "the bot is shutting down"
+        except asyncio.CancelledError:  # only `cancel()` and the bot's shutdown cancel this task
+            status.outcome = "cancelled"
+            status.detail = "cancelled by an owner" if self._cancelled else "the bot is shutting down"
             await self._stop_process()
-            raise
         except Exception as error:
-            if self._cancelled:
-                status.outcome, status.detail = "cancelled", "cancelled by an owner"
-            else:
-                status.outcome, status.detail = "failed", str(error)
-                log.warning("retrain failed: %s", error)
+            status.outcome, status.detail = "failed", str(error)
+            log.warning("retrain failed: %s", error)
         finally:
-            reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reporter
+            finished.set()
+            await reporter
             status.phase = status.outcome or "cancelled"
-            shutil.rmtree(candidate, ignore_errors=True)
+            # Keep the logs for whoever investigates; the checkpoint and the candidate are large.
+            for heavy in (candidate, run_dir / "work" / "best"):
+                shutil.rmtree(heavy, ignore_errors=True)
         await self._notify(status, on_progress)
         return status
 
     def _command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "moodring", *args]
 
-    async def _spawn(self, command: list[str], log_path: Path) -> tuple[int, str]:
-        """Run a child process with its output in `log_path`; returns its exit code and output tail."""
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("DISCORD_TOKEN", None)  # the child never needs the bot's secret
+    async def _spawn(self, command: list[str], log_path: Path) -> int:
+        """Run a child process with its output in `log_path`; returns its exit code."""
+        # The child never needs the bot's secret; an empty value also stops it re-reading one from .env.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "DISCORD_TOKEN": ""}
         with log_path.open("wb") as output:
             self._process = await asyncio.create_subprocess_exec(
-                *command, stdout=output, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL, env=env
+                *command,
+                stdout=output,
+                stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # a Ctrl-C meant for the bot reaches it, which then stops the child
             )
             try:
-                code = await self._process.wait()
+                return await self._process.wait()
             finally:
                 self._process = None
-        tail = log_path.read_text(encoding="utf-8", errors="replace")[-4000:]
-        return code, tail
 
     async def _train(self, candidate: Path, run_dir: Path) -> None:
         args = ["train", "--backbone", self.backbone, "--out", str(candidate), "--work-dir", str(run_dir / "work")]
         if self.data_dir:
             args += ["--data-dir", self.data_dir]
-        code, tail = await self._spawn(self._command(*args, *self.extra_args), run_dir / "train.log")
+        log_path = run_dir / "train.log"
+        code = await self._spawn(self._command(*args, *self.extra_args), log_path)
         if code != 0:
-            raise RuntimeError(f"training exited with code {code}: {_last_line(tail)}")
+            raise RuntimeError(f"training exited with code {code}: {_last_line(log_path)}")
         if not (candidate / "moodring.json").is_file():
             raise RuntimeError("training finished without exporting a model")
 
     async def _dev_macro_f1(self, model_dir: Path, log_path: Path) -> float:
-        """Dev macro-F1 from `moodring evaluate`; a model's earlier dev report (written beside it by the
-        same command, and gone with the directory when a model is replaced) is reused."""
-        earlier = model_dir / "eval-dev.json"
-        if earlier.is_file():
-            with contextlib.suppress(ValueError, KeyError):
-                return float(json.loads(earlier.read_text(encoding="utf-8"))["macro_f1"])
-        args = ["evaluate", "--model", str(model_dir), "--split", "dev", "--json"]
-        if self.data_dir:
-            args += ["--data-dir", self.data_dir]
-        code, _ = await self._spawn(self._command(*args), log_path)
-        output = log_path.read_text(encoding="utf-8", errors="replace")
-        if code != 0:
-            raise RuntimeError(f"evaluating {model_dir} exited with code {code}: {_last_line(output)}")
-        return float(json.loads(output[output.index("{") :])["macro_f1"])
+        """Dev macro-F1 from the `eval-dev.json` that `moodring evaluate --split dev` writes beside a model.
+
+        A model's earlier report is reused: it goes away with the directory when the model is replaced.
+        """
+        report = model_dir / "eval-dev.json"
+        if not report.is_file():
+            args = ["evaluate", "--model", str(model_dir), "--split", "dev"]
+            if self.data_dir:
+                args += ["--data-dir", self.data_dir]
+            code = await self._spawn(self._command(*args), log_path)
+            if code != 0:
+                raise RuntimeError(f"evaluating {model_dir} exited with code {code}: {_last_line(log_path)}")
+        return float(json.loads(report.read_text(encoding="utf-8"))["macro_f1"])
 
     async def _swap_in(self, candidate: Path) -> None:
         """Load the candidate fully, put it where the serving model lives on disk, then serve it."""
@@ -214,30 +216,20 @@ class Retrainer:
                 process.kill()
             await process.wait()
 
-    async def _report(self, status: RetrainStatus, progress_file: Path, on_progress: ProgressCallback | None) -> None:
-        while True:
+    async def _report(
+        self,
+        status: RetrainStatus,
+        progress: _ProgressReader,
+        on_progress: ProgressCallback | None,
+        finished: asyncio.Event,
+    ) -> None:
+        """Show progress every `progress_interval` until `finished`; never interrupted mid-message."""
+        while not finished.is_set():
             if status.phase in ("starting", "training"):
-                self._read_progress(status, progress_file)
+                await asyncio.to_thread(progress.update, status)
             await self._notify(status, on_progress)
-            await asyncio.sleep(self.progress_interval)
-
-    @staticmethod
-    def _read_progress(status: RetrainStatus, progress_file: Path) -> None:
-        if not progress_file.is_file():
-            return
-        dev_f1 = []
-        for line in progress_file.read_text(encoding="utf-8").splitlines():
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line being written right now
-            if event.get("event") == "step":
-                status.phase = "training"
-                status.epoch, status.epochs = event["epoch"], event["epochs"]
-                status.step, status.total_steps, status.eta_s = event["step"], event["total_steps"], event["eta_s"]
-            elif event.get("event") == "dev":
-                dev_f1.append(event["macro_f1"])
-        status.dev_f1 = dev_f1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), self.progress_interval)
 
     @staticmethod
     async def _notify(status: RetrainStatus, on_progress: ProgressCallback | None) -> None:
@@ -245,8 +237,38 @@ class Retrainer:
             return
         try:
             await on_progress(status)
-        except Exception:
-            log.exception("could not report retrain progress")
+        except Exception as error:
+            log.warning("could not report retrain progress: %s", error)
+
+
+class _ProgressReader:
+    """Reads the lines `moodring train` appends to its progress.jsonl, from where it stopped last time."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.dev_f1: list[float] = []
+
+    def update(self, status: RetrainStatus) -> None:
+        if not self.path.is_file():
+            return
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            chunk = handle.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next read
+        self.offset += len(complete)
+        for line in complete.decode("utf-8", errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if event.get("event") == "step":
+                status.phase = "training"
+                status.epoch, status.epochs = event["epoch"], event["epochs"]
+                status.step, status.total_steps, status.eta_s = event["step"], event["total_steps"], event["eta_s"]
+            elif event.get("event") == "dev":
+                self.dev_f1.append(event["macro_f1"])
+        status.dev_f1 = list(self.dev_f1)
 
 
 def should_swap(candidate_f1: float, current_f1: float | None, tolerance: float) -> bool:
@@ -254,8 +276,13 @@ def should_swap(candidate_f1: float, current_f1: float | None, tolerance: float)
     return current_f1 is None or candidate_f1 >= current_f1 - tolerance
 
 
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
+def _last_line(log_path: Path) -> str:
+    """The last non-empty line of a child's log (its error message, usually), read from the file's end."""
+    with log_path.open("rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        handle.seek(max(handle.tell() - 4000, 0))
+        text = handle.read().decode("utf-8", errors="replace")
+    lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
     return lines[-1][-300:] if lines else "(no output)"
 
 

@@ -3,6 +3,7 @@
 from model.classifier import (
     EmotionClassifier,
     EmotionScore,
+    ModelError,
     ModelNotFoundError,
     Prediction,
     default_model_dir,
@@ -13,6 +14,7 @@ from model.network import SqueezeBertForEmotions
 __all__ = [
     "EmotionClassifier",
     "EmotionScore",
+    "ModelError",
     "ModelMetadata",
     "ModelNotFoundError",
     "Prediction",

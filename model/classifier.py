@@ -17,7 +17,11 @@ from model.network import SqueezeBertForEmotions
 DEFAULT_MODEL_DIR = Path("models/moodring-goemotions")
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelError(Exception):
+    """An exported model is missing or unusable; the message says what to do."""
+
+
+class ModelNotFoundError(ModelError, FileNotFoundError):
     """No exported model where one was expected; the message says how to make one."""
 
 
@@ -81,9 +85,14 @@ class EmotionClassifier:
                 "Train one with `moodring train --backbone minilm`, or point --model / MOODRING_MODEL_DIR "
                 "at an exported model directory."
             )
-        metadata = ModelMetadata.load(directory)
-        network = SqueezeBertForEmotions.from_pretrained(directory, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        try:
+            metadata = ModelMetadata.load(directory)
+            network = SqueezeBertForEmotions.from_pretrained(directory, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise ModelError(
+                f"The model in {directory}/ is incomplete or unreadable ({error}). Re-export it with `moodring train`."
+            ) from error
         return cls(network, tokenizer, metadata, device=device)
 
     @torch.inference_mode()
@@ -105,8 +114,11 @@ class EmotionClassifier:
             scores[index] = torch.sigmoid(logits.float()).cpu().numpy()
         return scores
 
-    def predict(self, texts: Sequence[str], top_k: int = 5, batch_size: int = 32) -> list[Prediction]:
-        """Rank the emotions of each text. Empty or whitespace-only texts get an empty prediction."""
+    def predict(self, texts: Sequence[str], top_k: int | None = 5, batch_size: int = 32) -> list[Prediction]:
+        """Rank the emotions of each text (`top_k` of them, all for None).
+
+        Empty or whitespace-only texts get an empty prediction.
+        """
         texts = list(texts)
         present = [i for i, text in enumerate(texts) if text and text.strip()]
         scores = self.predict_scores([texts[i] for i in present], batch_size=batch_size)
@@ -115,7 +127,7 @@ class EmotionClassifier:
             predictions[i] = self._prediction(texts[i], row, top_k)
         return predictions
 
-    def _prediction(self, text: str, row: np.ndarray, top_k: int) -> Prediction:
+    def _prediction(self, text: str, row: np.ndarray, top_k: int | None) -> Prediction:
         ranked = np.argsort(-row, kind="stable")
         above = row >= self.thresholds
         top = [EmotionScore(self.labels[j], float(row[j]), bool(above[j])) for j in ranked[:top_k]]

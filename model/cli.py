@@ -15,13 +15,21 @@ def register(commands: argparse._SubParsersAction) -> None:
     classify.add_argument(
         "--model", help="exported model directory (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"
     )
-    classify.add_argument("--top-k", type=int, default=5, help="emotions to show per text (default: 5)")
+    classify.add_argument("--top-k", type=positive_int, default=5, help="emotions to show per text (default: 5)")
     classify.add_argument("--json", action="store_true", help="print a JSON list, one object per text")
     classify.set_defaults(handler=run_classify)
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def run_classify(args: argparse.Namespace) -> int:
-    from model.classifier import EmotionClassifier, ModelNotFoundError
+    from model.classifier import EmotionClassifier, ModelError
 
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin]
     if not texts:
@@ -29,7 +37,7 @@ def run_classify(args: argparse.Namespace) -> int:
         return 2
     try:
         classifier = EmotionClassifier.load(args.model)
-    except ModelNotFoundError as error:
+    except ModelError as error:
         print(f"moodring classify: {error}", file=sys.stderr)
         return 2
     predictions = classifier.predict(texts, top_k=args.top_k)

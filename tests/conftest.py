@@ -54,7 +54,8 @@ def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir: Path, goemotions_dir: Path) -> Path:
     """The tiny backbone fine-tuned for one epoch on a slice of GoEmotions with Tez, then exported."""
-    from training.train import TrainArgs, train
+    from training.config import TrainArgs
+    from training.train import train
 
     root = tmp_path_factory.mktemp("tiny-model")
     args = TrainArgs(

@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from safetensors.torch import load_file
 
 from model import EmotionClassifier, ModelMetadata
+from training.config import TrainArgs
 from training.evaluate import evaluate
-from training.train import TrainArgs, train
+from training.train import train
 
 
 def test_export_is_self_contained(tiny_model_dir: Path) -> None:
@@ -133,3 +135,30 @@ def test_ctrl_c_keeps_the_best_checkpoint(tmp_path: Path, tiny_backbone_dir: Pat
     meta = ModelMetadata.load(out)
     assert 1 <= meta.dev_metrics["best_epoch"] < 50
     assert EmotionClassifier.load(out).predict(["still works"])[0].top
+
+
+def test_replace_directory_swaps_and_restores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from model import storage
+
+    target, new = tmp_path / "models" / "current", tmp_path / "runs" / "candidate"
+    target.mkdir(parents=True)
+    (target / "weights").write_text("old")
+    new.mkdir(parents=True)
+    (new / "weights").write_text("new")
+    storage.replace_directory(new, target)
+    assert (target / "weights").read_text() == "new" and not new.exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == ["current"]  # nothing left beside it
+
+    newer = tmp_path / "runs" / "newer"
+    newer.mkdir()
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(src).name.startswith(".current.incoming"):
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(storage.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        storage.replace_directory(newer, target)
+    assert (target / "weights").read_text() == "new"  # the serving model is back where it was

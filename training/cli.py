@@ -6,12 +6,14 @@ import argparse
 import sys
 from dataclasses import fields
 
+from model.cli import positive_int
+
 DATA_HELP = "GoEmotions directory in the original TSV layout (default: $GOEMOTIONS_DIR, else the hub)"
 MODEL_HELP = "exported model directory (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from training.train import TrainArgs
+    from training.config import TrainArgs
 
     defaults = {f.name: f.default for f in fields(TrainArgs)}
     train = commands.add_parser("train", help="fine-tune SqueezeBERT on GoEmotions with Tez and export it")
@@ -25,18 +27,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--out", help="where to export the model " + MODEL_HELP[MODEL_HELP.index("(") :])
     train.add_argument("--work-dir", help="best checkpoint and progress.jsonl (default: runs/<out name>)")
     for name, kind, help_text in [
-        ("epochs", int, "training epochs"),
-        ("batch_size", int, "training batch size"),
+        ("epochs", positive_int, "training epochs"),
+        ("batch_size", positive_int, "training batch size"),
         ("learning_rate", float, "peak AdamW learning rate"),
         ("weight_decay", float, "AdamW weight decay"),
         ("warmup_ratio", float, "share of steps spent warming up the learning rate"),
-        ("max_length", int, "tokens kept per text"),
+        ("max_length", positive_int, "tokens kept per text"),
         ("dropout", float, "dropout before the classification head"),
         ("seed", int, "random seed (same seed, same data: same result on the CPU)"),
         ("workers", int, "data-loader worker processes"),
-        ("patience", int, "epochs without dev improvement before stopping"),
-        ("train_limit", int, "use only the first N training rows"),
-        ("dev_limit", int, "use only the first N dev rows"),
+        ("patience", positive_int, "epochs without dev improvement before stopping"),
+        ("train_limit", positive_int, "use only the first N training rows"),
+        ("dev_limit", positive_int, "use only the first N dev rows"),
     ]:
         flag = "--" + name.replace("_", "-")
         train.add_argument(flag, type=kind, default=defaults[name], help=f"{help_text} (default: {defaults[name]})")
@@ -54,9 +56,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     import os
 
-    from training.backbones import DEFAULT_BACKBONE, BackboneError
+    from training.backbones import BackboneError
+    from training.config import DEFAULT_BACKBONE, TrainArgs
     from training.data import DataError
-    from training.train import TrainArgs, TrainingError, train
+    from training.train import TrainingError, train
 
     names = {f.name for f in fields(TrainArgs)}
     values = {k: v for k, v in vars(args).items() if k in names}
@@ -71,13 +74,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from model.classifier import ModelNotFoundError
+    from model.classifier import ModelError
     from training.data import DataError
     from training.evaluate import evaluate, format_report
 
     try:
         report = evaluate(args.model, split=args.split, data_dir=args.data_dir)
-    except (ModelNotFoundError, DataError) as error:
+    except (ModelError, DataError) as error:
         print(f"moodring evaluate: {error}", file=sys.stderr)
         return 2
     if args.json:

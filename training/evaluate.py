@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.classifier import EmotionClassifier, default_model_dir
+from model.classifier import EmotionClassifier, ModelError, default_model_dir
 from training.data import load_goemotions, resolve_data_dir
 from training.metrics import PAPER_THRESHOLD, classification_report, group_matrix
 
@@ -26,7 +26,7 @@ def evaluate(model_dir: str | Path | None, split: str = "dev", data_dir: str | P
     data = load_goemotions(resolve_data_dir(data_dir), splits=(split,))
     rows = data.splits[split]
     if data.labels != classifier.labels:
-        raise ValueError(f"the data's labels {data.labels} differ from the model's {classifier.labels}")
+        raise ModelError(f"the data's labels {data.labels} differ from the model's {classifier.labels}")
     labels = classifier.labels
     truth = np.zeros((len(rows), len(labels)), dtype=bool)
     for i, ids in enumerate(rows["labels"]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import shutil
@@ -17,7 +18,6 @@ from model.storage import replace_directory
 def library_versions() -> dict[str, str]:
     import datasets
     import numpy
-    import tez
     import torch
     import transformers
 
@@ -25,7 +25,7 @@ def library_versions() -> dict[str, str]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "tez": getattr(tez, "__version__", "0.7.2"),
+        "tez": importlib.metadata.version("tez"),
         "datasets": datasets.__version__,
         "numpy": numpy.__version__,
     }

@@ -53,10 +53,17 @@ def classification_report(truth: np.ndarray, predicted: np.ndarray, names: list[
     }
 
 
-def tune_thresholds(truth: np.ndarray, scores: np.ndarray, grid: np.ndarray = THRESHOLD_GRID) -> np.ndarray:
-    """The threshold on `grid` that maximises each label's own F1 (the lowest one on ties)."""
+def tune_thresholds(
+    truth: np.ndarray, scores: np.ndarray, grid: np.ndarray = THRESHOLD_GRID, fallback: float = 0.5
+) -> np.ndarray:
+    """The threshold on `grid` that maximises each label's own F1 (the lowest one on ties).
+
+    A label with no positive example gives no evidence (every threshold scores 0), so it keeps `fallback`.
+    """
     per_threshold = np.stack([f1_scores(truth, scores >= t) for t in grid])  # [len(grid), labels]
-    return grid[per_threshold.argmax(axis=0)].astype(float)
+    thresholds = grid[per_threshold.argmax(axis=0)].astype(float)
+    thresholds[~truth.astype(bool).any(axis=0)] = fallback
+    return thresholds
 
 
 def tune_global_threshold(truth: np.ndarray, scores: np.ndarray, grid: np.ndarray = THRESHOLD_GRID) -> float:

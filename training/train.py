@@ -7,9 +7,8 @@ checkpoint -> dev thresholds -> export. The test split is never read here.
 from __future__ import annotations
 
 import logging
-import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +20,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from model.classifier import default_model_dir
 from model.metadata import ModelMetadata
 from model.network import SqueezeBertForEmotions
-from training.backbones import DEFAULT_BACKBONE, load_backbone
-from training.callbacks import DevEvaluation, ProgressLog, predict_scores
+from training.backbones import load_backbone
+from training.callbacks import DevEvaluation, ProgressLog
+from training.config import TrainArgs
 from training.data import LengthGroupedSampler, PadCollator, encode, load_goemotions, resolve_data_dir
 from training.export import export_model, git_commit, library_versions, now_iso
 from training.metrics import classification_report, tune_global_threshold, tune_thresholds
@@ -35,32 +35,10 @@ class TrainingError(RuntimeError):
     """Training could not produce a model."""
 
 
-@dataclass
-class TrainArgs:
-    data_dir: str | None = None
-    backbone: str = DEFAULT_BACKBONE
-    out: str | None = None  # default: MOODRING_MODEL_DIR or models/moodring-goemotions
-    work_dir: str | None = None  # best checkpoint and progress log; default: runs/<out name>
-    epochs: int = 4
-    batch_size: int = 32
-    learning_rate: float = 8e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_length: int = 64
-    dropout: float = 0.1
-    seed: int = 42
-    workers: int = 0
-    patience: int = 2
-    precision: str = "fp32"  # fp32, fp16 or bf16 (the last two on a GPU)
-    train_limit: int | None = None  # use only the first N training rows (quick runs, tests)
-    dev_limit: int | None = None
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)
 
 
 def train(args: TrainArgs) -> Path:
@@ -96,6 +74,7 @@ def train(args: TrainArgs) -> Path:
         num_workers=args.workers,
     )
     dev_loader = DataLoader(dev_rows, batch_size=64, shuffle=False, collate_fn=collate, num_workers=args.workers)
+    # Our own loaders go to Tez, so TezConfig's loader settings (num_jobs, pin_memory) do not apply.
     num_train_steps = len(train_loader) * args.epochs
 
     module = TezEmotionModel(
@@ -112,10 +91,8 @@ def train(args: TrainArgs) -> Path:
         epochs=args.epochs,
         step_scheduler_after="batch",
         clip_grad_norm=1.0,
-        num_jobs=args.workers,
         fp16=args.precision == "fp16",
         bf16=args.precision == "bf16",
-        pin_memory=torch.cuda.is_available(),
     )
     trainer = Tez(module)
     log.info("training: %d epochs x %d steps, batch %d", args.epochs, len(train_loader), args.batch_size)
@@ -128,7 +105,7 @@ def train(args: TrainArgs) -> Path:
         raise TrainingError("no epoch finished, so there is no checkpoint to export")
 
     network = SqueezeBertForEmotions.from_pretrained(checkpoint_dir)
-    scores, truth = predict_scores(network, dev_loader)
+    scores, truth = dev_evaluation.best_scores, dev_evaluation.best_truth
     thresholds = tune_thresholds(truth, scores)
     global_threshold = tune_global_threshold(truth, scores)
     report = classification_report(truth, scores >= thresholds, data.labels)

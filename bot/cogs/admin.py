@@ -169,6 +169,9 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
         every_hours: app_commands.Range[int, 1, 168] = 24,
         about: discord.TextChannel | None = None,
     ) -> None:
+        if about is not None and not about.permissions_for(interaction.user).read_message_history:
+            await send_ephemeral(interaction, f"You can't read {about.mention}, so you can't publish its mood.")
+            return
         permissions = channel.permissions_for(interaction.guild.me)
         if not (permissions.send_messages and permissions.embed_links and permissions.attach_files):
             await send_ephemeral(
@@ -229,13 +232,14 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
     @app_commands.command(name="retrain", description="Retrain the emotion model (bot owners only)")
     @owner_only()
     async def retrain(self, interaction: discord.Interaction) -> None:
-        retrainer = self.bot.retrainer
-        if retrainer.running:
+        if not interaction.channel.permissions_for(interaction.guild.me).send_messages:
+            await send_ephemeral(interaction, "I can't post progress here; run this in a channel where I can write.")
+            return
+        progress = ProgressMessage(interaction.channel)
+        if not self.bot.retrainer.start(progress.update):
             await send_ephemeral(interaction, "A retrain is already running. Stop it with `/moodring retrain-cancel`.")
             return
         await interaction.response.send_message("Starting a retrain; progress follows here.", ephemeral=True)
-        progress = ProgressMessage(interaction.channel)
-        retrainer.start(progress.update)
 
     @app_commands.command(name="retrain-cancel", description="Stop the running retrain (bot owners only)")
     @owner_only()

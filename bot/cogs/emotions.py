@@ -87,7 +87,7 @@ class Emotions(commands.Cog):
             self.bot.counters["skipped_empty"] += 1
             return
         try:
-            prediction = await self.bot.inference.classify(text)
+            prediction = await self.bot.inference.classify(text, top_k=None)
         except NoModel:
             self.bot.counters["skipped_no_model"] += 1
             return
@@ -99,7 +99,7 @@ class Emotions(commands.Cog):
             return
         self.bot.counters["analyzed"] += 1
         # Statistics count the emotions above their thresholds (the top one when none is).
-        shown = [s for s in prediction.top if s.above_threshold] or prediction.top[:1]
+        shown = [s for s in prediction.top if s.above_threshold] or prediction.top[:1]  # top holds all 28
         self.bot.store.record(
             message.guild.id, message.channel.id, [(s.label, s.score) for s in shown], at=self.bot.clock()
         )

@@ -90,6 +90,9 @@ class Mood(commands.Cog):
             await send_ephemeral(interaction, str(error))
             return
         target = channel or interaction.channel
+        if not target.permissions_for(interaction.user).read_message_history:
+            await send_ephemeral(interaction, "You can only see the mood of channels whose history you can read.")
+            return
         await interaction.response.defer(thinking=True)
         embed, chart = await self.report(interaction.guild.id, target.id, f"#{target.name}", seconds, self.bot.clock())
         files = [chart] if chart else []
@@ -156,15 +159,23 @@ class Mood(commands.Cog):
         for schedule in await self.bot.store.schedules():
             if schedule.last_posted_at is not None and latest_slot(schedule, now) <= schedule.last_posted_at:
                 continue
-            if await self.post_summary(schedule, now):
-                posted += 1
+            try:
+                posted += await self.post_summary(schedule, now)
+            except Exception:  # one broken schedule must not stop the others, or the loop
+                log.exception("summary schedule %s failed; will retry", schedule.id)
         return posted
 
     async def post_summary(self, schedule: Schedule, now: float) -> bool:
-        channel = self.bot.get_channel(schedule.channel_id)
+        guild = self.bot.get_guild(schedule.guild_id)
+        if guild is None or guild.unavailable:
+            return False  # an outage or a guild still loading: try again on the next tick
+        channel = guild.get_channel(schedule.channel_id)
         if channel is None:
-            await self.disable(schedule, "its channel was deleted or I can no longer see it")
-            return False
+            try:
+                channel = await self.bot.fetch_channel(schedule.channel_id)
+            except (discord.NotFound, discord.Forbidden):
+                await self.disable(schedule, "its channel was deleted or I can no longer see it")
+                return False
         me = channel.guild.me
         permissions = channel.permissions_for(me)
         if not (permissions.send_messages and permissions.embed_links and permissions.attach_files):
@@ -213,8 +224,12 @@ class Mood(commands.Cog):
 
     @tasks.loop(hours=24)
     async def retention(self) -> None:
-        deleted = await self.bot.store.prune(self.bot.clock())
-        log.info("retention prune removed %d statistics rows", deleted)
+        try:
+            deleted = await self.bot.store.prune(self.bot.clock())
+        except Exception:  # keep the daily loop alive; the next run prunes what this one missed
+            log.exception("retention prune failed")
+            return
+        log.info("retention prune removed %d statistics rows; since start: %s", deleted, dict(self.bot.counters))
 
     @retention.error
     async def _retention_error(self, error: BaseException) -> None:
