@@ -65,39 +65,31 @@ class BotConfig:
         )
 
 
-def _int(env: Mapping[str, str], name: str) -> int | None:
-    value = env.get(name, "").strip()
-    if not value:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {value!r}") from None
-
-
-def _at_least(minimum, env: Mapping[str, str], name: str, default):
-    """A number of `minimum`'s type, at least `minimum`; `default` when unset (0 is a value, not unset)."""
-    kind = type(minimum)
+def _number(env: Mapping[str, str], name: str, kind: type, default):
+    """`name` parsed as `kind` (int or float); `default` when unset or empty (0 is a value, not unset)."""
     value = env.get(name, "").strip()
     if not value:
         return default
     try:
-        number = kind(value)
+        return kind(value)
     except ValueError:
         raise ConfigError(f"{name} must be a {'whole ' if kind is int else ''}number, got {value!r}") from None
-    if number < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value!r}")
-    return number
+
+
+def _int(env: Mapping[str, str], name: str) -> int | None:
+    return _number(env, name, int, None)
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    value = env.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        return float(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {value!r}") from None
+    return _number(env, name, float, default)
+
+
+def _at_least(minimum, env: Mapping[str, str], name: str, default):
+    """Like `_number` with `minimum`'s type, refusing values below `minimum`."""
+    number = _number(env, name, type(minimum), default)
+    if number < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {env.get(name)!r}")
+    return number
 
 
 def _int_list(env: Mapping[str, str], name: str) -> list[int]:

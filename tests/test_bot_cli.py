@@ -31,6 +31,10 @@ def test_config_errors_name_the_setting() -> None:
         BotConfig.from_env({"DISCORD_TOKEN": "x", "MOODRING_DEV_GUILD_ID": "my server"})
     with pytest.raises(ConfigError, match="MOODRING_TRAIN_ON_START must be true or false"):
         BotConfig.from_env({"DISCORD_TOKEN": "x", "MOODRING_TRAIN_ON_START": "maybe"})
+    with pytest.raises(ConfigError, match="MOODRING_QUEUE_SIZE must be at least 1"):
+        BotConfig.from_env({"DISCORD_TOKEN": "x", "MOODRING_QUEUE_SIZE": "-3"})
+    zero = BotConfig.from_env({"DISCORD_TOKEN": "x", "MOODRING_MAX_REACTIONS": "0", "MOODRING_BATCH_WAIT_MS": "2.5"})
+    assert zero.max_reactions == 0 and zero.batch_wait_ms == 2.5  # 0 is a value, not "unset"
     config = BotConfig.from_env({"DISCORD_TOKEN": "secret-token", "MOODRING_OWNER_IDS": "1, 2"})
     assert config.owner_ids == {1, 2} and "secret-token" not in repr(config)
 
