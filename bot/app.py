@@ -21,6 +21,9 @@ from model import ModelNotFoundError
 
 log = logging.getLogger(__name__)
 
+# Every message the bot sends can quote user text, so none of them may ping anyone.
+NO_MENTIONS = discord.AllowedMentions.none()
+
 COGS = ("bot.cogs.emotions", "bot.cogs.mood", "bot.cogs.admin")
 
 NO_MODEL = (
@@ -49,7 +52,7 @@ class MoodringBot(commands.AutoShardedBot):
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents_for(config),
-            allowed_mentions=discord.AllowedMentions.none(),
+            allowed_mentions=NO_MENTIONS,
             owner_ids=set(config.owner_ids) or None,
             help_command=None,
             **options,
@@ -140,10 +143,8 @@ async def send_ephemeral(interaction: discord.Interaction, content: str) -> None
     """Answer an interaction privately, whether or not it has been answered yet."""
     try:
         if interaction.response.is_done():
-            await interaction.followup.send(content, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+            await interaction.followup.send(content, ephemeral=True, allowed_mentions=NO_MENTIONS)
         else:
-            await interaction.response.send_message(
-                content, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
-            )
+            await interaction.response.send_message(content, ephemeral=True, allowed_mentions=NO_MENTIONS)
     except discord.HTTPException:
         log.warning("could not send an error reply for interaction %s", interaction.id)

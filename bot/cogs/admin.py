@@ -11,13 +11,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import MoodringBot, send_ephemeral
+from bot.app import NO_MENTIONS, MoodringBot, send_ephemeral
 from bot.retrain import RetrainStatus, format_status
 from bot.store import ChannelSettings, Schedule
 
 log = logging.getLogger(__name__)
 
-NO_MENTIONS = discord.AllowedMentions.none()
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 admin_only = app_commands.checks.has_permissions(manage_guild=True)
 

@@ -9,7 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import MoodringBot, send_ephemeral
+from bot.app import NO_MENTIONS, MoodringBot, send_ephemeral
 from bot.inference import InferenceBusy, NoModel
 from bot.reactions import ReactionQueue
 from bot.render import emoji_for, emotion_embed, emotion_text
@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 BUSY = "I'm reading a lot of messages right now. Please try again in a few seconds."
 NOTHING_TO_READ = "There's no text there for me to read (links, code, attachments and stickers are skipped)."
 ANSWER_TIMEOUT = 2.5  # seconds; Discord drops interactions not answered within 3
-NO_MENTIONS = discord.AllowedMentions.none()
 
 
 class Emotions(commands.Cog):

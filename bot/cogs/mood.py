@@ -12,14 +12,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands, tasks
 
-from bot.app import MoodringBot, send_ephemeral
+from bot.app import NO_MENTIONS, MoodringBot, send_ephemeral
 from bot.charts import mood_chart
 from bot.render import emoji_for
 from bot.store import Schedule
 
 log = logging.getLogger(__name__)
 
-NO_MENTIONS = discord.AllowedMentions.none()
 MAX_PERIOD = 90 * 86400
 PERIOD_UNITS = {"h": 3600, "d": 86400, "w": 7 * 86400}
 _PERIOD = re.compile(r"^\s*(\d+)\s*(h|hours?|d|days?|w|weeks?)\s*$", re.IGNORECASE)
