@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -13,6 +14,10 @@ from transformers import AutoTokenizer
 
 from model.metadata import METADATA_FILE, ModelMetadata
 from model.network import SqueezeBertForEmotions
+from model.onnx_export import FILE_OF_BACKEND, INPUT_NAMES, OUTPUT_NAME, sha256_of
+from model.threads import apply_torch_threads, ort_session_options, resolve_threads
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = Path("models/moodring-goemotions")
 
@@ -57,27 +62,53 @@ class Prediction:
 
 
 class EmotionClassifier:
-    """A trained GoEmotions classifier loaded from an exported model directory."""
+    """A trained GoEmotions classifier loaded from an exported model directory.
 
-    def __init__(
-        self,
-        network: SqueezeBertForEmotions,
-        tokenizer,
-        metadata: ModelMetadata,
-        device: str | torch.device = "cpu",
-    ) -> None:
-        self.network = network.eval().to(device)
+    One class for every backend: a small scorer per backend turns token ids into sigmoid scores, and
+    everything after that (thresholds, ranking, groups) is shared. `backend` says which one serves.
+    """
+
+    def __init__(self, scorer: _Scorer, tokenizer, metadata: ModelMetadata) -> None:
+        self.scorer = scorer
+        self.backend = scorer.backend
         self.tokenizer = tokenizer
         self.metadata = metadata
-        self.device = torch.device(device)
         self.labels = list(metadata.labels)
-        self.thresholds = np.asarray(metadata.thresholds, dtype=np.float32)
+        self.thresholds = np.asarray(metadata.thresholds_for(scorer.backend), dtype=np.float32)
         self._ekman = metadata.group_of(metadata.ekman_mapping)
         self._sentiment = metadata.group_of(metadata.sentiment_mapping)
 
     @classmethod
-    def load(cls, path: str | Path | None = None, device: str = "cpu") -> EmotionClassifier:
-        """Load an exported model; never touches the network."""
+    def from_network(
+        cls,
+        network: torch.nn.Module,
+        tokenizer,
+        metadata: ModelMetadata,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+    ) -> EmotionClassifier:
+        """Serve any torch module with the network's interface (input_ids, attention_mask -> logits)."""
+        return cls(_TorchScorer(network, device, resolve_threads(threads)), tokenizer, metadata)
+
+    @property
+    def threads(self) -> int:
+        """The intra-op threads the scorer runs with."""
+        return self.scorer.threads
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        device: str = "cpu",
+        backend: str = "auto",
+        threads: int | None = None,
+    ) -> EmotionClassifier:
+        """Load an exported model; never touches the network.
+
+        `backend`: "torch", "onnx" (fp32), "onnx-int8", or "auto" (int8 ONNX when its file is there and
+        onnxruntime imports, else torch; one log line says which and why). An explicit backend that cannot
+        load raises ModelError. `threads`: intra-op threads, default `model.threads.resolve_threads()`.
+        """
         directory = Path(path) if path is not None else default_model_dir()
         if not (directory / METADATA_FILE).is_file():
             raise ModelNotFoundError(
@@ -93,9 +124,9 @@ class EmotionClassifier:
             raise ModelError(
                 f"The model in {directory}/ is incomplete or unreadable ({error}). Re-export it with `moodring train`."
             ) from error
-        return cls(network, tokenizer, metadata, device=device)
+        scorer = _choose_scorer(directory, metadata, network, backend, device, resolve_threads(threads))
+        return cls(scorer, tokenizer, metadata)
 
-    @torch.inference_mode()
     def predict_scores(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Sigmoid scores, shape `[len(texts), num_labels]`, in the order of `texts`."""
         scores = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
@@ -108,10 +139,9 @@ class EmotionClassifier:
                 padding=True,
                 truncation=True,
                 max_length=self.metadata.max_length,
-                return_tensors="pt",
-            ).to(self.device)
-            logits = self.network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            scores[index] = torch.sigmoid(logits.float()).cpu().numpy()
+                return_tensors="np",
+            )
+            scores[index] = self.scorer.scores(batch["input_ids"], batch["attention_mask"])
         return scores
 
     def predict(self, texts: Sequence[str], top_k: int | None = 5, batch_size: int = 32) -> list[Prediction]:
@@ -144,3 +174,115 @@ class EmotionClassifier:
 
 def _unique(items) -> list[str]:
     return list(dict.fromkeys(items))
+
+
+BACKENDS = ("torch", "onnx", "onnx-int8")
+
+
+class _Unavailable(ModelError):
+    """The backend cannot run here (no onnxruntime, no file); not a fault in the model."""
+
+
+class _TorchScorer:
+    """Scores through the torch network (fp32, on any device)."""
+
+    backend = "torch"
+
+    def __init__(self, network: torch.nn.Module, device: str | torch.device, threads: int) -> None:
+        self.device = torch.device(device)
+        self.network = network.eval().to(self.device)
+        self.threads = threads
+        apply_torch_threads(threads)
+
+    @torch.inference_mode()
+    def scores(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        apply_torch_threads(self.threads)  # per calling thread: the bot's worker may not be the loading thread
+        logits = self.network(
+            input_ids=torch.from_numpy(input_ids).to(self.device),
+            attention_mask=torch.from_numpy(attention_mask).to(self.device),
+        )
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+
+class _OnnxScorer:
+    """Scores through an ONNX Runtime session on the CPU (`model.onnx` or `model.int8.onnx`)."""
+
+    def __init__(self, session, backend: str, path: Path, threads: int) -> None:
+        self.session = session
+        self.backend = backend
+        self.path = path
+        self.threads = threads
+
+    @classmethod
+    def open(cls, directory: Path, metadata: ModelMetadata, backend: str, threads: int) -> _OnnxScorer:
+        """Open `backend`'s file after checking it against its SHA-256 in `moodring.json`; ModelError if unusable."""
+        path = directory / FILE_OF_BACKEND[backend]
+        export = f"`moodring export-onnx --model {directory}`"
+        redo = f"Re-export it with {export}."
+        try:
+            import onnxruntime
+        except ImportError as error:
+            raise _Unavailable(f"onnxruntime is not installed ({error}); `pip install onnxruntime`") from error
+        if not path.is_file():
+            raise _Unavailable(f"no {path.name} in {directory}/. Add it with {export}.")
+        record = metadata.onnx_files.get(path.name)
+        if record is None:
+            raise ModelError(f"{path} is not recorded in {METADATA_FILE}. {redo}")
+        try:
+            if sha256_of(path) != record.get("sha256"):
+                raise ModelError(f"{path} is corrupt: its SHA-256 differs from the one in {METADATA_FILE}. {redo}")
+            session = onnxruntime.InferenceSession(
+                str(path), sess_options=ort_session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except ModelError:
+            raise
+        except Exception as error:  # onnxruntime raises its own exception types for unreadable graphs
+            raise ModelError(f"{path} is corrupt or unreadable ({error}). {redo}") from error
+        inputs = {item.name for item in session.get_inputs()}
+        outputs = {item.name for item in session.get_outputs()}
+        if inputs != set(INPUT_NAMES) or OUTPUT_NAME not in outputs:
+            found = f"inputs {sorted(inputs)}, outputs {sorted(outputs)}"
+            raise ModelError(f"{path} is not a moodring graph ({found}). {redo}")
+        return cls(session, backend, path, threads)
+
+    def scores(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feed = {
+            "input_ids": input_ids.astype(np.int64, copy=False),
+            "attention_mask": attention_mask.astype(np.int64, copy=False),
+        }
+        return self.session.run([OUTPUT_NAME], feed)[0]
+
+
+_Scorer = _TorchScorer | _OnnxScorer
+
+
+def _choose_scorer(
+    directory: Path,
+    metadata: ModelMetadata,
+    network: torch.nn.Module,
+    backend: str,
+    device: str,
+    threads: int,
+) -> _Scorer:
+    """The scorer for `backend`; for "auto", int8 ONNX when it loads on the CPU, else torch, logged in one line."""
+    if backend not in (*BACKENDS, "auto"):
+        raise ValueError(f"backend must be one of {', '.join((*BACKENDS, 'auto'))}, got {backend!r}")
+    on_cpu = torch.device(device).type == "cpu"
+    if backend == "torch":
+        return _TorchScorer(network, device, threads)
+    if backend != "auto":
+        if not on_cpu:
+            raise ModelError(f"the {backend} backend runs on the CPU only, not on {device}; use the torch backend")
+        return _OnnxScorer.open(directory, metadata, backend, threads)
+    level, reason = logging.INFO, f"device {device}"
+    if on_cpu:
+        try:
+            scorer = _OnnxScorer.open(directory, metadata, "onnx-int8", threads)
+        except ModelError as error:
+            level = logging.INFO if isinstance(error, _Unavailable) else logging.WARNING
+            reason = str(error)
+        else:
+            log.info("backend auto: onnx-int8 from %s, %d threads", scorer.path, threads)
+            return scorer
+    log.log(level, "backend auto: torch, %d threads (int8 ONNX not used: %s)", threads, reason)
+    return _TorchScorer(network, device, threads)

@@ -17,7 +17,39 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     classify.add_argument("--top-k", type=positive_int, default=5, help="emotions to show per text (default: 5)")
     classify.add_argument("--json", action="store_true", help="print a JSON list, one object per text")
+    add_serving_options(classify)
     classify.set_defaults(handler=run_classify)
+
+
+BACKEND_CHOICES = ("auto", "torch", "onnx", "onnx-int8")
+
+
+def add_serving_options(command: argparse.ArgumentParser) -> None:
+    """`--backend` and `--threads`, shared by every command that runs the classifier."""
+    command.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
+        help="inference backend; auto: int8 ONNX when the model has it and onnxruntime is installed, else torch "
+        "(default: auto)",
+    )
+    command.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="intra-op threads (default: $MOODRING_THREADS, else $OMP_NUM_THREADS, else the usable cores)",
+    )
+
+
+def serving_threads(command: str, args: argparse.Namespace) -> int | None:
+    """The thread count for `args`, or None after printing why the environment's setting is unusable."""
+    from model.threads import resolve_threads
+
+    try:
+        return resolve_threads(args.threads)
+    except ValueError as error:
+        print(f"moodring {command}: {error}", file=sys.stderr)
+        return None
 
 
 def positive_int(text: str) -> int:
@@ -35,8 +67,11 @@ def run_classify(args: argparse.Namespace) -> int:
     if not texts:
         print("moodring classify: no text given (pass TEXT arguments or lines on stdin)", file=sys.stderr)
         return 2
+    threads = serving_threads("classify", args)
+    if threads is None:
+        return 2
     try:
-        classifier = EmotionClassifier.load(args.model)
+        classifier = EmotionClassifier.load(args.model, backend=args.backend, threads=threads)
     except ModelError as error:
         print(f"moodring classify: {error}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,15 +29,32 @@ class ModelMetadata:
     versions: dict[str, str] = field(default_factory=dict)
     git_commit: str | None = None
     created_at: str | None = None
+    # Serving files beside the weights, by file name: {"sha256", "bytes", "backend", ...} (see model/onnx_export.py).
+    onnx_files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per-label thresholds tuned on dev with a backend whose scores differ from torch's (e.g. "onnx-int8");
+    # a backend not listed here uses `thresholds`.
+    thresholds_by_backend: dict[str, list[float]] = field(default_factory=dict)
+    # That backend's dev figures: macro-F1 with its own and with the torch thresholds, and its largest score shift.
+    dev_metrics_by_backend: dict[str, dict[str, Any]] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         if len(self.thresholds) != len(self.labels):
             raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.labels)} labels")
+        for backend, thresholds in self.thresholds_by_backend.items():
+            if len(thresholds) != len(self.labels):
+                raise ValueError(f"{len(thresholds)} {backend} thresholds for {len(self.labels)} labels")
+
+    def thresholds_for(self, backend: str) -> list[float]:
+        """The per-label thresholds tuned on dev for `backend`'s scores."""
+        return self.thresholds_by_backend.get(backend, self.thresholds)
 
     def save(self, directory: str | Path) -> Path:
+        """Write `moodring.json` under a temporary name, then rename it: a reader sees the old or the new file."""
         path = Path(directory) / METADATA_FILE
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        partial = path.with_name(f".{METADATA_FILE}.tmp")
+        partial.write_text(json.dumps(asdict(self), indent=2, sort_keys=False) + "\n", encoding="utf-8")
+        os.replace(partial, path)
         return path
 
     @classmethod

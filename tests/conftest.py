@@ -53,7 +53,10 @@ def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir: Path, goemotions_dir: Path) -> Path:
-    """The tiny backbone fine-tuned for one epoch on a slice of GoEmotions with Tez, then exported."""
+    """The tiny backbone fine-tuned for one epoch on a slice of GoEmotions with Tez, then exported.
+
+    Without ONNX files, so that only the tests that use them pay for them (tests/test_onnx.py adds them).
+    """
     from training.config import TrainArgs
     from training.train import train
 
@@ -69,5 +72,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir: 
         max_length=32,
         train_limit=512,
         dev_limit=256,
+        onnx=False,
     )
     return train(args)

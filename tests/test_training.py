@@ -77,6 +77,7 @@ def test_same_seed_same_result(tmp_path: Path, tiny_backbone_dir: Path, goemotio
                 train_limit=96,
                 dev_limit=64,
                 seed=seed,
+                onnx=False,
             )
         )
         return load_file(str(out / "model.safetensors"))

@@ -6,7 +6,7 @@ import argparse
 import sys
 from dataclasses import fields
 
-from model.cli import positive_int
+from model.cli import add_serving_options, positive_int, serving_threads
 
 DATA_HELP = "GoEmotions directory in the original TSV layout (default: $GOEMOTIONS_DIR, else the hub)"
 MODEL_HELP = "exported model directory (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"
@@ -43,13 +43,28 @@ def register(commands: argparse._SubParsersAction) -> None:
         flag = "--" + name.replace("_", "-")
         train.add_argument(flag, type=kind, default=defaults[name], help=f"{help_text} (default: {defaults[name]})")
     train.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="fp16/bf16 on a GPU")
+    train.add_argument(
+        "--no-onnx",
+        dest="onnx",
+        action="store_false",
+        help="skip model.onnx / model.int8.onnx (add them later with `moodring export-onnx`)",
+    )
     train.set_defaults(handler=run_train)
+
+    export = commands.add_parser(
+        "export-onnx",
+        help="add model.onnx (fp32) and model.int8.onnx to an exported model, int8 thresholds tuned on dev",
+    )
+    export.add_argument("--model", help=MODEL_HELP)
+    export.add_argument("--data-dir", help=DATA_HELP)
+    export.set_defaults(handler=run_export_onnx)
 
     evaluate = commands.add_parser("evaluate", help="report a model's accuracy on the dev or test split")
     evaluate.add_argument("--model", help=MODEL_HELP)
     evaluate.add_argument("--split", choices=["dev", "test"], default="dev", help="test only for the final report")
     evaluate.add_argument("--data-dir", help=DATA_HELP)
     evaluate.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    add_serving_options(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
 
 
@@ -78,8 +93,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from training.data import DataError
     from training.evaluate import evaluate, format_report
 
+    threads = serving_threads("evaluate", args)
+    if threads is None:
+        return 2
     try:
-        report = evaluate(args.model, split=args.split, data_dir=args.data_dir)
+        report = evaluate(args.model, split=args.split, data_dir=args.data_dir, backend=args.backend, threads=threads)
     except (ModelError, DataError) as error:
         print(f"moodring evaluate: {error}", file=sys.stderr)
         return 2
@@ -89,4 +107,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(format_report(report))
+    return 0
+
+
+def run_export_onnx(args: argparse.Namespace) -> int:
+    from model.classifier import ModelError
+    from training.data import DataError
+    from training.export import export_onnx
+
+    try:
+        metadata = export_onnx(args.model, data_dir=args.data_dir)
+    except (ModelError, DataError) as error:
+        print(f"moodring export-onnx: {error}", file=sys.stderr)
+        return 2
+    int8 = metadata.dev_metrics_by_backend["onnx-int8"]
+    print(
+        f"Added {', '.join(metadata.onnx_files)}. Dev macro-F1: int8 {int8['macro_f1']:.4f} with its own thresholds, "
+        f"torch fp32 {int8['torch_macro_f1']:.4f}; largest score shift {int8['max_score_shift']:.4f}."
+    )
     return 0

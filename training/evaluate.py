@@ -15,14 +15,21 @@ from training.metrics import PAPER_THRESHOLD, classification_report, group_matri
 log = logging.getLogger(__name__)
 
 
-def evaluate(model_dir: str | Path | None, split: str = "dev", data_dir: str | Path | None = None) -> dict:
+def evaluate(
+    model_dir: str | Path | None,
+    split: str = "dev",
+    data_dir: str | Path | None = None,
+    backend: str = "auto",
+    threads: int | None = None,
+) -> dict:
     """Report on `split` with the model's dev-tuned thresholds; also writes `eval-<split>.json/.png`.
 
-    Thresholds always come from the model's metadata (tuned on dev at export time), so a test
-    report never uses the test split for any decision.
+    Thresholds always come from the model's metadata (tuned on dev at export time, per backend where
+    the backend's scores differ), so a test report never uses the test split for any decision. The
+    report names the backend that served.
     """
     directory = Path(model_dir) if model_dir else default_model_dir()
-    classifier = EmotionClassifier.load(directory)
+    classifier = EmotionClassifier.load(directory, backend=backend, threads=threads)
     data = load_goemotions(resolve_data_dir(data_dir), splits=(split,))
     rows = data.splits[split]
     if data.labels != classifier.labels:
@@ -45,9 +52,13 @@ def evaluate(model_dir: str | Path | None, split: str = "dev", data_dir: str | P
         "rows": len(rows),
         "model": str(directory),
         "backbone": meta.backbone,
+        "backend": classifier.backend,
         "macro_f1": per_label["macro_f1"],
         "micro_f1": per_label["micro_f1"],
-        "thresholds": {"per_label": dict(zip(labels, meta.thresholds, strict=True)), "global": meta.global_threshold},
+        "thresholds": {
+            "per_label": dict(zip(labels, classifier.thresholds.tolist(), strict=True)),
+            "global": meta.global_threshold,
+        },
         "decision_rules": {},
         "ekman": {},
         "sentiment": {},
@@ -94,6 +105,7 @@ def format_report(report: dict) -> str:
     lines = [
         f"{report['split']} split, {report['rows']} rows, model {report['model']}",
         f"backbone: {report['backbone']}",
+        f"backend: {report.get('backend', 'torch')}",
         "",
         f"{'decision rule':<22}{'macro-P':>9}{'macro-R':>9}{'macro-F1':>10}{'micro-F1':>10}"
         f"{'Ekman F1':>10}{'sentiment F1':>14}",

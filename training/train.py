@@ -1,7 +1,8 @@
 """Fine-tune SqueezeBERT on GoEmotions with Tez, tune thresholds on dev, export.
 
 Read top to bottom: data -> backbone -> loaders -> Tez fit (with our dev callback) -> best
-checkpoint -> dev thresholds -> export. The test split is never read here.
+checkpoint -> dev thresholds -> export (with ONNX fp32/int8 files and int8 dev thresholds).
+The test split is never read here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from training.backbones import load_backbone
 from training.callbacks import DevEvaluation, ProgressLog
 from training.config import TrainArgs
 from training.data import LengthGroupedSampler, PadCollator, encode, load_goemotions, resolve_data_dir
-from training.export import export_model, git_commit, library_versions, now_iso
+from training.export import DevSet, export_model, git_commit, library_versions, now_iso
 from training.metrics import classification_report, tune_global_threshold, tune_thresholds
 from training.module import TezEmotionModel
 
@@ -137,7 +138,7 @@ def train(args: TrainArgs) -> Path:
         git_commit=commit,
         created_at=now_iso(),
     )
-    export_model(network, tokenizer, metadata, out)
+    export_model(network, tokenizer, metadata, out, onnx=args.onnx, dev=DevSet(list(dev_split["text"]), truth))
     progress.write("done", out=str(out), dev_macro_f1=report["macro_f1"])
     log.info("exported %s", out)
     return out

@@ -1,0 +1,129 @@
+"""ONNX export of the emotion network: `model.onnx` (fp32) and `model.int8.onnx` (dynamic int8).
+
+SqueezeBERT computes every projection as a 1x1 `Conv1d` in [batch, channels, sequence] layout. Exported as is,
+those become `Conv` nodes, and quantized `Conv` nodes run many times slower than fp32 on CPUs. So the export goes
+through `LinearView`: the same function in [batch, sequence, channels] layout, where each 1x1 convolution is a
+`Linear` (groups = 1, exported as `MatMul` + `Add`) or one batched `MatMul` over its groups (groups > 1). The int8
+file then quantizes `MatMul`/`Gemm` only, with `onnxruntime.quantization.quantize_dynamic`.
+
+Both graphs take `input_ids` and `attention_mask` (int64, [batch, sequence], both axes dynamic) and return
+`scores` (float32 sigmoid scores, [batch, num_labels]).
+
+torch, onnx and onnxruntime are imported inside the functions that need them (the CLI imports this module).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from model.network import SqueezeBertForEmotions
+
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+FILE_OF_BACKEND = {"onnx": ONNX_FILE, "onnx-int8": INT8_FILE}
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAME = "scores"
+OPSET = 17  # the first with LayerNormalization
+QUANTIZED_OPS = ("MatMul", "Gemm")
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def export_onnx_files(network: SqueezeBertForEmotions, directory: str | Path) -> dict[str, dict[str, Any]]:
+    """Write `model.onnx` and `model.int8.onnx` into `directory`; return each file's record for `moodring.json`.
+
+    Each file is written under a temporary name and renamed into place, so a reader never sees half a file.
+    """
+    import onnx
+    import onnxruntime
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from model.linear_view import LinearView
+
+    directory = Path(directory)
+    view = LinearView(network)
+    # Padding in the example, so the traced graph keeps the mask arithmetic for every batch.
+    input_ids = torch.tensor([[101, 7592, 2088, 999, 102], [101, 7592, 102, 0, 0]], dtype=torch.long)
+    attention_mask = (input_ids != 0).long()
+    fp32_tmp, int8_tmp = directory / f".{ONNX_FILE}.tmp", directory / f".{INT8_FILE}.tmp"
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(
+                view,
+                (input_ids, attention_mask),
+                str(fp32_tmp),
+                dynamo=False,  # the TorchScript exporter: no onnxscript dependency
+                input_names=list(INPUT_NAMES),
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES} | {OUTPUT_NAME: {0: "batch"}},
+                opset_version=OPSET,
+                do_constant_folding=True,
+            )
+        onnx.checker.check_model(str(fp32_tmp))
+        with _without_preprocessing_advice():
+            quantize_dynamic(
+                str(fp32_tmp),
+                str(int8_tmp),
+                op_types_to_quantize=list(QUANTIZED_OPS),
+                weight_type=QuantType.QInt8,
+                # Weights only: attention's activation x activation products stay fp32.
+                extra_options={"MatMulConstBOnly": True},
+            )
+        os.replace(fp32_tmp, directory / ONNX_FILE)
+        os.replace(int8_tmp, directory / INT8_FILE)
+    finally:
+        for leftover in (fp32_tmp, int8_tmp):
+            leftover.unlink(missing_ok=True)
+    common = {"opset": OPSET, "exporter": f"torch.onnx (TorchScript) {torch.__version__}"}
+    return {
+        ONNX_FILE: {
+            "backend": "onnx",
+            "sha256": sha256_of(directory / ONNX_FILE),
+            "bytes": (directory / ONNX_FILE).stat().st_size,
+            **common,
+        },
+        INT8_FILE: {
+            "backend": "onnx-int8",
+            "sha256": sha256_of(directory / INT8_FILE),
+            "bytes": (directory / INT8_FILE).stat().st_size,
+            "quantization": f"dynamic int8 (QInt8 weights, per tensor) on {'/'.join(QUANTIZED_OPS)} only, "
+            f"onnxruntime {onnxruntime.__version__}",
+            **common,
+        },
+    }
+
+
+def graph_operators(path: str | Path) -> set[str]:
+    """The operator types in an ONNX file's main graph."""
+    import onnx
+
+    return {node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node}
+
+
+@contextlib.contextmanager
+def _without_preprocessing_advice():
+    """Drop quantize_dynamic's root-logger advice to run `quant_pre_process`: its symbolic shape inference
+    cannot follow this graph's dynamic reshapes, and the graph quantizes fully without it."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider to run pre-processing")
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
