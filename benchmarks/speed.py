@@ -1,26 +1,46 @@
-"""CPU speed of the exported classifier against bert-base- and roberta-base-shaped models.
+"""CPU speed (and test accuracy) of every serving backend of the exported classifier, quiet and with a busy core.
 
-All three run through the same `EmotionClassifier.predict` path (same tokenizer, same batching,
-same thresholds); the two baselines have random weights, which is fine for timing. Prints a
-Markdown table.
+Backends, all through the same `EmotionClassifier.predict` path (same tokenizer, batching and thresholds):
+torch fp32; torch dynamic int8 on the Linear view (if torch's quantized kernels run here); ONNX fp32; ONNX int8;
+and a bert-base-shaped reference with random weights (fine for timing). Each is timed twice: on a quiet machine,
+and with another process busy on one core (a single-threaded busy loop that this script starts, bounds in
+time and stops). Texts are GoEmotions dev rows; macro-F1 is on the test split with each backend's dev-tuned
+thresholds (the bert-base reference has no trained weights, so none). Prints a Markdown table.
 
-    python benchmarks/speed.py [--model DIR] [--data-dir DIR] [--single 200] [--batches 20]
+    python benchmarks/speed.py [--model DIR] [--data-dir DIR] [--threads N] [--single 200] [--batches 20]
+    python benchmarks/speed.py --model DIR --quick     # a few calls each: checks that everything runs
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
-from transformers import BertConfig, BertForSequenceClassification, RobertaConfig, RobertaForSequenceClassification
 
 from model import EmotionClassifier
+from model.threads import resolve_threads
+
+TORCH = "torch fp32"
+# The burner exits by itself after its bound, even if this script dies without stopping it.
+BURNER = """import sys, time
+print("ready", flush=True)
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    pass
+"""
 
 
 class LogitsOnly(nn.Module):
@@ -34,18 +54,39 @@ class LogitsOnly(nn.Module):
         return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
-def baseline(reference: EmotionClassifier, name: str) -> EmotionClassifier:
-    labels = len(reference.labels)
-    if name == "bert-base":
-        inner = BertForSequenceClassification(BertConfig(num_labels=labels))
-    else:  # roberta-base; the BERT tokenizer's ids (< 30522) are valid ids in its 50265-token vocabulary
-        inner = RobertaForSequenceClassification(
-            RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, num_labels=labels)
-        )
-    return EmotionClassifier(LogitsOnly(inner), reference.tokenizer, reference.metadata)
+def backends(model: str | None, threads: int) -> dict[str, Callable[[], EmotionClassifier]]:
+    """Name -> a function that loads that backend (loaded one at a time, so memory holds one model)."""
+
+    def torch_int8() -> EmotionClassifier:
+        from model.linear_view import LinearView
+
+        reference = EmotionClassifier.load(model, backend="torch", threads=threads)
+        view = LinearView(reference.scorer.network)
+        with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao, not installed
+            warnings.simplefilter("ignore")
+            quantized = torch.ao.quantization.quantize_dynamic(view, {nn.Linear}, dtype=torch.qint8)
+        return EmotionClassifier.from_network(quantized, reference.tokenizer, reference.metadata, threads=threads)
+
+    def bert_base() -> EmotionClassifier:
+        from transformers import BertConfig, BertForSequenceClassification
+
+        reference = EmotionClassifier.load(model, backend="torch", threads=threads)
+        torch.manual_seed(0)
+        inner = BertForSequenceClassification(BertConfig(num_labels=len(reference.labels))).eval()
+        network = LogitsOnly(inner)
+        return EmotionClassifier.from_network(network, reference.tokenizer, reference.metadata, threads=threads)
+
+    return {
+        TORCH: lambda: EmotionClassifier.load(model, backend="torch", threads=threads),
+        "torch int8 (dynamic, Linear view; torch thresholds)": torch_int8,
+        "ONNX fp32": lambda: EmotionClassifier.load(model, backend="onnx", threads=threads),
+        "ONNX int8 (dynamic, MatMul only)": lambda: EmotionClassifier.load(model, backend="onnx-int8", threads=threads),
+        "bert-base-shaped (random weights)": bert_base,
+    }
 
 
 def measure(classifier: EmotionClassifier, texts: list[str], single: int, batches: int) -> dict[str, float]:
+    """Single-message latency percentiles (ms) over `single` texts, and texts/s over `batches` batches of 32."""
     classifier.predict(texts[:32])  # warm-up
     latencies = []
     for text in texts[:single]:
@@ -62,43 +103,104 @@ def measure(classifier: EmotionClassifier, texts: list[str], single: int, batche
         "p50_ms": statistics.median(latencies),
         "p95_ms": latencies[int(0.95 * (len(latencies) - 1))],
         "throughput": len(batch_texts) / elapsed,
-        "parameters_m": sum(p.numel() for p in classifier.network.parameters()) / 1e6,
     }
+
+
+@contextlib.contextmanager
+def busy_core(max_seconds: float) -> Iterator[int]:
+    """Run a single-threaded busy loop in another process for the duration of the block; yield its pid.
+
+    Waits for the loop to say it is running before yielding, and for it to be gone before returning.
+    """
+    burner = subprocess.Popen([sys.executable, "-c", BURNER, str(max_seconds)], stdout=subprocess.PIPE, text=True)
+    try:
+        if burner.stdout.readline().strip() != "ready":
+            raise RuntimeError("the CPU burner did not start")
+        yield burner.pid
+    finally:
+        burner.terminate()
+        try:
+            burner.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            burner.kill()
+            burner.wait(timeout=10)
+        burner.stdout.close()
+
+
+def macro_f1(classifier: EmotionClassifier, rows: dict) -> float:
+    from training.metrics import classification_report
+
+    truth = np.zeros((len(rows["text"]), len(classifier.labels)), dtype=bool)
+    for i, ids in enumerate(rows["labels"]):
+        truth[i, ids] = True
+    scores = classifier.predict_scores(rows["text"], batch_size=64)
+    return classification_report(truth, scores >= classifier.thresholds, classifier.labels)["macro_f1"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="exported model (default: $MOODRING_MODEL_DIR or models/...)")
     parser.add_argument("--data-dir", default=os.environ.get("GOEMOTIONS_DIR", "../shared/data/goemotions"))
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: as `moodring classify`)")
     parser.add_argument("--single", type=int, default=200, help="single-message calls to time")
     parser.add_argument("--batches", type=int, default=20, help="batches of 32 to time")
+    parser.add_argument("--test-rows", type=int, default=None, help="score only the first N test rows")
+    parser.add_argument("--quick", action="store_true", help="5 single calls, 1 batch, 64 test rows: a smoke run")
     args = parser.parse_args()
+    if args.quick:
+        args.single, args.batches, args.test_rows = 5, 1, 64
+    threads = resolve_threads(args.threads)
 
-    import csv
+    from training.data import load_goemotions
 
-    # Dev texts: the test split is read only by `moodring evaluate --split test`.
+    # Timing texts from dev; accuracy from test, with thresholds tuned on dev at export time.
     with (Path(args.data_dir) / "dev.tsv").open(newline="", encoding="utf-8") as handle:
         texts = [row[0] for row in csv.reader(handle, delimiter="\t")]
-    ours = EmotionClassifier.load(args.model)
-    results = {"moodring (SqueezeBERT, exported)": measure(ours, texts, args.single, args.batches)}
-    for name in ("bert-base", "roberta-base"):
-        torch.manual_seed(0)
-        results[f"{name}-shaped (random weights)"] = measure(baseline(ours, name), texts, args.single, args.batches)
+    test = load_goemotions(args.data_dir, splits=("test",)).splits["test"]
+    if args.test_rows:
+        test = test.select(range(min(args.test_rows, len(test))))
+    test_rows = {"text": list(test["text"]), "labels": list(test["labels"])}
 
-    base = results["moodring (SqueezeBERT, exported)"]
+    results: dict[str, dict] = {}
+    for name, load in backends(args.model, threads).items():
+        try:
+            classifier = load()
+            quiet = measure(classifier, texts, args.single, args.batches)
+        except Exception as error:  # "if it works": a backend that cannot run here is reported, not fatal
+            results[name] = {"error": f"{type(error).__name__}: {error}".splitlines()[0][:160]}
+            continue
+        f1 = None if name.startswith("bert-base") else macro_f1(classifier, test_rows)
+        # Bounded well past what the busy measurement can take; stopped as soon as it is done.
+        with busy_core(max_seconds=600) as burner_pid:
+            busy = measure(classifier, texts, args.single, args.batches)
+        results[name] = {"quiet": quiet, "busy": busy, "macro_f1": f1, "burner_pid": burner_pid}
+        del classifier
+
     print(
-        f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__} with {torch.get_num_threads()} threads; texts: GoEmotions dev.tsv\n"
+        f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+        f"({len(os.sched_getaffinity(0))} usable), {threads} intra-op threads per backend; torch {torch.__version__}; "
+        f"single-message latency over {args.single} dev texts, throughput over {args.batches} batches of 32; "
+        f"test macro-F1 over {len(test_rows['text'])} rows. 'busy': another process spins on one core.\n"
     )
     print(
-        "| model | params (M) | single p50 (ms) | single p95 (ms) | batch-32 texts/s | p50 vs ours | texts/s vs ours |"
+        "| backend | single p50 (ms) | single p95 (ms) | batch-32 texts/s | busy: p50 (ms) | busy: p95 (ms) "
+        "| busy: texts/s | test macro-F1 | p50 vs torch | texts/s vs torch |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = results.get(TORCH, {}).get("quiet")
     for name, r in results.items():
+        if "error" in r:
+            print(f"| {name} | did not run: {r['error']} |||||||||")
+            continue
+        q, b = r["quiet"], r["busy"]
+        f1 = "" if r["macro_f1"] is None else f"{r['macro_f1']:.3f}"
+        versus = f"{q['p50_ms'] / base['p50_ms']:.2f}x | {q['throughput'] / base['throughput']:.2f}x" if base else " | "
         print(
-            f"| {name} | {r['parameters_m']:.1f} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | {r['throughput']:.0f} "
-            f"| {r['p50_ms'] / base['p50_ms']:.2f}x | {r['throughput'] / base['throughput']:.2f}x |"
+            f"| {name} | {q['p50_ms']:.1f} | {q['p95_ms']:.1f} | {q['throughput']:.0f} | {b['p50_ms']:.1f} "
+            f"| {b['p95_ms']:.1f} | {b['throughput']:.0f} | {f1} | {versus} |"
         )
+    pids = sorted({r["burner_pid"] for r in results.values() if "burner_pid" in r})
+    print(f"\nCPU burner processes (all stopped): {', '.join(map(str, pids))}")
 
 
 if __name__ == "__main__":

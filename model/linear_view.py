@@ -86,7 +86,7 @@ class LinearLayer(nn.Module):
 
 
 class LinearView(nn.Module):
-    """`network` as the same function in channel-last layout, returning sigmoid scores (what is served).
+    """`network` as the same function in channel-last layout: token ids and mask in, one logit per label out.
 
     The projection weights are copies; the embeddings, layer norms and head are the network's own modules.
     Always in eval mode (no dropout).
@@ -106,4 +106,15 @@ class LinearView(nn.Module):
         additive_mask = (1.0 - attention_mask[:, None, None, :].to(hidden.dtype)) * torch.finfo(hidden.dtype).min
         for layer in self.layers:
             hidden = layer(hidden, additive_mask)
-        return torch.sigmoid(self.classifier(masked_mean(hidden, attention_mask)))
+        return self.classifier(masked_mean(hidden, attention_mask))
+
+
+class SigmoidScores(nn.Module):
+    """A logits module's sigmoid scores: the ONNX graphs return what the classifier serves."""
+
+    def __init__(self, logits: nn.Module) -> None:
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(input_ids, attention_mask))

@@ -51,10 +51,10 @@ def export_onnx_files(network: SqueezeBertForEmotions, directory: str | Path) ->
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from model.linear_view import LinearView
+    from model.linear_view import LinearView, SigmoidScores
 
     directory = Path(directory)
-    view = LinearView(network)
+    view = SigmoidScores(LinearView(network)).eval()
     # Padding in the example, so the traced graph keeps the mask arithmetic for every batch.
     input_ids = torch.tensor([[101, 7592, 2088, 999, 102], [101, 7592, 102, 0, 0]], dtype=torch.long)
     attention_mask = (input_ids != 0).long()
