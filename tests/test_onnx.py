@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -262,9 +263,13 @@ def test_onnx_sessions_get_the_configured_threads_and_do_not_spin(onnx_model_dir
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
-def test_train_exports_onnx_with_int8_thresholds(tmp_path: Path, tiny_backbone_dir: Path, goemotions_dir: Path) -> None:
-    out = train(tiny_args(tmp_path, tiny_backbone_dir, goemotions_dir))
+def test_train_exports_onnx_with_int8_thresholds(
+    tmp_path: Path, tiny_backbone_dir: Path, goemotions_dir: Path, torch_threads
+) -> None:
+    out = train(replace(tiny_args(tmp_path, tiny_backbone_dir, goemotions_dir), threads=2))
+    assert torch.get_num_threads() == 2  # the count asked for, not OMP_NUM_THREADS=1 from the environment
     meta = ModelMetadata.load(out)
+    assert meta.training_args["threads"] == 2
     assert {name: record["sha256"] for name, record in meta.onnx_files.items()} == {
         name: sha256(out / name) for name in (ONNX_FILE, INT8_FILE)
     }
@@ -331,3 +336,17 @@ def test_classify_cli_backend_and_threads(
     monkeypatch.setenv(THREADS_ENV, "lots")
     assert main(["classify", "--model", model, "hi"]) == 2
     assert f"{THREADS_ENV} must be a whole number" in capsys.readouterr().err
+
+
+def test_export_onnx_without_dev_data_is_a_clear_error_and_writes_nothing(
+    tiny_model_dir: Path, copy_of, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from moodring.cli import main
+
+    directory = copy_of(tiny_model_dir)
+    before = sorted(p.name for p in directory.iterdir())
+    assert main(["export-onnx", "--model", str(directory), "--data-dir", str(tmp_path / "nowhere")]) == 2
+    assert "moodring export-onnx:" in capsys.readouterr().err
+    assert sorted(p.name for p in directory.iterdir()) == before
+    assert main(["export-onnx", "--model", str(tmp_path / "no-model")]) == 2
+    assert "moodring train" in capsys.readouterr().err

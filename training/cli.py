@@ -44,6 +44,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         train.add_argument(flag, type=kind, default=defaults[name], help=f"{help_text} (default: {defaults[name]})")
     train.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="fp16/bf16 on a GPU")
     train.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch intra-op threads (default: $MOODRING_THREADS, else $OMP_NUM_THREADS, else the usable cores)",
+    )
+    train.add_argument(
         "--no-onnx",
         dest="onnx",
         action="store_false",
@@ -79,6 +85,8 @@ def run_train(args: argparse.Namespace) -> int:
     names = {f.name for f in fields(TrainArgs)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values["backbone"] = args.backbone or os.environ.get("MOODRING_BACKBONE") or DEFAULT_BACKBONE
+    if serving_threads("train", args) is None:
+        return 2
     try:
         out = train(TrainArgs(**values))
     except (DataError, BackboneError, TrainingError) as error:

@@ -26,4 +26,5 @@ class TrainArgs:
     precision: str = "fp32"  # fp32, fp16 or bf16 (the last two on a GPU)
     train_limit: int | None = None  # use only the first N training rows (quick runs, tests)
     dev_limit: int | None = None
+    threads: int | None = None  # torch intra-op threads; default: MOODRING_THREADS, OMP_NUM_THREADS, usable cores
     onnx: bool = True  # also export model.onnx and model.int8.onnx (with int8 thresholds tuned on dev)

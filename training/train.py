@@ -21,6 +21,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from model.classifier import default_model_dir
 from model.metadata import ModelMetadata
 from model.network import SqueezeBertForEmotions
+from model.threads import apply_torch_threads, resolve_threads
 from training.backbones import load_backbone
 from training.callbacks import DevEvaluation, ProgressLog
 from training.config import TrainArgs
@@ -49,6 +50,8 @@ def train(args: TrainArgs) -> Path:
     checkpoint_dir = work_dir / "best"
     commit = git_commit()  # of the code that trains, before anything can change under us
     seed_everything(args.seed)
+    threads = resolve_threads(args.threads)
+    apply_torch_threads(threads)
 
     data = load_goemotions(resolve_data_dir(args.data_dir), splits=("train", "dev"))
     train_split, dev_split = data.splits["train"], data.splits["dev"]
@@ -96,7 +99,9 @@ def train(args: TrainArgs) -> Path:
         bf16=args.precision == "bf16",
     )
     trainer = Tez(module)
-    log.info("training: %d epochs x %d steps, batch %d", args.epochs, len(train_loader), args.batch_size)
+    log.info(
+        "training: %d epochs x %d steps, batch %d, %d threads", args.epochs, len(train_loader), args.batch_size, threads
+    )
     try:
         with logging_redirect_tqdm():
             trainer.fit(train_rows, config=config, train_loader=train_loader, callbacks=[dev_evaluation, progress])
