@@ -98,6 +98,42 @@ def test_linear_view_is_the_same_function(tiny_model_dir: Path) -> None:
         assert (LinearView(network)(input_ids, attention_mask) - expected).abs().max() < 1e-5
 
 
+def test_ungrouped_network_exports_as_plain_matmuls(tmp_path: Path) -> None:
+    """The served model has groups = 1 everywhere (the MiniLM start): the nn.Linear path of the view and export."""
+    import onnxruntime
+    from transformers import SqueezeBertConfig
+
+    from model.network import SqueezeBertForEmotions
+    from model.onnx_export import export_onnx_files
+
+    torch.manual_seed(0)
+    config = SqueezeBertConfig(
+        vocab_size=1000,
+        hidden_size=32,
+        embedding_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=28,
+        **dict.fromkeys(["q_groups", "k_groups", "v_groups", "post_attention_groups"], 1),
+        **dict.fromkeys(["intermediate_groups", "output_groups"], 1),
+    )
+    network = SqueezeBertForEmotions(config).eval()
+    input_ids = torch.randint(5, 1000, (4, 13))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[3, 4:] = 0
+    with torch.no_grad():
+        expected = torch.sigmoid(network(input_ids, attention_mask)).numpy()
+    export_onnx_files(network, tmp_path)
+    assert "Conv" not in graph_operators(tmp_path / ONNX_FILE)
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= graph_operators(tmp_path / INT8_FILE)
+    feed = {"input_ids": input_ids.numpy(), "attention_mask": attention_mask.numpy()}
+    for name, tolerance in ((ONNX_FILE, 1e-4), (INT8_FILE, INT8_TOLERANCE)):
+        session = onnxruntime.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+        assert np.abs(session.run(None, feed)[0] - expected).max() < tolerance
+
+
 def test_export_records_each_file_in_the_metadata(onnx_model_dir: Path, tiny_model_dir: Path) -> None:
     meta = ModelMetadata.load(onnx_model_dir)
     assert set(meta.onnx_files) == {ONNX_FILE, INT8_FILE}
