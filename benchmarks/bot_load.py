@@ -906,10 +906,12 @@ def rates(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--channels", type=positive(int), default=4, help="text channels with analysis on")
     parser.add_argument("--rates", type=rates, default=[50.0, 100.0, 200.0, 400.0, 800.0], help="msg/s, one a step")
-    parser.add_argument("--seconds-per-step", type=positive(float), default=10.0)
+    parser.add_argument("--seconds-per-step", type=positive(float), default=10.0, help="seconds per step at most")
     parser.add_argument("--max-messages", type=positive(int), default=5000, help="messages per step at most")
     parser.add_argument("--emotion-every", type=positive(float), default=0.1, help="seconds between /emotion calls")
     parser.add_argument("--emotion-timeout", type=positive(float), default=10.0, help="seconds to wait for an answer")
@@ -918,6 +920,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         type=Path,
         default=Path(os.environ.get("GOEMOTIONS_DIR") or REPO.parent / "shared/data/goemotions"),
+        help="GoEmotions directory; its dev.tsv texts are the messages ($GOEMOTIONS_DIR)",
     )
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="the bot's INFO logs on stderr")
