@@ -1,0 +1,974 @@
+"""The product's own number: the real `MoodringBot` under a rising message rate, through the Discord stand-in.
+
+    python benchmarks/bot_load.py [--model DIR] [--channels 4] [--rates 50,100,200,400,800] [--seconds-per-step 10]
+                                  [--max-messages 5000] [--threads N] [--batch-size N] [--batch-wait-ms MS]
+                                  [--queue-size N] [--emotion-every 0.1] [--data-dir DIR] [--json OUT]
+
+What runs. The bot is built from `BotConfig.from_env` exactly as `moodring run` builds it (so MOODRING_* variables
+in the environment apply; the command-line settings go through the same variables and parser, all in `bot_config`),
+with a fresh SQLite file in a temporary directory, and connects to a Discord stand-in (tests/discord_standin: gateway
+v10 and REST on 127.0.0.1, the unmodified discord.py client). Automatic analysis is on in `--channels` text channels
+(the store's default; checked, and switched on through the store if that default ever changes); auto-reactions stay
+off (their default). Each step offers one message rate (real GoEmotions dev texts, round-robin over the channels)
+for `--seconds-per-step` seconds or `--max-messages` messages, whichever ends first, and dispatches `/emotion`
+every `--emotion-every` seconds meanwhile. The run stops after the first step at which the bot saturates (a message
+skipped as busy, or fewer than 90% of the offered messages analysed per second), or after the last rate.
+
+Where each part runs, and why. Two processes, so that what is measured is the bot's alone:
+* this process runs the bot's event loop and nothing else but the measurement: a loop-lag probe (sleeps 10 ms,
+  records the oversleep), a poll of the bot's counters every 10 ms while a step drains, and the JSON-lines link to
+  the stand-in. Its RSS (/proc/self/status VmRSS, VmHWM) is the bot's RSS; it does not import the stand-in (which
+  would bring pytest, about 10 MB), and points discord.py at it with the same two class attributes the stand-in's
+  own `point_discord_at` patches (`point_discord_at` below);
+* a child process (this file with `--standin-child`) runs the stand-in and the load generator. In one process, the
+  stand-in's work (building, compressing and sending gateway frames, answering REST) would be charged to the bot's
+  loop lag and RSS; in a thread it would still hold the same GIL. The two processes share the machine's cores, as a
+  bot shares them with other services; the table shows each process's CPU use, and the load generator's achieved
+  rate next to the offered one, so a generator that fell behind is visible rather than mistaken for the bot.
+
+What is counted. Per step, from `bot.counters` (bot/cogs/emotions.py): every human message ends in exactly one
+outcome, `analyzed`, `reply_mentions`, `analysis_failed` or a `skipped_*` counter. The script waits until the
+outcomes account for every message sent (bounded by `--drain-seconds`), then checks sent == `messages_seen` ==
+analysed + counted skips, and analysed == what the store recorded == what it committed (after a flush); at the end
+the SQLite file's own message total must equal every message analysed. Any difference is reported as a MISMATCH
+and the exit status is 1. `/emotion` latency is the time from dispatching the interaction to the bot's interaction
+callback arriving at the stand-in (both clocks are CLOCK_MONOTONIC on one machine); answers that say the bot is busy
+are counted apart, and answers later than Discord's 3 s limit (the stand-in does not enforce it) are counted too.
+
+Bounds. Every step is bounded in messages and seconds, the drain and each `/emotion` wait have timeouts, and the
+whole run has a deadline derived from them. The stand-in listens on 127.0.0.1 only. The child exits when told to,
+or when this process goes away (its stdin closes); it is killed if it does not, and the script checks that no child
+process is left. The stand-in lives in tests/, so running this needs the test dependencies (`pip install -e
+'.[test]'`).
+
+The Markdown report (machine, exact command line, per-step table, summary) goes to stdout, progress to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shlex
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from types import ModuleType
+
+    from bot.app import MoodringBot
+    from bot.config import BotConfig
+
+REPO = Path(__file__).resolve().parents[1]
+LAG_PROBE_SECONDS = 0.010
+DISCORD_ANSWER_LIMIT = 3.0  # seconds: Discord drops an interaction not answered within this
+KEEP_UP_RATIO = 0.9  # a step at which fewer than this share of the offered messages/s is analysed saturates the bot
+MB = 1024 * 1024
+
+# Bot settings the command line passes through, as (option, environment variable, type, help). They reach the bot
+# through `BotConfig.from_env`, the parser `moodring run` uses, so they are validated the same way. A new setting is
+# one row here (e.g. ("--backend", "MOODRING_BACKEND", str, "torch, onnx, onnx-int8 or auto")).
+BOT_SETTINGS: tuple[tuple[str, str, type, str], ...] = (
+    ("--model", "MOODRING_MODEL_DIR", str, "exported model directory (default: the bot's default model directory)"),
+    ("--batch-size", "MOODRING_BATCH_SIZE", int, "texts per inference batch"),
+    ("--batch-wait-ms", "MOODRING_BATCH_WAIT_MS", float, "how long a batch waits to fill"),
+    ("--queue-size", "MOODRING_QUEUE_SIZE", int, "inference queue bound (beyond it messages are skipped as busy)"),
+    (
+        "--threads",
+        "MOODRING_THREADS",
+        int,
+        "intra-op threads: OMP/MKL_NUM_THREADS, torch.set_num_threads and the bot's own setting",
+    ),
+)
+
+
+# ----------------------------------------------------------------------------------------------- the stand-in side
+
+
+def standin_package() -> ModuleType:
+    """The Discord stand-in package. It lives in tests/ today; if it moves to a top-level package, change only this."""
+    tests = str(REPO / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import discord_standin
+
+    return discord_standin
+
+
+def dev_texts(data_dir: Path) -> list[str]:
+    """The first column of GoEmotions' dev.tsv (the test split is only read by `moodring evaluate`)."""
+    path = data_dir / "dev.tsv"
+    if not path.is_file():
+        raise SystemExit(f"bot_load: {path} not found; set GOEMOTIONS_DIR or pass --data-dir")
+    texts = [line.split("\t", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return [text for text in texts if text]
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process (all its threads) so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class LoadGenerator:
+    """The child process: a stand-in with `channels` text channels, driven by commands read from stdin."""
+
+    def __init__(self, channels: int, texts: list[str], out: Any) -> None:
+        self.standin = standin_package().DiscordStandIn()
+        self.channel_count = channels
+        self.channel_ids: list[int] = []
+        self.texts = texts
+        self.out = out
+        self.next_text = 0
+        self.stepping: asyncio.Task[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        text = self.texts[self.next_text % len(self.texts)]
+        self.next_text += 1
+        return text
+
+    def send(self, event: str, **data: Any) -> None:
+        self.out.write(json.dumps({"event": event, **data}) + "\n")
+        self.out.flush()
+
+    async def serve(self) -> None:
+        standin = self.standin
+        async with standin:
+            self.channel_ids = [standin.channel_id]
+            for number in range(2, self.channel_count + 1):
+                self.channel_ids.append(await standin.add_text_channel(f"load-{number}"))
+            self.send(
+                "ready",
+                pid=os.getpid(),
+                api_base=standin.api_base,
+                gateway_url=standin.gateway_url,
+                token=standin.token,
+                guild_id=standin.guild_id,
+                channel_ids=self.channel_ids,
+                texts=len(self.texts),
+            )
+            commands: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+            reading = asyncio.create_task(self.read_commands(commands, asyncio.current_task()))
+            try:
+                while (command := await commands.get())["cmd"] != "quit":
+                    self.stepping = asyncio.create_task(self.step(**command["args"]))
+                    try:
+                        self.send("step_done", **await self.stepping)
+                    except asyncio.CancelledError:
+                        if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                            raise
+                        self.send("step_failed", error="stopped by the bot's process")
+                    except Exception as error:  # the bot went away mid-step, say: tell the bot's process
+                        self.send("step_failed", error=repr(error))
+                self.send("bye", errors=standin.errors, unknown_requests=len(standin.unknown_requests))
+            finally:
+                reading.cancel()
+
+    async def read_commands(self, commands: asyncio.Queue[dict[str, Any]], serving: asyncio.Task | None) -> None:
+        """Commands from stdin into `commands`. `quit` stops a step in progress; EOF (the bot's process has gone)
+        stops everything at once."""
+        reader = asyncio.StreamReader(limit=16 * MB)
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while line := await reader.readline():
+            command = json.loads(line)
+            if command["cmd"] == "quit" and self.stepping is not None:
+                self.stepping.cancel()
+            await commands.put(command)
+        if serving is not None:
+            serving.cancel()
+
+    async def step(
+        self, rate: float, max_messages: int, seconds: float, emotion_every: float, emotion_timeout: float
+    ) -> dict[str, Any]:
+        """Offer `rate` messages/s until `max_messages` are sent or `seconds` pass; `/emotion` every `emotion_every`."""
+        standin = self.standin
+        cpu_before = cpu_seconds()
+        started = time.monotonic()
+        deadline = started + seconds
+        next_emotion = started
+        probes: list[asyncio.Task[dict[str, Any]]] = []
+        sent = 0
+        try:
+            while sent < max_messages:
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                if now >= next_emotion:
+                    probes.append(asyncio.create_task(self.emotion(emotion_timeout)))
+                    next_emotion += emotion_every
+                due = min(max_messages, int((now - started) * rate) + 1)
+                while sent < due:  # behind schedule: catch up in a burst, as a busy server would
+                    channel = self.channel_ids[sent % len(self.channel_ids)]
+                    await standin.dispatch_message(channel, content=self.text())
+                    sent += 1
+                wake = min(started + sent / rate, next_emotion, deadline)
+                await asyncio.sleep(max(0.0, wake - time.monotonic()))
+            stopped = time.monotonic()
+            emotions = list(await asyncio.gather(*probes))
+        finally:  # a step cut short (or failed) leaves no probe running and no exception unretrieved
+            for probe in probes:
+                probe.cancel()
+            await asyncio.gather(*probes, return_exceptions=True)
+        return {
+            "sent": sent,
+            "started": started,
+            "stopped": stopped,
+            "emotions": emotions,
+            "cpu_seconds": cpu_seconds() - cpu_before,
+            "wall_seconds": time.monotonic() - started,
+        }
+
+    async def emotion(self, timeout: float) -> dict[str, Any]:
+        """Run `/emotion` as a member; how long until the bot's interaction callback arrived, and what it said."""
+        started = time.monotonic()
+        interaction = await self.standin.dispatch_slash_command("emotion", {"text": self.text()})
+        try:
+            callback = await self.standin.wait_for_interaction_response(interaction, timeout=timeout)
+        except TimeoutError:
+            return {"latency": None, "embed": False, "content": None}
+        data = (callback.json or {}).get("data") or {}
+        return {"latency": callback.at - started, "embed": bool(data.get("embeds")), "content": data.get("content")}
+
+
+def run_load_generator(args: argparse.Namespace) -> int:
+    """`--standin-child`: JSON lines on the original stdout; anything else printed goes to stderr."""
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    generator = LoadGenerator(args.channels, dev_texts(args.data_dir), out)
+    with contextlib.suppress(BrokenPipeError, KeyboardInterrupt, asyncio.CancelledError):
+        asyncio.run(generator.serve())
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- the bot side
+
+
+class StandIn:
+    """The load generator's process, seen from the bot's: start it, send it commands, read its events, stop it."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.info: dict[str, Any] = {}
+
+    @classmethod
+    async def start(cls, args: argparse.Namespace) -> StandIn:
+        command = [sys.executable, str(Path(__file__).resolve()), "--standin-child"]
+        command += ["--channels", str(args.channels), "--data-dir", str(args.data_dir)]
+        process = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=16 * MB
+        )
+        standin = cls(process)
+        try:
+            standin.info = await asyncio.wait_for(standin.receive("ready"), 60)
+        except BaseException:
+            await standin.stop()
+            raise
+        return standin
+
+    async def next_event(self) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = await self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the stand-in process exited (status {await self.process.wait()})")
+        return json.loads(line)
+
+    async def receive(self, event: str) -> dict[str, Any]:
+        message = await self.next_event()
+        if message.get("event") == "step_failed":
+            raise RuntimeError(f"the load generator failed: {message.get('error')}")
+        if message.get("event") != event:
+            raise RuntimeError(f"expected {event!r} from the stand-in process, got {message.get('event')!r}")
+        return message
+
+    async def command(self, cmd: str, **args: Any) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write((json.dumps({"cmd": cmd, "args": args}) + "\n").encode())
+        await self.process.stdin.drain()
+
+    async def stop(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Ask the process to quit (its `bye`: stand-in errors), kill it if it does not; always reaped here."""
+        bye: dict[str, Any] = {}
+        if self.process.returncode is None:
+            with contextlib.suppress(Exception):
+                await self.command("quit")
+                async with asyncio.timeout(timeout):
+                    while (event := await self.next_event()).get("event") != "bye":
+                        pass  # the end of a step that `quit` cut short
+                    bye = event
+            with contextlib.suppress(Exception):
+                self.process.stdin.close()  # type: ignore[union-attr]
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        return bye
+
+
+@contextlib.contextmanager
+def point_discord_at(api_base: str, gateway_url: str) -> Iterator[None]:
+    """discord.py's REST base and gateway URL, as `discord_standin.point_discord_at` sets them (see its README)."""
+    import yarl
+    from discord.gateway import DiscordWebSocket
+    from discord.http import Route
+
+    saved = Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY
+    Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = api_base, yarl.URL(gateway_url)
+    try:
+        yield
+    finally:
+        Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+def bot_config(args: argparse.Namespace, workdir: Path) -> BotConfig:
+    """THE place the benchmarked bot's settings are made: `BotConfig.from_env` as `moodring run` calls it, with the
+    command line's `BOT_SETTINGS` passed as their environment variables, a fresh database and work directory, and no
+    first training. Only the token and development guild are left to fill in, from the stand-in (`benchmark`)."""
+    from bot.config import BotConfig
+
+    config = BotConfig.from_env({**os.environ, **command_line_settings(args)}, require_token=False)
+    return replace(config, database=workdir / "moodring.sqlite3", work_dir=workdir / "runs", train_on_start=False)
+
+
+def command_line_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The `BOT_SETTINGS` given on the command line, as the environment variables the bot reads."""
+    settings = {}
+    for option, variable, _, _ in BOT_SETTINGS:
+        value = getattr(args, option.lstrip("-").replace("-", "_"))
+        if value is not None:
+            settings[variable] = str(value)
+    return settings
+
+
+def proc_status_mb(field_name: str) -> float:
+    match = re.search(rf"^{field_name}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    return int(match.group(1)) / 1024 if match else float("nan")
+
+
+def reset_peak_rss() -> bool:
+    """Start a new VmHWM (peak RSS) measurement for this process (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def children_left() -> list[int]:
+    """Processes whose parent is this one."""
+    me = os.getpid()
+    left = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == me:
+                left.append(int(stat.parent.name))
+    return left
+
+
+def is_outcome(counter: str) -> bool:
+    """One of the counters `on_message` ends a human message with (bot/cogs/emotions.py): analysed, or why not."""
+    return counter in ("analyzed", "reply_mentions", "analysis_failed") or counter.startswith("skipped_")
+
+
+def outcome_total(counters: Counter[str]) -> int:
+    """Messages that reached an end in `on_message`."""
+    return sum(n for name, n in counters.items() if is_outcome(name))
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """Nearest-rank percentile (`share` in 0..1); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered), max(1, math.ceil(share * len(ordered)))) - 1]
+
+
+class LagProbe:
+    """Sleeps `interval` on the bot's loop again and again and records each oversleep as (when, seconds)."""
+
+    def __init__(self, interval: float = LAG_PROBE_SECONDS) -> None:
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="bot-load-lag-probe")
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(self.interval)
+            now = time.monotonic()
+            self.samples.append((now, now - started - self.interval))
+
+    def between(self, start: float, end: float) -> list[float]:
+        return [lag for at, lag in self.samples if start <= at <= end]
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+@dataclass
+class Step:
+    rate: float
+    sent: int = 0
+    send_seconds: float = 0.0
+    seconds: float = 0.0  # first message sent -> last one accounted for
+    drained: bool = False
+    outcomes: Counter[str] = field(default_factory=Counter)
+    served: int = 0
+    rejected: int = 0
+    recorded: int = 0
+    committed: int = 0
+    store_dropped: int = 0
+    emotion_latencies: list[float] = field(default_factory=list)
+    emotion_busy: int = 0
+    emotion_other: int = 0
+    emotion_unanswered: int = 0
+    emotion_late: int = 0
+    lag: list[float] = field(default_factory=list)
+    rss_mb: float = 0.0
+    peak_rss_mb: float = 0.0
+    bot_cpu: float = 0.0
+    standin_cpu: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def analysed(self) -> int:
+        return self.outcomes["analyzed"]
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """The outcomes other than `analyzed`: every message the bot did not analyse, and why."""
+        return {name: n for name, n in sorted(self.outcomes.items()) if is_outcome(name) and name != "analyzed"}
+
+    @property
+    def sent_per_second(self) -> float:
+        return self.sent / self.send_seconds if self.send_seconds > 0 else 0.0
+
+    @property
+    def analysed_per_second(self) -> float:
+        return self.analysed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def saturation(self) -> str | None:
+        """Why this step saturated the bot, or None when the bot kept up."""
+        if self.outcomes["skipped_busy"]:
+            return f"{self.outcomes['skipped_busy']} messages skipped as busy"
+        if self.analysed_per_second < KEEP_UP_RATIO * self.sent_per_second:
+            return f"analysed {self.analysed_per_second / self.sent_per_second:.0%} of the rate sent"
+        return None
+
+    @property
+    def saturated(self) -> bool:
+        return self.saturation is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rate": self.rate,
+            "sent": self.sent,
+            "sent_per_second": self.sent_per_second,
+            "analysed": self.analysed,
+            "analysed_per_second": self.analysed_per_second,
+            "seconds": self.seconds,
+            "drained": self.drained,
+            "saturated": self.saturated,
+            "saturation": self.saturation,
+            "outcomes": dict(self.outcomes),
+            "skipped": self.skipped,
+            "inference_served": self.served,
+            "inference_rejected": self.rejected,
+            "store_recorded": self.recorded,
+            "store_committed": self.committed,
+            "store_dropped": self.store_dropped,
+            "emotion": {
+                "answered": len(self.emotion_latencies),
+                "busy": self.emotion_busy,
+                "other": self.emotion_other,
+                "unanswered": self.emotion_unanswered,
+                "later_than_3s": self.emotion_late,
+                "p50_ms": ms(percentile(self.emotion_latencies, 0.5)),
+                "p99_ms": ms(percentile(self.emotion_latencies, 0.99)),
+                "max_ms": ms(max(self.emotion_latencies, default=None)),
+            },
+            "loop_lag": {
+                "samples": len(self.lag),
+                "p50_ms": ms(percentile(self.lag, 0.5)),
+                "p99_ms": ms(percentile(self.lag, 0.99)),
+                "max_ms": ms(max(self.lag, default=None)),
+            },
+            "rss_mb": self.rss_mb,
+            "peak_rss_mb": self.peak_rss_mb,
+            "bot_cpu_share": self.bot_cpu,
+            "standin_cpu_share": self.standin_cpu,
+            "problems": self.problems,
+        }
+
+
+def ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float, poll: float = 0.01) -> bool:
+    """Poll `predicate` until it holds (True) or `timeout` passes (False)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(poll)
+    return True
+
+
+async def run_step(bot: MoodringBot, standin: StandIn, probe: LagProbe, args: argparse.Namespace, rate: float) -> Step:
+    """One rate: offer it, wait until every message sent is accounted for, flush the store, measure."""
+    from bot.cogs.emotions import BUSY
+
+    step = Step(rate)
+    store, inference = bot.store, bot.inference
+    before = Counter(bot.counters)
+    served, rejected = inference.served, inference.rejected
+    recorded, committed, dropped = store.recorded_total, store.flushed_total, store.dropped
+    cpu_before = cpu_seconds()
+    peak_is_per_step = reset_peak_rss()
+    wall_started = time.monotonic()
+    await standin.command(
+        "step",
+        rate=rate,
+        max_messages=args.max_messages,
+        seconds=args.seconds_per_step,
+        emotion_every=args.emotion_every,
+        emotion_timeout=args.emotion_timeout,
+    )
+    report = await standin.receive("step_done")
+    step.sent = report["sent"]
+    step.send_seconds = report["stopped"] - report["started"]
+
+    def accounted() -> int:
+        return outcome_total(bot.counters) - outcome_total(before)
+
+    step.drained = await wait_for(lambda: accounted() >= step.sent, args.drain_seconds)
+    finished = time.monotonic()
+    step.seconds = finished - report["started"]
+    await store.flush()
+    step.outcomes = Counter(bot.counters)
+    step.outcomes.subtract(before)
+    step.outcomes = +step.outcomes  # keep what happened in this step
+    step.served, step.rejected = inference.served - served, inference.rejected - rejected
+    step.recorded = store.recorded_total - recorded
+    step.committed = store.flushed_total - committed
+    step.store_dropped = store.dropped - dropped
+    for answer in report["emotions"]:
+        if answer["latency"] is None:
+            step.emotion_unanswered += 1
+            continue
+        step.emotion_latencies.append(answer["latency"])
+        step.emotion_late += answer["latency"] > DISCORD_ANSWER_LIMIT
+        if not answer["embed"]:
+            if answer["content"] == BUSY:
+                step.emotion_busy += 1
+            else:
+                step.emotion_other += 1
+    step.lag = probe.between(report["started"], finished)
+    step.rss_mb = proc_status_mb("VmRSS")
+    step.peak_rss_mb = proc_status_mb("VmHWM")
+    wall = time.monotonic() - wall_started
+    step.bot_cpu = (cpu_seconds() - cpu_before) / wall
+    step.standin_cpu = report["cpu_seconds"] / report["wall_seconds"] if report["wall_seconds"] > 0 else 0.0
+    if not peak_is_per_step:
+        step.problems.append("peak RSS could not be reset per step: VmHWM is the peak since start")
+
+    seen = step.outcomes["messages_seen"]
+    outcomes = outcome_total(step.outcomes)
+    if not step.drained:
+        step.problems.append(
+            f"MISMATCH: {step.sent - accounted()} messages not accounted for after {args.drain_seconds}s"
+        )
+    if seen != step.sent:
+        step.problems.append(f"MISMATCH: sent {step.sent}, the bot saw {seen}")
+    if outcomes != seen:
+        step.problems.append(f"MISMATCH: saw {seen}, analysed + counted skips = {outcomes}")
+    if not step.recorded == step.analysed == step.committed + step.store_dropped:
+        step.problems.append(
+            f"MISMATCH: analysed {step.analysed}, store recorded {step.recorded}, committed {step.committed}, "
+            f"dropped {step.store_dropped}"
+        )
+    if step.store_dropped:
+        step.problems.append(f"the store dropped {step.store_dropped} analyses (counted in Store.dropped)")
+    if step.emotion_other:
+        step.problems.append(f"{step.emotion_other} /emotion answers were neither emotions nor the busy message")
+    if step.emotion_unanswered:
+        step.problems.append(f"{step.emotion_unanswered} /emotion not answered within {args.emotion_timeout}s")
+    if step.sent_per_second < KEEP_UP_RATIO * rate:
+        step.problems.append(
+            f"the load generator reached {step.sent_per_second:.0f} of {rate:g} msg/s: the offered rate was not met"
+        )
+    return step
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def memory_total() -> str:
+    with contextlib.suppress(OSError, AttributeError):
+        kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))  # type: ignore[union-attr]
+        return f"{kb / MB:.0f} GiB"
+    return "?"
+
+
+def machine() -> dict[str, Any]:
+    import discord
+    import torch
+
+    return {
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "memory": memory_total(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "discord_py": discord.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def skipped_text(step: Step) -> str:
+    skipped = {name.removeprefix("skipped_"): n for name, n in step.skipped.items()}
+    return ", ".join(f"{name} {n}" for name, n in skipped.items()) or "0"
+
+
+def markdown(report: dict[str, Any], steps: list[Step]) -> str:
+    info, config, summary = report["machine"], report["config"], report["summary"]
+    lines = [
+        "## Bot under load (benchmarks/bot_load.py)",
+        "",
+        f"Machine: **{info['cpu']}**, {info['cpu_count']} CPUs ({info['usable_cpus']} usable by this process), "
+        f"{info['memory']}, load average {', '.join(map(str, info['load_average']))} at start; Python "
+        f"{info['python']}, torch {info['torch']} (intra-op threads: {info['torch_threads']}), discord.py "
+        f"{info['discord_py']}.",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        f"Bot: `MoodringBot` from `BotConfig.from_env` (as `moodring run`), model `{config['model_dir']}`, batch "
+        f"{config['batch_size']}, batch wait {config['batch_wait_ms']:g} ms, queue {config['queue_size']}"
+        + (f"; settings: {', '.join(report['environment'])}" if report["environment"] else "")
+        + f". {config['channels']} channels with automatic analysis on ({config['analysis']}), reactions off; "
+        f"`/emotion` every {config['emotion_every']:g} s. The Discord stand-in and the load generator run in "
+        f"a separate process (pid {report['standin_pid']}); RSS, CPU and loop lag below are the bot's process only.",
+        "",
+        "| offered msg/s | sent | sent/s | analysed | **analysed/s** | skipped (counted) | accounted | "
+        "/emotion n | /emotion p50 ms | **/emotion p99 ms** | /emotion busy | loop lag p99 ms | loop lag max ms | "
+        "RSS MB | peak RSS MB | bot CPU | stand-in CPU |",
+        "|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for step in steps:
+        ok = "yes" if not any(p.startswith("MISMATCH") for p in step.problems) else "**NO**"
+        lines.append(
+            f"| {step.rate:g} | {step.sent} | {step.sent_per_second:.0f} | {step.analysed} | "
+            f"**{step.analysed_per_second:.0f}** | {skipped_text(step)} | {ok} | {len(step.emotion_latencies)} | "
+            f"{fmt(ms(percentile(step.emotion_latencies, 0.5)))} | "
+            f"**{fmt(ms(percentile(step.emotion_latencies, 0.99)))}** | {step.emotion_busy} | "
+            f"{fmt(ms(percentile(step.lag, 0.99)), 1)} | {fmt(ms(max(step.lag, default=None)), 1)} | "
+            f"{step.rss_mb:.0f} | {step.peak_rss_mb:.0f} | {step.bot_cpu:.0%} | {step.standin_cpu:.0%} |"
+        )
+    lines += ["", "Summary:", ""]
+    lines += [f"- {line}" for line in summary["lines"]]
+    problems = [f"offered {s.rate:g} msg/s: {p}" for s in steps for p in s.problems] + report["problems"]
+    if problems:
+        lines += ["", "Problems:", ""] + [f"- {p}" for p in problems]
+    lines += [
+        "",
+        "analysed/s: messages analysed in the step / (first message sent -> last message accounted for). "
+        "CPU: CPU seconds per wall second (100% = one core). Peak RSS: VmHWM"
+        + (" since the step began" if report["peak_rss_per_step"] else " since start")
+        + f"; at start-up (model loaded, before any load) it was {report['startup_peak_rss_mb']:.0f} MB. "
+        f"Loop lag: oversleep of a {LAG_PROBE_SECONDS * 1000:g} ms sleep on the bot's loop.",
+    ]
+    return "\n".join(lines)
+
+
+def summarise(steps: list[Step], total_sent: int, total_analysed: int, stored: int) -> dict[str, Any]:
+    lines: list[str] = []
+    saturated = next((s for s in steps if s.saturated), None)
+    kept_up = [s for s in steps if not s.saturated]
+    if saturated is not None:
+        lines.append(
+            f"Saturation at offered {saturated.rate:g} msg/s ({saturated.saturation}): "
+            f"**{saturated.analysed_per_second:.0f} messages analysed per second** (sent "
+            f"{saturated.sent_per_second:.0f}/s; skipped and counted: {skipped_text(saturated)})."
+        )
+    else:
+        lines.append("The bot was not saturated at any offered rate (no busy skips, >= 90% of the offered rate).")
+    if kept_up:
+        best = max(kept_up, key=lambda s: s.analysed_per_second)
+        lines.append(
+            f"Highest rate kept up with: offered {best.rate:g} msg/s, {best.analysed_per_second:.0f} analysed/s."
+        )
+    at = saturated or (steps[-1] if steps else None)
+    if at is not None:
+        lines.append(
+            f"`/emotion` under that load (offered {at.rate:g} msg/s): p50 "
+            f"{fmt(ms(percentile(at.emotion_latencies, 0.5)))} ms, p99 "
+            f"**{fmt(ms(percentile(at.emotion_latencies, 0.99)))} ms** over {len(at.emotion_latencies)} answers "
+            f"({at.emotion_busy} said busy, {at.emotion_unanswered} unanswered, {at.emotion_late} later than 3 s); "
+            f"loop lag p99 **{fmt(ms(percentile(at.lag, 0.99)), 1)} ms** (max {fmt(ms(max(at.lag, default=None)), 1)})."
+        )
+    all_lag = [lag for s in steps for lag in s.lag]
+    lines.append(f"Loop lag p99 over the whole run: {fmt(ms(percentile(all_lag, 0.99)), 1)} ms.")
+    skips = Counter()
+    for s in steps:
+        skips.update(s.skipped)
+    accounted = total_analysed + sum(skips.values())
+    verdict = "OK" if accounted == total_sent and stored == total_analysed else "**MISMATCH**"
+    lines.append(
+        f"Accounting ({verdict}): sent {total_sent} = analysed {total_analysed} + counted skips "
+        f"{sum(skips.values())} ({', '.join(f'{k} {v}' for k, v in sorted(skips.items())) or 'none'}); "
+        f"messages in the SQLite file: {stored}."
+    )
+    return {"lines": lines, "saturated_at": saturated and saturated.rate, "ok": verdict == "OK"}
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+
+async def benchmark(args: argparse.Namespace) -> int:
+    from bot.app import MoodringBot
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)  # clean up too
+    total_limit = 120 + len(args.rates) * (args.seconds_per_step + args.drain_seconds + args.emotion_timeout + 10)
+    problems: list[str] = []
+    steps: list[Step] = []
+    with tempfile.TemporaryDirectory(prefix="moodring-load-") as workdir:
+        config = bot_config(args, Path(workdir))  # before anything starts: a bad setting fails here
+        print("starting the stand-in process ...", file=sys.stderr)
+        standin = await StandIn.start(args)
+        bye: dict[str, Any] = {}
+        try:
+            async with asyncio.timeout(total_limit):
+                config = replace(config, token=standin.info["token"], dev_guild_id=standin.info["guild_id"])
+                with point_discord_at(standin.info["api_base"], standin.info["gateway_url"]):
+                    bot = MoodringBot(config)
+                    report = await drive(bot, config, standin, args, steps, problems)
+        finally:
+            bye = await standin.stop()
+        if bye.get("errors"):
+            problems.append(f"the stand-in had internal errors: {bye['errors']}")
+        if bye.get("unknown_requests"):
+            problems.append(f"the bot made {bye['unknown_requests']} requests the stand-in does not know")
+        left = children_left()
+        if left:
+            problems.append(f"child processes left behind: {left}")
+        report["problems"] = problems
+        report["standin_exit_status"] = standin.process.returncode
+        report["children_left"] = left
+    print(markdown(report, steps))
+    print(
+        f"\nThe stand-in process exited with status {standin.process.returncode}; "
+        f"child processes left: {', '.join(map(str, left)) or 'none'}."
+    )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0 if report["summary"]["ok"] and not problems else 1
+
+
+async def drive(
+    bot: MoodringBot,
+    config: BotConfig,
+    standin: StandIn,
+    args: argparse.Namespace,
+    steps: list[Step],
+    problems: list[str],
+) -> dict[str, Any]:
+    """Start the bot, check its channels, run the steps, close it; everything the report needs."""
+    task = asyncio.create_task(bot.start(config.token), name="benchmarked-bot")
+    probe = LagProbe()
+    try:
+        if not await wait_for(lambda: bot.is_ready() or task.done(), 60):
+            raise RuntimeError("the bot was not ready within 60 s")
+        if task.done():
+            task.result()
+            raise RuntimeError("the bot stopped before it was ready")
+        if not bot.inference.ready:
+            raise SystemExit(f"bot_load: no model is serving from {config.model_dir}; train one or pass --model DIR")
+        guild_id = standin.info["guild_id"]
+        analysis = "the store's default"
+        for channel_id in standin.info["channel_ids"]:
+            if not (await bot.store.channel_settings(guild_id, channel_id)).analysis:
+                await bot.store.set_channel_settings(guild_id, channel_id, analysis=True)
+                analysis = "switched on through the store: its default is off"
+        startup_peak = proc_status_mb("VmHWM")
+        print(f"bot ready (RSS {proc_status_mb('VmRSS'):.0f} MB, peak {startup_peak:.0f} MB)", file=sys.stderr)
+        probe.start()
+        for number, rate in enumerate(args.rates, 1):
+            print(f"step {number}/{len(args.rates)}: offering {rate:g} msg/s ...", file=sys.stderr)
+            step = await run_step(bot, standin, probe, args, rate)
+            steps.append(step)
+            print(
+                f"  sent {step.sent} ({step.sent_per_second:.0f}/s), analysed {step.analysed} "
+                f"({step.analysed_per_second:.0f}/s), skipped {skipped_text(step)}",
+                file=sys.stderr,
+            )
+            if step.saturated or not step.drained:
+                break
+        total_sent = sum(s.sent for s in steps)
+        total_analysed = sum(s.analysed for s in steps)
+        await bot.store.flush()
+        mood = await bot.store.mood(guild_id, None, 0, bot.clock() + 7200)
+        summary = summarise(steps, total_sent, total_analysed, mood.messages)
+    finally:
+        await probe.stop()
+        if not bot.is_closed():
+            await bot.close()
+        done, _ = await asyncio.wait({task}, timeout=10)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task}, timeout=5)
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        problems.append(f"the bot's start() ended with {task.exception()!r}")
+    return {
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "machine": machine(),
+        "config": {
+            "model_dir": str(config.model_dir),
+            "batch_size": config.batch_size,
+            "batch_wait_ms": config.batch_wait_ms,
+            "queue_size": config.queue_size,
+            "channels": args.channels,
+            "analysis": analysis,
+            "emotion_every": args.emotion_every,
+            "rates": args.rates,
+            "seconds_per_step": args.seconds_per_step,
+            "max_messages": args.max_messages,
+        },
+        "environment": sorted(
+            f"{k}={v}"
+            for k, v in {**os.environ, **command_line_settings(args)}.items()
+            if k.startswith("MOODRING_") and k != "MOODRING_MODEL_DIR"  # the model directory is shown on its own
+        ),
+        "standin_pid": standin.info["pid"],
+        "startup_peak_rss_mb": startup_peak,
+        "peak_rss_per_step": all(not p.startswith("peak RSS") for s in steps for p in s.problems),
+        "steps": [s.as_dict() for s in steps],
+        "summary": summary,
+    }
+
+
+def positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    return parse
+
+
+def rates(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"rates must be comma-separated numbers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"rates must be positive, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument("--channels", type=positive(int), default=4, help="text channels with analysis on")
+    parser.add_argument("--rates", type=rates, default=[50.0, 100.0, 200.0, 400.0, 800.0], help="msg/s, one a step")
+    parser.add_argument("--seconds-per-step", type=positive(float), default=10.0, help="seconds per step at most")
+    parser.add_argument("--max-messages", type=positive(int), default=5000, help="messages per step at most")
+    parser.add_argument("--emotion-every", type=positive(float), default=0.1, help="seconds between /emotion calls")
+    parser.add_argument("--emotion-timeout", type=positive(float), default=10.0, help="seconds to wait for an answer")
+    parser.add_argument("--drain-seconds", type=positive(float), default=30.0, help="wait for the backlog at most")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("GOEMOTIONS_DIR") or REPO.parent / "shared/data/goemotions"),
+        help="GoEmotions directory; its dev.tsv texts are the messages ($GOEMOTIONS_DIR)",
+    )
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results as JSON")
+    parser.add_argument("-v", "--verbose", action="store_true", help="the bot's INFO logs on stderr")
+    for option, _, kind, help_text in BOT_SETTINGS:
+        parser.add_argument(option, type=kind, default=None, help=help_text)
+    parser.add_argument("--standin-child", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.standin_child:
+        return run_load_generator(args)
+    if not (args.data_dir / "dev.tsv").is_file():
+        print(
+            f"bot_load: {args.data_dir / 'dev.tsv'} not found; set GOEMOTIONS_DIR or pass --data-dir", file=sys.stderr
+        )
+        return 2
+    if args.threads is not None:  # before torch is imported: OpenMP reads these once
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+        import torch
+
+        torch.set_num_threads(args.threads)
+    import logging
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from bot.config import ConfigError
+
+    try:
+        return asyncio.run(benchmark(args))
+    except ConfigError as error:
+        print(f"bot_load: {error}", file=sys.stderr)
+        return 2
+    except TimeoutError:
+        print("bot_load: the run passed its overall deadline; the bot and the stand-in were stopped", file=sys.stderr)
+        return 1
+    except RuntimeError as error:  # the bot or the stand-in process failed; both were stopped on the way out
+        print(f"bot_load: {error}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("bot_load: interrupted; the bot and the stand-in process were stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
