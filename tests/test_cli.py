@@ -89,7 +89,7 @@ def test_training_options_are_range_checked(
     capsys: pytest.CaptureFixture, option: str, value: str, message: str
 ) -> None:
     with pytest.raises(SystemExit) as exit:
-        build_parser().parse_args(["train", option, value])
+        build_parser().parse_args(["train", f"{option}={value}"])  # "=": argparse reads "-1" alone as an option
     assert exit.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"moodring train: error: argument {option}") and message in error, error
