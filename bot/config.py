@@ -59,7 +59,6 @@ class BotConfig:
             )
         return cls(
             token=token,
-            model_dir=Path(env.get("MOODRING_MODEL_DIR") or _default_model_dir()),
             database=Path(env.get("MOODRING_DATABASE") or cls.database),
             dev_guild_id=_snowflake(env, "MOODRING_DEV_GUILD_ID"),
             owner_ids=frozenset(_int_list(env, "MOODRING_OWNER_IDS")),
@@ -75,6 +74,8 @@ class BotConfig:
             retrain_args=_retrain_args(env, "MOODRING_RETRAIN_ARGS"),
             retrain_tolerance=_float(env, "MOODRING_RETRAIN_TOLERANCE", cls.retrain_tolerance),
             progress_interval=_at_least(0.1, env, "MOODRING_PROGRESS_INTERVAL_S", cls.progress_interval),
+            # Last: the default imports torch, which a bad setting above should not wait for.
+            model_dir=Path(env.get("MOODRING_MODEL_DIR") or _default_model_dir()),
         )
 
 
@@ -99,7 +100,10 @@ def _snowflake(env: Mapping[str, str], name: str) -> int | None:
     """A Discord id (server, channel or user), or None when unset."""
     number = _number(env, name, int, None)
     if number is not None and not 0 < number <= MAX_SNOWFLAKE:
-        raise ConfigError(f"{name} must be a Discord id (a positive whole number; copy it with Developer Mode on)")
+        raise ConfigError(
+            f"{name} must be a Discord id (a positive whole number; copy it with Developer Mode on), "
+            f"got {env.get(name)!r}"
+        )
     return number
 
 

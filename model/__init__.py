@@ -20,7 +20,16 @@ _HOMES = {
     "SqueezeBertForEmotions": "model.network",
 }
 
-__all__ = sorted(_HOMES)
+__all__ = [
+    "EmotionClassifier",
+    "EmotionScore",
+    "ModelError",
+    "ModelMetadata",
+    "ModelNotFoundError",
+    "Prediction",
+    "SqueezeBertForEmotions",
+    "default_model_dir",
+]
 
 if TYPE_CHECKING:
     from model.classifier import (
@@ -44,4 +53,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_HOMES])
+    return sorted({*globals(), *__all__})

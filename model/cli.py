@@ -14,7 +14,9 @@ BAR_WIDTH = 20
 
 def register(commands: argparse._SubParsersAction) -> None:
     classify = commands.add_parser("classify", help="print the top-5 emotions of each text")
-    classify.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (default: one per stdin line)")
+    classify.add_argument(
+        "texts", nargs="*", metavar="TEXT", help="texts to classify, UTF-8 (default: one per stdin line)"
+    )
     classify.add_argument(
         "--model", help="exported model directory (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"
     )
@@ -79,7 +81,11 @@ positive_int = whole_number(1)
 def run_classify(args: argparse.Namespace) -> int:
     from model.classifier import EmotionClassifier, ModelError
 
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin]
+    if args.texts:
+        texts = [_decode(os.fsencode(text), f"argument {number}") for number, text in enumerate(args.texts, start=1)]
+    else:
+        lines = (line.removesuffix(b"\n").removesuffix(b"\r") for line in sys.stdin.buffer)
+        texts = [_decode(line, f"line {number}") for number, line in enumerate(lines, start=1)]
     if not texts:
         print("moodring classify: no text given (pass TEXT arguments or lines on stdin)", file=sys.stderr)
         return 2
@@ -95,6 +101,18 @@ def run_classify(args: argparse.Namespace) -> int:
     for prediction in predictions:
         print(format_prediction(prediction))
     return 0
+
+
+def _decode(data: bytes, where: str) -> str:
+    """UTF-8 text; bytes that are not UTF-8 become U+FFFD, with a warning, so that one bad line costs no others."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        print(
+            f"moodring classify: {where} is not valid UTF-8; classifying it with U+FFFD for the bad bytes",
+            file=sys.stderr,
+        )
+        return data.decode("utf-8", errors="replace")
 
 
 def format_prediction(prediction) -> str:

@@ -105,7 +105,7 @@ def test_retrain_args_may_not_move_the_output(retrain_args: str, flag: str) -> N
 
 
 def test_retrain_args_must_parse() -> None:
-    with pytest.raises(ConfigError, match="MOODRING_RETRAIN_ARGS .*No closing quotation"):
+    with pytest.raises(ConfigError, match=r"MOODRING_RETRAIN_ARGS .*No closing quotation"):
         BotConfig.from_env({"DISCORD_TOKEN": "x", "MOODRING_RETRAIN_ARGS": '--backbone "my model'})
 
 

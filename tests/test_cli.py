@@ -96,9 +96,19 @@ def test_training_options_are_range_checked(
 
 
 def test_training_options_in_range_parse() -> None:
-    args = build_parser().parse_args(
-        ["train", "--dropout", "0", "--workers", "0", "--learning-rate", "1e-4", "--weight-decay", "0"]
-        + ["--warmup-ratio", "1", "--max-length", "512", "--seed", "0", "--dev-limit", "10"]
-    )
+    edges = "--dropout 0 --workers 0 --learning-rate 1e-4 --weight-decay 0 --warmup-ratio 1 --max-length 512"
+    args = build_parser().parse_args(["train", *edges.split(), "--seed", "0", "--dev-limit", "10"])
     assert (args.dropout, args.workers, args.learning_rate, args.weight_decay) == (0.0, 0, 1e-4, 0.0)
     assert (args.warmup_ratio, args.max_length, args.seed, args.dev_limit) == (1.0, 512, 0, 10)
+
+
+def test_model_package_names_resolve_to_their_homes() -> None:
+    import importlib
+
+    import model
+
+    assert sorted(model.__all__) == sorted(model._HOMES)
+    for name in model.__all__:
+        assert getattr(model, name) is getattr(importlib.import_module(model._HOMES[name]), name)
+    with pytest.raises(AttributeError):
+        model.NoSuchName  # noqa: B018

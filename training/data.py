@@ -104,8 +104,7 @@ def _read_text(path: Path) -> str:
         line = data.count(b"\n", 0, error.start) + 1
         column = len(data[line_start : error.start].decode("utf-8")) + 1
         raise DataError(
-            f"{path}:{line}: not valid UTF-8 (byte 0x{data[error.start]:02x} at column {column}); "
-            "save it as UTF-8"
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[error.start]:02x} at column {column}); save it as UTF-8"
         ) from None
 
 
