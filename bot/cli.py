@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
 log = logging.getLogger(__name__)
+
+#: Exit status when Discord cannot be reached (sysexits.h EX_TEMPFAIL: try again later).
+EXIT_UNREACHABLE = 75
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -21,14 +25,16 @@ def register(commands: argparse._SubParsersAction) -> None:
 def _bot(**overrides):
     from dataclasses import replace
 
-    from bot.app import MoodringBot
     from bot.config import BotConfig, ConfigError
 
     try:
-        return MoodringBot(replace(BotConfig.from_env(), **overrides))
+        config = replace(BotConfig.from_env(), **overrides)
     except ConfigError as error:
         print(f"moodring: {error}", file=sys.stderr)
         return None
+    from bot.app import MoodringBot  # torch, transformers and discord.py: only once the settings are good
+
+    return MoodringBot(config)
 
 
 def run_bot(args: argparse.Namespace) -> int:
@@ -39,6 +45,11 @@ def run_bot(args: argparse.Namespace) -> int:
 
 
 async def _serve(bot, sync_and_exit: bool = False) -> int:
+    """Run `bot` (or publish its commands and exit); a fault that ends it is one line on stderr, not a traceback.
+
+    Returns 0 after a clean shutdown, 2 for a setting to fix, `EXIT_UNREACHABLE` when Discord can't be reached.
+    """
+    import aiohttp
     import discord
 
     loop = asyncio.get_running_loop()
@@ -66,11 +77,49 @@ async def _serve(bot, sync_and_exit: bool = False) -> int:
             file=sys.stderr,
         )
         return 2
+    except (aiohttp.ClientError, discord.GatewayNotFound, discord.DiscordServerError) as error:
+        print(
+            f"moodring: can't reach Discord ({_unreachable_reason(error)}). "
+            "Check the network connection and https://discordstatus.com, then start again.",
+            file=sys.stderr,
+        )
+        return EXIT_UNREACHABLE
+    except discord.HTTPException as error:
+        print(
+            f"moodring: Discord refused a request ({error.status} {error.response.reason}: {error.text or '-'}). "
+            "If it was the command sync, check MOODRING_DEV_GUILD_ID and that the bot was invited to that "
+            "server with the applications.commands scope.",
+            file=sys.stderr,
+        )
+        return 2
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("shut down cleanly")
     return 0
+
+
+def _unreachable_reason(error: BaseException) -> str:
+    """A few words on why Discord could not be reached: "discord.com:443: DNS lookup failed", "... refused"."""
+    import socket
+
+    import aiohttp
+    import discord
+
+    if isinstance(error, discord.HTTPException):
+        return f"Discord answered {error.status} {error.response.reason}"
+    if isinstance(error, discord.GatewayNotFound):
+        return "Discord did not give a gateway address"
+    cause = error.os_error if isinstance(error, aiohttp.ClientConnectorError) else error
+    if isinstance(cause, socket.gaierror):
+        words = f"DNS lookup failed: {cause.strerror}"
+    elif isinstance(cause, OSError) and cause.errno and cause.errno > 0:
+        words = os.strerror(cause.errno)
+    else:
+        words = str(cause) or type(cause).__name__
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return f"{error.host}:{error.port}: {words}"
+    return words
 
 
 def sync_commands(args: argparse.Namespace) -> int:

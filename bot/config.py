@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import math
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model import default_model_dir
+#: Training options that MOODRING_RETRAIN_ARGS may not set: the retrainer chooses where the candidate model and its
+#: run go, and serves the candidate only once it passes the gate; `--out` would overwrite the serving model directly.
+RETRAIN_PATH_FLAGS = ("--out", "--work-dir")
+#: Discord ids (snowflakes) are positive 64-bit integers.
+MAX_SNOWFLAKE = 2**64 - 1
 
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message says which and how to fix it."""
 
 
+def _default_model_dir() -> Path:
+    """`model.default_model_dir()`, imported on first use: reading the settings must not load torch."""
+    from model import default_model_dir
+
+    return default_model_dir()
+
+
 @dataclass(frozen=True)
 class BotConfig:
     token: str = field(repr=False)  # never printed or logged
-    model_dir: Path = field(default_factory=default_model_dir)
+    model_dir: Path = field(default_factory=_default_model_dir)
     database: Path = Path("data/moodring.sqlite3")
     dev_guild_id: int | None = None
     owner_ids: frozenset[int] = frozenset()
@@ -46,9 +59,8 @@ class BotConfig:
             )
         return cls(
             token=token,
-            model_dir=Path(env.get("MOODRING_MODEL_DIR") or default_model_dir()),
             database=Path(env.get("MOODRING_DATABASE") or cls.database),
-            dev_guild_id=_int(env, "MOODRING_DEV_GUILD_ID"),
+            dev_guild_id=_snowflake(env, "MOODRING_DEV_GUILD_ID"),
             owner_ids=frozenset(_int_list(env, "MOODRING_OWNER_IDS")),
             message_content=_bool(env, "MOODRING_MESSAGE_CONTENT", True),
             train_on_start=_bool(env, "MOODRING_TRAIN_ON_START", True),
@@ -59,25 +71,40 @@ class BotConfig:
             data_dir=env.get("GOEMOTIONS_DIR") or None,
             backbone=env.get("MOODRING_BACKBONE") or cls.backbone,
             work_dir=Path(env.get("MOODRING_WORK_DIR") or cls.work_dir),
-            retrain_args=env.get("MOODRING_RETRAIN_ARGS", ""),
+            retrain_args=_retrain_args(env, "MOODRING_RETRAIN_ARGS"),
             retrain_tolerance=_float(env, "MOODRING_RETRAIN_TOLERANCE", cls.retrain_tolerance),
             progress_interval=_at_least(0.1, env, "MOODRING_PROGRESS_INTERVAL_S", cls.progress_interval),
+            # Last: the default imports torch, which a bad setting above should not wait for.
+            model_dir=Path(env.get("MOODRING_MODEL_DIR") or _default_model_dir()),
         )
 
 
 def _number(env: Mapping[str, str], name: str, kind: type, default):
-    """`name` parsed as `kind` (int or float); `default` when unset or empty (0 is a value, not unset)."""
+    """`name` parsed as `kind` (int or float); `default` when unset or empty (0 is a value, not unset).
+
+    nan and infinities are refused: every comparison with nan is false, so it would pass any range check.
+    """
     value = env.get(name, "").strip()
     if not value:
         return default
     try:
-        return kind(value)
+        number = kind(value)
     except ValueError:
         raise ConfigError(f"{name} must be a {'whole ' if kind is int else ''}number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return number
 
 
-def _int(env: Mapping[str, str], name: str) -> int | None:
-    return _number(env, name, int, None)
+def _snowflake(env: Mapping[str, str], name: str) -> int | None:
+    """A Discord id (server, channel or user), or None when unset."""
+    number = _number(env, name, int, None)
+    if number is not None and not 0 < number <= MAX_SNOWFLAKE:
+        raise ConfigError(
+            f"{name} must be a Discord id (a positive whole number; copy it with Developer Mode on), "
+            f"got {env.get(name)!r}"
+        )
+    return number
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -95,9 +122,35 @@ def _at_least(minimum, env: Mapping[str, str], name: str, default):
 def _int_list(env: Mapping[str, str], name: str) -> list[int]:
     parts = [p.strip() for p in env.get(name, "").replace(";", ",").split(",") if p.strip()]
     try:
-        return [int(p) for p in parts]
+        ids = [int(p) for p in parts]
     except ValueError:
-        raise ConfigError(f"{name} must be comma-separated Discord user ids, got {env.get(name)!r}") from None
+        ids = []
+    if len(ids) != len(parts) or not all(0 < i <= MAX_SNOWFLAKE for i in ids):
+        raise ConfigError(f"{name} must be comma-separated Discord user ids, got {env.get(name)!r}")
+    return ids
+
+
+def _retrain_args(env: Mapping[str, str], name: str) -> str:
+    """Extra `moodring train` options for retraining: shell-quoted, and never one of `RETRAIN_PATH_FLAGS`.
+
+    argparse also accepts an unambiguous prefix (`--wo`, `--work-d`) and `--flag=value`, so any option that could
+    be read as one of those flags is refused.
+    """
+    value = env.get(name, "")
+    try:
+        tokens = shlex.split(value)
+    except ValueError as error:
+        raise ConfigError(f"{name} is not a valid shell-quoted list of `moodring train` options ({error})") from None
+    for token in tokens:
+        option = token.split("=", 1)[0]
+        for flag in RETRAIN_PATH_FLAGS:
+            if len(option) > 2 and option.startswith("--") and flag.startswith(option):
+                raise ConfigError(
+                    f"{name} may not set {flag} (given as {token!r}): the retrainer chooses where the candidate "
+                    "goes and serves it only if it passes the retrain gate. Remove it; set MOODRING_MODEL_DIR or "
+                    "MOODRING_WORK_DIR instead."
+                )
+    return value
 
 
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:

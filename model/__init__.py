@@ -1,15 +1,24 @@
-"""The emotion classifier and its inference API. Imports neither `bot` nor `training`."""
+"""The emotion classifier and its inference API. Imports neither `bot` nor `training`.
 
-from model.classifier import (
-    EmotionClassifier,
-    EmotionScore,
-    ModelError,
-    ModelNotFoundError,
-    Prediction,
-    default_model_dir,
-)
-from model.metadata import ModelMetadata
-from model.network import SqueezeBertForEmotions
+The names below are imported on first use (PEP 562), so that `import model.cli` (the `moodring` parser, its
+`--help` and its argument errors) does not pay for torch and transformers.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_HOMES = {
+    "EmotionClassifier": "model.classifier",
+    "EmotionScore": "model.classifier",
+    "ModelError": "model.classifier",
+    "ModelNotFoundError": "model.classifier",
+    "Prediction": "model.classifier",
+    "default_model_dir": "model.classifier",
+    "ModelMetadata": "model.metadata",
+    "SqueezeBertForEmotions": "model.network",
+}
 
 __all__ = [
     "EmotionClassifier",
@@ -21,3 +30,27 @@ __all__ = [
     "SqueezeBertForEmotions",
     "default_model_dir",
 ]
+
+if TYPE_CHECKING:
+    from model.classifier import (
+        EmotionClassifier,
+        EmotionScore,
+        ModelError,
+        ModelNotFoundError,
+        Prediction,
+        default_model_dir,
+    )
+    from model.metadata import ModelMetadata
+    from model.network import SqueezeBertForEmotions
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

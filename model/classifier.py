@@ -116,6 +116,7 @@ class EmotionClassifier:
                 "Train one with `moodring train --backbone minilm`, or point --model / MOODRING_MODEL_DIR "
                 "at an exported model directory."
             )
+        _check_model_files(directory)
         try:
             metadata = ModelMetadata.load(directory)
             network = SqueezeBertForEmotions.from_pretrained(directory, local_files_only=True)
@@ -124,6 +125,7 @@ class EmotionClassifier:
             raise ModelError(
                 f"The model in {directory}/ is incomplete or unreadable ({error}). Re-export it with `moodring train`."
             ) from error
+        _check_vocabulary(directory, network.config.vocab_size, len(tokenizer))
         scorer = _choose_scorer(directory, metadata, network, backend, device, resolve_threads(threads))
         return cls(scorer, tokenizer, metadata)
 
@@ -169,6 +171,44 @@ class EmotionClassifier:
             labels=labels,
             ekman=_unique(self._ekman[label] for label in grouped),
             sentiment=_unique(self._sentiment[label] for label in grouped),
+        )
+
+
+#: What `training.export.export_model` writes, all of which `load` needs: without the tokenizer files transformers
+#: quietly builds a 5-token vocabulary, and every word becomes [UNK].
+MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    METADATA_FILE,
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+#: Rows by which a model's embedding may outnumber its tokenizer: some checkpoints pad it to a multiple of 64.
+VOCAB_PADDING = 64
+_REPAIR_HINT = "Copy the whole model directory again, or train a new one with `moodring train`."
+
+
+def _check_model_files(directory: Path) -> None:
+    """Raise `ModelError` unless every exported file is there and the weights file is a whole safetensors file."""
+    from safetensors import SafetensorError, safe_open
+
+    missing = [name for name in MODEL_FILES if not (directory / name).is_file()]
+    if missing:
+        raise ModelError(f"The model in {directory}/ is incomplete: {', '.join(missing)} missing. {_REPAIR_HINT}")
+    weights = directory / "model.safetensors"
+    try:
+        with safe_open(weights, framework="pt"):  # reads the header, which must describe the file to its last byte
+            pass
+    except (SafetensorError, OSError) as error:
+        raise ModelError(f"{weights} is truncated or corrupt ({error}). {_REPAIR_HINT}") from error
+
+
+def _check_vocabulary(directory: Path, model_size: int, tokenizer_size: int) -> None:
+    """Raise `ModelError` unless the tokenizer's ids are the rows of the model's embedding."""
+    if not model_size - VOCAB_PADDING < tokenizer_size <= model_size:
+        raise ModelError(
+            f"The model in {directory}/ does not match its tokenizer: the tokenizer has {tokenizer_size} tokens, "
+            f"the model's vocabulary (vocab_size in config.json) {model_size}. {_REPAIR_HINT}"
         )
 
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+from collections.abc import Callable
 
 BAR_WIDTH = 20
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     classify = commands.add_parser("classify", help="print the top-5 emotions of each text")
-    classify.add_argument("texts", nargs="*", metavar="TEXT", help="texts to classify (default: one per stdin line)")
+    classify.add_argument(
+        "texts", nargs="*", metavar="TEXT", help="texts to classify, UTF-8 (default: one per stdin line)"
+    )
     classify.add_argument(
         "--model", help="exported model directory (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"
     )
@@ -19,6 +24,59 @@ def register(commands: argparse._SubParsersAction) -> None:
     classify.add_argument("--json", action="store_true", help="print a JSON list, one object per text")
     add_serving_options(classify)
     classify.set_defaults(handler=run_classify)
+
+
+def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from `minimum` to `maximum` (inclusive; None for no upper bound)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"must be {_range_words(minimum, maximum)}, got {value}")
+        return value
+
+    return parse
+
+
+def finite_number(
+    minimum: float, maximum: float, *, above_minimum: bool = False, below_maximum: bool = False
+) -> Callable[[str], float]:
+    """An argparse type: a finite number from `minimum` to `maximum`, either end excluded on request.
+
+    nan and infinities are refused: every comparison with nan is false, so it would pass any range check.
+    """
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        too_low = value <= minimum if above_minimum else value < minimum
+        too_high = value >= maximum if below_maximum else value > maximum
+        if too_low or too_high:
+            words = _range_words(minimum, maximum, above_minimum, below_maximum)
+            raise argparse.ArgumentTypeError(f"must be {words}, got {text}")
+        return value
+
+    return parse
+
+
+def _range_words(minimum, maximum, above_minimum: bool = False, below_maximum: bool = False) -> str:
+    def show(bound) -> str:
+        return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+    words = f"{'above' if above_minimum else 'at least'} {show(minimum)}"
+    if maximum is not None:
+        words += f" and {'below' if below_maximum else 'at most'} {show(maximum)}"
+    return words
+
+
+positive_int = whole_number(1)
 
 
 BACKEND_CHOICES = ("auto", "torch", "onnx", "onnx-int8")
@@ -52,18 +110,14 @@ def serving_threads(command: str, args: argparse.Namespace) -> int | None:
         return None
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def run_classify(args: argparse.Namespace) -> int:
     from model.classifier import EmotionClassifier, ModelError
 
-    texts = args.texts or [line.rstrip("\n") for line in sys.stdin]
+    if args.texts:
+        texts = [_decode(os.fsencode(text), f"argument {number}") for number, text in enumerate(args.texts, start=1)]
+    else:
+        lines = (line.removesuffix(b"\n").removesuffix(b"\r") for line in sys.stdin.buffer)
+        texts = [_decode(line, f"line {number}") for number, line in enumerate(lines, start=1)]
     if not texts:
         print("moodring classify: no text given (pass TEXT arguments or lines on stdin)", file=sys.stderr)
         return 2
@@ -82,6 +136,18 @@ def run_classify(args: argparse.Namespace) -> int:
     for prediction in predictions:
         print(format_prediction(prediction))
     return 0
+
+
+def _decode(data: bytes, where: str) -> str:
+    """UTF-8 text; bytes that are not UTF-8 become U+FFFD, with a warning, so that one bad line costs no others."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        print(
+            f"moodring classify: {where} is not valid UTF-8; classifying it with U+FFFD for the bad bytes",
+            file=sys.stderr,
+        )
+        return data.decode("utf-8", errors="replace")
 
 
 def format_prediction(prediction) -> str:

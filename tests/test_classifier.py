@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from model import EmotionClassifier, ModelNotFoundError
+from model import EmotionClassifier, ModelError, ModelNotFoundError
 
 
 @pytest.fixture(scope="module")
@@ -86,3 +88,83 @@ def test_classify_without_model_is_a_clear_error(tmp_path: Path) -> None:
     result = run_cli("classify", "--model", str(tmp_path / "none"), "hi")
     assert result.returncode == 2
     assert "moodring train" in result.stderr and "Traceback" not in result.stderr
+
+
+def run_cli_bytes(*args: str | bytes, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """`run_cli` with raw bytes in, and stdout and stderr decoded as UTF-8 (strictly: they must be valid)."""
+    result = subprocess.run([sys.executable, "-m", "moodring", *args], input=stdin, capture_output=True, timeout=120)
+    return subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(), result.stderr.decode())
+
+
+def test_classify_replaces_invalid_utf8_on_stdin_and_keeps_every_line(tiny_model_dir: Path) -> None:
+    result = run_cli_bytes("classify", "--model", str(tiny_model_dir), "--json", stdin=b"\xff\xfe abc\nfine line\n")
+    assert result.returncode == 0, result.stderr
+    items = json.loads(result.stdout)
+    assert [item["text"] for item in items] == ["\ufffd\ufffd abc", "fine line"]
+    assert all(len(item["top"]) == 5 for item in items)
+    assert "Traceback" not in result.stderr
+    assert "line 1 is not valid UTF-8" in result.stderr and "line 2" not in result.stderr
+
+
+def test_classify_replaces_an_undecodable_argument(tiny_model_dir: Path) -> None:
+    # The child sees b"caf\xe9" (Latin-1) as "caf\udce9" in sys.argv (surrogateescape).
+    result = run_cli_bytes("classify", "--model", str(tiny_model_dir), "--json", b"caf\xe9 is closed", "so happy")
+    assert result.returncode == 0, result.stderr
+    assert [item["text"] for item in json.loads(result.stdout)] == ["caf\ufffd is closed", "so happy"]
+    assert "argument 1 is not valid UTF-8" in result.stderr and "Traceback" not in result.stderr
+
+
+def broken_copy(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    return copy
+
+
+def test_exported_model_has_every_file_load_requires(tiny_model_dir: Path) -> None:
+    from model.classifier import MODEL_FILES
+
+    assert sorted(path.name for path in tiny_model_dir.iterdir()) == sorted(MODEL_FILES)
+
+
+@pytest.mark.parametrize("size", [0, 7, 1000, "half"])
+def test_truncated_weights_are_a_model_error(tiny_model_dir: Path, tmp_path: Path, size: int | str) -> None:
+    model = broken_copy(tiny_model_dir, tmp_path)
+    weights = model / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 2 if size == "half" else size)
+    with pytest.raises(ModelError, match=r"model\.safetensors.*(truncated|corrupt).*moodring train"):
+        EmotionClassifier.load(model)
+
+
+@pytest.mark.parametrize("missing", ["tokenizer.json", "tokenizer_config.json", "config.json", "model.safetensors"])
+def test_missing_model_file_is_a_model_error(tiny_model_dir: Path, tmp_path: Path, missing: str) -> None:
+    model = broken_copy(tiny_model_dir, tmp_path)
+    (model / missing).unlink()
+    with pytest.raises(ModelError, match=rf"{missing}.*moodring train"):
+        EmotionClassifier.load(model)
+
+
+def test_deleted_tokenizer_is_a_model_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = broken_copy(tiny_model_dir, tmp_path)
+    for path in model.glob("tokenizer*"):
+        path.unlink()
+    with pytest.raises(ModelError, match=r"tokenizer.*moodring train"):
+        EmotionClassifier.load(model)
+
+
+def test_tokenizer_for_another_vocabulary_is_a_model_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = broken_copy(tiny_model_dir, tmp_path)
+    tokenizer = json.loads((model / "tokenizer.json").read_text())
+    vocabulary = tokenizer["model"]["vocab"]
+    tokenizer["model"]["vocab"] = {token: index for token, index in vocabulary.items() if index < 1000}
+    (model / "tokenizer.json").write_text(json.dumps(tokenizer))
+    with pytest.raises(ModelError, match=r"tokenizer has 1000 tokens.*30522.*moodring train"):
+        EmotionClassifier.load(model)
+
+
+def test_classify_with_truncated_weights_prints_one_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    model = broken_copy(tiny_model_dir, tmp_path)
+    os.truncate(model / "model.safetensors", 1000)
+    result = run_cli("classify", "--model", str(model), "hi")
+    assert result.returncode == 2 and result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("moodring classify: ") and "model.safetensors" in line and "moodring train" in line

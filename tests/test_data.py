@@ -79,6 +79,35 @@ def test_missing_file(tmp_path: Path, missing: str) -> None:
         load_goemotions(directory)
 
 
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        (
+            "train.tsv",
+            b"ok\t0\tid1\ncaf\xc3\xa9 \xff\t0\tid2\n",
+            r"train\.tsv:2: not valid UTF-8 \(byte 0xff at column 6\)",
+        ),
+        (
+            "train.tsv",
+            b'"two\nlines"\t0\tid1\n\x80\t0\tid2\n',
+            r"train\.tsv:3: not valid UTF-8 \(byte 0x80 at column 1\)",
+        ),
+        ("dev.tsv", b"ok\t0\tid1\r\nok\t0\tid2\r\n\xc3(\t1\tid3\r\n", r"dev\.tsv:3: not valid UTF-8 \(byte 0xc3"),
+        ("emotions.txt", b"joy\nanger\nneu\xe9tral\n", r"emotions\.txt:3: not valid UTF-8 \(byte 0xe9"),
+        (
+            "sentiment_mapping.json",
+            b'{"positive": ["joy"],\n "\xfe": []}',
+            r"sentiment_mapping\.json:2: not valid UTF-8",
+        ),
+    ],
+)
+def test_bad_byte_names_file_and_line(tmp_path: Path, file: str, content: bytes, message: str) -> None:
+    directory = write_dataset(tmp_path / "ge")
+    (directory / file).write_bytes(content)
+    with pytest.raises(DataError, match=message + r".*save it as UTF-8"):
+        load_goemotions(directory)
+
+
 def test_missing_directory(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such directory"):
         load_goemotions(tmp_path / "nowhere")

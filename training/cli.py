@@ -6,9 +6,10 @@ import argparse
 import sys
 from dataclasses import fields
 
-from model.cli import add_serving_options, positive_int, serving_threads
+from model.cli import add_serving_options, finite_number, positive_int, serving_threads, whole_number
 
 DATA_HELP = "GoEmotions directory in the original TSV layout (default: $GOEMOTIONS_DIR, else the hub)"
+MAX_POSITIONS = 512
 MODEL_HELP = "exported model directory (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"
 
 
@@ -26,16 +27,18 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     train.add_argument("--out", help="where to export the model " + MODEL_HELP[MODEL_HELP.index("(") :])
     train.add_argument("--work-dir", help="best checkpoint and progress.jsonl (default: runs/<out name>)")
+    # Every numeric option has its range checked here, so that a bad value is a usage error, not a traceback.
     for name, kind, help_text in [
         ("epochs", positive_int, "training epochs"),
         ("batch_size", positive_int, "training batch size"),
-        ("learning_rate", float, "peak AdamW learning rate"),
-        ("weight_decay", float, "AdamW weight decay"),
-        ("warmup_ratio", float, "share of steps spent warming up the learning rate"),
-        ("max_length", positive_int, "tokens kept per text"),
-        ("dropout", float, "dropout before the classification head"),
-        ("seed", int, "random seed (same seed, same data: same result on the CPU)"),
-        ("workers", int, "data-loader worker processes"),
+        ("learning_rate", finite_number(0.0, 1.0, above_minimum=True), "peak AdamW learning rate"),
+        ("weight_decay", finite_number(0.0, 1.0), "AdamW weight decay"),
+        ("warmup_ratio", finite_number(0.0, 1.0), "share of steps spent warming up the learning rate"),
+        # [CLS] and [SEP] at least; 512 positions in every SqueezeBERT and BERT checkpoint.
+        ("max_length", whole_number(2, MAX_POSITIONS), "tokens kept per text"),
+        ("dropout", finite_number(0.0, 1.0, below_maximum=True), "dropout before the classification head"),
+        ("seed", whole_number(0, 2**32 - 1), "random seed (same seed, same data: same result on the CPU)"),
+        ("workers", whole_number(0), "data-loader worker processes"),
         ("patience", positive_int, "epochs without dev improvement before stopping"),
         ("train_limit", positive_int, "use only the first N training rows"),
         ("dev_limit", positive_int, "use only the first N dev rows"),

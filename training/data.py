@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -92,9 +93,23 @@ def _expected_files() -> list[str]:
     return [f"{split}.tsv" for split in SPLITS] + ["emotions.txt", *MAPPING_FILES.values()]
 
 
-def _read_label_names(path: Path) -> list[str]:
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text; a byte that is not UTF-8 is a `DataError` naming the file, line and column."""
     _require(path)
-    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line_start = data.rfind(b"\n", 0, error.start) + 1
+        line = data.count(b"\n", 0, error.start) + 1
+        column = len(data[line_start : error.start].decode("utf-8")) + 1
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[error.start]:02x} at column {column}); save it as UTF-8"
+        ) from None
+
+
+def _read_label_names(path: Path) -> list[str]:
+    names = [line.strip() for line in _read_text(path).splitlines()]
     while names and not names[-1]:
         names.pop()
     for number, name in enumerate(names, start=1):
@@ -106,9 +121,9 @@ def _read_label_names(path: Path) -> list[str]:
 
 
 def _read_mapping(path: Path, labels: list[str]) -> dict[str, list[str]]:
-    _require(path)
+    text = _read_text(path)
     try:
-        mapping = json.loads(path.read_text(encoding="utf-8"))
+        mapping = json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(f"{path}:{error.lineno}: invalid JSON: {error.msg}") from error
     if not isinstance(mapping, dict) or not all(isinstance(v, list) for v in mapping.values()):
@@ -121,18 +136,16 @@ def _read_mapping(path: Path, labels: list[str]) -> dict[str, list[str]]:
 
 
 def _read_split(path: Path, num_labels: int) -> list[dict]:
-    _require(path)
     rows = []
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if len(row) != 3:
-                raise DataError(f"{where}: expected 3 tab-separated columns (text, labels, id), got {len(row)}")
-            text, label_field, comment_id = row
-            if not text.strip():
-                raise DataError(f"{where}: empty text")
-            rows.append({"text": text, "labels": _parse_labels(label_field, num_labels, where), "id": comment_id})
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter="\t")
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        if len(row) != 3:
+            raise DataError(f"{where}: expected 3 tab-separated columns (text, labels, id), got {len(row)}")
+        text, label_field, comment_id = row
+        if not text.strip():
+            raise DataError(f"{where}: empty text")
+        rows.append({"text": text, "labels": _parse_labels(label_field, num_labels, where), "id": comment_id})
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
