@@ -41,6 +41,8 @@ def run_bot(args: argparse.Namespace) -> int:
 async def _serve(bot, sync_and_exit: bool = False) -> int:
     import discord
 
+    from bot.store import StoreError
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # close cleanly: flush statistics, stop a retrain, log out
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
@@ -65,6 +67,9 @@ async def _serve(bot, sync_and_exit: bool = False) -> int:
             "(Bot -> Privileged Gateway Intents), or set MOODRING_MESSAGE_CONTENT=false.",
             file=sys.stderr,
         )
+        return 2
+    except StoreError as error:  # the database cannot be used: the message names it and says what to do
+        print(f"moodring: {error}", file=sys.stderr)
         return 2
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
