@@ -299,8 +299,9 @@ async def test_a_slot_whose_post_cannot_be_recorded_is_posted_once(
             await store._db.execute("PRAGMA query_only = OFF")
     for minute in (1, 2, 3):  # the next ticks, within the same hourly slot
         await mood.post_due_summaries(NOW + 60 * minute)
-    (post,) = summary_posts(discord_standin, channel)
-    assert "joy" in post.json["embeds"][0]["fields"][0]["value"]
+    posts = summary_posts(discord_standin, channel)
+    assert len(posts) == 1, f"{len(posts)} posts for one slot"
+    assert "joy" in posts[0].json["embeds"][0]["fields"][0]["value"]
     (saved,) = await store.schedules(guild)
     assert saved.last_posted_at is not None and saved.last_posted_at >= latest_slot(saved, NOW)
 
@@ -405,3 +406,23 @@ async def test_removing_the_bot_from_a_server_deletes_its_data(
         await asyncio.sleep(0.01)
     assert await store.channel_settings(guild, channel) == ChannelSettings()
     assert await data_of(OTHER_GUILD) == kept
+
+
+async def test_a_removal_that_the_store_refused_is_retried_on_the_next_tick(
+    discord_standin: DiscordStandIn, moodring_bot: MoodringBot
+) -> None:
+    guild, channel = discord_standin.guild_id, discord_standin.channel_id
+    store = moodring_bot.store
+    mood = moodring_bot.get_cog("Mood")
+    await store.set_channel_settings(guild, channel, reactions=True)
+    await store.upsert_schedule(guild, channel, "daily", hour=9)
+    await store._db.execute("PRAGMA query_only = ON")  # the file turned read-only
+    try:
+        await discord_standin.dispatch("GUILD_DELETE", {"id": str(guild)}, guild_id=guild)
+        await wait_until(lambda: guild in mood.removals_due, what="the failed removal noted")
+    finally:
+        await store._db.execute("PRAGMA query_only = OFF")
+    assert len(await store.schedules(guild)) == 1  # nothing was deleted yet
+    mood.summaries.change_interval(seconds=0.05)  # the next tick comes at once
+    await wait_until(lambda: not mood.removals_due, timeout=20, what="the removal retried")
+    assert await store.schedules(guild) == [] and await store.guild_channel_settings(guild) == {}
