@@ -52,6 +52,8 @@ async def _serve(bot, sync_and_exit: bool = False) -> int:
     import aiohttp
     import discord
 
+    from bot.store import StoreError
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # close cleanly: flush statistics, stop a retrain, log out
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
@@ -91,6 +93,9 @@ async def _serve(bot, sync_and_exit: bool = False) -> int:
             "server with the applications.commands scope.",
             file=sys.stderr,
         )
+        return 2
+    except StoreError as error:  # the database cannot be used: the message names it and says what to do
+        print(f"moodring: {error}", file=sys.stderr)
         return 2
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -11,8 +11,17 @@ path never waits on the disk; a background flusher writes the whole buffer every
 Crash-loss bound: a crash loses at most the analyses recorded during the last ``flush_interval`` (250 ms
 by default) plus those of the one in-flight flush transaction (the buffer is swapped out when that
 transaction starts and is only counted as flushed once it commits). A clean ``close()`` flushes
-everything. If the disk is stuck the buffer is capped at ``max_pending`` entries (default 50,000): the
-oldest are dropped, counted in ``Store.dropped`` and logged, so memory never grows without bound.
+everything. While writes fail (disk full, read-only file, a lock held past ``busy_timeout``) the flusher
+retries with exponential back-off up to ``FLUSH_BACKOFF_CAP`` intervals (16 s by default), logs one warning
+per outage and one line when writes work again; the buffer is capped at ``max_pending`` entries (default
+50,000): the oldest are dropped and counted in ``Store.dropped``, so memory never grows without bound.
+
+One bot per file: ``open`` takes an advisory lock (``flock``) on ``<file>.lock`` for the store's lifetime,
+so a second bot on the same file is refused with a ``StoreError`` naming it. Start-up problems (a missing
+or unwritable directory, a read-only, locked or damaged file) are ``StoreError``s that say what to do.
+
+Channel settings are read on every message, so they are kept in memory (loaded at ``open``, updated by
+every change): the message path never reads SQLite, so it never queues behind a prune or a ``/mood``.
 
 Privacy: no message text and no user ids are stored anywhere; statistics are per guild, channel and hour.
 """
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import math
 import os
@@ -33,6 +43,8 @@ from pathlib import Path
 from typing import Literal, Self
 
 import aiosqlite
+
+from bot.backoff import Backoff
 
 __all__ = [
     "DEFAULT_RETENTION_DAYS",
@@ -52,6 +64,7 @@ DEFAULT_RETENTION_DAYS = 90
 DEFAULT_FLUSH_INTERVAL = 0.25
 DEFAULT_MAX_PENDING = 50_000
 DEFAULT_BUSY_TIMEOUT_MS = 5_000
+FLUSH_BACKOFF_CAP = 64  # flush intervals: 16 s at the default interval
 
 ScheduleKind = Literal["daily", "weekly", "every"]
 
@@ -119,13 +132,16 @@ MIGRATIONS: list[str] = [
 
 
 class StoreError(Exception):
-    """The database file cannot be used by this version of the bot, or the store is closed."""
+    """The database file cannot be used (the message names it and says what to do), or the store is closed."""
 
 
 @dataclass(frozen=True, slots=True)
 class ChannelSettings:
     analysis: bool = True
     reactions: bool = False
+
+
+DEFAULT_CHANNEL_SETTINGS = ChannelSettings()
 
 
 @dataclass(slots=True)
@@ -159,6 +175,10 @@ _SCHEDULE_COLUMNS = (
     "id, guild_id, channel_id, kind, hour, weekday, every_hours, source_channel_id, last_posted_at, enabled, "
     "disabled_reason"
 )
+
+# Children before parents (emotion_buckets references channel_buckets).
+_STATISTICS_TABLES = ("emotion_buckets", "channel_buckets")
+_SETTINGS_TABLES = ("channel_settings", "summary_schedules", "guild_settings")
 
 _UPSERT_CHANNEL_BUCKET = """
     INSERT INTO channel_buckets (guild_id, channel_id, bucket_start, messages) VALUES (?, ?, ?, ?)
@@ -223,16 +243,30 @@ class Store:
     """Async access to the bot's SQLite file. Open with ``await Store.open(path)``, close with ``await close()``.
 
     Attributes for observability: ``pending`` (recorded, not yet committed), ``recorded_total``,
-    ``flushed_total`` (committed), ``dropped`` (lost to the buffer bound) and ``forgotten`` (buffered
-    entries discarded by ``forget_guild``); always
+    ``flushed_total`` (committed), ``dropped`` (lost to the buffer bound), ``forgotten`` (buffered
+    entries discarded by ``forget_guild`` or ``remove_guild``) and ``failed_flushes``; always
     ``recorded_total == flushed_total + pending + dropped + forgotten``.
     """
 
-    def __init__(self, db: aiosqlite.Connection, path: str, *, flush_interval: float, max_pending: int) -> None:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        path: str,
+        *,
+        flush_interval: float,
+        max_pending: int,
+        lock_fd: int | None = None,
+        settings: dict[tuple[int, int], ChannelSettings] | None = None,
+    ) -> None:
         self._db = db
         self.path = path
         self.flush_interval = flush_interval
         self.max_pending = max_pending
+        self._lock_fd = lock_fd  # holds the one-bot-per-file lock until close
+        # Every settings row, kept current by each change. A key whose write ended in an error (it may or may
+        # not have committed) is "unknown" and read back from the file once.
+        self._settings: dict[tuple[int, int], ChannelSettings] = settings or {}
+        self._settings_unknown: set[tuple[int, int]] = set()
         # One connection: every transaction (and every read, so it never sees another one half done) holds it.
         self._lock = asyncio.Lock()
         self._buffer: deque[_Entry] = deque()
@@ -247,6 +281,13 @@ class Store:
         self.flushed_total = 0
         self.dropped = 0
         self.forgotten = 0
+        self._flush_backoff = Backoff("writing statistics", log, cap=FLUSH_BACKOFF_CAP, expected=(sqlite3.Error,))
+        self._dropped_before_outage = 0
+
+    @property
+    def failed_flushes(self) -> int:
+        """Background flushes that failed since open (each retried with back-off)."""
+        return self._flush_backoff.total_failures
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -258,25 +299,31 @@ class Store:
         flush_interval: float = DEFAULT_FLUSH_INTERVAL,
         max_pending: int = DEFAULT_MAX_PENDING,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        exclusive: bool = True,
     ) -> Store:
-        """Open (creating it and its parent directories if needed) and migrate the file, start the flusher."""
+        """Open (creating it and its parent directories if needed) and migrate the file, start the flusher.
+
+        ``exclusive`` takes the one-bot-per-file lock; ``False`` is for a program that shares the file with a
+        running bot. Raises ``StoreError`` naming the file and what to do when the directory cannot be
+        created or written, another bot holds the file, or SQLite finds it read-only, locked or damaged.
+        """
         if flush_interval <= 0 or max_pending < 1 or busy_timeout_ms < 0:
             raise ValueError("flush_interval must be > 0, max_pending >= 1 and busy_timeout_ms >= 0")
         path = os.fspath(path)
+        lock_fd = None
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT) below.
-        db = await aiosqlite.connect(path, isolation_level=None)
+            _make_directory(path)
+            if exclusive:
+                lock_fd = _lock(path)
         try:
-            await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            await _enable_wal(db, path, busy_timeout_ms)
-            await db.execute("PRAGMA foreign_keys = ON")
-            await db.execute("PRAGMA synchronous = NORMAL")
-            await _migrate(db, path)
+            db, settings = await _connect(path, busy_timeout_ms)
         except BaseException:
-            await db.close()
+            if lock_fd is not None:
+                os.close(lock_fd)
             raise
-        store = cls(db, path, flush_interval=flush_interval, max_pending=max_pending)
+        store = cls(
+            db, path, flush_interval=flush_interval, max_pending=max_pending, lock_fd=lock_fd, settings=settings
+        )
         store._flusher = asyncio.create_task(store._flush_loop(), name=f"store-flusher:{path}")
         return store
 
@@ -302,7 +349,12 @@ class Store:
         finally:
             async with self._lock:
                 self._db_closed = True
-                await self._db.close()
+                try:
+                    await self._db.close()
+                finally:
+                    if self._lock_fd is not None:
+                        os.close(self._lock_fd)  # releases the lock
+                        self._lock_fd = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -342,7 +394,7 @@ class Store:
         return tuple(row)
 
     async def _fetchall(self, sql: str, params: Sequence[object]) -> list[tuple]:
-        """One SELECT: atomic by itself, so no explicit transaction (this is on the per-message path)."""
+        """One SELECT: atomic by itself, so no explicit transaction."""
         async with self._lock:
             self._check_open()
             return [tuple(row) for row in await self._db.execute_fetchall(sql, params)]
@@ -350,11 +402,35 @@ class Store:
     # ------------------------------------------------------------------ settings
 
     async def channel_settings(self, guild_id: int, channel_id: int) -> ChannelSettings:
-        rows = await self._fetchall(
-            "SELECT analysis, reactions FROM channel_settings WHERE guild_id = ? AND channel_id = ?",
-            (guild_id, channel_id),
-        )
-        return ChannelSettings(bool(rows[0][0]), bool(rows[0][1])) if rows else ChannelSettings()
+        """From memory: no SQLite read, no wait for the connection (this is on the per-message path).
+
+        Only a channel whose last change ended in an error (its outcome unknown) is read back, once; if that read
+        fails too, the value from before the change is used.
+        """
+        self._check_open()
+        key = (guild_id, channel_id)
+        if key in self._settings_unknown:
+            async with self._lock:
+                self._check_open()
+                if key in self._settings_unknown:
+                    try:
+                        rows = await self._db.execute_fetchall(
+                            "SELECT analysis, reactions FROM channel_settings WHERE guild_id = ? AND channel_id = ?",
+                            key,
+                        )
+                    except sqlite3.Error as error:
+                        log.warning("could not read back the settings of channel %s: %s", channel_id, error)
+                    else:
+                        found = ChannelSettings(bool(rows[0][0]), bool(rows[0][1])) if rows else None
+                        self._cache_settings(key, found)
+        return self._settings.get(key, DEFAULT_CHANNEL_SETTINGS)
+
+    def _cache_settings(self, key: tuple[int, int], settings: ChannelSettings | None) -> None:
+        if settings is None:
+            self._settings.pop(key, None)
+        else:
+            self._settings[key] = settings
+        self._settings_unknown.discard(key)
 
     async def set_channel_settings(
         self, guild_id: int, channel_id: int, *, analysis: bool | None = None, reactions: bool | None = None
@@ -362,27 +438,35 @@ class Store:
         """Change only the given fields (the others keep their value, or the default for a new row)."""
         if analysis is None and reactions is None:
             return await self.channel_settings(guild_id, channel_id)
-        default = ChannelSettings()
+        key = (guild_id, channel_id)
         params = {
             "guild_id": guild_id,
             "channel_id": channel_id,
             "analysis": None if analysis is None else bool(analysis),
             "reactions": None if reactions is None else bool(reactions),
-            "default_analysis": default.analysis,
-            "default_reactions": default.reactions,
+            "default_analysis": DEFAULT_CHANNEL_SETTINGS.analysis,
+            "default_reactions": DEFAULT_CHANNEL_SETTINGS.reactions,
         }
-        row = await self._write_returning(
-            """
-                INSERT INTO channel_settings (guild_id, channel_id, analysis, reactions)
-                VALUES (:guild_id, :channel_id, COALESCE(:analysis, :default_analysis),
-                        COALESCE(:reactions, :default_reactions))
-                ON CONFLICT (guild_id, channel_id) DO UPDATE SET
-                    analysis = COALESCE(:analysis, analysis), reactions = COALESCE(:reactions, reactions)
-                RETURNING analysis, reactions
-                """,
-            params,
-        )
-        return ChannelSettings(bool(row[0]), bool(row[1]))
+        sql = """
+            INSERT INTO channel_settings (guild_id, channel_id, analysis, reactions)
+            VALUES (:guild_id, :channel_id, COALESCE(:analysis, :default_analysis),
+                    COALESCE(:reactions, :default_reactions))
+            ON CONFLICT (guild_id, channel_id) DO UPDATE SET
+                analysis = COALESCE(:analysis, analysis), reactions = COALESCE(:reactions, reactions)
+            RETURNING analysis, reactions
+        """
+        # The cache changes under the same lock as the file, after the commit: no other change can come between.
+        async with self._lock:
+            self._check_open()
+            try:
+                async with _transaction(self._db, "BEGIN IMMEDIATE") as db, db.execute(sql, params) as cursor:
+                    row = await cursor.fetchone()
+            except BaseException:
+                self._settings_unknown.add(key)  # cancelled during COMMIT, say: it may have been written
+                raise
+            settings = ChannelSettings(bool(row[0]), bool(row[1]))
+            self._cache_settings(key, settings)
+        return settings
 
     async def guild_channel_settings(self, guild_id: int) -> dict[int, ChannelSettings]:
         """The channels of a guild that have a settings row (the others use the defaults)."""
@@ -444,10 +528,11 @@ class Store:
         self.dropped += excess
         if not self._overflowing:
             self._overflowing = True
-            log.warning(
-                "statistics buffer over %d entries (is the disk stuck?): dropping the oldest analyses",
-                self.max_pending,
-            )
+            if not self._flush_backoff.failing:  # an outage's one warning already said so
+                log.warning(
+                    "statistics buffer over %d entries (is the disk stuck?): dropping the oldest analyses",
+                    self.max_pending,
+                )
 
     async def flush(self) -> int:
         """Write the buffer now, in one transaction; returns the number of analyses written."""
@@ -493,21 +578,38 @@ class Store:
             finally:
                 self._in_flight = 0
             self.flushed_total += len(entries)
-            if self._overflowing:
-                self._overflowing = False
+            if self._flush_backoff.failing:
+                dropped = self.dropped - self._dropped_before_outage
+                self._flush_backoff.succeeded(f"; {dropped} analyses dropped meanwhile")
+            elif self._overflowing:
                 log.warning("statistics buffer drained; %d analyses dropped so far", self.dropped)
+            self._overflowing = False
             return len(entries)
 
     async def _flush_loop(self) -> None:
+        """Flush every ``flush_interval``; after failures, wait 2, 4, ... up to ``FLUSH_BACKOFF_CAP`` intervals.
+
+        Never ends before ``close()``: any error of a flush is counted, logged once per outage, and retried.
+        """
+        intervals = 1
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.flush_interval)
+                await asyncio.wait_for(self._stopping.wait(), intervals * self.flush_interval)
             if self._stopping.is_set():
                 return  # close() does the final flush
             try:
                 await self._flush()
-            except Exception:
-                log.exception("flushing statistics failed; will retry in %.2fs", self.flush_interval)
+            except Exception as error:
+                if not self._flush_backoff.failing:
+                    self._dropped_before_outage = self.dropped
+                cap = FLUSH_BACKOFF_CAP * self.flush_interval
+                consequence = (
+                    f"; keeping up to {self.max_pending} analyses in memory (the oldest are dropped beyond that), "
+                    f"tries at most {cap:g} s apart"
+                )
+                intervals = self._flush_backoff.failed(error, consequence)
+            else:
+                intervals = 1
 
     # ------------------------------------------------------------------ statistics: queries
 
@@ -617,8 +719,29 @@ class Store:
             return cursor.rowcount > 0
 
     async def mark_posted(self, schedule_id: int, at: float) -> bool:
+        """Set ``last_posted_at`` (a new schedule starts at its next slot, not with a catch-up post)."""
         return await self._update_schedule(
             "UPDATE summary_schedules SET last_posted_at = ? WHERE id = ?", (at, schedule_id)
+        )
+
+    async def claim_slot(self, schedule_id: int, slot: float, at: float) -> bool:
+        """Record, before posting, that the summary of ``slot`` is posted at ``at``; False when it already was.
+
+        Atomic: of any number of callers (ticks, processes) exactly one gets True for a slot. Claiming before
+        sending means a failed write sends nothing (the next tick tries again), and a post can never be repeated
+        because its record failed; a send that fails gives the slot back with ``release_slot``.
+        """
+        return await self._update_schedule(
+            "UPDATE summary_schedules SET last_posted_at = ? "
+            "WHERE id = ? AND enabled = 1 AND (last_posted_at IS NULL OR last_posted_at < ?)",
+            (at, schedule_id, slot),
+        )
+
+    async def release_slot(self, schedule_id: int, at: float, previous: float | None) -> bool:
+        """Undo ``claim_slot(..., at)`` (the post was not sent), unless the slot has been claimed again since."""
+        return await self._update_schedule(
+            "UPDATE summary_schedules SET last_posted_at = ? WHERE id = ? AND last_posted_at = ?",
+            (previous, schedule_id, at),
         )
 
     async def disable_schedule(self, schedule_id: int, reason: str) -> bool:
@@ -634,16 +757,36 @@ class Store:
 
     async def forget_guild(self, guild_id: int) -> int:
         """Delete every statistics row of one guild, buffered ones included; returns the rows deleted."""
-        async with self._write() as db:
-            # Under the lock no flush is in flight, so dropping buffered entries here is final.
-            kept = [entry for entry in self._buffer if entry[0] != guild_id]
-            self.forgotten += len(self._buffer) - len(kept)
-            self._buffer = deque(kept)
-            # Children first and explicitly: rows removed by ON DELETE CASCADE are not counted in rowcount.
-            deleted = 0
-            for table in ("emotion_buckets", "channel_buckets"):
-                async with db.execute(f"DELETE FROM {table} WHERE guild_id = ?", (guild_id,)) as cursor:
-                    deleted += cursor.rowcount
+        return await self._delete_guild(guild_id, _STATISTICS_TABLES)
+
+    async def remove_guild(self, guild_id: int) -> int:
+        """Delete everything kept about a guild (the bot was removed from it): statistics, buffered ones
+        included, channel and guild settings and summary schedules; returns the rows deleted."""
+        return await self._delete_guild(guild_id, (*_STATISTICS_TABLES, *_SETTINGS_TABLES))
+
+    async def _delete_guild(self, guild_id: int, tables: Sequence[str]) -> int:
+        settings = "channel_settings" in tables
+        async with self._lock:
+            self._check_open()
+            keys = {key for key in (*self._settings, *self._settings_unknown) if key[0] == guild_id}
+            try:
+                async with _transaction(self._db, "BEGIN IMMEDIATE") as db:
+                    # Under the lock no flush is in flight, so dropping buffered entries here is final.
+                    kept = [entry for entry in self._buffer if entry[0] != guild_id]
+                    self.forgotten += len(self._buffer) - len(kept)
+                    self._buffer = deque(kept)
+                    # Children first and explicitly: rows removed by ON DELETE CASCADE are not counted in rowcount.
+                    deleted = 0
+                    for table in tables:
+                        async with db.execute(f"DELETE FROM {table} WHERE guild_id = ?", (guild_id,)) as cursor:
+                            deleted += cursor.rowcount
+            except BaseException:
+                if settings:
+                    self._settings_unknown.update(keys)  # cancelled during COMMIT, say: read back what is there
+                raise
+            if settings:
+                for key in keys:
+                    self._cache_settings(key, None)
         return deleted
 
     async def prune(self, now: float | None = None) -> int:
@@ -662,6 +805,113 @@ class Store:
                 ) as cursor:
                     deleted += cursor.rowcount
         return deleted
+
+
+def _make_directory(path: str) -> None:
+    directory = Path(path).parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(
+            f"cannot create the directory {directory} for the database {path}: {error.strerror or error}. "
+            "Create it, writable by the user that runs the bot, or set MOODRING_DATABASE to a writable place."
+        ) from error
+
+
+def _lock(path: str) -> int:
+    """Take the one-bot-per-file lock: ``flock`` on ``<path>.lock``, held until its descriptor is closed (the
+    kernel releases it when the process dies, however it dies). Writes this process's id into the file."""
+    lock_path = f"{path}.lock"
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except PermissionError as error:
+        try:  # another user's lock file: flock works on a read-only descriptor too
+            fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            raise _unwritable_directory(path, lock_path, error) from error
+    except OSError as error:
+        raise _unwritable_directory(path, lock_path, error) from error
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        raise StoreError(
+            f"{path} is in use by another moodring process{f' (PID {holder})' if holder.isdigit() else ''}: "
+            "one database serves one bot. Stop the other bot first, or set MOODRING_DATABASE to another file "
+            f"(the lock is {lock_path})."
+        ) from None
+    except OSError as error:
+        os.close(fd)
+        raise StoreError(f"cannot lock {lock_path} for the database {path}: {error.strerror or error}.") from error
+    with contextlib.suppress(OSError):  # only informative
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _unwritable_directory(path: str, lock_path: str, error: OSError) -> StoreError:
+    return StoreError(
+        f"cannot create {lock_path} beside the database {path}: {error.strerror or error}. The user that runs "
+        f"the bot needs write access to the directory {Path(path).parent}, or set MOODRING_DATABASE to a "
+        "writable place."
+    )
+
+
+async def _connect(path: str, busy_timeout_ms: int) -> tuple[aiosqlite.Connection, dict]:
+    """Connect, configure and migrate; the connection and every channel settings row.
+
+    SQLite's errors about the file itself become ``StoreError``s that say what to do.
+    """
+    try:
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
+        db = await aiosqlite.connect(path, isolation_level=None)
+    except sqlite3.Error as error:
+        raise _open_error(path, error) from error
+    try:
+        await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        await _enable_wal(db, path, busy_timeout_ms)
+        await db.execute("PRAGMA foreign_keys = ON")
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await _migrate(db, path)
+        rows = await db.execute_fetchall("SELECT guild_id, channel_id, analysis, reactions FROM channel_settings")
+    except BaseException as error:
+        await db.close()
+        if isinstance(error, sqlite3.Error):
+            raise _open_error(path, error) from error
+        raise
+    return db, {(g, c): ChannelSettings(bool(a), bool(r)) for g, c, a, r in rows}
+
+
+def _open_error(path: str, error: sqlite3.Error) -> Exception:
+    """What to tell the operator when SQLite cannot use the file; other errors (a bug) are returned as they are."""
+    code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+    directory, name = Path(path).parent, Path(path).name
+    if code == sqlite3.SQLITE_READONLY:
+        return StoreError(
+            f"{path} is read-only: give the user that runs the bot write access to it and to its directory "
+            f"{directory} (SQLite keeps {name}-wal and {name}-shm beside it)."
+        )
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreError(
+            f"{path} is locked by another program (a sqlite3 shell, a backup, a file sync?): close it and start "
+            "the bot again."
+        )
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return StoreError(
+            f"{path} is not a moodring database or is damaged ({error}): move it away to start with an empty "
+            f"one, or restore a backup (`sqlite3 {path} .recover` may save what is left)."
+        )
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH):
+        return StoreError(
+            f"cannot open {path} ({error}): it and its directory {directory} must be readable and writable by "
+            "the user that runs the bot."
+        )
+    if code == sqlite3.SQLITE_FULL:
+        return StoreError(f"the disk holding {path} is full: free some space and start the bot again.")
+    if code == sqlite3.SQLITE_IOERR:
+        return StoreError(f"reading or writing {path} failed ({error}): check the disk.")
+    return error
 
 
 async def _enable_wal(db: aiosqlite.Connection, path: str, busy_timeout_ms: int) -> None:
@@ -703,6 +953,8 @@ async def _migrate(db: aiosqlite.Connection, path: str) -> None:
                     "upgrade the bot or use another database file"
                 )
             if version == latest:
+                # A write, so that a read-only file is found now rather than by the first flush.
+                await db.execute(f"PRAGMA user_version = {latest}")
                 return
             for statement in _statements(MIGRATIONS[version]):
                 await db.execute(statement)

@@ -4,7 +4,9 @@ owner checks, `/moodring forget`, and retraining from Discord."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from test_retrain import TINY_ARGS
 
 from bot.app import MoodringBot
 from bot.cogs.mood import latest_slot, parse_period
-from bot.store import Schedule
+from bot.store import ChannelSettings, Schedule
 
 CALLBACK = "/interactions/{interaction_id}/{interaction_token}/callback"
 FOLLOWUP = "/webhooks/{application_id}/{interaction_token}"
@@ -258,3 +260,169 @@ async def test_first_start_without_a_model_trains_one(
         later = await discord_standin.dispatch_slash_command("emotion", {"text": "hello there"})
         data = (await discord_standin.wait_for_interaction_response(later)).json["data"]
         assert data["embeds"][0]["fields"][0]["name"] == "Top emotions"
+
+
+# ---------------------------------------------------------------- faults of the summaries and the loops
+
+
+def summary_posts(standin: DiscordStandIn, channel_id: int) -> list:
+    return [r for r in standin.requests_to("POST", f"/channels/{channel_id}/messages") if (r.json or {}).get("embeds")]
+
+
+@pytest.mark.parametrize("fault", ["read-only", "locked"])
+async def test_a_slot_whose_post_cannot_be_recorded_is_posted_once(
+    discord_standin: DiscordStandIn, moodring_bot: MoodringBot, fault: str
+) -> None:
+    """Recording the post fails once (the file turned read-only, or another program held the write lock past
+    busy_timeout), then the store recovers: the slot is posted once, not once a minute."""
+    guild, channel = discord_standin.guild_id, discord_standin.channel_id
+    store = moodring_bot.store
+    seed(moodring_bot, guild, channel, NOW - 600, ["joy"], times=2)
+    await store.flush()
+    await store.upsert_schedule(guild, channel, "every", every_hours=1)
+    mood = moodring_bot.get_cog("Mood")
+    blocker = None
+    if fault == "read-only":
+        await store._db.execute("PRAGMA query_only = ON")  # every write fails with SQLITE_READONLY
+    else:
+        await store._db.execute("PRAGMA busy_timeout = 100")
+        blocker = sqlite3.connect(moodring_bot.config.database, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+    try:
+        with contextlib.suppress(sqlite3.Error):  # the tick may end in the store's error: the loop handles it
+            await mood.post_due_summaries(NOW)
+    finally:
+        if blocker is not None:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        else:
+            await store._db.execute("PRAGMA query_only = OFF")
+    for minute in (1, 2, 3):  # the next ticks, within the same hourly slot
+        await mood.post_due_summaries(NOW + 60 * minute)
+    posts = summary_posts(discord_standin, channel)
+    assert len(posts) == 1, f"{len(posts)} posts for one slot"
+    assert "joy" in posts[0].json["embeds"][0]["fields"][0]["value"]
+    (saved,) = await store.schedules(guild)
+    assert saved.last_posted_at is not None and saved.last_posted_at >= latest_slot(saved, NOW)
+
+
+async def test_a_summary_that_discord_refused_is_sent_on_the_next_tick(
+    discord_standin: DiscordStandIn, moodring_bot: MoodringBot
+) -> None:
+    guild, channel = discord_standin.guild_id, discord_standin.channel_id
+    await moodring_bot.store.upsert_schedule(guild, channel, "every", every_hours=1)
+    mood = moodring_bot.get_cog("Mood")
+    discord_standin.fail_next("POST", CHANNEL_MESSAGES, status=400)
+    assert await mood.post_due_summaries(NOW) == 0
+    assert await mood.post_due_summaries(NOW + 60) == 1  # the slot was given back
+    assert await mood.post_due_summaries(NOW + 120) == 0
+    assert len(summary_posts(discord_standin, channel)) == 2  # the refused one and the one that went through
+    (saved,) = await moodring_bot.store.schedules(guild)
+    assert saved.last_posted_at == NOW + 60
+
+
+async def test_the_summary_loop_survives_a_store_error(
+    discord_standin: DiscordStandIn, moodring_bot: MoodringBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guild, channel = discord_standin.guild_id, discord_standin.channel_id
+    store = moodring_bot.store
+    moodring_bot.clock = lambda: NOW
+    await store.upsert_schedule(guild, channel, "every", every_hours=1)
+    schedules = store.schedules
+    calls: list[int] = []
+
+    async def fail_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return await schedules(*args, **kwargs)
+
+    monkeypatch.setattr(store, "schedules", fail_once)
+    mood = moodring_bot.get_cog("Mood")
+    mood.summaries.change_interval(seconds=0.05)  # the next ticks come at once instead of each minute
+    posted = await discord_standin.wait_for_request(route=CHANNEL_MESSAGES, method="POST", timeout=20)
+    assert posted.json["embeds"] and len(calls) >= 2 and mood.summaries.is_running()
+
+
+async def test_the_retention_loop_survives_a_failed_prune(
+    discord_standin: DiscordStandIn, moodring_bot: MoodringBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    guild, channel = discord_standin.guild_id, discord_standin.channel_id
+    store = moodring_bot.store
+    moodring_bot.clock = lambda: NOW
+    seed(moodring_bot, guild, channel, NOW - 100 * 86400, ["joy"])  # older than the default 90 days
+    await store.flush()
+    prune = store.prune
+    calls: list[int] = []
+
+    async def fail_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        return await prune(*args, **kwargs)
+
+    monkeypatch.setattr(store, "prune", fail_once)
+    mood = moodring_bot.get_cog("Mood")
+    mood.retention.change_interval(seconds=0.05)
+    await wait_until(lambda: len(calls) >= 2, timeout=20, what="a prune after the failed one")
+    await wait_until(lambda: len(calls) >= 3, timeout=20, what="the prune after it")  # the second one finished
+    assert (await store.mood(guild, None, 0, NOW)).messages == 0 and mood.retention.is_running()
+
+
+# ---------------------------------------------------------------- the bot is removed from a server
+
+
+async def test_removing_the_bot_from_a_server_deletes_its_data(
+    discord_standin: DiscordStandIn, moodring_bot: MoodringBot
+) -> None:
+    guild, channel = discord_standin.guild_id, discord_standin.channel_id
+    store = moodring_bot.store
+    for g in (guild, OTHER_GUILD):
+        seed(moodring_bot, g, channel, NOW, ["joy"], times=2)
+        await store.set_channel_settings(g, channel, reactions=True)
+        await store.upsert_schedule(g, channel, "daily", hour=9)
+        await store.set_retention_days(g, 7)
+    await store.flush()
+
+    async def data_of(g: int) -> tuple:
+        return (
+            (await store.mood(g, None, 0, NOW + 1)).messages,
+            await store.guild_channel_settings(g),
+            len(await store.schedules(g)),
+            await store.retention_days(g),
+        )
+
+    kept = (2, {channel: ChannelSettings(True, True)}, 1, 7)
+    # An outage (GUILD_DELETE with unavailable) is not a removal.
+    await discord_standin.dispatch("GUILD_DELETE", {"id": str(guild), "unavailable": True}, guild_id=guild)
+    await wait_until(lambda: moodring_bot.get_guild(guild).unavailable, what="the guild marked unavailable")
+    assert await data_of(guild) == kept  # queued on the store behind anything the event started
+
+    await discord_standin.dispatch("GUILD_DELETE", {"id": str(guild)}, guild_id=guild)
+    await wait_until(lambda: moodring_bot.get_guild(guild) is None, what="the guild removed")
+    deadline = asyncio.get_running_loop().time() + 10
+    while await data_of(guild) != (0, {}, 0, 90):
+        assert asyncio.get_running_loop().time() < deadline, await data_of(guild)
+        await asyncio.sleep(0.01)
+    assert await store.channel_settings(guild, channel) == ChannelSettings()
+    assert await data_of(OTHER_GUILD) == kept
+
+
+async def test_a_removal_that_the_store_refused_is_retried_on_the_next_tick(
+    discord_standin: DiscordStandIn, moodring_bot: MoodringBot
+) -> None:
+    guild, channel = discord_standin.guild_id, discord_standin.channel_id
+    store = moodring_bot.store
+    mood = moodring_bot.get_cog("Mood")
+    await store.set_channel_settings(guild, channel, reactions=True)
+    await store.upsert_schedule(guild, channel, "daily", hour=9)
+    await store._db.execute("PRAGMA query_only = ON")  # the file turned read-only
+    try:
+        await discord_standin.dispatch("GUILD_DELETE", {"id": str(guild)}, guild_id=guild)
+        await wait_until(lambda: guild in mood.removals_due, what="the failed removal noted")
+    finally:
+        await store._db.execute("PRAGMA query_only = OFF")
+    assert len(await store.schedules(guild)) == 1  # nothing was deleted yet
+    mood.summaries.change_interval(seconds=0.05)  # the next tick comes at once
+    await wait_until(lambda: not mood.removals_due, timeout=20, what="the removal retried")
+    assert await store.schedules(guild) == [] and await store.guild_channel_settings(guild) == {}

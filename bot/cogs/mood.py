@@ -1,4 +1,5 @@
-"""Channel mood: `/mood`, scheduled summaries and the daily retention prune."""
+"""Channel mood: `/mood`, scheduled summaries, the daily retention prune, and deleting a server's data when the
+bot is removed from it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import asyncio
 import io
 import logging
 import re
+import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import discord
@@ -13,9 +15,10 @@ from discord import app_commands
 from discord.ext import commands, tasks
 
 from bot.app import NO_MENTIONS, MoodringBot, send_ephemeral
+from bot.backoff import Backoff
 from bot.charts import mood_chart
 from bot.render import emoji_for
-from bot.store import Schedule
+from bot.store import Schedule, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,9 @@ PERIOD_UNITS = {"h": 3600, "d": 86400, "w": 7 * 86400}
 _PERIOD = re.compile(r"^\s*(\d+)\s*(h|hours?|d|days?|w|weeks?)\s*$", re.IGNORECASE)
 SUMMARY_PERIODS = {"daily": 86400, "weekly": 7 * 86400}
 TOP_EMOTIONS = 5
+#: Errors of the database itself: they abort a whole tick (the loop backs off), not just one schedule.
+STORE_ERRORS = (sqlite3.Error, StoreError)
+SUMMARY_BACKOFF_CAP = 8  # ticks of the summary loop (minutes): a summary is at most that late after an outage
 
 
 def parse_period(text: str) -> int:
@@ -68,6 +74,12 @@ def summary_period(schedule: Schedule) -> int:
 class Mood(commands.Cog):
     def __init__(self, bot: MoodringBot) -> None:
         self.bot = bot
+        self.summary_backoff = Backoff(
+            "posting scheduled summaries", log, cap=SUMMARY_BACKOFF_CAP, expected=STORE_ERRORS
+        )
+        # Daily: the next day's run is the back-off; the Backoff keeps a long outage to one warning.
+        self.retention_backoff = Backoff("the retention prune", log, cap=1, expected=STORE_ERRORS)
+        self.removals_due: set[int] = set()  # servers that removed the bot while the store was failing
         self.summaries.start()
         self.retention.start()
 
@@ -142,25 +154,36 @@ class Mood(commands.Cog):
 
     @tasks.loop(minutes=1)
     async def summaries(self) -> None:
-        await self.post_due_summaries(self.bot.clock())
+        """Never raises, so the loop never ends: a failed tick is logged (once per outage) and retried after
+        1, 2, 4... up to ``SUMMARY_BACKOFF_CAP`` ticks."""
+        if self.summary_backoff.skip():
+            return
+        try:
+            await self.retry_removals()
+            await self.post_due_summaries(self.bot.clock())
+        except Exception as error:
+            self.summary_backoff.failed(error)
+        else:
+            self.summary_backoff.succeeded()
 
     @summaries.before_loop
     async def _before_summaries(self) -> None:
         await self.bot.wait_until_ready()
 
-    @summaries.error
-    async def _summaries_error(self, error: BaseException) -> None:
-        log.error("summary loop failed", exc_info=error)
-
     async def post_due_summaries(self, now: float) -> int:
-        """Post every summary whose latest slot has passed since it last posted; one each, even after downtime."""
+        """Post every summary whose latest slot has passed since it last posted; one each, even after downtime.
+
+        A broken schedule does not stop the others; an error of the store itself ends the tick (it raises).
+        """
         posted = 0
         for schedule in await self.bot.store.schedules():
             if schedule.last_posted_at is not None and latest_slot(schedule, now) <= schedule.last_posted_at:
                 continue
             try:
                 posted += await self.post_summary(schedule, now)
-            except Exception:  # one broken schedule must not stop the others, or the loop
+            except STORE_ERRORS:
+                raise
+            except Exception:
                 log.exception("summary schedule %s failed; will retry", schedule.id)
         return posted
 
@@ -184,6 +207,9 @@ class Mood(commands.Cog):
         source_channel = self.bot.get_channel(source) if source else None
         place = f"#{source_channel.name}" if source_channel else (channel.guild.name if source is None else "a channel")
         embed, chart = await self.report(schedule.guild_id, source, place, summary_period(schedule), now)
+        # Recorded before it is sent: a post whose record fails is never sent twice. At most one post per slot.
+        if not await self.bot.store.claim_slot(schedule.id, latest_slot(schedule, now), now):
+            return False  # already posted for this slot
         try:
             await channel.send(embed=embed, files=[chart] if chart else [], allowed_mentions=NO_MENTIONS)
         except discord.Forbidden:
@@ -192,10 +218,11 @@ class Mood(commands.Cog):
         except discord.NotFound:
             await self.disable(schedule, "its channel was deleted")
             return False
-        except discord.HTTPException as error:
+        except discord.HTTPException as error:  # Discord answered: nothing was posted, so the next tick retries
             log.warning("could not post summary %s (will retry): %s", schedule.id, error)
+            await self.bot.store.release_slot(schedule.id, now, schedule.last_posted_at)
             return False
-        await self.bot.store.mark_posted(schedule.id, now)
+        # Any other error (the connection dropped mid-send, say) may or may not have posted: the slot stays taken.
         return True
 
     async def disable(self, schedule: Schedule, reason: str) -> None:
@@ -223,16 +250,36 @@ class Mood(commands.Cog):
 
     @tasks.loop(hours=24)
     async def retention(self) -> None:
+        """Never raises: a failed prune is logged (once per outage) and the next run prunes what it missed."""
         try:
             deleted = await self.bot.store.prune(self.bot.clock())
-        except Exception:  # keep the daily loop alive; the next run prunes what this one missed
-            log.exception("retention prune failed")
+        except Exception as error:
+            self.retention_backoff.failed(error)
             return
+        self.retention_backoff.succeeded()
         log.info("retention prune removed %d statistics rows; since start: %s", deleted, dict(self.bot.counters))
 
-    @retention.error
-    async def _retention_error(self, error: BaseException) -> None:
-        log.error("retention prune failed", exc_info=error)
+    # ------------------------------------------------------------------ the bot leaves a server
+
+    @commands.Cog.listener()
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        """The bot was removed from a server (an outage is not a removal: discord.py reports it as
+        `on_guild_unavailable`): delete its statistics, settings and schedules."""
+        try:
+            deleted = await self.bot.store.remove_guild(guild.id)
+        except STORE_ERRORS as error:
+            log.warning("removed from guild %s, but could not delete its data yet (%s); will retry", guild.id, error)
+            self.removals_due.add(guild.id)
+            return
+        log.info("removed from guild %s: deleted its statistics, settings and schedules (%d rows)", guild.id, deleted)
+
+    async def retry_removals(self) -> None:
+        """Delete the data of servers whose removal failed; a store error ends the summary tick (back-off)."""
+        for guild_id in sorted(self.removals_due):
+            if self.bot.get_guild(guild_id) is None:  # not added back meanwhile
+                deleted = await self.bot.store.remove_guild(guild_id)
+                log.info("deleted the data of guild %s, which removed the bot (%d rows)", guild_id, deleted)
+            self.removals_due.discard(guild_id)
 
 
 async def setup(bot: MoodringBot) -> None:
