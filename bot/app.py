@@ -57,10 +57,7 @@ class MoodringBot(commands.AutoShardedBot):
         )
         self.config = config
         self.inference = InferenceService(
-            max_batch=config.batch_size,
-            max_wait=config.batch_wait_ms / 1000,
-            queue_size=config.queue_size,
-            timeout=config.analysis_timeout_s,
+            max_batch=config.batch_size, max_wait=config.batch_wait_ms / 1000, queue_size=config.queue_size
         )
         self.retrainer = Retrainer(
             self.inference,

@@ -36,7 +36,6 @@ class BotConfig:
     readings_per_user: int = 5  # on-demand readings (/emotion, reply-mentions) per member per window
     readings_per_channel: int = 15  # ... and per channel
     reading_window_s: float = 60.0
-    analysis_timeout_s: float = 10.0  # how long a message waits for its reading before it is skipped
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, require_token: bool = True) -> BotConfig:
@@ -69,7 +68,6 @@ class BotConfig:
             readings_per_user=_at_least(1, env, "MOODRING_READINGS_PER_USER", cls.readings_per_user),
             readings_per_channel=_at_least(1, env, "MOODRING_READINGS_PER_CHANNEL", cls.readings_per_channel),
             reading_window_s=_at_least(1.0, env, "MOODRING_READING_WINDOW_S", cls.reading_window_s),
-            analysis_timeout_s=_at_least(0.1, env, "MOODRING_ANALYSIS_TIMEOUT_S", cls.analysis_timeout_s),
         )
 
 

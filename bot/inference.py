@@ -25,7 +25,9 @@ from model import EmotionClassifier, Prediction
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 10.0  # seconds a caller waits for its reading unless it asks for less
+# Seconds a caller waits for its reading unless it asks for less (on_message does not): far beyond a full
+# queue's worth of batches, so only a stuck model call or a dead worker thread ever reaches it.
+DEFAULT_TIMEOUT = 10.0
 
 
 class InferenceBusy(RuntimeError):

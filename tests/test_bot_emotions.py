@@ -26,9 +26,11 @@ from discord_standin import DiscordStandIn, RecordedRequest, payloads
 
 from bot.app import NO_MODEL, MoodringBot
 from bot.cogs.emotions import NOTHING_TO_READ
+from bot.inference import DEFAULT_TIMEOUT
 from bot.render import EMOJI
 from bot.store import ChannelSettings
 from bot.text import prepare_text
+from bot.utils import SOMETHING_WENT_WRONG
 from model import EmotionClassifier, Prediction
 
 EPHEMERAL = payloads.MESSAGE_FLAG_EPHEMERAL
@@ -803,6 +805,38 @@ async def test_analysis_goes_on_after_the_batcher_dies_mid_burst(
     assert callback.json["data"]["embeds"]
 
 
+async def test_a_reading_the_model_fails_on_is_answered_politely(
+    moodring_bot: MoodringBot, discord_standin: DiscordStandIn
+) -> None:
+    standin = discord_standin
+    bot = moodring_bot
+    await bot.store.set_channel_settings(standin.guild_id, standin.channel_id, analysis=False)
+    classifier = bot.inference.classifier
+    assert classifier is not None
+    original = classifier.predict
+    failures: list[list[str]] = []
+
+    def predict(texts, top_k):
+        if len(failures) < 2:
+            failures.append(texts)
+            raise RuntimeError("out of memory")
+        return original(texts, top_k)
+
+    classifier.predict = predict
+    callback = await slash(standin, "emotion", {"text": "so happy today"})
+    assert callback.json["data"]["content"] == SOMETHING_WENT_WRONG and callback.json["data"]["flags"] & EPHEMERAL
+    target = await standin.dispatch_message(content="I love this")
+    since = len(standin.requests)
+    question = await standin.dispatch_message(
+        content=f"{mention_of_bot(standin)} ?", mentions=[standin.bot_user_id], referenced_message=target
+    )
+    reply = await standin.wait_for_request(lambda r: is_reply_to(r, [question]), since=since)
+    assert reply.json["content"] == SOMETHING_WENT_WRONG
+    assert len(failures) == 2
+    callback = await slash(standin, "emotion", {"text": "so happy today"})
+    assert callback.json["data"]["embeds"]
+
+
 async def test_a_hung_model_call_never_holds_a_message_forever(
     make_moodring_bot: BotFactory, discord_standin: DiscordStandIn
 ) -> None:
@@ -810,7 +844,9 @@ async def test_a_hung_model_call_never_holds_a_message_forever(
 
     standin = discord_standin
     release = threading.Event()
-    async with make_moodring_bot(analysis_timeout_s=0.3) as bot:
+    async with make_moodring_bot() as bot:
+        assert bot.inference.timeout == DEFAULT_TIMEOUT  # what on_message waits, at most
+        bot.inference.timeout = 0.3  # the same bound, shortened for the test
         classifier = bot.inference.classifier
         assert classifier is not None
         original = classifier.predict
