@@ -90,7 +90,11 @@ class InferenceService:
         if self._closing or task is not self._batcher:
             return
         error = None if task.cancelled() else task.exception()
-        log.error("the inference batcher stopped (%s); restarting it", "cancelled" if error is None else repr(error))
+        log.error(
+            "the inference batcher stopped (%s); restarting it",
+            "cancelled" if error is None else "killed",
+            exc_info=error,
+        )
         self._fail_in_flight("the reading was interrupted; please try again")
         self.restarts += 1
         delay = self._restart_backoff.next_delay()

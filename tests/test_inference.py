@@ -120,6 +120,7 @@ async def test_a_cancelled_batcher_is_restarted(classifier: EmotionClassifier) -
         first.cancel()  # the fault: something cancels the task
         answer = await asyncio.wait_for(service.classify("still there?"), 5)
         assert service._batcher is not first and not service._batcher.done()
+        assert service.restarts == 1
     finally:
         await service.close()
     assert answer.text == "still there?"
@@ -148,6 +149,7 @@ async def test_a_batcher_killed_mid_burst_fails_its_batch_and_serves_the_rest(cl
     assert 1 <= len(failed) <= 4  # the killed batch only
     assert calls[-1].exception() is None and calls[-1].result().text == "message 39"
     assert service.served == 40 - len(failed)
+    assert service.restarts == 1
 
 
 async def test_classify_gives_up_after_its_timeout(classifier: EmotionClassifier) -> None:
