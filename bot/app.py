@@ -17,12 +17,10 @@ from bot.config import BotConfig
 from bot.inference import InferenceService
 from bot.retrain import Retrainer
 from bot.store import Store
+from bot.utils import NO_MENTIONS, SOMETHING_WENT_WRONG, InvalidArgument, send_ephemeral
 from model import ModelNotFoundError
 
 log = logging.getLogger(__name__)
-
-# Every message the bot sends can quote user text, so none of them may ping anyone.
-NO_MENTIONS = discord.AllowedMentions.none()
 
 COGS = ("bot.cogs.emotions", "bot.cogs.mood", "bot.cogs.admin")
 
@@ -118,6 +116,10 @@ class MoodringBot(commands.AutoShardedBot):
     async def on_ready(self) -> None:
         log.info("connected as %s (%s) to %d guilds", self.user, getattr(self.user, "id", "?"), len(self.guilds))
 
+    async def on_message(self, message: discord.Message) -> None:
+        """No prefix commands: a message mentioning the bot asks for a reading (bot/cogs/emotions.py), and handing
+        it to discord.py's command parser as well would log a `CommandNotFound` error for each one."""
+
     async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
         if isinstance(error, app_commands.MissingPermissions):
             message = "You need the **Manage Server** permission to do that."
@@ -125,9 +127,11 @@ class MoodringBot(commands.AutoShardedBot):
             message = "That only works in a server."
         elif isinstance(error, app_commands.CheckFailure):
             message = str(error) or "You can't use that command."
+        elif isinstance(error, InvalidArgument):
+            message = str(error)
         else:
             log.error("command %r failed", interaction.command and interaction.command.qualified_name, exc_info=error)
-            message = "Sorry, something went wrong on my side. It has been logged."
+            message = SOMETHING_WENT_WRONG
         await send_ephemeral(interaction, message)
 
     async def close(self) -> None:
@@ -137,14 +141,3 @@ class MoodringBot(commands.AutoShardedBot):
         await self.inference.close()
         if self.store is not None:
             await self.store.close()
-
-
-async def send_ephemeral(interaction: discord.Interaction, content: str) -> None:
-    """Answer an interaction privately, whether or not it has been answered yet."""
-    try:
-        if interaction.response.is_done():
-            await interaction.followup.send(content, ephemeral=True, allowed_mentions=NO_MENTIONS)
-        else:
-            await interaction.response.send_message(content, ephemeral=True, allowed_mentions=NO_MENTIONS)
-    except discord.HTTPException:
-        log.warning("could not send an error reply for interaction %s", interaction.id)

@@ -46,6 +46,9 @@ class BotConfig:
     retrain_args: str = ""
     retrain_tolerance: float = 0.005
     progress_interval: float = 5.0
+    readings_per_user: int = 5  # on-demand readings (/emotion, reply-mentions) per member per window
+    readings_per_channel: int = 15  # ... and per channel
+    reading_window_s: float = 60.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, require_token: bool = True) -> BotConfig:
@@ -74,6 +77,9 @@ class BotConfig:
             retrain_args=_retrain_args(env, "MOODRING_RETRAIN_ARGS"),
             retrain_tolerance=_float(env, "MOODRING_RETRAIN_TOLERANCE", cls.retrain_tolerance),
             progress_interval=_at_least(0.1, env, "MOODRING_PROGRESS_INTERVAL_S", cls.progress_interval),
+            readings_per_user=_at_least(1, env, "MOODRING_READINGS_PER_USER", cls.readings_per_user),
+            readings_per_channel=_at_least(1, env, "MOODRING_READINGS_PER_CHANNEL", cls.readings_per_channel),
+            reading_window_s=_at_least(1.0, env, "MOODRING_READING_WINDOW_S", cls.reading_window_s),
             # Last: the default imports torch, which a bad setting above should not wait for.
             model_dir=Path(env.get("MOODRING_MODEL_DIR") or _default_model_dir()),
         )

@@ -4,6 +4,10 @@ One worker thread owns the model. Requests wait in a bounded asyncio queue; a ba
 to `max_batch` texts, or whatever arrived within `max_wait` of the first, and runs them as one
 `predict` call in the worker thread. A full queue raises `InferenceBusy` at once instead of growing.
 The model can be swapped while serving: the batch in flight finishes on the old one.
+
+Nothing waits forever: every `classify` gives up after its timeout, an error in one batch fails only that
+batch's callers (the batcher logs it, backs off and goes on), and a batcher task that ends anyway (cancelled,
+or killed by a BaseException) is restarted by its done-callback.
 """
 
 from __future__ import annotations
@@ -16,9 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from bot.utils import Backoff
 from model import EmotionClassifier, Prediction
 
 log = logging.getLogger(__name__)
+
+# Seconds a caller waits for its reading unless it asks for less (on_message does not): far beyond a full
+# queue's worth of batches, so only a stuck model call or a dead worker thread ever reaches it.
+DEFAULT_TIMEOUT = 10.0
 
 
 class InferenceBusy(RuntimeError):
@@ -29,6 +38,10 @@ class NoModel(RuntimeError):
     """No model is loaded (none trained yet, or the first training is still running)."""
 
 
+class InferenceFailed(RuntimeError):
+    """The model (or the batcher) failed on this request's batch; it has been logged, and later requests are served."""
+
+
 @dataclass
 class _Request:
     text: str
@@ -37,25 +50,55 @@ class _Request:
 
 
 class InferenceService:
-    def __init__(self, max_batch: int = 16, max_wait: float = 0.01, queue_size: int = 256) -> None:
+    def __init__(
+        self, max_batch: int = 16, max_wait: float = 0.01, queue_size: int = 256, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         self.max_batch = max_batch
         self.max_wait = max_wait
+        self.timeout = timeout
         self.classifier: EmotionClassifier | None = None
         self._queue: asyncio.Queue[_Request] = asyncio.Queue(maxsize=queue_size)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moodring-model")
         self._batcher: asyncio.Task | None = None
+        self._restart: asyncio.TimerHandle | None = None
+        self._backoff = Backoff(first=0.05, cap=2.0)  # after a failed batch
+        self._restart_backoff = Backoff(first=0.05, cap=2.0)  # after the batcher task ended
+        self._closing = False
         self._in_flight: list[_Request] = []
         self.batches = 0
-        self.served = 0
+        self.served = 0  # readings handed to a caller
         self.rejected = 0
+        self.timed_out = 0
+        self.restarts = 0
 
     @property
     def ready(self) -> bool:
         return self.classifier is not None
 
     def start(self) -> None:
-        if self._batcher is None:
-            self._batcher = asyncio.create_task(self._run(), name="moodring-inference-batcher")
+        if self._batcher is None and not self._closing:
+            self._start_batcher()
+
+    def _start_batcher(self) -> None:
+        self._restart = None
+        self._batcher = asyncio.create_task(self._run(), name="moodring-inference-batcher")
+        self._batcher.add_done_callback(self._batcher_ended)
+
+    def _batcher_ended(self, task: asyncio.Task) -> None:
+        """Supervision: a batcher that ends while the service is open is restarted (after a back-off when it
+        keeps dying), and the batch it held fails at once instead of waiting out its callers' timeouts."""
+        if self._closing or task is not self._batcher:
+            return
+        error = None if task.cancelled() else task.exception()
+        log.error(
+            "the inference batcher stopped (%s); restarting it",
+            "cancelled" if error is None else "killed",
+            exc_info=error,
+        )
+        self._fail_in_flight("the reading was interrupted; please try again")
+        self.restarts += 1
+        delay = self._restart_backoff.next_delay()
+        self._restart = asyncio.get_running_loop().call_later(delay, self._start_batcher)
 
     async def load(self, path: str | Path) -> EmotionClassifier:
         """Load a model in the worker thread (never on the event loop) and serve it."""
@@ -67,8 +110,12 @@ class InferenceService:
         """Serve `classifier` from the next batch on; the batch in flight keeps the old one."""
         self.classifier = classifier
 
-    async def classify(self, text: str, top_k: int | None = 5) -> Prediction:
-        """The model's reading of `text`, with its `top_k` emotions (all of them for None)."""
+    async def classify(self, text: str, top_k: int | None = 5, timeout: float | None = None) -> Prediction:
+        """The model's reading of `text`, with its `top_k` emotions (all of them for None).
+
+        Raises `NoModel`, `InferenceBusy` (queue full), `InferenceFailed` (its batch failed) or `TimeoutError`
+        (no reading within `timeout` seconds, the service's `timeout` by default; the request is then dropped).
+        """
         if self.classifier is None:
             raise NoModel("no model loaded")
         future = asyncio.get_running_loop().create_future()
@@ -77,55 +124,74 @@ class InferenceService:
         except asyncio.QueueFull:
             self.rejected += 1
             raise InferenceBusy("the emotion model is busy") from None
-        return await future
+        try:
+            return await asyncio.wait_for(future, self.timeout if timeout is None else timeout)
+        except TimeoutError:
+            self.timed_out += 1
+            raise
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """Serve batches until cancelled; an error in one iteration costs that batch only."""
         while True:
-            batch = [await self._queue.get()]
-            deadline = time.monotonic() + self.max_wait
-            while len(batch) < self.max_batch:
-                timeout = deadline - time.monotonic()
-                if timeout <= 0:
-                    break
-                try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), timeout))
-                except TimeoutError:
-                    break
-            batch = [request for request in batch if not request.future.done()]  # drop cancelled callers
-            if not batch:
-                continue
-            self._in_flight = batch
-            classifier = self.classifier
-            wanted = [request.top_k for request in batch]
-            top_k = None if None in wanted else max(wanted)
             try:
-                if classifier is None:
-                    raise NoModel("no model loaded")
-                predictions = await loop.run_in_executor(
-                    self._worker, classifier.predict, [r.text for r in batch], top_k
-                )
-            except Exception as error:  # one bad batch fails its callers, not the service
-                log.exception("inference failed for a batch of %d", len(batch))
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(error)
-                continue
-            self.batches += 1
-            self.served += len(batch)
-            for request, prediction in zip(batch, predictions, strict=True):
-                if not request.future.done():
-                    top = prediction.top if request.top_k is None else prediction.top[: request.top_k]
-                    request.future.set_result(replace(prediction, top=top))
-            self._in_flight = []
+                await self._serve_next_batch()
+            except Exception:
+                log.exception("inference failed for a batch of %d; going on", len(self._in_flight))
+                self._fail_in_flight("the emotion model failed on this text")
+                await asyncio.sleep(self._backoff.next_delay())
+            else:
+                self._backoff.reset()
+                self._restart_backoff.reset()
+
+    async def _serve_next_batch(self) -> None:
+        batch = [await self._queue.get()]
+        self._in_flight = batch  # from here on, a dead batcher's callers are failed by its done-callback
+        deadline = time.monotonic() + self.max_wait
+        while len(batch) < self.max_batch:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+            except TimeoutError:
+                break
+        batch = [request for request in batch if not request.future.done()]  # drop callers that gave up
+        if not batch:
+            return
+        self._in_flight = batch
+        classifier = self.classifier  # never None once a request is queued: `classify` checks, nothing unloads
+        wanted = [request.top_k for request in batch]
+        top_k = None if None in wanted else max(wanted)
+        predictions = await asyncio.get_running_loop().run_in_executor(
+            self._worker, classifier.predict, [r.text for r in batch], top_k
+        )
+        answers = [
+            replace(prediction, top=prediction.top if request.top_k is None else prediction.top[: request.top_k])
+            for request, prediction in zip(batch, predictions, strict=True)
+        ]
+        self.batches += 1
+        for request, answer in zip(batch, answers, strict=True):
+            if not request.future.done():
+                request.future.set_result(answer)
+                self.served += 1
+        self._in_flight = []
+
+    def _fail_in_flight(self, reason: str) -> None:
+        for request in self._in_flight:
+            if not request.future.done():
+                request.future.set_exception(InferenceFailed(reason))
+        self._in_flight = []
 
     async def close(self) -> None:
         """Stop taking work, fail whatever is still queued, and release the worker thread."""
-        if self._batcher is not None:
+        self._closing = True
+        if self._restart is not None:
+            self._restart.cancel()
+        if self._batcher is not None and not self._batcher.done():  # a dead one was already reported
             self._batcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._batcher
-            self._batcher = None
+        self._batcher = None
         waiting = list(self._in_flight)
         while not self._queue.empty():
             waiting.append(self._queue.get_nowait())

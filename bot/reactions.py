@@ -3,6 +3,7 @@
 Discord allows roughly four reactions a second per channel, and discord.py waits out each 429.
 So each channel gets one worker adding reactions in order, with at most `max_pending` messages
 waiting; work beyond that is skipped and counted, never queued without bound.
+A worker survives any error with one message: it counts and logs it, backs off, and goes on with the next.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections import Counter
 from collections.abc import Sequence
 
 import discord
+
+from bot.utils import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,7 @@ class ReactionQueue:
         return True
 
     async def _drain(self, channel_id: int, queue: asyncio.Queue) -> None:
+        backoff = Backoff(first=0.5, cap=30.0)
         while True:
             try:
                 message, emojis = await asyncio.wait_for(queue.get(), self.idle_seconds)
@@ -52,21 +56,32 @@ class ReactionQueue:
                     self._queues.pop(channel_id, None)
                     return
                 continue
-            for emoji in emojis:
-                try:
-                    await message.add_reaction(emoji)
-                    self.counters["reactions_added"] += 1
-                except discord.Forbidden:
-                    self.counters["reactions_forbidden"] += 1
-                    log.warning("missing permission to react in channel %s; skipping", channel_id)
-                    break
-                except discord.NotFound:
-                    self.counters["reactions_message_gone"] += 1
-                    break
-                except discord.HTTPException as error:
-                    self.counters["reactions_failed"] += 1
-                    log.warning("could not add a reaction in channel %s: %s", channel_id, error)
-                    break
+            try:
+                await self._react(channel_id, message, emojis)
+            except Exception:  # e.g. a dropped connection: this message loses its reactions, the channel does not
+                self.counters["reactions_failed"] += 1
+                log.exception("could not add reactions in channel %s; going on after a pause", channel_id)
+                await asyncio.sleep(backoff.next_delay())
+            else:
+                backoff.reset()
+
+    async def _react(self, channel_id: int, message: discord.Message, emojis: list[str]) -> None:
+        """Add `emojis` in order; Discord's refusals are counted and end this message's reactions."""
+        for emoji in emojis:
+            try:
+                await message.add_reaction(emoji)
+            except discord.Forbidden:
+                self.counters["reactions_forbidden"] += 1
+                log.warning("missing permission to react in channel %s; skipping", channel_id)
+                return
+            except discord.NotFound:
+                self.counters["reactions_message_gone"] += 1
+                return
+            except discord.HTTPException as error:
+                self.counters["reactions_failed"] += 1
+                log.warning("could not add a reaction in channel %s: %s", channel_id, error)
+                return
+            self.counters["reactions_added"] += 1
 
     async def close(self) -> None:
         for task in self._workers.values():

@@ -22,13 +22,15 @@ from bot_fixtures import (
     store_message,
     wait_until,
 )
-from discord_standin import DiscordStandIn, payloads
+from discord_standin import DiscordStandIn, RecordedRequest, payloads
 
 from bot.app import NO_MODEL, MoodringBot
 from bot.cogs.emotions import NOTHING_TO_READ
+from bot.inference import DEFAULT_TIMEOUT
 from bot.render import EMOJI
 from bot.store import ChannelSettings
 from bot.text import prepare_text
+from bot.utils import SOMETHING_WENT_WRONG
 from model import EmotionClassifier, Prediction
 
 EPHEMERAL = payloads.MESSAGE_FLAG_EPHEMERAL
@@ -43,6 +45,7 @@ OUTCOMES = (
     "skipped_no_model",
     "skipped_busy",
     "analysis_failed",
+    "analysis_timed_out",
 )
 CANDIDATES = (
     "Thank you so much, this is the best gift ever! I love it!",
@@ -128,6 +131,48 @@ def puts_for(standin: DiscordStandIn, message: Mapping[str, Any]) -> list[str]:
 
 def outcomes(bot: MoodringBot) -> int:
     return sum(bot.counters[name] for name in OUTCOMES)
+
+
+def is_reply_to(request: RecordedRequest, questions: list[Mapping[str, Any]]) -> bool:
+    """`request` is the bot's reply to one of `questions` (messages that mention it)."""
+    if request.method != "POST" or request.route != CHANNEL_MESSAGES or not isinstance(request.json, dict):
+        return False
+    return (request.json.get("message_reference") or {}).get("message_id") in {int(q["id"]) for q in questions}
+
+
+def replies_to(standin: DiscordStandIn, questions: list[Mapping[str, Any]], since: int = 0) -> list[RecordedRequest]:
+    return [r for r in standin.requests[since:] if is_reply_to(r, questions)]
+
+
+async def mention_barrier(
+    standin: DiscordStandIn, about: Mapping[str, Any], *, channel_id: int | None = None, author: int | None = None
+) -> RecordedRequest:
+    """Ask the bot to read `about` (fetching it, like any uncached message) and wait for its reply.
+
+    Messages are handled in the order they arrive and readings are answered in order, so once this marker is
+    answered, whatever the bot was going to send for the messages before it has been sent."""
+    channel = channel_id or standin.channel_id
+    marker = await standin.dispatch_message(
+        channel,
+        content=f"{mention_of_bot(standin)} marker",
+        author=author,
+        mentions=[standin.bot_user_id],
+        message_reference=reply_reference(standin, about, channel),
+    )
+    return await standin.wait_for_request(lambda r: is_reply_to(r, [marker]), timeout=10)
+
+
+async def reaction_barrier(
+    bot: MoodringBot, standin: DiscordStandIn, channel_id: int, text: str, expected: list[str]
+) -> Mapping[str, Any]:
+    """Switch reactions on in `channel_id` and wait for a marker message's reactions there.
+
+    Each channel's reactions are added in order, so once the marker's are in, any reaction queued before it
+    has been added."""
+    await enable_reactions(bot, standin, channel_id)
+    marker = await standin.dispatch_message(channel_id, content=text)
+    await wait_until(lambda: puts_for(standin, marker) == expected, what="the marker's reactions")
+    return marker
 
 
 async def slash(standin: DiscordStandIn, name: str, options: Mapping[str, Any] | None = None, **kwargs: Any):
@@ -238,12 +283,11 @@ async def test_only_an_explicit_mention_asks_for_a_reading(
         ),
     ]
     await wait_until(lambda: outcomes(moodring_bot) == 5, what="five messages handled")
-    await wait_until(lambda: len(standin.requests) - since == 2, what="two replies")
-    await asyncio.sleep(0.05)  # time for a reply that should not come
+    marker = await mention_barrier(standin, target)
     answered = [r.json["message_reference"]["message_id"] for r in standin.requests[since:] if r.method == "POST"]
-    assert answered == [int(q["id"]) for q in questions]
-    assert len(standin.requests) - since == 2
-    assert moodring_bot.counters["reply_mentions"] == 2
+    assert answered == [int(q["id"]) for q in questions] + [marker.json["message_reference"]["message_id"]]
+    assert sorted(r.method for r in standin.requests[since:]) == ["GET", "POST", "POST", "POST"]  # the marker fetches
+    assert moodring_bot.counters["reply_mentions"] == 3
     assert moodring_bot.counters["skipped_analysis_off"] == 3
 
 
@@ -268,12 +312,12 @@ async def test_admin_enables_auto_reactions(
     reacted = await standin.dispatch_message(content=text)
     await wait_until(lambda: bot.counters["reactions_added"] == len(expected), what="reactions")
     await wait_until(lambda: bot.counters["analyzed"] == 2, what="both messages analysed")
-    await asyncio.sleep(0.05)  # time for a reaction that should not come
+    await reaction_barrier(bot, standin, quiet, text, expected)
     assert 1 <= len(expected) <= 3
     assert puts_for(standin, reacted) == expected
     assert standin.reactions(reacted["id"]) == {emoji: [standin.bot_user_id] for emoji in expected}
     assert standin.requests_to("PUT", f"/messages/{unreacted['id']}/") == []
-    assert bot.counters["reactions_added"] == len(expected)
+    assert bot.counters["reactions_added"] == 2 * len(expected)  # the message here and the marker
 
 
 async def test_non_admin_cannot_change_channel_settings(
@@ -305,13 +349,16 @@ async def test_messages_from_bots_and_webhooks_are_ignored(
     await standin.dispatch_message(content=ask, webhook_id=payloads.snowflake())
     human = await standin.dispatch_message(content=text)  # processed after the two above
     await wait_until(lambda: bot.counters["reactions_added"] == len(expected), what="the human message's reactions")
-    await asyncio.sleep(0.05)  # time for anything that should not come
+    marker = await mention_barrier(standin, target)  # the same request as the ignored ones, from a human
     assert {k: v for k, v in bot.counters.items() if v} == {
-        "messages_seen": 1,
+        "messages_seen": 2,
         "analyzed": 1,
         "reactions_added": len(expected),
+        "reply_mentions": 1,
     }
-    assert all(r.method == "PUT" and f"/messages/{human['id']}/" in r.path for r in standin.requests[since:])
+    sent = [r for r in standin.requests[since:] if r is not marker and f"/messages/{target['id']}" not in r.path]
+    assert len(sent) == len(expected)
+    assert all(r.method == "PUT" and f"/messages/{human['id']}/" in r.path for r in sent)
 
 
 async def test_rate_limited_reaction_is_waited_out(
@@ -460,6 +507,10 @@ async def test_burst_of_messages_is_accounted_for_and_the_loop_stays_responsive(
     assert counters["reactions_skipped_backlog"] > 0
     assert reacted() == counters["analyzed"] - counters["reactions_skipped_backlog"]
     assert all(puts_for(standin, message) in ([], expected) for message in burst)
+    assert bot.store is not None
+    await bot.store.flush()
+    totals = await bot.store.mood(standin.guild_id, standin.channel_id, 0, bot.clock() + 3600)
+    assert totals.messages == counters["analyzed"] == bot.inference.served, dict(counters)
     assert len(stalls) > 10, f"probe ran {len(stalls)} times in {elapsed:.2f}s"
     assert max(stalls) < 0.1, f"event loop stalled {max(stalls) * 1000:.0f} ms (burst took {elapsed:.2f}s)"
 
@@ -527,7 +578,7 @@ async def test_missing_permissions_fall_back_or_skip(
 ) -> None:
     standin = discord_standin
     bot = moodring_bot
-    text, _ = reacting_text(tiny_classifier)
+    text, expected = reacting_text(tiny_classifier)
 
     def denied(permission: int) -> list[dict]:
         return [payloads.overwrite(standin.bot_user_id, type=payloads.OVERWRITE_MEMBER, deny=permission)]
@@ -553,9 +604,10 @@ async def test_missing_permissions_fall_back_or_skip(
     await enable_reactions(bot, standin, no_reactions)
     message = await standin.dispatch_message(no_reactions, content=text)
     await wait_until(lambda: bot.counters["reactions_forbidden"] == 1, what="the skipped reaction counted")
-    await asyncio.sleep(0.05)  # time for a PUT that should not come
+    await standin.set_permission_overwrite(no_reactions, standin.bot_user_id, member=True)  # Add Reactions back
+    await reaction_barrier(bot, standin, no_reactions, text, expected)
     assert standin.requests_to("PUT", f"/messages/{message['id']}/") == []
-    assert bot.counters["reactions_added"] == 0
+    assert bot.counters["reactions_added"] == len(expected)  # the marker's only
 
 
 async def test_the_token_never_reaches_the_logs(
@@ -585,3 +637,263 @@ async def test_the_token_never_reaches_the_logs(
         rendered = record.getMessage() + repr(record.args) + (record.exc_text or "")
         for part in token_parts:
             assert part not in rendered, f"token in a {record.name} log record"
+
+
+# ----------------------------------------------------------------------------------------------- flood limits
+
+
+def is_slow_down(request: RecordedRequest) -> bool:
+    body = message_body(request) or {}
+    return "Slow down" in (body.get("content") or "") and not body.get("embeds")
+
+
+def answered(answers: list[RecordedRequest]) -> dict[int, str]:
+    """{id of the message replied to: "reading" or "slow down"} for the bot's replies."""
+    kinds = {}
+    for r in answers:
+        kinds[r.json["message_reference"]["message_id"]] = "slow down" if is_slow_down(r) else "reading"
+    assert len(kinds) == len(answers), "a message got two answers"
+    return kinds
+
+
+def expected_answers(flood: list[Mapping[str, Any]], limit: int) -> dict[int, str]:
+    """The first `limit` messages of a flood are read, the next one gets the slow-down, the rest nothing."""
+    return {int(m["id"]): "reading" for m in flood[:limit]} | {int(flood[limit]["id"]): "slow down"}
+
+
+async def flood_of_mentions(
+    standin: DiscordStandIn, about: Mapping[str, Any], authors: list[int], count: int = 50
+) -> list[Mapping[str, Any]]:
+    """`count` reply-mentions asking about `about` (not cached: each reading fetches it), round-robin over
+    `authors`, sent within one second."""
+    started = time.monotonic()
+    flood = [
+        await standin.dispatch_message(
+            content=f"{mention_of_bot(standin)} what about this? ({i})",
+            author=authors[i % len(authors)],
+            mentions=[standin.bot_user_id],
+            message_reference=reply_reference(standin, about),
+        )
+        for i in range(count)
+    ]
+    assert time.monotonic() - started < 1.0
+    return flood
+
+
+async def test_a_member_flooding_mentions_gets_a_few_readings_and_one_slow_down(
+    moodring_bot: MoodringBot, discord_standin: DiscordStandIn
+) -> None:
+    standin = discord_standin
+    bot = moodring_bot
+    limit = bot.config.readings_per_user
+    assert 1 <= limit < bot.config.readings_per_channel
+    await bot.store.set_channel_settings(standin.guild_id, standin.channel_id, analysis=False)
+    target = store_message(standin, "I'm so happy for you, congratulations!")
+    since = len(standin.requests)
+    flood = await flood_of_mentions(standin, target, [standin.user_id])
+    await wait_until(lambda: len(replies_to(standin, flood, since)) >= limit + 1, what="the readings and a slow-down")
+    bystander = await standin.add_user("bystander")
+    await mention_barrier(standin, target, author=bystander)  # another member in the same channel is not limited
+
+    answers = replies_to(standin, flood, since)
+    assert answered(answers) == expected_answers(flood, limit)
+    assert all(r.json["allowed_mentions"] == {"parse": [], "replied_user": False} for r in answers)
+    fetches = standin.requests_to("GET", f"/messages/{target['id']}")
+    assert len(fetches) == limit + 1  # the readings and the marker: nothing for the refused mentions
+    assert bot.inference.served == limit + 1
+    assert bot.counters["reply_mentions"] == 51 and bot.counters["readings_refused"] == 50 - limit
+
+    # The next window reads again, and warns again at most once.
+    bot.clock = lambda: time.time() + bot.config.reading_window_s + 1
+    since = len(standin.requests)
+    again = await flood_of_mentions(standin, target, [standin.user_id], count=limit + 3)
+    await wait_until(lambda: len(replies_to(standin, again, since)) >= limit + 1, what="the next window's answers")
+    await mention_barrier(standin, target, author=bystander)
+    assert answered(replies_to(standin, again, since)) == expected_answers(again, limit)
+
+
+async def test_a_channel_flooded_by_many_members_gets_one_slow_down(
+    moodring_bot: MoodringBot, discord_standin: DiscordStandIn
+) -> None:
+    standin = discord_standin
+    bot = moodring_bot
+    limit = bot.config.readings_per_channel
+    await bot.store.set_channel_settings(standin.guild_id, standin.channel_id, analysis=False)
+    target = store_message(standin, "What a wonderful surprise, thank you all!")
+    members = [await standin.add_user(f"member{i}") for i in range(10)]
+    assert len(members) * bot.config.readings_per_user > limit  # the channel's limit is reached first
+    since = len(standin.requests)
+    flood = await flood_of_mentions(standin, target, members)
+    await wait_until(lambda: len(replies_to(standin, flood, since)) >= limit + 1, what="the readings and a slow-down")
+    elsewhere = await standin.add_text_channel("elsewhere")
+    await mention_barrier(standin, store_message(standin, "so glad", channel_id=elsewhere), channel_id=elsewhere)
+
+    answers = replies_to(standin, flood, since)
+    assert answered(answers) == expected_answers(flood, limit)
+    assert all("this channel" in r.json["content"] for r in answers if is_slow_down(r))
+    assert bot.inference.served == limit + 1
+
+
+async def test_a_member_flooding_emotion_gets_a_few_readings_and_one_slow_down(
+    moodring_bot: MoodringBot, discord_standin: DiscordStandIn
+) -> None:
+    standin = discord_standin
+    bot = moodring_bot
+    limit = bot.config.readings_per_user
+    started = time.monotonic()
+    flood = [await standin.dispatch_slash_command("emotion", {"text": f"so happy, day {i}"}) for i in range(50)]
+    assert time.monotonic() - started < 1.0
+    bystander = await standin.add_user("bystander")
+    marker = await slash(standin, "emotion", {"text": "the marker"}, user=bystander)  # handled after the flood
+    assert marker.json["data"]["embeds"]
+    await wait_until(
+        lambda: sum(standin.interaction(i).response_type is not None for i in flood) >= limit + 1,
+        what="the readings and a slow-down",
+    )
+    await slash(standin, "emotion", {"text": "another marker"}, user=bystander)
+
+    answers = {r.params["interaction_id"]: r.json for r in standin.requests if r.route == CALLBACK}
+    kinds = {
+        str(i["id"]): "reading" if answers[str(i["id"])]["data"].get("embeds") else "slow down"
+        for i in flood
+        if str(i["id"]) in answers
+    }
+    assert kinds == {str(i["id"]): kind for i, kind in zip(flood, ["reading"] * limit + ["slow down"], strict=False)}
+    slow_down = answers[str(flood[limit]["id"])]["data"]
+    assert "Slow down" in slow_down["content"] and slow_down["flags"] & EPHEMERAL
+    assert bot.inference.served == limit + 2
+
+
+# ----------------------------------------------------------------------------------------------- loops and supervision
+
+
+class BatcherKilled(BaseException):
+    """Not an `Exception`: it ends the inference batcher's task, as a stray cancel would."""
+
+
+async def test_analysis_goes_on_after_the_batcher_dies_mid_burst(
+    moodring_bot: MoodringBot, discord_standin: DiscordStandIn, tiny_classifier: EmotionClassifier
+) -> None:
+    standin = discord_standin
+    bot = moodring_bot
+    classifier = bot.inference.classifier
+    assert classifier is not None
+    original = classifier.predict
+    killed: list[int] = []
+
+    def predict(texts, top_k):
+        if len(killed) == 0 and bot.inference.batches >= 2:  # the third batch
+            killed.append(len(texts))
+            raise BatcherKilled
+        return original(texts, top_k)
+
+    classifier.predict = predict
+    text, _ = reacting_text(tiny_classifier)
+    for _ in range(60):
+        await standin.dispatch_message(content=text)
+        await asyncio.sleep(0)
+    await wait_until(lambda: outcomes(bot) >= 60, timeout=30, what="every message of the burst handled")
+    assert killed, "the batcher was never killed"
+    counters = bot.counters
+    assert counters["analysis_failed"] == killed[0], dict(counters)
+    assert counters["analyzed"] == 60 - killed[0] == bot.inference.served, dict(counters)
+    assert bot.store is not None
+    await bot.store.flush()
+    totals = await bot.store.mood(standin.guild_id, standin.channel_id, 0, bot.clock() + 3600)
+    assert totals.messages == counters["analyzed"]
+    callback = await slash(standin, "emotion", {"text": text})
+    assert callback.json["data"]["embeds"]
+
+
+async def test_a_reading_the_model_fails_on_is_answered_politely(
+    moodring_bot: MoodringBot, discord_standin: DiscordStandIn
+) -> None:
+    standin = discord_standin
+    bot = moodring_bot
+    await bot.store.set_channel_settings(standin.guild_id, standin.channel_id, analysis=False)
+    classifier = bot.inference.classifier
+    assert classifier is not None
+    original = classifier.predict
+    failures: list[list[str]] = []
+
+    def predict(texts, top_k):
+        if len(failures) < 2:
+            failures.append(texts)
+            raise RuntimeError("out of memory")
+        return original(texts, top_k)
+
+    classifier.predict = predict
+    callback = await slash(standin, "emotion", {"text": "so happy today"})
+    assert callback.json["data"]["content"] == SOMETHING_WENT_WRONG and callback.json["data"]["flags"] & EPHEMERAL
+    target = await standin.dispatch_message(content="I love this")
+    since = len(standin.requests)
+    question = await standin.dispatch_message(
+        content=f"{mention_of_bot(standin)} ?", mentions=[standin.bot_user_id], referenced_message=target
+    )
+    reply = await standin.wait_for_request(lambda r: is_reply_to(r, [question]), since=since)
+    assert reply.json["content"] == SOMETHING_WENT_WRONG
+    assert len(failures) == 2
+    callback = await slash(standin, "emotion", {"text": "so happy today"})
+    assert callback.json["data"]["embeds"]
+
+
+async def test_a_hung_model_call_never_holds_a_message_forever(
+    make_moodring_bot: BotFactory, discord_standin: DiscordStandIn
+) -> None:
+    import threading
+
+    standin = discord_standin
+    release = threading.Event()
+    async with make_moodring_bot() as bot:
+        assert bot.inference.timeout == DEFAULT_TIMEOUT  # what on_message waits, at most
+        bot.inference.timeout = 0.3  # the same bound, shortened for the test
+        classifier = bot.inference.classifier
+        assert classifier is not None
+        original = classifier.predict
+        classifier.predict = lambda texts, top_k: release.wait(30) and original(texts, top_k)
+        try:
+            await standin.dispatch_message(content="this one hits a stuck model")
+            await wait_until(lambda: bot.counters["analysis_timed_out"] == 1, timeout=5, what="the analysis timed out")
+        finally:
+            release.set()
+        del classifier.predict
+        await standin.dispatch_message(content="and this one is read")
+        await wait_until(lambda: bot.counters["analyzed"] == 1, what="the next message analysed")
+        assert outcomes(bot) == 2
+
+
+async def test_the_reaction_worker_survives_an_unexpected_error(
+    moodring_bot: MoodringBot,
+    discord_standin: DiscordStandIn,
+    tiny_classifier: EmotionClassifier,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An error that is not a Discord HTTP error (here a dropped connection) while reacting to one message costs
+    that message its reactions; the channel's worker logs it, backs off and goes on with the next message."""
+    import aiohttp
+    import discord
+
+    standin = discord_standin
+    bot = moodring_bot
+    text, expected = reacting_text(tiny_classifier)
+    sent = [await standin.dispatch_message(content=text) for _ in range(2)]  # reactions are off: none added
+    await wait_until(lambda: bot.counters["analyzed"] == 2, what="both messages analysed")
+    channel = bot.get_channel(standin.channel_id)
+    first, second = [await channel.fetch_message(int(m["id"])) for m in sent]
+    real_add_reaction = discord.Message.add_reaction
+    failures: list[str] = []
+
+    async def add_reaction(self: discord.Message, emoji: str) -> None:
+        if not failures:
+            failures.append(emoji)
+            raise aiohttp.ClientConnectionError("Connection reset by peer")
+        await real_add_reaction(self, emoji)
+
+    monkeypatch.setattr(discord.Message, "add_reaction", add_reaction)
+    queue = bot.get_cog("Emotions").reactions
+    assert queue.submit(first, expected) and queue.submit(second, expected)  # both queued before the worker runs
+    await wait_until(lambda: puts_for(standin, sent[1]) == expected, what="the second message's reactions")
+    assert failures == expected[:1]
+    assert puts_for(standin, sent[0]) == []
+    assert bot.counters["reactions_failed"] == 1
+    assert bot.counters["reactions_added"] == len(expected)

@@ -156,14 +156,6 @@ async def test_non_admins_are_refused_without_side_effects(
     assert await moodring_bot.store.retention_days(discord_standin.guild_id) == 90
 
 
-async def test_privacy_is_for_everyone(discord_standin: DiscordStandIn, moodring_bot: MoodringBot) -> None:
-    interaction = await discord_standin.dispatch_slash_command(
-        "moodring privacy", member_permissions=MEMBER_PERMISSIONS
-    )
-    content = (await discord_standin.wait_for_interaction_response(interaction)).json["data"]["content"]
-    assert "never stores" in content and "90 days" in content and "/moodring forget" in content
-
-
 async def test_forget_deletes_this_guild_only_after_confirmation(
     discord_standin: DiscordStandIn, moodring_bot: MoodringBot
 ) -> None:

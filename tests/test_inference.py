@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from bot.inference import InferenceBusy, InferenceService, NoModel
+from bot.inference import InferenceBusy, InferenceFailed, InferenceService, NoModel
 from model import EmotionClassifier
 
 
@@ -71,3 +71,107 @@ async def test_swap_serves_the_new_model(classifier: EmotionClassifier, tiny_mod
     second = await service.classify("swap me")
     assert [s.label for s in first.top] == [s.label for s in second.top]
     await service.close()
+
+
+# ----------------------------------------------------------------------------------------------- faults
+
+
+class BatcherKilled(BaseException):
+    """Not an `Exception`: nothing in the batcher catches it, so it ends the task (like a cancel would)."""
+
+
+def faulty(classifier: EmotionClassifier, fault, calls: set[int]):
+    """`classifier.predict`, but calls numbered in `calls` (from 1) run `fault(texts, top_k)` instead."""
+    original = classifier.predict
+    count = 0
+
+    def predict(texts, top_k):
+        nonlocal count
+        count += 1
+        return fault(texts, top_k) if count in calls else original(texts, top_k)
+
+    return predict
+
+
+async def test_the_batcher_survives_an_error_outside_the_model_call(classifier: EmotionClassifier) -> None:
+    """A model that answers one prediction short breaks the batcher's own bookkeeping (not `predict`, whose
+    errors were always caught): that batch's callers get an error, and the next batch is served."""
+    service = InferenceService(max_batch=1, max_wait=0)
+    service.swap(classifier)
+    classifier.predict = faulty(classifier, lambda texts, top_k: [], {1})
+    service.start()
+    try:
+        with pytest.raises(InferenceFailed):
+            await asyncio.wait_for(service.classify("the broken one"), 5)
+        answer = await asyncio.wait_for(service.classify("the next one"), 5)
+    finally:
+        del classifier.predict
+        await service.close()
+    assert answer.text == "the next one"
+    assert service.served == 1
+
+
+async def test_a_cancelled_batcher_is_restarted(classifier: EmotionClassifier) -> None:
+    service = InferenceService()
+    service.swap(classifier)
+    service.start()
+    try:
+        first = service._batcher
+        first.cancel()  # the fault: something cancels the task
+        answer = await asyncio.wait_for(service.classify("still there?"), 5)
+        assert service._batcher is not first and not service._batcher.done()
+        assert service.restarts == 1
+    finally:
+        await service.close()
+    assert answer.text == "still there?"
+
+
+async def test_a_batcher_killed_mid_burst_fails_its_batch_and_serves_the_rest(classifier: EmotionClassifier) -> None:
+    """The second batch raises a BaseException, which ends the batcher task: its callers get an error at once,
+    the batcher is restarted, every later request is answered, and no caller waits forever."""
+
+    def kill(texts, top_k):
+        raise BatcherKilled
+
+    service = InferenceService(max_batch=4, max_wait=0.01)
+    service.swap(classifier)
+    classifier.predict = faulty(classifier, kill, {2})
+    service.start()
+    try:
+        calls = [asyncio.ensure_future(service.classify(f"message {i}")) for i in range(40)]
+        _, pending = await asyncio.wait(calls, timeout=10)
+    finally:
+        del classifier.predict
+        await service.close()
+    assert not pending, f"{len(pending)} callers still waiting"
+    failed = [call for call in calls if call.exception() is not None]
+    assert all(isinstance(call.exception(), InferenceFailed) for call in failed)
+    assert 1 <= len(failed) <= 4  # the killed batch only
+    assert calls[-1].exception() is None and calls[-1].result().text == "message 39"
+    assert service.served == 40 - len(failed)
+    assert service.restarts == 1
+
+
+async def test_classify_gives_up_after_its_timeout(classifier: EmotionClassifier) -> None:
+    """A model call that hangs (a stuck worker thread) never leaves a caller waiting past the timeout."""
+    release = threading.Event()
+    service = InferenceService(max_batch=1, max_wait=0, timeout=0.3)
+    service.swap(classifier)
+    original = classifier.predict
+    classifier.predict = faulty(classifier, lambda texts, top_k: release.wait(30) and original(texts, top_k), {1})
+    service.start()
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(service.classify("stuck"), 5)
+        assert asyncio.get_running_loop().time() - started < 2
+        with pytest.raises(TimeoutError):
+            await service.classify("behind the stuck one", timeout=0.1)
+        release.set()
+        answer = await asyncio.wait_for(service.classify("after"), 5)
+    finally:
+        release.set()
+        del classifier.predict
+        await service.close()
+    assert answer.text == "after"
+    assert service.timed_out == 2

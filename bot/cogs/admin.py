@@ -1,5 +1,6 @@
-"""`/moodring ...`: server settings (Manage Server, checked when the command runs), privacy, and
-retraining (the bot's owners only, since the model serves every server)."""
+"""`/moodring ...`: server settings (Manage Server: hidden from members by Discord, and checked when the
+command runs) and retraining (the bot's owners only, since the model serves every server); `/privacy`, for
+every member."""
 
 from __future__ import annotations
 
@@ -11,25 +12,15 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import NO_MENTIONS, MoodringBot, send_ephemeral
+from bot.app import MoodringBot
+from bot.privacy import privacy_statement
 from bot.retrain import RetrainStatus, format_status
 from bot.store import ChannelSettings, Schedule
+from bot.utils import NO_MENTIONS, admin_only, owner_only, send_ephemeral
 
 log = logging.getLogger(__name__)
 
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
-admin_only = app_commands.checks.has_permissions(manage_guild=True)
-
-
-def owner_only():
-    """Retraining changes the model for every server, so only the bot's owners may start it."""
-
-    async def predicate(interaction: discord.Interaction) -> bool:
-        if await interaction.client.is_owner(interaction.user):
-            return True
-        raise app_commands.CheckFailure("Only the bot's owners can retrain the model: it is shared by every server.")
-
-    return app_commands.check(predicate)
 
 
 def describe_channel(channel_id: int, settings: ChannelSettings) -> str:
@@ -80,6 +71,7 @@ class ConfirmForget(discord.ui.View):
 
 
 @app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)  # Discord reads it from the group only, for every subcommand
 class Admin(commands.GroupCog, group_name="moodring", group_description="moodring settings for this server"):
     def __init__(self, bot: MoodringBot) -> None:
         self.bot = bot
@@ -93,7 +85,7 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
         analysis="Read messages here for statistics and reactions",
         reactions="React to messages with their emotions",
     )
-    @admin_only
+    @admin_only()
     async def channel(
         self,
         interaction: discord.Interaction,
@@ -114,7 +106,7 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
         await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="settings", description="Show moodring's configuration for this server")
-    @admin_only
+    @admin_only()
     async def settings(self, interaction: discord.Interaction) -> None:
         guild_id = interaction.guild.id
         channels = await self.bot.store.guild_channel_settings(guild_id)
@@ -157,7 +149,7 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
         about="Summarise this channel only (default: the whole server)",
     )
     @app_commands.choices(weekday=[app_commands.Choice(name=d, value=i) for i, d in enumerate(WEEKDAYS)])
-    @admin_only
+    @admin_only()
     async def summary(
         self,
         interaction: discord.Interaction,
@@ -193,7 +185,7 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
         )
 
     @app_commands.command(name="summary-off", description="Stop the mood summaries posted in a channel")
-    @admin_only
+    @admin_only()
     async def summary_off(self, interaction: discord.Interaction, channel: discord.TextChannel) -> None:
         removed = [s for s in await self.bot.store.schedules(interaction.guild.id) if s.channel_id == channel.id]
         for schedule in removed:
@@ -202,17 +194,17 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
         await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="retention", description="How many days of mood statistics to keep")
-    @admin_only
+    @admin_only()
     async def retention(self, interaction: discord.Interaction, days: app_commands.Range[int, 1, 3650]) -> None:
         await self.bot.store.set_retention_days(interaction.guild.id, days)
         await interaction.response.send_message(
             f"Statistics older than {days} days are deleted by the daily prune.", ephemeral=True
         )
 
-    # ------------------------------------------------------------------ privacy
+    # ------------------------------------------------------------------ forgetting
 
     @app_commands.command(name="forget", description="Delete all of this server's mood statistics")
-    @admin_only
+    @admin_only()
     async def forget(self, interaction: discord.Interaction) -> None:
         view = ConfirmForget(self.bot, interaction.user.id, interaction.guild.id)
         await interaction.response.send_message(
@@ -220,11 +212,6 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
             view=view,
             ephemeral=True,
         )
-
-    @app_commands.command(name="privacy", description="What moodring stores, for how long, and how to delete it")
-    async def privacy(self, interaction: discord.Interaction) -> None:
-        days = await self.bot.store.retention_days(interaction.guild.id)
-        await interaction.response.send_message(privacy_notice(days), ephemeral=True)
 
     # ------------------------------------------------------------------ retraining (owners)
 
@@ -271,20 +258,19 @@ class ProgressMessage:
             self.last_text = text
 
 
-def privacy_notice(retention_days: int) -> str:
-    return (
-        "**What moodring stores** (in one SQLite file on the bot's host):\n"
-        "• Per channel: whether analysis and auto-reactions are on, and mood-summary schedules.\n"
-        "• Mood statistics: for each channel and hour, how many messages were analysed and how many showed each "
-        "emotion, with the sum of the model's scores.\n"
-        "**What it never stores**: message text, user ids or names. Messages are classified in memory and "
-        "forgotten; they are never used to train the model (it learns from the public GoEmotions data only).\n"
-        f"**How long**: statistics older than {retention_days} days are deleted by a daily prune "
-        "(admins: `/moodring retention`).\n"
-        "**How to delete it**: admins can delete all of this server's statistics with `/moodring forget`, "
-        "or stop analysis in a channel with `/moodring channel analysis:false`. Removing the bot stops all collection."
-    )
+class Privacy(commands.Cog):
+    """`/privacy`, outside `/moodring` so that Discord shows it to every member."""
+
+    def __init__(self, bot: MoodringBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="privacy", description="What moodring stores, for how long, and how to delete it")
+    @app_commands.guild_only()
+    async def privacy(self, interaction: discord.Interaction) -> None:
+        days = await self.bot.store.retention_days(interaction.guild.id)
+        await interaction.response.send_message(privacy_statement(days), ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
 async def setup(bot: MoodringBot) -> None:
     await bot.add_cog(Admin(bot))
+    await bot.add_cog(Privacy(bot))

@@ -1,19 +1,25 @@
-"""What members see: `/emotion`, the "Analyze emotions" context menu, reply-mentions, auto-reactions."""
+"""What members see: `/emotion`, the "Analyze emotions" context menu, reply-mentions, auto-reactions.
+
+On-demand readings (`/emotion`, reply-mentions) are flood-limited per member and per channel; a refused one
+costs no fetch and no inference, and each limit's window gets at most one "slow down".
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import math
+from collections.abc import Awaitable, Callable
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.app import NO_MENTIONS, MoodringBot, send_ephemeral
-from bot.inference import InferenceBusy, NoModel
+from bot.app import MoodringBot
+from bot.inference import InferenceBusy, InferenceFailed, NoModel
 from bot.reactions import ReactionQueue
 from bot.render import emoji_for, emotion_embed, emotion_text
 from bot.text import prepare_text
+from bot.utils import NO_MENTIONS, SOMETHING_WENT_WRONG, FloodLimits, send_ephemeral
 from model import Prediction
 
 log = logging.getLogger(__name__)
@@ -21,12 +27,20 @@ log = logging.getLogger(__name__)
 BUSY = "I'm reading a lot of messages right now. Please try again in a few seconds."
 NOTHING_TO_READ = "There's no text there for me to read (links, code, attachments and stickers are skipped)."
 ANSWER_TIMEOUT = 2.5  # seconds; Discord drops interactions not answered within 3
+SLOW_DOWN = {
+    "user": "Slow down, please: you've asked me for a lot of readings. Try again in {seconds} s.",
+    "channel": "Slow down, please: this channel has asked me for a lot of readings. Try again in {seconds} s.",
+}
 
 
 class Emotions(commands.Cog):
     def __init__(self, bot: MoodringBot) -> None:
         self.bot = bot
         self.reactions = ReactionQueue(bot.counters)
+        config = bot.config
+        self.flood_limits = FloodLimits(
+            config.readings_per_user, config.readings_per_channel, config.reading_window_s, clock=lambda: bot.clock()
+        )
         self.context_menu = app_commands.ContextMenu(name="Analyze emotions", callback=self.analyze_message)
         self.bot.tree.add_command(self.context_menu)
 
@@ -35,14 +49,29 @@ class Emotions(commands.Cog):
         await self.reactions.close()
 
     async def classify(self, text: str) -> Prediction:
-        return await asyncio.wait_for(self.bot.inference.classify(text), ANSWER_TIMEOUT)
+        return await self.bot.inference.classify(text, timeout=ANSWER_TIMEOUT)
+
+    async def within_flood_limits(self, user_id: int, channel_id: int, warn: Callable[[str], Awaitable[None]]) -> bool:
+        """True (and counted against the limits) when this reading may go ahead; otherwise `warn` is awaited
+        with a "slow down" once per window, and later refusals in that window stay silent."""
+        refusal = self.flood_limits.check(user_id, channel_id)
+        if refusal is None:
+            return True
+        self.bot.counters["readings_refused"] += 1
+        if refusal.warn:
+            self.bot.counters["slow_downs_sent"] += 1
+            await warn(SLOW_DOWN[refusal.scope].format(seconds=math.ceil(refusal.retry_after)))
+        return False
 
     @app_commands.command(name="emotion", description="Read the emotions in a piece of text")
     @app_commands.describe(text="What should I read?", ephemeral="Only you see the answer")
     async def emotion(
         self, interaction: discord.Interaction, text: app_commands.Range[str, 1, 2000], ephemeral: bool = False
     ) -> None:
-        await self.answer(interaction, text, title="Emotions", ephemeral=ephemeral)
+        if await self.within_flood_limits(
+            interaction.user.id, interaction.channel_id or 0, lambda warning: send_ephemeral(interaction, warning)
+        ):
+            await self.answer(interaction, text, title="Emotions", ephemeral=ephemeral)
 
     async def analyze_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         title = f"Emotions in {message.author.display_name}'s message"
@@ -62,6 +91,9 @@ class Emotions(commands.Cog):
             return
         except (InferenceBusy, TimeoutError):
             await send_ephemeral(interaction, BUSY)
+            return
+        except InferenceFailed:
+            await send_ephemeral(interaction, SOMETHING_WENT_WRONG)
             return
         embed = emotion_embed(prediction, title=title, jump_url=jump_url)
         await interaction.response.send_message(embed=embed, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS)
@@ -92,6 +124,9 @@ class Emotions(commands.Cog):
             return
         except InferenceBusy:
             self.bot.counters["skipped_busy"] += 1
+            return
+        except TimeoutError:
+            self.bot.counters["analysis_timed_out"] += 1
             return
         except Exception:  # the inference service has logged the failed batch
             self.bot.counters["analysis_failed"] += 1
@@ -129,6 +164,10 @@ class Emotions(commands.Cog):
 
     async def analyze_reply(self, message: discord.Message) -> None:
         """Someone replied to a message and mentioned the bot: read the replied-to message."""
+        if not await self.within_flood_limits(
+            message.author.id, message.channel.id, lambda warning: self.reply(message, content=warning)
+        ):
+            return
         reference = message.reference
         target = reference.resolved if isinstance(reference.resolved, discord.Message) else None
         try:
@@ -154,6 +193,9 @@ class Emotions(commands.Cog):
             return
         except (InferenceBusy, TimeoutError):
             await self.reply(message, content=BUSY)
+            return
+        except InferenceFailed:
+            await self.reply(message, content=SOMETHING_WENT_WRONG)
             return
         title = f"Emotions in {target.author.display_name}'s message"
         if message.channel.permissions_for(message.guild.me).embed_links:

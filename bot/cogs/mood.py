@@ -14,11 +14,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands, tasks
 
-from bot.app import NO_MENTIONS, MoodringBot, send_ephemeral
+from bot.app import MoodringBot
 from bot.backoff import Backoff
 from bot.charts import mood_chart
 from bot.render import emoji_for
 from bot.store import Schedule, StoreError
+from bot.utils import NO_MENTIONS, InvalidArgument, send_ephemeral
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,16 @@ def parse_period(text: str) -> int:
     if not 3600 <= seconds <= MAX_PERIOD:
         raise ValueError("The period must be between 1 hour and 90 days.")
     return seconds
+
+
+class Period(app_commands.Transformer):
+    """A period typed by a member ('24h', '3d', '2w') as seconds; a bad one is answered privately with the fix."""
+
+    async def transform(self, interaction: discord.Interaction, value: str) -> int:
+        try:
+            return parse_period(value)
+        except ValueError as error:
+            raise InvalidArgument(str(error)) from None
 
 
 def describe_period(seconds: int) -> str:
@@ -93,21 +104,20 @@ class Mood(commands.Cog):
     @app_commands.describe(channel="Which channel (default: this one)", period="How far back: 24h, 3d, 2w…")
     @app_commands.guild_only()
     async def mood(
-        self, interaction: discord.Interaction, channel: discord.TextChannel | None = None, period: str = "24h"
+        self,
+        interaction: discord.Interaction,
+        channel: discord.TextChannel | None = None,
+        period: app_commands.Transform[int, Period] = 86400,
     ) -> None:
-        try:
-            seconds = parse_period(period)
-        except ValueError as error:
-            await send_ephemeral(interaction, str(error))
-            return
         target = channel or interaction.channel
         if not target.permissions_for(interaction.user).read_message_history:
             await send_ephemeral(interaction, "You can only see the mood of channels whose history you can read.")
             return
-        await interaction.response.defer(thinking=True)
-        embed, chart = await self.report(interaction.guild.id, target.id, f"#{target.name}", seconds, self.bot.clock())
+        private = target.id != interaction.channel_id  # another channel's mood is only for the member who asked
+        await interaction.response.defer(thinking=True, ephemeral=private)
+        embed, chart = await self.report(interaction.guild.id, target.id, f"#{target.name}", period, self.bot.clock())
         files = [chart] if chart else []
-        await interaction.followup.send(embed=embed, files=files, allowed_mentions=NO_MENTIONS)
+        await interaction.followup.send(embed=embed, files=files, ephemeral=private, allowed_mentions=NO_MENTIONS)
 
     async def report(
         self, guild_id: int, channel_id: int | None, place: str, seconds: int, now: float
