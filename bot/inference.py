@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bot.utils import Backoff
+from bot.backoff import Backoff
 from model import EmotionClassifier, Prediction
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 # Seconds a caller waits for its reading unless it asks for less (on_message does not): far beyond a full
 # queue's worth of batches, so only a stuck model call or a dead worker thread ever reaches it.
 DEFAULT_TIMEOUT = 10.0
+#: After a failed batch or a dead batcher: wait RETRY_INTERVAL, doubling up to RETRY_CAP intervals (2 s).
+RETRY_INTERVAL = 0.05
+RETRY_CAP = 40
 
 
 class InferenceBusy(RuntimeError):
@@ -61,8 +64,8 @@ class InferenceService:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moodring-model")
         self._batcher: asyncio.Task | None = None
         self._restart: asyncio.TimerHandle | None = None
-        self._backoff = Backoff(first=0.05, cap=2.0)  # after a failed batch
-        self._restart_backoff = Backoff(first=0.05, cap=2.0)  # after the batcher task ended
+        self._backoff = Backoff("a batch of readings", log, cap=RETRY_CAP)  # after a failed batch
+        self._restart_backoff = Backoff("the inference batcher", log, cap=RETRY_CAP)  # after the batcher task ended
         self._closing = False
         self._in_flight: list[_Request] = []
         self.batches = 0
@@ -89,15 +92,10 @@ class InferenceService:
         keeps dying), and the batch it held fails at once instead of waiting out its callers' timeouts."""
         if self._closing or task is not self._batcher:
             return
-        error = None if task.cancelled() else task.exception()
-        log.error(
-            "the inference batcher stopped (%s); restarting it",
-            "cancelled" if error is None else "killed",
-            exc_info=error,
-        )
+        error = asyncio.CancelledError("cancelled") if task.cancelled() else task.exception()
         self._fail_in_flight("the reading was interrupted; please try again")
         self.restarts += 1
-        delay = self._restart_backoff.next_delay()
+        delay = RETRY_INTERVAL * self._restart_backoff.failed(error, "; restarting it")
         self._restart = asyncio.get_running_loop().call_later(delay, self._start_batcher)
 
     async def load(self, path: str | Path) -> EmotionClassifier:
@@ -135,13 +133,12 @@ class InferenceService:
         while True:
             try:
                 await self._serve_next_batch()
-            except Exception:
-                log.exception("inference failed for a batch of %d; going on", len(self._in_flight))
+            except Exception as error:
                 self._fail_in_flight("the emotion model failed on this text")
-                await asyncio.sleep(self._backoff.next_delay())
+                await asyncio.sleep(RETRY_INTERVAL * self._backoff.failed(error, "; its callers were told"))
             else:
-                self._backoff.reset()
-                self._restart_backoff.reset()
+                self._backoff.succeeded()
+                self._restart_backoff.succeeded()
 
     async def _serve_next_batch(self) -> None:
         batch = [await self._queue.get()]

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import discord
 
-from bot.utils import Backoff
+from bot.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class ReactionQueue:
         return True
 
     async def _drain(self, channel_id: int, queue: asyncio.Queue) -> None:
-        backoff = Backoff(first=0.5, cap=30.0)
+        backoff = Backoff(f"adding reactions in channel {channel_id}", log, cap=60)  # 0.5 s doubling to 30 s
         while True:
             try:
                 message, emojis = await asyncio.wait_for(queue.get(), self.idle_seconds)
@@ -58,12 +58,11 @@ class ReactionQueue:
                 continue
             try:
                 await self._react(channel_id, message, emojis)
-            except Exception:  # e.g. a dropped connection: this message loses its reactions, the channel does not
+            except Exception as error:  # e.g. a dropped connection: this message loses its reactions, not the channel
                 self.counters["reactions_failed"] += 1
-                log.exception("could not add reactions in channel %s; going on after a pause", channel_id)
-                await asyncio.sleep(backoff.next_delay())
+                await asyncio.sleep(0.5 * backoff.failed(error, "; going on with the next message after a pause"))
             else:
-                backoff.reset()
+                backoff.succeeded()
 
     async def _react(self, channel_id: int, message: discord.Message, emojis: list[str]) -> None:
         """Add `emojis` in order; Discord's refusals are counted and end this message's reactions."""

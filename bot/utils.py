@@ -108,20 +108,3 @@ class FloodLimits:
             return Refusal(scope, retry_after, warn=False)
         self._warned[(scope, key)] = now + retry_after
         return Refusal(scope, retry_after, warn=True)
-
-
-class Backoff:
-    """Delays after consecutive failures of a background loop: `first`, doubling up to `cap`; `reset` on success."""
-
-    def __init__(self, first: float = 0.1, cap: float = 30.0) -> None:
-        self.first = first
-        self.cap = cap
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.cap, self.first * 2**self.failures)
-        self.failures += 1
-        return delay
-
-    def reset(self) -> None:
-        self.failures = 0
