@@ -57,7 +57,11 @@ class MoodringBot(commands.AutoShardedBot):
         )
         self.config = config
         self.inference = InferenceService(
-            max_batch=config.batch_size, max_wait=config.batch_wait_ms / 1000, queue_size=config.queue_size
+            max_batch=config.batch_size,
+            max_wait=config.batch_wait_ms / 1000,
+            queue_size=config.queue_size,
+            backend=config.backend,
+            threads=config.threads,
         )
         self.retrainer = Retrainer(
             self.inference,

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model.onnx_export import BACKEND_CHOICES
+
 #: Training options that MOODRING_RETRAIN_ARGS may not set: the retrainer chooses where the candidate model and its
 #: run go, and serves the candidate only once it passes the gate; `--out` would overwrite the serving model directly.
 RETRAIN_PATH_FLAGS = ("--out", "--work-dir")
@@ -49,6 +51,8 @@ class BotConfig:
     readings_per_user: int = 5  # on-demand readings (/emotion, reply-mentions) per member per window
     readings_per_channel: int = 15  # ... and per channel
     reading_window_s: float = 60.0
+    backend: str = "auto"  # auto: int8 ONNX when the model has it and onnxruntime imports, else torch
+    threads: int | None = None  # inference intra-op threads; None: the cores this process may use
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, require_token: bool = True) -> BotConfig:
@@ -77,6 +81,8 @@ class BotConfig:
             retrain_args=_retrain_args(env, "MOODRING_RETRAIN_ARGS"),
             retrain_tolerance=_float(env, "MOODRING_RETRAIN_TOLERANCE", cls.retrain_tolerance),
             progress_interval=_at_least(0.1, env, "MOODRING_PROGRESS_INTERVAL_S", cls.progress_interval),
+            backend=_choice(env, "MOODRING_BACKEND", BACKEND_CHOICES, cls.backend),
+            threads=_at_least(1, env, "MOODRING_THREADS", cls.threads),
             readings_per_user=_at_least(1, env, "MOODRING_READINGS_PER_USER", cls.readings_per_user),
             readings_per_channel=_at_least(1, env, "MOODRING_READINGS_PER_CHANNEL", cls.readings_per_channel),
             reading_window_s=_at_least(1.0, env, "MOODRING_READING_WINDOW_S", cls.reading_window_s),
@@ -120,9 +126,18 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
 def _at_least(minimum, env: Mapping[str, str], name: str, default):
     """Like `_number` with `minimum`'s type, refusing values below `minimum`."""
     number = _number(env, name, type(minimum), default)
-    if number < minimum:
+    if number is not None and number < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {env.get(name)!r}")
     return number
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
 
 
 def _int_list(env: Mapping[str, str], name: str) -> list[int]:

@@ -54,8 +54,17 @@ class _Request:
 
 class InferenceService:
     def __init__(
-        self, max_batch: int = 16, max_wait: float = 0.01, queue_size: int = 256, timeout: float = DEFAULT_TIMEOUT
+        self,
+        max_batch: int = 16,
+        max_wait: float = 0.01,
+        queue_size: int = 256,
+        timeout: float = DEFAULT_TIMEOUT,
+        *,
+        backend: str = "auto",
+        threads: int | None = None,
     ) -> None:
+        self.backend = backend
+        self.threads = threads
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.timeout = timeout
@@ -98,9 +107,13 @@ class InferenceService:
         delay = RETRY_INTERVAL * self._restart_backoff.failed(error, "; restarting it")
         self._restart = asyncio.get_running_loop().call_later(delay, self._start_batcher)
 
+    def open_model(self, path: str | Path) -> EmotionClassifier:
+        """Load a model with this service's backend and threads (blocking: call it off the event loop)."""
+        return EmotionClassifier.load(path, backend=self.backend, threads=self.threads)
+
     async def load(self, path: str | Path) -> EmotionClassifier:
         """Load a model in the worker thread (never on the event loop) and serve it."""
-        classifier = await asyncio.get_running_loop().run_in_executor(self._worker, EmotionClassifier.load, path)
+        classifier = await asyncio.get_running_loop().run_in_executor(self._worker, self.open_model, path)
         self.swap(classifier)
         return classifier
 

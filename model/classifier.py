@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from model.metadata import METADATA_FILE, ModelMetadata
 from model.network import SqueezeBertForEmotions
-from model.onnx_export import FILE_OF_BACKEND, INPUT_NAMES, OUTPUT_NAME, sha256_of
+from model.onnx_export import BACKEND_CHOICES, FILE_OF_BACKEND, INPUT_NAMES, OUTPUT_NAME, sha256_of
 from model.threads import apply_torch_threads, ort_session_options, resolve_threads
 
 log = logging.getLogger(__name__)
@@ -216,9 +216,6 @@ def _unique(items) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
-
-
 class _Unavailable(ModelError):
     """The backend cannot run here (no onnxruntime, no file); not a fault in the model."""
 
@@ -305,8 +302,8 @@ def _choose_scorer(
     threads: int,
 ) -> _Scorer:
     """The scorer for `backend`; for "auto", int8 ONNX when it loads on the CPU, else torch, logged in one line."""
-    if backend not in (*BACKENDS, "auto"):
-        raise ValueError(f"backend must be one of {', '.join((*BACKENDS, 'auto'))}, got {backend!r}")
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
     on_cpu = torch.device(device).type == "cpu"
     if backend == "torch":
         return _TorchScorer(network, device, threads)

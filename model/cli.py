@@ -79,11 +79,10 @@ def _range_words(minimum, maximum, above_minimum: bool = False, below_maximum: b
 positive_int = whole_number(1)
 
 
-BACKEND_CHOICES = ("auto", "torch", "onnx", "onnx-int8")
-
-
 def add_serving_options(command: argparse.ArgumentParser) -> None:
     """`--backend` and `--threads`, shared by every command that runs the classifier."""
+    from model.onnx_export import BACKEND_CHOICES
+
     command.add_argument(
         "--backend",
         choices=BACKEND_CHOICES,

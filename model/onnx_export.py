@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 FILE_OF_BACKEND = {"onnx": ONNX_FILE, "onnx-int8": INT8_FILE}
+#: What `EmotionClassifier.load(backend=...)`, `--backend` and MOODRING_BACKEND accept; "auto" picks one.
+BACKENDS = ("torch", *FILE_OF_BACKEND)
+BACKEND_CHOICES = ("auto", *BACKENDS)
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "scores"
 OPSET = 17  # the first with LayerNormalization

@@ -75,3 +75,22 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_backbone_dir: 
         onnx=False,
     )
     return train(args)
+
+
+@pytest.fixture(scope="session")
+def onnx_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, goemotions_dir: Path) -> Path:
+    """A copy of the tiny model with the ONNX files added by `moodring export-onnx`, as a user would."""
+    import shutil
+    import subprocess
+    import sys
+
+    directory = tmp_path_factory.mktemp("tiny-onnx") / "model"
+    shutil.copytree(tiny_model_dir, directory)
+    result = subprocess.run(
+        [sys.executable, "-m", "moodring", "export-onnx", "--model", str(directory), "--data-dir", str(goemotions_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    return directory

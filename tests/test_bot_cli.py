@@ -80,6 +80,17 @@ def test_config_refuses_non_finite_numbers_and_bad_ids(name: str, value: str, me
         BotConfig.from_env({"DISCORD_TOKEN": "x", name: value})
 
 
+def test_config_chooses_the_serving_backend_and_threads() -> None:
+    default = BotConfig.from_env({"DISCORD_TOKEN": "x"})
+    assert (default.backend, default.threads) == ("auto", None)  # None: the cores this process may use
+    chosen = BotConfig.from_env({"DISCORD_TOKEN": "x", "MOODRING_BACKEND": "onnx-int8", "MOODRING_THREADS": "1"})
+    assert (chosen.backend, chosen.threads) == ("onnx-int8", 1)
+    with pytest.raises(ConfigError, match=re.escape("MOODRING_BACKEND must be one of auto, torch, onnx, onnx-int8")):
+        BotConfig.from_env({"DISCORD_TOKEN": "x", "MOODRING_BACKEND": "gpu"})
+    with pytest.raises(ConfigError, match="MOODRING_THREADS must be at least 1"):
+        BotConfig.from_env({"DISCORD_TOKEN": "x", "MOODRING_THREADS": "0"})
+
+
 def test_config_accepts_discord_ids() -> None:
     config = BotConfig.from_env(
         {"DISCORD_TOKEN": "x", "MOODRING_DEV_GUILD_ID": "1234567890123456789", "MOODRING_OWNER_IDS": "1;2"}

@@ -175,3 +175,25 @@ async def test_classify_gives_up_after_its_timeout(classifier: EmotionClassifier
         await service.close()
     assert answer.text == "after"
     assert service.timed_out == 2
+
+
+async def test_the_service_loads_models_through_its_configured_backend_and_threads(
+    onnx_model_dir, tiny_model_dir
+) -> None:
+    """MOODRING_BACKEND and MOODRING_THREADS reach the classifier the bot serves, for every load."""
+    service = InferenceService(backend="onnx-int8", threads=1)
+    service.start()
+    try:
+        served = await service.load(onnx_model_dir)
+        assert (served.backend, served.threads) == ("onnx-int8", 1)
+        assert (await service.classify("thank you so much!")).top
+        torch_service = InferenceService(backend="torch", threads=1)
+        assert (await torch_service.load(onnx_model_dir)).backend == "torch"
+        await torch_service.close()
+        # `auto` serves int8 ONNX where the model has it, torch where it doesn't (the tiny model has no ONNX files).
+        auto = InferenceService(backend="auto", threads=1)
+        assert (await auto.load(onnx_model_dir)).backend == "onnx-int8"
+        assert (await auto.load(tiny_model_dir)).backend == "torch"
+        await auto.close()
+    finally:
+        await service.close()

@@ -58,17 +58,6 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
-def onnx_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, goemotions_dir: Path) -> Path:
-    """A copy of the tiny model with the ONNX files added by `moodring export-onnx`, as a user would."""
-    directory = tmp_path_factory.mktemp("tiny-onnx") / "model"
-    shutil.copytree(tiny_model_dir, directory)
-    result = run_cli("export-onnx", "--model", str(directory), "--data-dir", str(goemotions_dir))
-    assert result.returncode == 0, result.stderr
-    assert "Added model.onnx, model.int8.onnx" in result.stdout
-    return directory
-
-
 @pytest.fixture
 def copy_of(tmp_path: Path):
     def make(directory: Path) -> Path:
