@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import platform
 import shutil
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from model.metadata import ModelMetadata
 from model.network import SqueezeBertForEmotions
-from model.storage import replace_directory
+from model.storage import replace_directory, staging_directory
 
 
 def library_versions() -> dict[str, str]:
@@ -59,7 +58,7 @@ def export_model(network: SqueezeBertForEmotions, tokenizer, metadata: ModelMeta
     """Write the model to `out`, replacing what was there only once the new copy is complete."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.staging-{os.getpid()}"
+    staging = staging_directory(out)
     shutil.rmtree(staging, ignore_errors=True)
     network.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
