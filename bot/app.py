@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import time
@@ -19,6 +20,7 @@ from bot.retrain import Retrainer
 from bot.store import Store
 from bot.utils import NO_MENTIONS, SOMETHING_WENT_WRONG, InvalidArgument, send_ephemeral
 from model import ModelNotFoundError
+from model.storage import recover_directory
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,7 @@ class MoodringBot(commands.AutoShardedBot):
     async def load_model(self) -> bool:
         """Serve the exported model if there is one; the bot runs (and says so) without it."""
         try:
+            await asyncio.to_thread(recover_directory, self.config.model_dir)  # after a crash mid-swap
             await self.inference.load(self.config.model_dir)
         except ModelNotFoundError as error:
             log.warning("%s", error)
@@ -140,7 +143,7 @@ class MoodringBot(commands.AutoShardedBot):
 
     async def close(self) -> None:
         log.info("closing; message outcomes since start: %s", dict(self.counters))
-        await self.retrainer.cancel()
+        await self.retrainer.cancel("the bot is shutting down")
         await super().close()
         await self.inference.close()
         if self.store is not None:

@@ -55,8 +55,9 @@ async def _serve(bot, sync_and_exit: bool = False) -> int:
     from bot.store import StoreError
 
     loop = asyncio.get_running_loop()
+    closing: set[asyncio.Future] = set()  # a signal's close; `bot.start` returns before it has finished
     for sig in (signal.SIGTERM, signal.SIGINT):  # close cleanly: flush statistics, stop a retrain, log out
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
+        loop.add_signal_handler(sig, lambda: closing.add(asyncio.ensure_future(bot.close())))
     try:
         async with bot:
             if sync_and_exit:
@@ -100,6 +101,8 @@ async def _serve(bot, sync_and_exit: bool = False) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if closing:  # else asyncio.run would cancel it half-way: statistics unflushed, the database left open
+            await asyncio.wait(closing)
     log.info("shut down cleanly")
     return 0
 

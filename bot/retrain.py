@@ -4,6 +4,11 @@
 for progress. When it finishes, `moodring evaluate --split dev --json` scores the candidate and the
 serving model the same way, and the candidate replaces the serving model only if it is at least as
 good, within a tolerance. Whatever goes wrong, the serving model keeps serving.
+
+Children never outlive the run: a cancel or the bot's shutdown stops the child (SIGTERM to its process
+group, SIGKILL after a grace period), and a child whose bot dies without warning stops by itself
+(model/parent_watch.py). Once the swap has begun it is finished, so that memory and disk agree; file
+work runs off the event loop. What is posted to Discord is a short reason; the rest goes to the log.
 """
 
 from __future__ import annotations
@@ -21,12 +26,26 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from bot.inference import InferenceService
 from model import EmotionClassifier
-from model.storage import replace_directory
+from model.metadata import METADATA_FILE
+from model.parent_watch import PARENT_FD_ENV
+from model.storage import file_sha256, model_checksums, replace_directory
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: `moodring train` options the bot sets itself: the gate relies on knowing where the candidate is written.
+RESERVED_TRAIN_OPTIONS = ("--out", "--work-dir")
+#: The report `moodring evaluate --split dev` writes into the model directory it scores.
+DEV_REPORT = "eval-dev.json"
+
+
+class RetrainFailed(RuntimeError):
+    """A retrain step failed; the message is short, has no host paths, and may be shown in Discord."""
 
 
 @dataclass
@@ -45,7 +64,7 @@ class RetrainStatus:
     outcome: str | None = None  # swapped, kept, failed, cancelled
     candidate_f1: float | None = None
     current_f1: float | None = None
-    detail: str = ""
+    detail: str = ""  # shown in Discord: never a host path or a child's output
 
     @property
     def percent(self) -> int:
@@ -57,6 +76,27 @@ class RetrainStatus:
 
 
 ProgressCallback = Callable[[RetrainStatus], Awaitable[None]]
+
+
+def validate_retrain_args(args: str) -> list[str]:
+    """Split `MOODRING_RETRAIN_ARGS` like a shell; ValueError if it sets an option the bot reserves.
+
+    `--out` and `--work-dir` would put the candidate where the gate does not look, or serve it unchecked.
+    argparse also accepts `--out=x` and abbreviations such as `--ou`, so those are refused too, as is any
+    abbreviation that could stand for a reserved option (`--wo`), which argparse would refuse as ambiguous.
+    """
+    words = shlex.split(args)  # ValueError ("No closing quotation") on unbalanced quotes
+    for word in words:
+        name = word.split("=", 1)[0]
+        if not name.startswith("--") or len(name) < 3:
+            continue
+        for reserved in RESERVED_TRAIN_OPTIONS:
+            if reserved.startswith(name):
+                raise ValueError(
+                    f"MOODRING_RETRAIN_ARGS may not set {reserved} (found {word!r}): the bot decides where a "
+                    "candidate model is written, so that only a model that passed the dev-score gate is served"
+                )
+    return words
 
 
 class Retrainer:
@@ -73,101 +113,150 @@ class Retrainer:
         extra_args: str = "",
         tolerance: float = 0.005,
         progress_interval: float = 5.0,
+        stop_grace_s: float = 10.0,
     ) -> None:
         self.inference = inference
         self.model_dir = Path(model_dir)
         self.work_root = Path(work_root)
         self.backbone = backbone
         self.data_dir = data_dir
-        self.extra_args = shlex.split(extra_args)
+        self.extra_args = validate_retrain_args(extra_args)
         self.tolerance = tolerance
         self.progress_interval = progress_interval
+        self.stop_grace_s = stop_grace_s
         self.status: RetrainStatus | None = None
         self._task: asyncio.Task | None = None
         self._process: asyncio.subprocess.Process | None = None
-        self._cancelled = False
+        self._cancel_reason: str | None = None
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
+    @property
+    def child_pid(self) -> int | None:
+        """The pid of the child process running now (training or evaluating), if any."""
+        return self._process.pid if self._process is not None else None
+
     def start(self, on_progress: ProgressCallback | None = None) -> bool:
         if self.running:
             return False
         self.status = RetrainStatus()
-        self._cancelled = False
+        self._cancel_reason = None
         self._task = asyncio.create_task(self._run(self.status, on_progress), name="moodring-retrain")
         return True
 
     async def wait(self) -> RetrainStatus:
-        assert self._task is not None, "no retrain started"
-        return await asyncio.shield(self._task)
+        """The final status of the last retrain started, once it has finished."""
+        assert self._task is not None and self.status is not None, "no retrain started"
+        await asyncio.wait({self._task})
+        return self.status
 
-    async def cancel(self) -> bool:
-        """Stop the running retrain; the serving model is untouched. False if none was running."""
+    async def cancel(self, reason: str = "cancelled by an owner") -> RetrainStatus | None:
+        """Stop the running retrain and return its final status; None if none was running.
+
+        Returns once the child has exited. A retrain already swapping models finishes the swap (its
+        status then says so): the serving model is then the new one, on disk and in memory.
+        """
         if not self.running:
-            return False
-        self._cancelled = True
+            return None
+        self._cancel_reason = reason
         self._task.cancel()
-        await asyncio.wait({self._task}, timeout=30)
-        return True
+        return await self.wait()
 
     async def _run(self, status: RetrainStatus, on_progress: ProgressCallback | None) -> RetrainStatus:
         run_dir = self.work_root / time.strftime("retrain-%Y%m%d-%H%M%S")
         candidate = run_dir / "model"
         progress = _ProgressReader(run_dir / "work" / "progress.jsonl")
-        run_dir.mkdir(parents=True, exist_ok=True)
         finished = asyncio.Event()
         reporter = asyncio.create_task(self._report(status, progress, on_progress, finished))
         try:
+            await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
             await self._train(candidate, run_dir)
-            progress.update(status)
+            await asyncio.to_thread(progress.update, status)
             status.phase = "evaluating"  # the reporter task shows it
             status.candidate_f1 = await self._dev_macro_f1(candidate, run_dir / "eval-candidate.log")
-            if self.inference.ready and (self.model_dir / "moodring.json").is_file():
+            if self.inference.ready and await asyncio.to_thread((self.model_dir / METADATA_FILE).is_file):
                 status.current_f1 = await self._dev_macro_f1(self.model_dir, run_dir / "eval-current.log")
             if should_swap(status.candidate_f1, status.current_f1, self.tolerance):
-                await self._swap_in(candidate)
+                _, stopped_meanwhile = await _finish_despite_cancel(self._swap_in(candidate))
                 status.outcome = "swapped"
+                if stopped_meanwhile:
+                    status.detail = f"The stop ({self._stop_reason}) came during the swap, so the swap was finished."
             else:
                 status.outcome = "kept"
         except asyncio.CancelledError:  # only `cancel()` and the bot's shutdown cancel this task
-            status.outcome = "cancelled"
-            status.detail = "cancelled by an owner" if self._cancelled else "the bot is shutting down"
-            await self._stop_process()
-        except Exception as error:
-            status.outcome, status.detail = "failed", str(error)
-            log.warning("retrain failed: %s", error)
+            status.outcome, status.detail = "cancelled", self._stop_reason
+        except RetrainFailed as failure:
+            status.outcome, status.detail = "failed", str(failure)
+        except Exception:
+            log.exception("retrain failed")
+            status.outcome, status.detail = "failed", "an unexpected error; the details are in the bot's log"
         finally:
-            finished.set()
-            await reporter
-            status.phase = status.outcome or "cancelled"
-            # Keep the logs for whoever investigates; the checkpoint and the candidate are large.
-            for heavy in (candidate, run_dir / "work" / "best"):
-                shutil.rmtree(heavy, ignore_errors=True)
-        await self._notify(status, on_progress)
+            # A second cancel (an impatient shutdown) must not leave a half-deleted run or a silent message.
+            await _finish_despite_cancel(self._finish(status, on_progress, reporter, finished, run_dir, candidate))
         return status
+
+    @property
+    def _stop_reason(self) -> str:
+        return self._cancel_reason or "the bot is shutting down"
+
+    async def _finish(
+        self,
+        status: RetrainStatus,
+        on_progress: ProgressCallback | None,
+        reporter: asyncio.Task,
+        finished: asyncio.Event,
+        run_dir: Path,
+        candidate: Path,
+    ) -> None:
+        finished.set()
+        await reporter
+        status.phase = status.outcome or "cancelled"
+        # Keep the logs for whoever investigates; the checkpoint and the candidate are large.
+        for heavy in (candidate, run_dir / "work" / "best"):
+            await asyncio.to_thread(shutil.rmtree, heavy, ignore_errors=True)
+        await self._notify(status, on_progress)
 
     def _command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "moodring", *args]
 
     async def _spawn(self, command: list[str], log_path: Path) -> int:
-        """Run a child process with its output in `log_path`; returns its exit code."""
+        """Run a child process with its output in `log_path`; returns its exit code.
+
+        Cancelled, it stops the child before returning. The child gets the read end of a pipe whose write
+        end this process holds until the child has exited: if the bot dies first, the child sees the pipe
+        close and stops itself (model/parent_watch.py).
+        """
+        lifeline_child_end, lifeline = os.pipe()
         # The child never needs the bot's secret; an empty value also stops it re-reading one from .env.
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "DISCORD_TOKEN": ""}
-        with log_path.open("wb") as output:
-            self._process = await asyncio.create_subprocess_exec(
-                *command,
-                stdout=output,
-                stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,  # a Ctrl-C meant for the bot reaches it, which then stops the child
-            )
-            try:
-                return await self._process.wait()
-            finally:
-                self._process = None
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "DISCORD_TOKEN": "", PARENT_FD_ENV: str(lifeline_child_end)}
+        try:
+            output = await asyncio.to_thread(log_path.open, "wb")
+            with output:
+                process = await asyncio.create_subprocess_exec(
+                    *command,
+                    stdout=output,
+                    stderr=asyncio.subprocess.STDOUT,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    env=env,
+                    pass_fds=(lifeline_child_end,),
+                    start_new_session=True,  # a Ctrl-C meant for the bot reaches it, which then stops the child
+                )
+        except BaseException:
+            os.close(lifeline)
+            raise
+        finally:
+            os.close(lifeline_child_end)
+        self._process = process
+        try:
+            return await process.wait()
+        except asyncio.CancelledError:
+            await _finish_despite_cancel(stop_process_group(process, self.stop_grace_s))
+            raise
+        finally:
+            self._process = None
+            os.close(lifeline)
 
     async def _train(self, candidate: Path, run_dir: Path) -> None:
         args = ["train", "--backbone", self.backbone, "--out", str(candidate), "--work-dir", str(run_dir / "work")]
@@ -176,45 +265,36 @@ class Retrainer:
         log_path = run_dir / "train.log"
         code = await self._spawn(self._command(*args, *self.extra_args), log_path)
         if code != 0:
-            raise RuntimeError(f"training exited with code {code}: {_last_line(log_path)}")
-        if not (candidate / "moodring.json").is_file():
-            raise RuntimeError("training finished without exporting a model")
+            raise await _child_failed("training", code, log_path)
+        if not await asyncio.to_thread((candidate / METADATA_FILE).is_file):
+            raise RetrainFailed("training finished without exporting a model")
 
     async def _dev_macro_f1(self, model_dir: Path, log_path: Path) -> float:
         """Dev macro-F1 from the `eval-dev.json` that `moodring evaluate --split dev` writes beside a model.
 
-        A model's earlier report is reused: it goes away with the directory when the model is replaced.
+        The report already there is reused only if it was computed from exactly the files now in the
+        model directory and the data directory (`reusable_dev_f1`); otherwise the model is scored again.
         """
-        report = model_dir / "eval-dev.json"
-        if not report.is_file():
-            args = ["evaluate", "--model", str(model_dir), "--split", "dev"]
-            if self.data_dir:
-                args += ["--data-dir", self.data_dir]
-            code = await self._spawn(self._command(*args), log_path)
-            if code != 0:
-                raise RuntimeError(f"evaluating {model_dir} exited with code {code}: {_last_line(log_path)}")
-        return float(json.loads(report.read_text(encoding="utf-8"))["macro_f1"])
+        report = model_dir / DEV_REPORT
+        reused = await asyncio.to_thread(reusable_dev_f1, report, self.data_dir)
+        if reused is not None:
+            log.info("reusing the dev score of %s from its %s", model_dir, DEV_REPORT)
+            return reused
+        args = ["evaluate", "--model", str(model_dir), "--split", "dev"]
+        if self.data_dir:
+            args += ["--data-dir", self.data_dir]
+        code = await self._spawn(self._command(*args), log_path)
+        if code != 0:
+            which = "the current model" if model_dir == self.model_dir else "the new model"
+            raise await _child_failed(f"scoring {which} on dev", code, log_path)
+        return await asyncio.to_thread(_read_macro_f1, report)
 
     async def _swap_in(self, candidate: Path) -> None:
         """Load the candidate fully, put it where the serving model lives on disk, then serve it."""
-        loop = asyncio.get_running_loop()
-        classifier = await loop.run_in_executor(None, EmotionClassifier.load, candidate)
-        await loop.run_in_executor(None, replace_directory, candidate, self.model_dir)
+        classifier = await asyncio.to_thread(EmotionClassifier.load, candidate)
+        await asyncio.to_thread(replace_directory, candidate, self.model_dir)
         self.inference.swap(classifier)
         log.info("now serving the retrained model from %s", self.model_dir)
-
-    async def _stop_process(self) -> None:
-        process = self._process
-        if process is None or process.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), 10)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
 
     async def _report(
         self,
@@ -239,6 +319,83 @@ class Retrainer:
             await on_progress(status)
         except Exception as error:
             log.warning("could not report retrain progress: %s", error)
+
+
+async def stop_process_group(process: asyncio.subprocess.Process, grace_s: float) -> None:
+    """Stop a child that leads its own process group (`start_new_session`), and whatever it started.
+
+    SIGTERM to the group; if the child is still there after `grace_s`, SIGKILL. Then SIGKILL for any
+    of its own children that ignored the SIGTERM. Returns once the child has exited.
+    """
+    if process.returncode is None:
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), grace_s)
+        except TimeoutError:
+            log.warning("child %d ignored SIGTERM for %.0f s: killing it", process.pid, grace_s)
+            _signal_group(process.pid, signal.SIGKILL)
+            await process.wait()
+    _signal_group(process.pid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+async def _finish_despite_cancel(step: Awaitable[T]) -> tuple[T, bool]:
+    """Run `step` to its end even if the caller is cancelled meanwhile (once or more).
+
+    Returns its result and whether a cancel arrived; the cancel is then absorbed: the caller decides
+    what it means. For steps that must not stop half-way: stopping a child, the swap, the clean-up.
+    """
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while True:
+        try:
+            return await asyncio.shield(task), cancelled
+        except asyncio.CancelledError:
+            if task.done():  # the step itself was cancelled (the event loop is closing)
+                raise
+            cancelled = True
+
+
+async def _child_failed(what: str, code: int, log_path: Path) -> RetrainFailed:
+    """Log a failed child's last output line (paths, tracebacks: for the host only); a short reason for Discord."""
+    how = f"was stopped by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    last_line = await asyncio.to_thread(_last_line, log_path)
+    log.warning("%s %s; its last output: %s (full output in %s)", what, how, last_line, log_path)
+    return RetrainFailed(f"{what} {how}; the details are in the bot's log")
+
+
+def reusable_dev_f1(report_path: Path, data_dir: str | None) -> float | None:
+    """The macro-F1 in a dev report, if it was computed from exactly the files now in use; else None.
+
+    The report (written by `moodring evaluate`, training/evaluate.py) records the data directory and
+    checksums of the model's files and of the data files it read. It is trusted only if that is still
+    `data_dir` and every checksum still matches. Never for data from the hub (`data_dir` None), which
+    has no files here to check. Blocking file work: run it off the event loop.
+    """
+    if data_dir is None:
+        return None
+    report_path = Path(report_path)
+    data = Path(data_dir).expanduser().resolve()
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        recorded = report["checksums"]
+        if report.get("data_dir") is None or Path(report["data_dir"]).resolve() != data or not recorded["data"]:
+            return None
+        if recorded["model"] != model_checksums(report_path.parent):
+            return None
+        if any(file_sha256(data / name) != digest for name, digest in recorded["data"].items()):
+            return None
+        return float(report["macro_f1"])
+    except (OSError, ValueError, KeyError, TypeError):  # no report, an old one, or not one at all
+        return None
+
+
+def _read_macro_f1(report_path: Path) -> float:
+    return float(json.loads(Path(report_path).read_text(encoding="utf-8"))["macro_f1"])
 
 
 class _ProgressReader:
@@ -278,10 +435,13 @@ def should_swap(candidate_f1: float, current_f1: float | None, tolerance: float)
 
 def _last_line(log_path: Path) -> str:
     """The last non-empty line of a child's log (its error message, usually), read from the file's end."""
-    with log_path.open("rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        handle.seek(max(handle.tell() - 4000, 0))
-        text = handle.read().decode("utf-8", errors="replace")
+    try:
+        with log_path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(handle.tell() - 4000, 0))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError as error:
+        return f"(no output: {error})"
     lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
     return lines[-1][-300:] if lines else "(no output)"
 
@@ -303,7 +463,7 @@ def format_status(status: RetrainStatus) -> str:
         lines.append("Dev macro-F1 by epoch: " + ", ".join(f"{f:.3f}" for f in status.dev_f1))
     if status.outcome == "swapped":
         before = f" (was {status.current_f1:.3f})" if status.current_f1 is not None else ""
-        lines.append(f"✅ New model is now serving: dev macro-F1 {status.candidate_f1:.3f}{before}.")
+        lines.append(f"✅ New model is now serving: dev macro-F1 {status.candidate_f1:.3f}{before}. {status.detail}")
     elif status.outcome == "kept":
         lines.append(
             f"↩️ Kept the current model: new dev macro-F1 {status.candidate_f1:.3f} vs current "

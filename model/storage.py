@@ -1,22 +1,48 @@
-"""Replacing a model directory on disk so that a complete model is always there, or back there on failure."""
+"""Replacing a model directory on disk so that a complete model is always there, or back there on failure.
+
+Beside a target directory `<name>`, this module's own siblings are `.<name>.<kind>-<pid>`: `staging` (being
+written), `incoming` (complete, about to become the target) and `retired` (the target it replaces).
+`replace_directory` swaps with two renames; `recover_directory` repairs what a crash between them leaves.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import re
 import shutil
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SIBLING_KINDS = ("staging", "incoming", "retired")
+#: Reports that `moodring evaluate` writes into a model directory; they are not part of the model.
+REPORT_PREFIX = "eval-"
+
+
+def sibling_directory(target: Path, kind: str, pid: int | None = None) -> Path:
+    """Where this process (or `pid`) keeps its `kind` copy of `target` (a kind in `SIBLING_KINDS`)."""
+    target = Path(target)
+    return target.parent / f".{target.name}.{kind}-{pid or os.getpid()}"
+
+
+def staging_directory(target: Path) -> Path:
+    """Where to write a new version of `target` before `replace_directory(staging, target)` moves it in."""
+    return sibling_directory(target, "staging")
 
 
 def replace_directory(new: Path, target: Path) -> None:
     """Move `new` to `target`, replacing what is there.
 
     `new` is first moved beside `target` (a copy when it is on another file system), so that the swap
-    itself is two renames on one file system; if the second fails, the old directory is put back.
+    itself is two renames on one file system; if the second fails, or Ctrl-C arrives between them, the
+    old directory is put back. Only a crash between them (SIGKILL, power loss) leaves `target` missing,
+    with the old directory in `.<name>.retired-<pid>`: `recover_directory` puts it back.
     """
     new, target = Path(new), Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    incoming = target.parent / f".{target.name}.incoming-{os.getpid()}"
-    retired = target.parent / f".{target.name}.retired-{os.getpid()}"
+    incoming, retired = sibling_directory(target, "incoming"), sibling_directory(target, "retired")
     for leftover in (incoming, retired):
         shutil.rmtree(leftover, ignore_errors=True)
     shutil.move(new, incoming)
@@ -25,8 +51,69 @@ def replace_directory(new: Path, target: Path) -> None:
         os.replace(target, retired)
     try:
         os.replace(incoming, target)
-    except OSError:
+    except BaseException:
         if had_target:
             os.replace(retired, target)
         raise
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def recover_directory(target: Path) -> bool:
+    """Repair what a crash in `replace_directory` (or in writing a staging copy) left beside `target`.
+
+    If `target` is missing, the newest retired copy goes back in its place: the replacement never
+    finished, so the directory it was replacing is the one known to be complete. Then the siblings of
+    processes that are gone (and of this one) are deleted; a replace still running in another process
+    is left alone. Call it at start-up, before this process replaces `target` itself. Returns True if
+    `target` was restored. Blocking file work: run it off the event loop.
+    """
+    target = Path(target)
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.({'|'.join(SIBLING_KINDS)})-(\d+)")
+    try:
+        entries = list(target.parent.iterdir())
+    except FileNotFoundError:
+        return False
+    stale: list[tuple[str, Path]] = []
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match and (int(match[2]) == os.getpid() or not _process_exists(int(match[2]))):
+            stale.append((match[1], entry))
+    restored = False
+    retired = sorted((path for kind, path in stale if kind == "retired"), key=lambda p: p.stat().st_mtime)
+    if retired and not target.exists():
+        os.replace(retired[-1], target)
+        log.warning("%s was missing after an interrupted replace: restored it from %s", target, retired[-1].name)
+        stale.remove(("retired", retired[-1]))
+        restored = True
+    for _, path in stale:
+        log.info("removing %s, left by an interrupted replace", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return restored
+
+
+def model_checksums(directory: Path) -> dict[str, str]:
+    """SHA-256 of every file of the model in `directory` (all files in it, less the `eval-*` reports)."""
+    directory = Path(directory)
+    return {
+        path.name: file_sha256(path)
+        for path in sorted(directory.iterdir())
+        if path.is_file() and not path.name.startswith(REPORT_PREFIX)
+    }
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

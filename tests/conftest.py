@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 # Fixtures for driving the real discord.py client against a local Discord stand-in (tests/discord_standin),
-# and for running the real MoodringBot against it (tests/bot_fixtures.py).
-pytest_plugins = ("discord_standin.fixtures", "bot_fixtures")
+# for running the real MoodringBot against it (tests/bot_fixtures.py), and the end-of-run check that no
+# process the tests started is still alive (tests/process_guard.py).
+pytest_plugins = ("discord_standin.fixtures", "bot_fixtures", "process_guard")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("GOEMOTIONS_DIR") or REPO.parent / "shared" / "data" / "goemotions")
@@ -24,7 +25,8 @@ def goemotions_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialised 2-layer SqueezeBERT (grouped convolutions) with the MiniLM tokenizer."""
+    """A randomly initialised (seeded) 2-layer SqueezeBERT (grouped convolutions) with the MiniLM tokenizer."""
+    import torch
     from transformers import AutoTokenizer, SqueezeBertConfig, SqueezeBertModel
 
     from training.backbones import minilm_directory
@@ -46,6 +48,7 @@ def tiny_backbone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         intermediate_groups=4,
         output_groups=4,
     )
+    torch.manual_seed(0)  # the same tiny backbone every run, so that training results are the same too
     SqueezeBertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -94,3 +97,11 @@ def onnx_model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Pat
     )
     assert result.returncode == 0, result.stderr
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_dev_report(tiny_model_dir: Path, goemotions_dir: Path) -> dict:
+    """The tiny model's report on the whole dev split; `eval-dev.json` and `eval-dev.png` are written beside it."""
+    from training.evaluate import evaluate
+
+    return evaluate(tiny_model_dir, split="dev", data_dir=goemotions_dir)

@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 
 from model import EmotionClassifier, ModelMetadata
 from training.config import TrainArgs
-from training.evaluate import evaluate
 from training.train import train
 
 
@@ -43,8 +42,8 @@ def test_metadata_round_trip(tiny_model_dir: Path, tiny_backbone_dir: Path) -> N
     assert ModelMetadata.load(tiny_model_dir.parent) == meta
 
 
-def test_exported_model_predicts_what_training_measured(tiny_model_dir: Path, goemotions_dir: Path) -> None:
-    report = evaluate(tiny_model_dir, split="dev", data_dir=goemotions_dir)
+def test_exported_model_predicts_what_training_measured(tiny_dev_report: dict) -> None:
+    report = tiny_dev_report
     assert report["rows"] == 5426
     assert set(report["decision_rules"]) == {"per_label", "global", "paper_0.3"}
     assert set(report["ekman"]["per_label"]["per_label"]) == {
@@ -136,6 +135,65 @@ def test_ctrl_c_keeps_the_best_checkpoint(tmp_path: Path, tiny_backbone_dir: Pat
     meta = ModelMetadata.load(out)
     assert 1 <= meta.dev_metrics["best_epoch"] < 50
     assert EmotionClassifier.load(out).predict(["still works"])[0].top
+
+
+def test_interrupted_checkpoint_save_keeps_the_checkpoint_in_place_whole(
+    tmp_path: Path, tiny_backbone_dir: Path, goemotions_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a checkpoint is written: the one in place stays whole, with the predictions of its own weights.
+
+    Two runs share a work directory, as `moodring train` runs do by default (runs/<model name>). The second is
+    interrupted in its first checkpoint save, once half-way through the weights and once before any of them.
+    """
+    import transformers.modeling_utils
+
+    from training.callbacks import read_checkpoint
+    from training.metrics import tune_thresholds
+    from training.train import TrainingError
+
+    work = tmp_path / "run"
+
+    def run(name: str, seed: int) -> Path:
+        return train(
+            TrainArgs(
+                data_dir=str(goemotions_dir),
+                backbone=str(tiny_backbone_dir),
+                out=str(tmp_path / name),
+                work_dir=str(work),
+                epochs=1,
+                batch_size=16,
+                learning_rate=1e-3,
+                max_length=16,
+                train_limit=128,
+                dev_limit=64,
+                seed=seed,
+            )
+        )
+
+    first = run("first", seed=1)
+    checkpoint = {p.name: p.read_bytes() for p in (work / "best").iterdir()}
+    # The first run exported its checkpoint's weights, with thresholds tuned on that checkpoint's predictions.
+    scores, truth, epoch = read_checkpoint(work / "best")
+    assert epoch == 1 and ModelMetadata.load(first).thresholds == pytest.approx(tune_thresholds(truth, scores))
+    assert (first / "model.safetensors").read_bytes() == checkpoint["model.safetensors"]
+
+    real_save = transformers.modeling_utils.safe_save_file
+    for half_written in (True, False):
+
+        def interrupted_save(tensors: dict, filename: str, metadata=None, half_written=half_written) -> None:
+            if not Path(filename).is_relative_to(work):  # the export's save
+                real_save(tensors, filename, metadata=metadata)
+                return
+            if half_written:
+                Path(filename).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{half a header")
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", interrupted_save)
+        with pytest.raises(TrainingError, match="no epoch finished"):
+            run("second", seed=2)  # nothing of its own to export, and nothing of the first run's exported as its
+        assert {p.name: p.read_bytes() for p in (work / "best").iterdir()} == checkpoint
+        assert sorted(p.name for p in work.iterdir()) == ["best", "progress.jsonl"]  # no half copy left
+        assert not (tmp_path / "second").exists()
 
 
 def test_replace_directory_swaps_and_restores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +21,13 @@ from tez import enums
 from tez.callbacks import Callback
 from torch.utils.data import DataLoader
 
+from model.storage import replace_directory, staging_directory
 from training.metrics import PAPER_THRESHOLD, f1_scores, tune_thresholds
 
 log = logging.getLogger(__name__)
+
+#: Beside the weights in a checkpoint: the dev predictions they make, which the thresholds are tuned on.
+CHECKPOINT_PREDICTIONS = "dev-predictions.npz"
 
 
 @torch.inference_mode()
@@ -50,8 +55,19 @@ def dev_summary(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     }
 
 
+def read_checkpoint(checkpoint_dir: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """The dev scores and targets saved with a checkpoint's weights, and the epoch they are from."""
+    with np.load(Path(checkpoint_dir) / CHECKPOINT_PREDICTIONS) as saved:
+        return saved["scores"], saved["truth"], int(saved["epoch"])
+
+
 class DevEvaluation(Callback):
-    """After each epoch: score the whole dev split, keep the best weights, stop after `patience` misses."""
+    """After each epoch: score the whole dev split, keep the best weights, stop after `patience` misses.
+
+    A checkpoint is the weights and the dev predictions they make (`read_checkpoint`), written to a
+    staging directory and renamed into place, so that an interrupt (Ctrl-C) during a save leaves the
+    previous checkpoint whole, with its own predictions. `best_score` changes only once the new one is in place.
+    """
 
     def __init__(
         self,
@@ -70,8 +86,6 @@ class DevEvaluation(Callback):
         self.best_epoch: int | None = None
         self.misses = 0
         self.history: list[dict] = []
-        self.best_scores: np.ndarray | None = None
-        self.best_truth: np.ndarray | None = None
 
     def on_epoch_end(self, tez_trainer, **kwargs) -> None:
         network = tez_trainer._driver.unwrap_model(tez_trainer.model).network
@@ -83,9 +97,8 @@ class DevEvaluation(Callback):
         score = summary["macro_f1"]
         if self.best_score is None or score > self.best_score + self.min_delta:
             log.info("epoch %d: dev macro-F1 %.4f (best so far), saving %s", epoch, score, self.checkpoint_dir)
+            self._save_checkpoint(network, scores, truth, epoch)
             self.best_score, self.best_epoch, self.misses = score, epoch, 0
-            self.best_scores, self.best_truth = scores, truth  # what the saved weights predict on dev
-            network.save_pretrained(self.checkpoint_dir)
         else:
             self.misses += 1
             log.info(
@@ -102,6 +115,17 @@ class DevEvaluation(Callback):
                 tez_trainer.model_state = enums.ModelState.END
         if self.on_evaluated is not None:
             self.on_evaluated(epoch, summary)
+
+    def _save_checkpoint(self, network: torch.nn.Module, scores: np.ndarray, truth: np.ndarray, epoch: int) -> None:
+        staging = staging_directory(self.checkpoint_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            network.save_pretrained(staging)
+            np.savez(staging / CHECKPOINT_PREDICTIONS, scores=scores, truth=truth, epoch=epoch)
+        except BaseException:  # Ctrl-C included: the half-written copy goes, the checkpoint in place stays
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        replace_directory(staging, self.checkpoint_dir)
 
 
 class ProgressLog(Callback):

@@ -80,6 +80,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     import os
 
+    from model.parent_watch import watch_parent
+
+    watch_parent()  # started by the bot's retrainer: stop if the bot dies
     from training.backbones import BackboneError
     from training.config import DEFAULT_BACKBONE, TrainArgs
     from training.data import DataError
@@ -100,6 +103,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from model.parent_watch import watch_parent
+
+    watch_parent()  # started by the bot's retrainer: stop if the bot dies
     from model.classifier import ModelError
     from training.data import DataError
     from training.evaluate import evaluate, format_report

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from model.classifier import EmotionClassifier, ModelError, default_model_dir
+from model.storage import model_checksums
 from training.data import load_goemotions, resolve_data_dir
 from training.metrics import PAPER_THRESHOLD, classification_report, group_matrix
 
@@ -26,11 +27,14 @@ def evaluate(
 
     Thresholds always come from the model's metadata (tuned on dev at export time, per backend where
     the backend's scores differ), so a test report never uses the test split for any decision. The
-    report names the backend that served.
+    report names the backend that served, and records what it was computed from (`data_dir`, and
+    `checksums` of the model's files and of the data files), so that a reader can tell whether it still
+    holds (bot/retrain.py reuses a dev report only then).
     """
     directory = Path(model_dir) if model_dir else default_model_dir()
     classifier = EmotionClassifier.load(directory, backend=backend, threads=threads)
-    data = load_goemotions(resolve_data_dir(data_dir), splits=(split,))
+    data_path = resolve_data_dir(data_dir)
+    data = load_goemotions(data_path, splits=(split,))
     rows = data.splits[split]
     if data.labels != classifier.labels:
         raise ModelError(f"the data's labels {data.labels} differ from the model's {classifier.labels}")
@@ -53,6 +57,8 @@ def evaluate(
         "model": str(directory),
         "backbone": meta.backbone,
         "backend": classifier.backend,
+        "data_dir": str(data_path.resolve()) if data_path else None,
+        "checksums": {"model": model_checksums(directory), "data": data.checksums},
         "macro_f1": per_label["macro_f1"],
         "micro_f1": per_label["micro_f1"],
         "thresholds": {

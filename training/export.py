@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
-import os
 import platform
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ import numpy as np
 from model.classifier import default_model_dir
 from model.metadata import ModelMetadata
 from model.network import SqueezeBertForEmotions
-from model.storage import replace_directory
+from model.storage import replace_directory, staging_directory
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ def export_model(
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.staging-{os.getpid()}"
+    staging = staging_directory(out)
     shutil.rmtree(staging, ignore_errors=True)
     try:
         network.save_pretrained(staging)

@@ -23,7 +23,7 @@ from model.metadata import ModelMetadata
 from model.network import SqueezeBertForEmotions
 from model.threads import apply_torch_threads, resolve_threads
 from training.backbones import load_backbone
-from training.callbacks import DevEvaluation, ProgressLog
+from training.callbacks import DevEvaluation, ProgressLog, read_checkpoint
 from training.config import TrainArgs
 from training.data import LengthGroupedSampler, PadCollator, encode, load_goemotions, resolve_data_dir
 from training.export import DevSet, export_model, git_commit, library_versions, now_iso
@@ -110,8 +110,9 @@ def train(args: TrainArgs) -> Path:
     if dev_evaluation.best_score is None:
         raise TrainingError("no epoch finished, so there is no checkpoint to export")
 
+    # The weights and the dev predictions they make come from one checkpoint, so the thresholds match the weights.
     network = SqueezeBertForEmotions.from_pretrained(checkpoint_dir)
-    scores, truth = dev_evaluation.best_scores, dev_evaluation.best_truth
+    scores, truth, best_epoch = read_checkpoint(checkpoint_dir)
     thresholds = tune_thresholds(truth, scores)
     global_threshold = tune_global_threshold(truth, scores)
     report = classification_report(truth, scores >= thresholds, data.labels)
@@ -119,12 +120,12 @@ def train(args: TrainArgs) -> Path:
         "rows": len(dev_split),
         "macro_f1": report["macro_f1"],
         "micro_f1": report["micro_f1"],
-        "best_epoch": dev_evaluation.best_epoch,
+        "best_epoch": best_epoch,
         "history": dev_evaluation.history,
     }
     log.info(
         "best epoch %d: dev macro-F1 %.4f, micro-F1 %.4f",
-        dev_evaluation.best_epoch,
+        best_epoch,
         report["macro_f1"],
         report["micro_f1"],
     )

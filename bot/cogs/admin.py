@@ -231,8 +231,8 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
     @owner_only()
     async def retrain_cancel(self, interaction: discord.Interaction) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
-        stopped = await self.bot.retrainer.cancel()
-        message = "Retrain cancelled; the current model keeps serving." if stopped else "No retrain is running."
+        status = await self.bot.retrainer.cancel()  # its final status says which model serves now
+        message = format_status(status) if status is not None else "No retrain is running."
         await interaction.followup.send(message, ephemeral=True)
 
 
