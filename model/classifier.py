@@ -14,7 +14,8 @@ from transformers import AutoTokenizer
 
 from model.metadata import METADATA_FILE, ModelMetadata
 from model.network import SqueezeBertForEmotions
-from model.onnx_export import BACKEND_CHOICES, FILE_OF_BACKEND, INPUT_NAMES, OUTPUT_NAME, sha256_of
+from model.onnx_export import BACKEND_CHOICES, FILE_OF_BACKEND, INPUT_NAMES, OUTPUT_NAME
+from model.storage import file_sha256
 from model.threads import apply_torch_threads, ort_session_options, resolve_threads
 
 log = logging.getLogger(__name__)
@@ -266,7 +267,7 @@ class _OnnxScorer:
         if record is None:
             raise ModelError(f"{path} is not recorded in {METADATA_FILE}. {redo}")
         try:
-            if sha256_of(path) != record.get("sha256"):
+            if file_sha256(path) != record.get("sha256"):
                 raise ModelError(f"{path} is corrupt: its SHA-256 differs from the one in {METADATA_FILE}. {redo}")
             session = onnxruntime.InferenceSession(
                 str(path), sess_options=ort_session_options(threads), providers=["CPUExecutionProvider"]

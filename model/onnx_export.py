@@ -15,11 +15,12 @@ torch, onnx and onnxruntime are imported inside the functions that need them (th
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from model.storage import file_sha256
 
 if TYPE_CHECKING:
     from model.network import SqueezeBertForEmotions
@@ -34,14 +35,6 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "scores"
 OPSET = 17  # the first with LayerNormalization
 QUANTIZED_OPS = ("MatMul", "Gemm")
-
-
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_onnx_files(network: SqueezeBertForEmotions, directory: str | Path) -> dict[str, dict[str, Any]]:
@@ -94,13 +87,13 @@ def export_onnx_files(network: SqueezeBertForEmotions, directory: str | Path) ->
     return {
         ONNX_FILE: {
             "backend": "onnx",
-            "sha256": sha256_of(directory / ONNX_FILE),
+            "sha256": file_sha256(directory / ONNX_FILE),
             "bytes": (directory / ONNX_FILE).stat().st_size,
             **common,
         },
         INT8_FILE: {
             "backend": "onnx-int8",
-            "sha256": sha256_of(directory / INT8_FILE),
+            "sha256": file_sha256(directory / INT8_FILE),
             "bytes": (directory / INT8_FILE).stat().st_size,
             "quantization": f"dynamic int8 (QInt8 weights, per tensor) on {'/'.join(QUANTIZED_OPS)} only, "
             f"onnxruntime {onnxruntime.__version__}",
