@@ -78,7 +78,7 @@ class BotConfig:
             data_dir=env.get("GOEMOTIONS_DIR") or None,
             backbone=env.get("MOODRING_BACKBONE") or cls.backbone,
             work_dir=Path(env.get("MOODRING_WORK_DIR") or cls.work_dir),
-            retrain_args=_retrain_args(env, "MOODRING_RETRAIN_ARGS"),
+            retrain_args=_checked(split_retrain_args, env, "MOODRING_RETRAIN_ARGS"),
             retrain_tolerance=_float(env, "MOODRING_RETRAIN_TOLERANCE", cls.retrain_tolerance),
             progress_interval=_at_least(0.1, env, "MOODRING_PROGRESS_INTERVAL_S", cls.progress_interval),
             backend=_choice(env, "MOODRING_BACKEND", BACKEND_CHOICES, cls.backend),
@@ -151,13 +151,12 @@ def _int_list(env: Mapping[str, str], name: str) -> list[int]:
     return ids
 
 
-def _retrain_args(env: Mapping[str, str], name: str) -> str:
-    """Extra `moodring train` options for retraining: shell-quoted, and never one of `RETRAIN_PATH_FLAGS`.
+def split_retrain_args(value: str, name: str = "MOODRING_RETRAIN_ARGS") -> list[str]:
+    """Extra `moodring train` options for retraining, split like a shell; ConfigError if one is a `RETRAIN_PATH_FLAGS`.
 
     argparse also accepts an unambiguous prefix (`--wo`, `--work-d`) and `--flag=value`, so any option that could
     be read as one of those flags is refused.
     """
-    value = env.get(name, "")
     try:
         tokens = shlex.split(value)
     except ValueError as error:
@@ -171,6 +170,13 @@ def _retrain_args(env: Mapping[str, str], name: str) -> str:
                     "goes and serves it only if it passes the retrain gate. Remove it; set MOODRING_MODEL_DIR or "
                     "MOODRING_WORK_DIR instead."
                 )
+    return tokens
+
+
+def _checked(check, env: Mapping[str, str], name: str) -> str:
+    """The raw value of `name`, once `check(value, name)` has accepted it."""
+    value = env.get(name, "")
+    check(value, name)
     return value
 
 

@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import shlex
 import shutil
 import signal
 import sys
@@ -28,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from bot.config import split_retrain_args
 from bot.inference import InferenceService
 from model import EmotionClassifier
 from model.metadata import METADATA_FILE
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: `moodring train` options the bot sets itself: the gate relies on knowing where the candidate is written.
-RESERVED_TRAIN_OPTIONS = ("--out", "--work-dir")
 #: The report `moodring evaluate --split dev` writes into the model directory it scores.
 DEV_REPORT = "eval-dev.json"
 
@@ -78,27 +76,6 @@ class RetrainStatus:
 ProgressCallback = Callable[[RetrainStatus], Awaitable[None]]
 
 
-def validate_retrain_args(args: str) -> list[str]:
-    """Split `MOODRING_RETRAIN_ARGS` like a shell; ValueError if it sets an option the bot reserves.
-
-    `--out` and `--work-dir` would put the candidate where the gate does not look, or serve it unchecked.
-    argparse also accepts `--out=x` and abbreviations such as `--ou`, so those are refused too, as is any
-    abbreviation that could stand for a reserved option (`--wo`), which argparse would refuse as ambiguous.
-    """
-    words = shlex.split(args)  # ValueError ("No closing quotation") on unbalanced quotes
-    for word in words:
-        name = word.split("=", 1)[0]
-        if not name.startswith("--") or len(name) < 3:
-            continue
-        for reserved in RESERVED_TRAIN_OPTIONS:
-            if reserved.startswith(name):
-                raise ValueError(
-                    f"MOODRING_RETRAIN_ARGS may not set {reserved} (found {word!r}): the bot decides where a "
-                    "candidate model is written, so that only a model that passed the dev-score gate is served"
-                )
-    return words
-
-
 class Retrainer:
     """Runs one retrain at a time. `start` returns False if one is already running."""
 
@@ -120,7 +97,7 @@ class Retrainer:
         self.work_root = Path(work_root)
         self.backbone = backbone
         self.data_dir = data_dir
-        self.extra_args = validate_retrain_args(extra_args)
+        self.extra_args = split_retrain_args(extra_args)
         self.tolerance = tolerance
         self.progress_interval = progress_interval
         self.stop_grace_s = stop_grace_s

@@ -15,6 +15,7 @@ from process_guard import process_alive
 from safetensors.torch import load_file, save_file
 
 import bot.retrain
+from bot.config import split_retrain_args
 from bot.inference import InferenceService
 from bot.retrain import (
     Retrainer,
@@ -23,7 +24,6 @@ from bot.retrain import (
     format_status,
     reusable_dev_f1,
     should_swap,
-    validate_retrain_args,
 )
 from model import EmotionClassifier, ModelMetadata
 
@@ -288,7 +288,7 @@ def test_training_progress_and_dev_reports_are_read_as_they_are_written(
 )
 def test_retrain_args_may_not_choose_where_the_candidate_goes(args: str, flag: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=flag):
-        validate_retrain_args(args)
+        split_retrain_args(args)
     with pytest.raises(ValueError, match=flag):
         Retrainer(
             InferenceService(), tmp_path / "model", tmp_path / "runs", backbone="minilm", data_dir=None, extra_args=args
@@ -296,11 +296,11 @@ def test_retrain_args_may_not_choose_where_the_candidate_goes(args: str, flag: s
 
 
 def test_retrain_args_that_only_tune_training_are_accepted() -> None:
-    assert validate_retrain_args("") == []
+    assert split_retrain_args("") == []
     args = "--epochs 3 --workers 2 --weight-decay 0.1 --warmup-ratio 0.05 --data-dir '/srv/go emotions'"
-    assert validate_retrain_args(args) == [
+    assert split_retrain_args(args) == [
         "--epochs", "3", "--workers", "2", "--weight-decay", "0.1", "--warmup-ratio", "0.05",
         "--data-dir", "/srv/go emotions",
     ]  # fmt: skip
     with pytest.raises(ValueError, match="quotation"):
-        validate_retrain_args("--backbone 'unclosed")
+        split_retrain_args("--backbone 'unclosed")
