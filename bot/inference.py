@@ -22,6 +22,7 @@ from pathlib import Path
 
 from bot.backoff import Backoff
 from model import EmotionClassifier, Prediction
+from model.threads import resolve_threads
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ class InferenceService:
         threads: int | None = None,
     ) -> None:
         self.backend = backend
-        self.threads = threads
+        self.threads = threads  # None: the cores this process may use
+        self._reserved_cores = 0  # taken by a running retrain child
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.timeout = timeout
@@ -109,7 +111,23 @@ class InferenceService:
 
     def open_model(self, path: str | Path) -> EmotionClassifier:
         """Load a model with this service's backend and threads (blocking: call it off the event loop)."""
-        return EmotionClassifier.load(path, backend=self.backend, threads=self.threads)
+        return EmotionClassifier.load(path, backend=self.backend, threads=self.serving_threads)
+
+    @property
+    def serving_threads(self) -> int:
+        """`threads` (default: the usable cores) less the cores a running retrain takes, and at least one."""
+        return max(1, resolve_threads(self.threads) - self._reserved_cores)
+
+    async def reserve_cores(self, cores: int) -> None:
+        """Leave `cores` to another process (a retrain child) until called again with 0.
+
+        The new count is applied in the worker thread, between two batches: threads that outnumber the free
+        cores make every batch wait for the busy ones (OpenMP and ONNX Runtime split each batch evenly).
+        """
+        self._reserved_cores = max(0, cores)
+        classifier = self.classifier
+        if classifier is not None:
+            await asyncio.get_running_loop().run_in_executor(self._worker, classifier.set_threads, self.serving_threads)
 
     async def load(self, path: str | Path) -> EmotionClassifier:
         """Load a model in the worker thread (never on the event loop) and serve it."""

@@ -29,10 +29,10 @@ from typing import TypeVar
 
 from bot.config import split_retrain_args
 from bot.inference import InferenceService
-from model import EmotionClassifier
 from model.metadata import METADATA_FILE
 from model.parent_watch import PARENT_FD_ENV
 from model.storage import file_sha256, model_checksums, replace_directory
+from model.threads import THREADS_ENV, available_cores
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ class Retrainer:
         finished = asyncio.Event()
         reporter = asyncio.create_task(self._report(status, progress, on_progress, finished))
         try:
+            await self.inference.reserve_cores(self.child_threads())
             await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
             await self._train(candidate, run_dir)
             await asyncio.to_thread(progress.update, status)
@@ -193,7 +194,30 @@ class Retrainer:
         # Keep the logs for whoever investigates; the checkpoint and the candidate are large.
         for heavy in (candidate, run_dir / "work" / "best"):
             await asyncio.to_thread(shutil.rmtree, heavy, ignore_errors=True)
+        await self.inference.reserve_cores(0)
         await self._notify(status, on_progress)
+
+    @staticmethod
+    def child_threads(cores: int | None = None) -> int:
+        """Threads for a training or scoring child: all usable cores but one, which stays the bot's."""
+        return max(1, (cores or available_cores()) - 1)
+
+    def child_environment(self, cores: int | None = None) -> dict[str, str]:
+        """The environment of a child: the bot's, less its secret, with the child's thread counts.
+
+        OMP_WAIT_POLICY=PASSIVE: OpenMP threads that spin-wait for work take the cores the bot answers on
+        (on two shared cores that made inference 40x slower).
+        """
+        threads = str(self.child_threads(cores))
+        # The child never needs the bot's secret; an empty value also stops it re-reading one from .env.
+        return {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "DISCORD_TOKEN": "",
+            "OMP_WAIT_POLICY": "PASSIVE",
+            THREADS_ENV: threads,
+            "OMP_NUM_THREADS": threads,
+        }
 
     def _command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "moodring", *args]
@@ -206,8 +230,7 @@ class Retrainer:
         close and stops itself (model/parent_watch.py).
         """
         lifeline_child_end, lifeline = os.pipe()
-        # The child never needs the bot's secret; an empty value also stops it re-reading one from .env.
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "DISCORD_TOKEN": "", PARENT_FD_ENV: str(lifeline_child_end)}
+        env = {**self.child_environment(), PARENT_FD_ENV: str(lifeline_child_end)}
         try:
             output = await asyncio.to_thread(log_path.open, "wb")
             with output:
@@ -253,11 +276,13 @@ class Retrainer:
         model directory and the data directory (`reusable_dev_f1`); otherwise the model is scored again.
         """
         report = model_dir / DEV_REPORT
-        reused = await asyncio.to_thread(reusable_dev_f1, report, self.data_dir)
+        served = self.inference.classifier
+        backend = served.backend if served is not None and model_dir == self.model_dir else self.inference.backend
+        reused = await asyncio.to_thread(reusable_dev_f1, report, self.data_dir, backend)
         if reused is not None:
             log.info("reusing the dev score of %s from its %s", model_dir, DEV_REPORT)
             return reused
-        args = ["evaluate", "--model", str(model_dir), "--split", "dev"]
+        args = ["evaluate", "--model", str(model_dir), "--split", "dev", "--backend", self.inference.backend]
         if self.data_dir:
             args += ["--data-dir", self.data_dir]
         code = await self._spawn(self._command(*args), log_path)
@@ -268,7 +293,7 @@ class Retrainer:
 
     async def _swap_in(self, candidate: Path) -> None:
         """Load the candidate fully, put it where the serving model lives on disk, then serve it."""
-        classifier = await asyncio.to_thread(EmotionClassifier.load, candidate)
+        classifier = await asyncio.to_thread(self.inference.open_model, candidate)
         await asyncio.to_thread(replace_directory, candidate, self.model_dir)
         self.inference.swap(classifier)
         log.info("now serving the retrained model from %s", self.model_dir)
@@ -345,13 +370,14 @@ async def _child_failed(what: str, code: int, log_path: Path) -> RetrainFailed:
     return RetrainFailed(f"{what} {how}; the details are in the bot's log")
 
 
-def reusable_dev_f1(report_path: Path, data_dir: str | None) -> float | None:
+def reusable_dev_f1(report_path: Path, data_dir: str | None, backend: str | None = None) -> float | None:
     """The macro-F1 in a dev report, if it was computed from exactly the files now in use; else None.
 
     The report (written by `moodring evaluate`, training/evaluate.py) records the data directory and
     checksums of the model's files and of the data files it read. It is trusted only if that is still
     `data_dir` and every checksum still matches. Never for data from the hub (`data_dir` None), which
-    has no files here to check. Blocking file work: run it off the event loop.
+    has no files here to check, nor for a report of another `backend` than the one named. Blocking file
+    work: run it off the event loop.
     """
     if data_dir is None:
         return None
@@ -360,6 +386,8 @@ def reusable_dev_f1(report_path: Path, data_dir: str | None) -> float | None:
     try:
         report = json.loads(report_path.read_text(encoding="utf-8"))
         recorded = report["checksums"]
+        if backend is not None and report.get("backend") != backend:
+            return None
         if report.get("data_dir") is None or Path(report["data_dir"]).resolve() != data or not recorded["data"]:
             return None
         if recorded["model"] != model_checksums(report_path.parent):

@@ -96,6 +96,13 @@ class EmotionClassifier:
         """The intra-op threads the scorer runs with."""
         return self.scorer.threads
 
+    def set_threads(self, threads: int) -> None:
+        """Score with `threads` intra-op threads from the next call on. Blocking (ONNX opens a new session):
+        call it from the thread that predicts, never concurrently with `predict`."""
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.scorer.set_threads(threads)
+
     @classmethod
     def load(
         cls,
@@ -232,6 +239,9 @@ class _TorchScorer:
         self.threads = threads
         apply_torch_threads(threads)
 
+    def set_threads(self, threads: int) -> None:
+        self.threads = threads  # applied by the next `scores` call, in whichever thread makes it
+
     @torch.inference_mode()
     def scores(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         apply_torch_threads(self.threads)  # per calling thread: the bot's worker may not be the loading thread
@@ -282,6 +292,16 @@ class _OnnxScorer:
             found = f"inputs {sorted(inputs)}, outputs {sorted(outputs)}"
             raise ModelError(f"{path} is not a moodring graph ({found}). {redo}")
         return cls(session, backend, path, threads)
+
+    def set_threads(self, threads: int) -> None:
+        """ONNX Runtime fixes a session's thread pool when it opens it, so open the same file again."""
+        if threads != self.threads:
+            import onnxruntime
+
+            self.session = onnxruntime.InferenceSession(
+                str(self.path), sess_options=ort_session_options(threads), providers=["CPUExecutionProvider"]
+            )
+            self.threads = threads
 
     def scores(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         feed = {

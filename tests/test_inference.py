@@ -197,3 +197,24 @@ async def test_the_service_loads_models_through_its_configured_backend_and_threa
         await auto.close()
     finally:
         await service.close()
+
+
+async def test_the_worker_gives_up_the_cores_a_retrain_takes_and_gets_them_back(onnx_model_dir, tiny_model_dir) -> None:
+    """While a retrain child runs, the served model uses the cores that are left (at least one), then all again."""
+    for directory in (onnx_model_dir, tiny_model_dir):  # int8 ONNX and torch
+        service = InferenceService(backend="auto", threads=2)
+        service.start()
+        try:
+            served = await service.load(directory)
+            assert served.threads == 2
+            await service.reserve_cores(1)
+            assert service.classifier.threads == 1
+            assert (await service.classify("thank you so much!")).top  # still serving, on the one core left
+            await service.reserve_cores(5)
+            assert service.classifier.threads == 1  # never below one
+            await service.reserve_cores(0)
+            assert service.classifier.threads == 2
+            await service.reserve_cores(1)
+            assert (await service.load(directory)).threads == 1  # a model swapped in mid-retrain keeps the limit
+        finally:
+            await service.close()

@@ -252,6 +252,8 @@ def test_a_dev_report_is_reused_only_for_the_same_data(
     assert reusable_dev_f1(model_dir / "eval-dev.json", str(data_dir)) == tiny_dev_report["macro_f1"]
     assert reusable_dev_f1(model_dir / "eval-dev.json", str(goemotions_dir)) is None  # another directory
     assert reusable_dev_f1(model_dir / "eval-dev.json", None) is None  # data from the hub: cannot be checked
+    assert reusable_dev_f1(model_dir / "eval-dev.json", str(data_dir), "torch") == tiny_dev_report["macro_f1"]
+    assert reusable_dev_f1(model_dir / "eval-dev.json", str(data_dir), "onnx-int8") is None  # another backend
     with (data_dir / "dev.tsv").open("a", encoding="utf-8") as dev:
         dev.write("one more row\t27\tzzzzzzz\n")
     assert reusable_dev_f1(model_dir / "eval-dev.json", str(data_dir)) is None  # the dev split changed
@@ -304,3 +306,15 @@ def test_retrain_args_that_only_tune_training_are_accepted() -> None:
     ]  # fmt: skip
     with pytest.raises(ValueError, match="quotation"):
         split_retrain_args("--backbone 'unclosed")
+
+
+def test_children_run_with_passive_openmp_threads_and_leave_the_bot_a_core(tmp_path: Path) -> None:
+    retrainer = Retrainer(
+        InferenceService(backend="onnx-int8"), tmp_path / "m", tmp_path / "runs", backbone="minilm", data_dir=None
+    )
+    env = retrainer.child_environment(cores=2)
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"  # OpenMP threads sleep instead of spinning against the bot's
+    assert env["MOODRING_THREADS"] == env["OMP_NUM_THREADS"] == "1"
+    assert retrainer.child_environment(cores=8)["MOODRING_THREADS"] == "7"
+    assert retrainer.child_environment(cores=1)["MOODRING_THREADS"] == "1"
+    assert env["DISCORD_TOKEN"] == ""
