@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from bot_fixtures import BotFactory, wait_until
+from discord_standin import DiscordStandIn
 from process_guard import process_alive, wait_until_gone
 
 from bot.retrain import stop_process_group
@@ -95,7 +96,39 @@ async def test_bot_shutdown_stops_its_training_child(
         assert process_alive(child)
     # The block's exit is `bot.close()`, as on Ctrl-C, SIGTERM or a lost login.
     assert not process_alive(child), f"training child {child} outlived the bot"
-    assert bot.retrainer.status.outcome == "cancelled"
+    assert (bot.retrainer.status.outcome, bot.retrainer.status.detail) == ("cancelled", "the bot is shutting down")
+
+
+async def test_retrain_cancel_from_discord_stops_the_child_and_says_which_model_serves(
+    discord_standin: DiscordStandIn,
+    make_moodring_bot: BotFactory,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    tiny_backbone_dir: Path,
+    goemotions_dir: Path,
+) -> None:
+    async with make_moodring_bot(
+        model_dir=Path(shutil.copytree(tiny_model_dir, tmp_path / "serving")),
+        backbone=str(tiny_backbone_dir),
+        data_dir=str(goemotions_dir),
+        retrain_args="--epochs 50 --patience 50 --train-limit 256 --dev-limit 32 --max-length 16",
+    ) as bot:
+        serving = bot.inference.classifier
+        started = await discord_standin.dispatch_slash_command("moodring retrain", user=discord_standin.owner_id)
+        await discord_standin.wait_for_interaction_response(started)
+        await wait_until(lambda: bot.retrainer.child_pid is not None, timeout=30, what="the training child")
+        child = bot.retrainer.child_pid
+        cancel = await discord_standin.dispatch_slash_command("moodring retrain-cancel", user=discord_standin.owner_id)
+        await discord_standin.wait_for_interaction_response(cancel)  # deferred while the child stops
+        reply = await discord_standin.wait_for_request(
+            lambda r: r.params.get("interaction_token") == cancel["token"],
+            route="/webhooks/{application_id}/{interaction_token}",
+            method="POST",
+            timeout=30,
+        )
+        assert "Retraining cancelled (cancelled by an owner); the current model keeps serving." in reply.json["content"]
+        assert not process_alive(child), f"training child {child} outlived the cancel"
+        assert bot.inference.classifier is serving
 
 
 async def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path: Path) -> None:
@@ -184,3 +217,33 @@ def test_recovery_leaves_a_complete_directory_and_a_live_replace_alone(tmp_path:
     assert not recover_directory(target)  # the target is there: nothing to restore
     assert (target / "weights").read_text() == "serving"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model", live.name])
+
+
+def test_a_test_run_that_leaves_a_process_behind_fails(tmp_path: Path) -> None:
+    (tmp_path / "test_leaky.py").write_text(
+        textwrap.dedent(
+            """
+            import subprocess, sys
+
+            def test_starts_a_process_and_forgets_it():
+                child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+                print("started", child.pid)
+            """
+        )
+    )
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "process_guard", "-q", "-s", "-p", "no:cacheprovider", "test_leaky.py"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(TESTS)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    leaked = int(run.stdout.split("started ", 1)[1].split()[0])
+    try:
+        assert "1 passed" in run.stdout and run.returncode == pytest.ExitCode.TESTS_FAILED, run.stdout
+        assert f"process left behind by the tests: pid {leaked}" in run.stdout
+        assert not process_alive(leaked)  # and stopped, so that it cannot outlive the run either
+    finally:
+        if process_alive(leaked):
+            os.kill(leaked, signal.SIGKILL)

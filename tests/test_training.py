@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,16 +209,18 @@ def test_replace_directory_swaps_and_restores(tmp_path: Path, monkeypatch: pytes
     assert (target / "weights").read_text() == "new" and not new.exists()
     assert sorted(p.name for p in target.parent.iterdir()) == ["current"]  # nothing left beside it
 
-    newer = tmp_path / "runs" / "newer"
-    newer.mkdir()
     real_replace = os.replace
+    for fault in (OSError("disk full"), KeyboardInterrupt()):  # a failed rename, or Ctrl-C between the two
 
-    def failing_replace(src, dst):
-        if Path(src).name.startswith(".current.incoming"):
-            raise OSError("disk full")
-        return real_replace(src, dst)
+        def failing_replace(src, dst, fault=fault):
+            if Path(src).name.startswith(".current.incoming"):
+                raise fault
+            return real_replace(src, dst)
 
-    monkeypatch.setattr(storage.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
-        storage.replace_directory(newer, target)
-    assert (target / "weights").read_text() == "new"  # the serving model is back where it was
+        newer = tmp_path / "runs" / "newer"
+        newer.mkdir()
+        monkeypatch.setattr(storage.os, "replace", failing_replace)
+        with pytest.raises(type(fault)):
+            storage.replace_directory(newer, target)
+        assert (target / "weights").read_text() == "new"  # the serving model is back where it was
+        shutil.rmtree(newer, ignore_errors=True)
