@@ -80,9 +80,10 @@ MB = 1024 * 1024
 
 # Bot settings the command line passes through, as (option, environment variable, type, help). They reach the bot
 # through `BotConfig.from_env`, the parser `moodring run` uses, so they are validated the same way. A new setting is
-# one row here (e.g. ("--backend", "MOODRING_BACKEND", str, "torch, onnx, onnx-int8 or auto")).
+# one row here.
 BOT_SETTINGS: tuple[tuple[str, str, type, str], ...] = (
     ("--model", "MOODRING_MODEL_DIR", str, "exported model directory (default: the bot's default model directory)"),
+    ("--backend", "MOODRING_BACKEND", str, "auto, torch, onnx or onnx-int8 (default: auto)"),
     ("--batch-size", "MOODRING_BATCH_SIZE", int, "texts per inference batch"),
     ("--batch-wait-ms", "MOODRING_BATCH_WAIT_MS", float, "how long a batch waits to fill"),
     ("--queue-size", "MOODRING_QUEUE_SIZE", int, "inference queue bound (beyond it messages are skipped as busy)"),
@@ -680,7 +681,8 @@ def markdown(report: dict[str, Any], steps: list[Step]) -> str:
         "",
         f"Command: `{report['command']}`",
         "",
-        f"Bot: `MoodringBot` from `BotConfig.from_env` (as `moodring run`), model `{config['model_dir']}`, batch "
+        f"Bot: `MoodringBot` from `BotConfig.from_env` (as `moodring run`), model `{config['model_dir']}` served by "
+        f"{config['backend']}, batch "
         f"{config['batch_size']}, batch wait {config['batch_wait_ms']:g} ms, queue {config['queue_size']}"
         + (f"; settings: {', '.join(report['environment'])}" if report["environment"] else "")
         + f". {config['channels']} channels with automatic analysis on ({config['analysis']}), reactions off; "
@@ -862,6 +864,7 @@ async def drive(
         "machine": machine(),
         "config": {
             "model_dir": str(config.model_dir),
+            "backend": f"{bot.inference.classifier.backend}, {bot.inference.classifier.threads} intra-op threads",
             "batch_size": config.batch_size,
             "batch_wait_ms": config.batch_wait_ms,
             "queue_size": config.queue_size,
