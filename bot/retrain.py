@@ -169,7 +169,7 @@ class Retrainer:
             status.outcome, status.detail = "failed", str(failure)
         except Exception:
             log.exception("retrain failed")
-            status.outcome, status.detail = "failed", "an unexpected error; the details are in the bot's log"
+            status.outcome, status.detail = "failed", "An unexpected error; the details are in the bot's log."
         finally:
             # A second cancel (an impatient shutdown) must not leave a half-deleted run or a silent message.
             await _finish_despite_cancel(self._finish(status, on_progress, reporter, finished, run_dir, candidate))
@@ -267,7 +267,7 @@ class Retrainer:
         if code != 0:
             raise await _child_failed("training", code, log_path)
         if not await asyncio.to_thread((candidate / METADATA_FILE).is_file):
-            raise RetrainFailed("training finished without exporting a model")
+            raise RetrainFailed("Training finished without exporting a model.")
 
     async def _dev_macro_f1(self, model_dir: Path, log_path: Path) -> float:
         """Dev macro-F1 from the `eval-dev.json` that `moodring evaluate --split dev` writes beside a model.
@@ -364,10 +364,19 @@ async def _finish_despite_cancel(step: Awaitable[T]) -> tuple[T, bool]:
 
 async def _child_failed(what: str, code: int, log_path: Path) -> RetrainFailed:
     """Log a failed child's last output line (paths, tracebacks: for the host only); a short reason for Discord."""
-    how = f"was stopped by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    how = _exit_description(code)
     last_line = await asyncio.to_thread(_last_line, log_path)
     log.warning("%s %s; its last output: %s (full output in %s)", what, how, last_line, log_path)
-    return RetrainFailed(f"{what} {how}; the details are in the bot's log")
+    return RetrainFailed(f"{what.capitalize()} {how}; the details are in the bot's log.")
+
+
+def _exit_description(code: int) -> str:
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        return f"was stopped by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was stopped by signal {-code}"
 
 
 def reusable_dev_f1(report_path: Path, data_dir: str | None, backend: str | None = None) -> float | None:
@@ -468,7 +477,8 @@ def format_status(status: RetrainStatus) -> str:
         lines.append("Dev macro-F1 by epoch: " + ", ".join(f"{f:.3f}" for f in status.dev_f1))
     if status.outcome == "swapped":
         before = f" (was {status.current_f1:.3f})" if status.current_f1 is not None else ""
-        lines.append(f"✅ New model is now serving: dev macro-F1 {status.candidate_f1:.3f}{before}. {status.detail}")
+        served = f"✅ New model is now serving: dev macro-F1 {status.candidate_f1:.3f}{before}."
+        lines.append(f"{served} {status.detail}" if status.detail else served)
     elif status.outcome == "kept":
         lines.append(
             f"↩️ Kept the current model: new dev macro-F1 {status.candidate_f1:.3f} vs current "
