@@ -136,6 +136,9 @@ class MoodringBot(commands.AutoShardedBot):
             message = str(error) or "You can't use that command."
         elif isinstance(error, InvalidArgument):
             message = str(error)
+        elif self.is_closed():  # shutting down: Discord's session is gone, and so is the answer
+            log.info("shutting down: could not finish %r", interaction.command and interaction.command.qualified_name)
+            return
         else:
             log.error("command %r failed", interaction.command and interaction.command.qualified_name, exc_info=error)
             message = SOMETHING_WENT_WRONG
@@ -144,7 +147,8 @@ class MoodringBot(commands.AutoShardedBot):
     async def close(self) -> None:
         log.info("closing; message outcomes since start: %s", dict(self.counters))
         await self.retrainer.cancel("the bot is shutting down")
-        await super().close()
+        # Readings still waiting are answered "shutting down" while Discord can still be told.
         await self.inference.close()
+        await super().close()
         if self.store is not None:
             await self.store.close()

@@ -33,6 +33,10 @@ async def send_ephemeral(interaction: discord.Interaction, content: str) -> None
             await interaction.response.send_message(content, ephemeral=True, allowed_mentions=NO_MENTIONS)
     except discord.HTTPException:
         log.warning("could not send an error reply for interaction %s", interaction.id)
+    except RuntimeError:  # aiohttp's "Session is closed": the bot shut down while this answer was on its way
+        if not interaction.client.is_closed():
+            raise
+        log.info("shutting down: no reply for interaction %s", interaction.id)
 
 
 def admin_only() -> Callable[[T], T]:

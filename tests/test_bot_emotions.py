@@ -897,3 +897,34 @@ async def test_the_reaction_worker_survives_an_unexpected_error(
     assert puts_for(standin, sent[0]) == []
     assert bot.counters["reactions_failed"] == 1
     assert bot.counters["reactions_added"] == len(expected)
+
+
+async def test_closing_while_emotion_waits_answers_it_without_an_error(
+    make_moodring_bot: BotFactory, discord_standin: DiscordStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A shutdown while `/emotion` waits on the model fails that reading at once; its answer goes out if Discord's
+    session is still open, else it is dropped quietly: no traceback, no "Task exception was never retrieved"."""
+    import threading
+
+    standin = discord_standin
+    release = threading.Event()
+    try:
+        async with make_moodring_bot() as bot:
+            classifier = bot.inference.classifier
+            original = classifier.predict
+            started = threading.Event()
+
+            def stuck(texts, top_k):
+                started.set()
+                release.wait(30)
+                return original(texts, top_k)
+
+            classifier.predict = stuck
+            interaction = await standin.dispatch_slash_command("emotion", {"text": "waiting for a stuck model"})
+            await asyncio.to_thread(started.wait, 10)
+            await bot.close()
+            assert bot.is_closed() and interaction is not None
+    finally:
+        release.set()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
