@@ -126,8 +126,12 @@ class InferenceService:
         """
         self._reserved_cores = max(0, cores)
         classifier = self.classifier
-        if classifier is not None:
+        if classifier is None:
+            return
+        try:
             await asyncio.get_running_loop().run_in_executor(self._worker, classifier.set_threads, self.serving_threads)
+        except Exception as error:  # the model keeps serving with the threads it has
+            log.warning("could not run the model on %d threads: %s", self.serving_threads, error)
 
     async def load(self, path: str | Path) -> EmotionClassifier:
         """Load a model in the worker thread (never on the event loop) and serve it."""

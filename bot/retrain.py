@@ -295,6 +295,7 @@ class Retrainer:
         """Load the candidate fully, put it where the serving model lives on disk, then serve it."""
         classifier = await asyncio.to_thread(self.inference.open_model, candidate)
         await asyncio.to_thread(replace_directory, candidate, self.model_dir)
+        classifier.relocate(self.model_dir)
         self.inference.swap(classifier)
         log.info("now serving the retrained model from %s", self.model_dir)
 

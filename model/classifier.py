@@ -96,6 +96,10 @@ class EmotionClassifier:
         """The intra-op threads the scorer runs with."""
         return self.scorer.threads
 
+    def relocate(self, directory: str | Path) -> None:
+        """The model's files were moved to `directory` (a retrain's swap): read them there from now on."""
+        self.scorer.path = Path(directory) / self.scorer.path.name if self.scorer.path else None
+
     def set_threads(self, threads: int) -> None:
         """Score with `threads` intra-op threads from the next call on. Blocking (ONNX opens a new session):
         call it from the thread that predicts, never concurrently with `predict`."""
@@ -232,6 +236,7 @@ class _TorchScorer:
     """Scores through the torch network (fp32, on any device)."""
 
     backend = "torch"
+    path = None  # no file is read after loading
 
     def __init__(self, network: torch.nn.Module, device: str | torch.device, threads: int) -> None:
         self.device = torch.device(device)
