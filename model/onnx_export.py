@@ -137,11 +137,18 @@ def graph_operators(path: str | Path) -> set[str]:
 
 @contextlib.contextmanager
 def _without_preprocessing_advice():
-    """Drop quantize_dynamic's root-logger advice to run `quant_pre_process`: its symbolic shape inference
-    cannot follow this graph's dynamic reshapes, and the graph quantizes fully without it."""
+    """Drop quantize_dynamic's root-logger chatter: its advice to run `quant_pre_process` (its symbolic shape
+    inference cannot follow this graph's dynamic reshapes, and the graph quantizes fully without it), and one
+    "Quantization parameters for tensor ... not specified" line per activation (dynamic quantization computes
+    them at run time), and one "Ignore MatMul due to non constant B" per attention product (kept fp32 on purpose)."""
 
     def keep(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Please consider to run pre-processing")
+        message = record.getMessage()
+        return not (
+            message.startswith("Please consider to run pre-processing")
+            or (message.startswith("Quantization parameters for tensor") and message.endswith("not specified"))
+            or message.startswith("Ignore MatMul due to non constant B")
+        )
 
     root = logging.getLogger()
     root.addFilter(keep)
