@@ -19,7 +19,7 @@ from bot.inference import InferenceService
 from bot.retrain import Retrainer
 from bot.store import Store
 from bot.utils import NO_MENTIONS, SOMETHING_WENT_WRONG, InvalidArgument, send_ephemeral
-from model import ModelNotFoundError
+from model import ModelError, ModelNotFoundError
 from model.storage import recover_directory
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,9 @@ class MoodringBot(commands.AutoShardedBot):
             await self.inference.load(self.config.model_dir)
         except ModelNotFoundError as error:
             log.warning("%s", error)
+            return False
+        except ModelError as error:  # says what is wrong and what to do: no traceback needed
+            log.error("%s Answering without a model meanwhile.", error)
             return False
         except Exception:
             log.exception("could not load the model in %s; answering without one", self.config.model_dir)

@@ -928,3 +928,17 @@ async def test_closing_while_emotion_waits_answers_it_without_an_error(
         release.set()
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
+
+
+async def test_a_broken_model_is_one_clear_log_line_and_the_bot_still_runs(
+    make_moodring_bot: BotFactory, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import shutil
+
+    broken = Path(shutil.copytree(tiny_model_dir, tmp_path / "broken"))
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
+    async with make_moodring_bot(model_dir=broken) as bot:
+        assert not bot.inference.ready
+    (record,) = [r for r in caplog.records if r.name == "bot.app" and r.levelno >= logging.WARNING]
+    assert "truncated or corrupt" in record.getMessage() and record.exc_info is None
