@@ -1,4 +1,4 @@
-"""Helpers for the cogs: replies that never ping, the permission checks, flood limits and loop back-off."""
+"""Helpers for the cogs: replies that never ping, the permission checks and the flood limits."""
 
 from __future__ import annotations
 
@@ -88,7 +88,6 @@ class FloodLimits:
     """
 
     def __init__(self, per_user: int, per_channel: int, window: float, clock: Callable[[], float]) -> None:
-        self.window = window
         self.clock = clock
         self.users = commands.CooldownMapping.from_cooldown(per_user, window, lambda asker: asker.user_id)
         self.channels = commands.CooldownMapping.from_cooldown(per_channel, window, lambda asker: asker.channel_id)

@@ -273,7 +273,7 @@ class _OnnxScorer:
         export = f"`moodring export-onnx --model {directory}`"
         redo = f"Re-export it with {export}."
         try:
-            import onnxruntime
+            import onnxruntime  # noqa: F401 (is it installed? the session is opened below)
         except ImportError as error:
             raise _Unavailable(f"onnxruntime is not installed ({error}); `pip install onnxruntime`") from error
         if not path.is_file():
@@ -284,9 +284,7 @@ class _OnnxScorer:
         try:
             if file_sha256(path) != record.get("sha256"):
                 raise ModelError(f"{path} is corrupt: its SHA-256 differs from the one in {METADATA_FILE}. {redo}")
-            session = onnxruntime.InferenceSession(
-                str(path), sess_options=ort_session_options(threads), providers=["CPUExecutionProvider"]
-            )
+            session = _cpu_session(path, threads)
         except ModelError:
             raise
         except Exception as error:  # onnxruntime raises its own exception types for unreadable graphs
@@ -301,11 +299,7 @@ class _OnnxScorer:
     def set_threads(self, threads: int) -> None:
         """ONNX Runtime fixes a session's thread pool when it opens it, so open the same file again."""
         if threads != self.threads:
-            import onnxruntime
-
-            self.session = onnxruntime.InferenceSession(
-                str(self.path), sess_options=ort_session_options(threads), providers=["CPUExecutionProvider"]
-            )
+            self.session = _cpu_session(self.path, threads)
             self.threads = threads
 
     def scores(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -314,6 +308,15 @@ class _OnnxScorer:
             "attention_mask": attention_mask.astype(np.int64, copy=False),
         }
         return self.session.run([OUTPUT_NAME], feed)[0]
+
+
+def _cpu_session(path: Path, threads: int):
+    """An ONNX Runtime session for `path` on the CPU, with `threads` intra-op threads that never spin."""
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(
+        str(path), sess_options=ort_session_options(threads), providers=["CPUExecutionProvider"]
+    )
 
 
 _Scorer = _TorchScorer | _OnnxScorer
