@@ -224,3 +224,47 @@ def test_replace_directory_swaps_and_restores(tmp_path: Path, monkeypatch: pytes
             storage.replace_directory(newer, target)
         assert (target / "weights").read_text() == "new"  # the serving model is back where it was
         shutil.rmtree(newer, ignore_errors=True)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_channel_last_training_path_is_the_network_with_its_own_parameters(groups: int) -> None:
+    """Training runs through `LinearView(share_weights=True)`: same logits, same gradients, on the same tensors."""
+    import torch
+    from transformers import SqueezeBertConfig
+
+    from model.network import SqueezeBertForEmotions
+    from training.module import TezEmotionModel
+
+    torch.manual_seed(0)
+    grouping = {f"{name}_groups": groups for name in ("q", "k", "v", "post_attention", "intermediate", "output")}
+    config = SqueezeBertConfig(
+        vocab_size=500, hidden_size=32, embedding_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, num_labels=5, **grouping,
+    )  # fmt: skip
+    network = SqueezeBertForEmotions(config)
+    module = TezEmotionModel(network, learning_rate=1e-3, weight_decay=0.0, warmup_ratio=0.0, num_train_steps=1)
+    assert {id(p) for p in module.parameters()} == {id(p) for p in network.parameters()}  # no copies to train
+    input_ids = torch.randint(5, 500, (3, 11))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 6:], attention_mask[2, 2:] = 0, 0
+    targets = (torch.rand(3, 5) > 0.5).float()
+    module.eval()  # dropout off on both paths, so they must agree exactly
+
+    def gradients(loss: torch.Tensor) -> list[torch.Tensor]:
+        network.zero_grad()
+        loss.backward()
+        return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in network.parameters()]
+
+    logits, loss, _ = module(input_ids, attention_mask, targets)
+    expected = network(input_ids, attention_mask)
+    assert (logits - expected).abs().max() < 1e-5
+    for ours, reference in zip(gradients(loss), gradients(module.loss_fn(expected, targets)), strict=True):
+        assert torch.allclose(ours, reference, atol=1e-6)
+
+    module.train()
+    assert network.training and all(m.training for m in network.modules())
+    optimizer, _ = module.optimizer_scheduler()
+    before = network.transformer.encoder.layers[0].intermediate.conv1d.weight.detach().clone()
+    module(input_ids, attention_mask, targets)[1].backward()
+    optimizer.step()
+    assert not torch.equal(before, network.transformer.encoder.layers[0].intermediate.conv1d.weight)
