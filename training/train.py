@@ -27,7 +27,13 @@ from training.callbacks import DevEvaluation, ProgressLog, read_checkpoint
 from training.config import TrainArgs
 from training.data import LengthGroupedSampler, PadCollator, encode, load_goemotions, resolve_data_dir
 from training.export import DevSet, export_model, git_commit, library_versions, now_iso
-from training.metrics import classification_report, tune_global_threshold, tune_thresholds
+from training.metrics import (
+    THRESHOLD_RULES,
+    classification_report,
+    cross_fit_macro_f1,
+    tune_global_threshold,
+    tune_thresholds,
+)
 from training.module import TezEmotionModel
 
 log = logging.getLogger(__name__)
@@ -67,6 +73,9 @@ def train(args: TrainArgs) -> Path:
     num_labels = len(data.labels)
     train_rows = encode(train_split, tokenizer, args.max_length, num_labels)
     dev_rows = encode(dev_split, tokenizer, args.max_length, num_labels)
+    # Dev is scored shortest first, so each batch pads little; row order changes no metric.
+    by_length = np.argsort([len(ids) for ids in dev_rows["input_ids"]], kind="stable")
+    dev_rows, dev_split = dev_rows.select(by_length), dev_split.select(by_length)
 
     collate = PadCollator(tokenizer.pad_token_id)
     lengths = [len(ids) for ids in train_rows["input_ids"]]
@@ -120,13 +129,16 @@ def train(args: TrainArgs) -> Path:
         "rows": len(dev_split),
         "macro_f1": report["macro_f1"],
         "micro_f1": report["micro_f1"],
+        # The honest estimate: each dev row decided by thresholds tuned on the other four fifths of dev.
+        "cross_fit_macro_f1": {rule: cross_fit_macro_f1(truth, scores, rule) for rule in THRESHOLD_RULES},
         "best_epoch": best_epoch,
         "history": dev_evaluation.history,
     }
     log.info(
-        "best epoch %d: dev macro-F1 %.4f, micro-F1 %.4f",
+        "best epoch %d: dev macro-F1 %.4f (%.4f cross-fit), micro-F1 %.4f",
         best_epoch,
         report["macro_f1"],
+        dev_metrics["cross_fit_macro_f1"]["per_label"],
         report["micro_f1"],
     )
     metadata = ModelMetadata(
