@@ -31,8 +31,10 @@ def test_metadata_round_trip(tiny_model_dir: Path, tiny_backbone_dir: Path) -> N
     assert len(meta.labels) == 28 and meta.labels[-1] == "neutral"
     assert len(meta.thresholds) == 28 and all(0 < t < 1 for t in meta.thresholds)
     assert 0 < meta.global_threshold < 1
-    assert str(tiny_backbone_dir) in meta.backbone
+    assert f"local directory {tiny_backbone_dir.name}" in meta.backbone
     assert meta.training_args["epochs"] == 1 and meta.training_args["train_limit"] == 512
+    assert str(tiny_backbone_dir) not in (tiny_model_dir / "moodring.json").read_text()  # no machine paths
+    assert not {"data_dir", "out", "work_dir"} & set(meta.training_args)
     assert set(meta.data_checksums) >= {"train.tsv", "dev.tsv", "emotions.txt"}
     assert "test.tsv" not in meta.data_checksums  # training never reads the test split
     assert meta.dev_metrics["rows"] == 256 and 0 <= meta.dev_metrics["macro_f1"] <= 1

