@@ -9,6 +9,7 @@ from dataclasses import fields
 from model.cli import add_serving_options, finite_number, positive_int, serving_threads, whole_number
 
 DATA_HELP = "GoEmotions directory in the original TSV layout (default: $GOEMOTIONS_DIR, else the hub)"
+EXTRA_HELP = "community corrections in GoEmotions' layout (written by `moodring corrections export`)"
 MAX_POSITIONS = 512
 MODEL_HELP = "exported model directory (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"
 
@@ -58,6 +59,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_false",
         help="skip model.onnx / model.int8.onnx (add them later with `moodring export-onnx`)",
     )
+    train.add_argument("--extra-data", help=EXTRA_HELP + "; its train split is mixed into GoEmotions' train")
+    train.add_argument(
+        "--extra-weight",
+        type=positive_int,
+        default=defaults["extra_weight"],
+        help=f"copies of the extra train split mixed in (default: {defaults['extra_weight']})",
+    )
     train.set_defaults(handler=run_train)
 
     export = commands.add_parser(
@@ -73,6 +81,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--split", choices=["dev", "test"], default="dev", help="test only for the final report")
     evaluate.add_argument("--data-dir", help=DATA_HELP)
     evaluate.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    evaluate.add_argument("--extra-data", help=EXTRA_HELP + "; its dev split is reported as community dev")
     add_serving_options(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -114,7 +123,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if threads is None:
         return 2
     try:
-        report = evaluate(args.model, split=args.split, data_dir=args.data_dir, backend=args.backend, threads=threads)
+        report = evaluate(
+            args.model,
+            split=args.split,
+            data_dir=args.data_dir,
+            backend=args.backend,
+            threads=threads,
+            extra_data=args.extra_data,
+        )
     except (ModelError, DataError) as error:
         print(f"moodring evaluate: {error}", file=sys.stderr)
         return 2

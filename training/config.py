@@ -28,3 +28,5 @@ class TrainArgs:
     dev_limit: int | None = None
     threads: int | None = None  # torch intra-op threads; default: MOODRING_THREADS, OMP_NUM_THREADS, usable cores
     onnx: bool = True  # also export model.onnx and model.int8.onnx (with int8 thresholds tuned on dev)
+    extra_data: str | None = None  # community corrections in GoEmotions' layout (`moodring corrections export`)
+    extra_weight: int = 1  # copies of the extra train split mixed into GoEmotions' train
