@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -23,6 +24,8 @@ from pathlib import Path
 
 from bot.store import Correction, Store
 from model.metadata import ModelMetadata
+
+log = logging.getLogger(__name__)
 
 DEV_PERCENT = 20  # share of corrected texts held out as "community dev"
 LABELS_FILE = "emotions.txt"
@@ -93,8 +96,27 @@ def write_dataset(
     return ExportSummary(len(corrections), len(rows["train"]), len(rows["dev"]), dropped)
 
 
+async def export_store(store: Store | None, out: Path, model_dir: Path) -> ExportSummary | None:
+    """The corrections of the servers that collect them, for `/moodring retrain`; None when there are none, or no
+    model yet to name the labels (the first training has no corrections to learn from anyway)."""
+    if store is None:
+        return None
+    corrections = await store.corrections(contributing=True)
+    if not corrections:
+        return None
+    try:
+        metadata = await asyncio.to_thread(ModelMetadata.load, model_dir)
+    except (OSError, ValueError) as error:
+        log.warning(
+            "not retraining with the %d corrections: no label names from %s (%s)", len(corrections), model_dir, error
+        )
+        return None
+    return await asyncio.to_thread(write_dataset, corrections, out, metadata)
+
+
 async def export_database(database: Path, out: Path, model_dir: Path) -> ExportSummary:
-    """Export every correction in a bot's database file (shared with a running bot: no one-bot lock)."""
+    """Export the corrections of the servers that collect them from a bot's database file (it may be shared with a
+    running bot: no one-bot lock)."""
     if not Path(database).is_file():
         raise ExportError(f"{database}: no such database file (the bot's MOODRING_DATABASE)")
     try:
@@ -105,7 +127,7 @@ async def export_database(database: Path, out: Path, model_dir: Path) -> ExportS
         ) from None
     store = await Store.open(database, exclusive=False)
     try:
-        corrections = await store.corrections()
+        corrections = await store.corrections(contributing=True)
     finally:
         await store.close()
     return await asyncio.to_thread(write_dataset, corrections, out, metadata)

@@ -594,9 +594,16 @@ class Store:
             ) as cursor:
                 return "stored" if cursor.rowcount > 0 else "duplicate"
 
-    async def corrections(self, guild_id: int | None = None) -> list[Correction]:
-        """Every correction of one guild (or of all of them, for an export), oldest first."""
-        where, params = ("WHERE guild_id = ?", (guild_id,)) if guild_id is not None else ("", ())
+    async def corrections(self, guild_id: int | None = None, *, contributing: bool = False) -> list[Correction]:
+        """Every correction of one guild (or of all of them), oldest first; `contributing`: only those of guilds
+        that collect corrections now (what training uses: a guild that turns them off stops contributing)."""
+        conditions, params = [], []
+        if guild_id is not None:
+            conditions.append("guild_id = ?")
+            params.append(guild_id)
+        if contributing:
+            conditions.append("guild_id IN (SELECT guild_id FROM guild_settings WHERE corrections = 1)")
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = await self._fetchall(f"SELECT {_CORRECTION_COLUMNS} FROM corrections {where} ORDER BY id", params)
         return [
             Correction(

@@ -27,8 +27,8 @@ CORRECTIONS_ON = (
     "emotions they chose are kept (no user ids) and used to retrain the model. `/privacy` says so to members."
 )
 CORRECTIONS_OFF_KEPT = (
-    "Corrections are **off**: **Not quite?** tells members so. The corrections kept so far stay until you delete "
-    "them with `/moodring corrections action:clear`."
+    "Corrections are **off**: **Not quite?** tells members so, and retraining no longer uses this server's. The "
+    "corrections kept so far stay until you delete them with `/moodring corrections action:clear`."
 )
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
