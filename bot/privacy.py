@@ -38,7 +38,7 @@ def privacy_sections(retention_days: int) -> list[tuple[str, str]]:
         (
             "How to delete it",
             "admins can delete all of this server's statistics and corrections with `/moodring forget`, the "
-            "corrections alone with `/moodring corrections clear`, or stop analysis in a channel with "
+            "corrections alone with `/moodring corrections action:clear`, or stop analysis in a channel with "
             "`/moodring channel analysis:false`. When the bot is removed from a server, that server's "
             "statistics, corrections, settings and schedules are deleted.",
         ),
