@@ -13,6 +13,7 @@ from discord_standin import DiscordStandIn, payloads
 from test_bot_store import database_files, rows_mentioning, traces
 
 from bot.app import MoodringBot
+from bot.cogs.corrections import GONE
 from bot.corrections import (
     ALREADY_CORRECTED,
     CORRECTIONS_OFF,
@@ -251,6 +252,19 @@ async def test_a_reading_older_than_the_retention_cannot_be_corrected(
     now = moodring_bot.clock()
     moodring_bot.clock = lambda: now + DEFAULT_RETENTION_DAYS * 86400 + 60
     assert (await press(standin, answer))["content"] == EXPIRED
+    assert await moodring_bot.store.corrections() == []
+
+
+async def test_a_deleted_message_cannot_be_corrected(
+    moodring_bot: MoodringBot, discord_standin: DiscordStandIn
+) -> None:
+    """The button finds the text again from the message itself: once it is deleted, nothing of it is kept."""
+    standin = discord_standin
+    await enable(standin)
+    target = store_message(standin, "gone soon, but so skibbly")
+    menu = await answer_of(standin, await standin.dispatch_context_menu("Analyze emotions", target))
+    standin.world.messages.pop(int(target["id"]))
+    assert (await press(standin, menu))["content"] == GONE
     assert await moodring_bot.store.corrections() == []
 
 

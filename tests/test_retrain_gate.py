@@ -5,6 +5,7 @@ both models on GoEmotions dev and community dev; then the planted-pattern test o
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
 from test_retrain import TINY_ARGS, make_retrainer, serving  # noqa: F401 (`serving` is a fixture)
@@ -107,6 +108,28 @@ async def test_a_retrain_exports_the_corrections_and_scores_both_models_on_commu
     assert f"new {status.candidate_community_f1:.3f} vs current {status.current_community_f1:.3f}" in text
     run_dir = next((tmp_path / "runs").iterdir())
     assert not (run_dir / "corrections").exists()  # the corrected text stays in the database only
+
+
+async def test_a_failed_export_fails_the_run_and_the_current_model_keeps_serving(
+    serving,  # noqa: F811
+    tmp_path: Path,
+    tiny_backbone_dir: Path,
+    goemotions_dir: Path,
+) -> None:
+    service, model_dir = serving
+    old = service.classifier
+
+    async def broken(out: Path):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    retrainer = make_retrainer(
+        service, model_dir, tmp_path, tiny_backbone_dir, goemotions_dir, export_corrections=broken
+    )
+    retrainer.start()
+    status = await asyncio.wait_for(retrainer.wait(), 60)
+    assert status.outcome == "failed" and "corrections failed" in status.detail and "disk" not in status.detail
+    assert service.classifier is old
+    assert not (next((tmp_path / "runs").iterdir()) / "train.log").exists()  # no training was started
 
 
 async def test_planted_corrections_teach_a_new_word(
