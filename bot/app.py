@@ -14,6 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.community_data import export_store
 from bot.config import BotConfig
 from bot.inference import InferenceService
 from bot.retrain import Retrainer
@@ -24,7 +25,7 @@ from model.storage import recover_directory
 
 log = logging.getLogger(__name__)
 
-COGS = ("bot.cogs.emotions", "bot.cogs.mood", "bot.cogs.admin")
+COGS = ("bot.cogs.emotions", "bot.cogs.corrections", "bot.cogs.mood", "bot.cogs.admin")
 
 NO_MODEL = (
     "I haven't been trained yet, so I can't read emotions. "
@@ -74,6 +75,8 @@ class MoodringBot(commands.AutoShardedBot):
             extra_args=config.retrain_args,
             tolerance=config.retrain_tolerance,
             progress_interval=config.progress_interval,
+            export_corrections=lambda out: export_store(self.store, out, config.model_dir),
+            community_min_rows=config.community_dev_min_rows,
         )
         self.store: Store | None = None
         self.counters: Counter[str] = Counter()

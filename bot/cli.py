@@ -20,6 +20,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.set_defaults(handler=run_bot)
     sync = commands.add_parser("sync-commands", help="publish the slash commands globally, then exit")
     sync.set_defaults(handler=sync_commands)
+    corrections = commands.add_parser("corrections", help="community corrections kept by the bot")
+    actions = corrections.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = actions.add_parser(
+        "export", help="write the corrections in GoEmotions' layout (train.tsv, dev.tsv, emotions.txt, ...)"
+    )
+    export.add_argument("--database", required=True, help="the bot's database file (MOODRING_DATABASE)")
+    export.add_argument("--out", required=True, help="directory to write (for `moodring train --extra-data`)")
+    export.add_argument(
+        "--model", help="a trained model, for the label names (default: $MOODRING_MODEL_DIR or models/...)"
+    )
+    export.set_defaults(handler=export_corrections)
 
 
 def _bot(**overrides):
@@ -35,6 +46,26 @@ def _bot(**overrides):
     from bot.app import MoodringBot  # torch, transformers and discord.py: only once the settings are good
 
     return MoodringBot(config)
+
+
+def export_corrections(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bot.community_data import ExportError, export_database
+    from bot.store import StoreError
+    from model import default_model_dir
+
+    model_dir = Path(args.model) if args.model else default_model_dir()
+    try:
+        summary = asyncio.run(export_database(Path(args.database), Path(args.out), model_dir))
+    except (ExportError, StoreError) as error:
+        print(f"moodring corrections export: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"Exported {summary.corrections} corrections as {summary.train_rows} train and {summary.dev_rows} dev rows "
+        f"to {args.out} ({summary.dropped} texts without a majority label left out)."
+    )
+    return 0
 
 
 def run_bot(args: argparse.Namespace) -> int:

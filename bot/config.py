@@ -51,6 +51,9 @@ class BotConfig:
     readings_per_user: int = 5  # on-demand readings (/emotion, reply-mentions) per member per window
     readings_per_channel: int = 15  # ... and per channel
     reading_window_s: float = 60.0
+    corrections_per_member: int = 5  # "Not quite?" corrections a member may start per window
+    corrections_window_s: float = 600.0
+    community_dev_min_rows: int = 50  # the retrain gate compares community-dev F1 only with at least this many rows
     backend: str = "auto"  # auto: int8 ONNX when the model has it and onnxruntime imports, else torch
     threads: int | None = None  # inference intra-op threads; None: the cores this process may use
 
@@ -86,6 +89,9 @@ class BotConfig:
             readings_per_user=_at_least(1, env, "MOODRING_READINGS_PER_USER", cls.readings_per_user),
             readings_per_channel=_at_least(1, env, "MOODRING_READINGS_PER_CHANNEL", cls.readings_per_channel),
             reading_window_s=_at_least(1.0, env, "MOODRING_READING_WINDOW_S", cls.reading_window_s),
+            corrections_per_member=_at_least(1, env, "MOODRING_CORRECTIONS_PER_MEMBER", cls.corrections_per_member),
+            corrections_window_s=_at_least(1.0, env, "MOODRING_CORRECTIONS_WINDOW_S", cls.corrections_window_s),
+            community_dev_min_rows=_at_least(1, env, "MOODRING_COMMUNITY_DEV_MIN_ROWS", cls.community_dev_min_rows),
             # Last: the default imports torch, which a bad setting above should not wait for.
             model_dir=Path(env.get("MOODRING_MODEL_DIR") or _default_model_dir()),
         )

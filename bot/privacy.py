@@ -17,21 +17,30 @@ def privacy_sections(retention_days: int) -> list[tuple[str, str]]:
             "emotion, and the sum of the model's scores. All of it is kept in one SQLite file on the bot's host.",
         ),
         (
+            "Corrections (only if an admin turns them on)",
+            "when a member answers **Not quite?** under a reading, moodring keeps the text the model read (with "
+            "mentions masked), the emotions the member chose, the model's top emotions and version, the server, "
+            "the channel and the time, and uses them to retrain the model. No user id: a salted hash stops a "
+            "member correcting the same message twice and is deleted after the retention period. This is the only "
+            "place message text is kept; it is off by default (`/moodring corrections`).",
+        ),
+        (
             "What it never stores",
-            "message text, user ids or names. Messages are classified in memory and forgotten; they are never "
-            "used to train the model (it learns from the public GoEmotions data only). The flood limits remember "
-            "who asked for a reading in memory only, for one limit window.",
+            "user ids or names, or the text of messages nobody corrected. Messages are classified in memory and "
+            "forgotten. The flood limits remember who asked for a reading or sent a correction in memory only, "
+            "for one limit window.",
         ),
         (
             "How long",
-            f"statistics older than {retention_days} days are deleted by a daily prune "
-            "(admins: `/moodring retention`).",
+            f"statistics older than {retention_days} days are deleted by a daily prune, and so are the "
+            "correction hashes (admins: `/moodring retention`); corrections stay until an admin deletes them.",
         ),
         (
             "How to delete it",
-            "admins can delete all of this server's statistics with `/moodring forget`, or stop analysis in a "
-            "channel with `/moodring channel analysis:false`. When the bot is removed from a server, that "
-            "server's statistics, settings and schedules are deleted.",
+            "admins can delete all of this server's statistics and corrections with `/moodring forget`, the "
+            "corrections alone with `/moodring corrections action:clear`, or stop analysis in a channel with "
+            "`/moodring channel analysis:false`. When the bot is removed from a server, that server's "
+            "statistics, corrections, settings and schedules are deleted.",
         ),
     ]
 

@@ -2,8 +2,13 @@
 
 `moodring train` runs as a child process writing a candidate model; its `progress.jsonl` is read
 for progress. When it finishes, `moodring evaluate --split dev --json` scores the candidate and the
-serving model the same way, and the candidate replaces the serving model only if it is at least as
-good, within a tolerance. Whatever goes wrong, the serving model keeps serving.
+serving model the same way, and the candidate replaces the serving model only if it passes the gate
+(`should_swap`): at least as good on GoEmotions dev within a tolerance and, once there are enough members'
+corrections to tell, at least as good on "community dev". Whatever goes wrong, the serving model keeps serving.
+
+Before training, the corrections of the servers that collect them are exported from the bot's own database
+(`export_corrections`) and passed as `--extra-data`; the export is deleted when the run ends, since message text
+is kept only in the database.
 
 Children never outlive the run: a cancel or the bot's shutdown stops the child (SIGTERM to its process
 group, SIGKILL after a grace period), and a child whose bot dies without warning stops by itself
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from bot.community_data import ExportSummary
 from bot.config import split_retrain_args
 from bot.inference import InferenceService
 from model.metadata import METADATA_FILE
@@ -40,6 +46,11 @@ T = TypeVar("T")
 
 #: The report `moodring evaluate --split dev` writes into the model directory it scores.
 DEV_REPORT = "eval-dev.json"
+#: Community-dev rows needed before the gate compares models on them (fewer say little): BotConfig's default.
+DEFAULT_COMMUNITY_MIN_ROWS = 50
+
+#: Writes the corrections for a retrain into a directory; None when there are none to use.
+ExportCorrections = Callable[[Path], Awaitable[ExportSummary | None]]
 
 
 class RetrainFailed(RuntimeError):
@@ -62,6 +73,11 @@ class RetrainStatus:
     outcome: str | None = None  # swapped, kept, failed, cancelled
     candidate_f1: float | None = None
     current_f1: float | None = None
+    # Community dev (members' corrections): its size, micro-F1 by epoch and of each model.
+    community_rows: int = 0
+    community_f1: list[float] = field(default_factory=list)
+    candidate_community_f1: float | None = None
+    current_community_f1: float | None = None
     detail: str = ""  # shown in Discord: never a host path or a child's output
 
     @property
@@ -91,6 +107,8 @@ class Retrainer:
         tolerance: float = 0.005,
         progress_interval: float = 5.0,
         stop_grace_s: float = 10.0,
+        export_corrections: ExportCorrections | None = None,
+        community_min_rows: int = DEFAULT_COMMUNITY_MIN_ROWS,
     ) -> None:
         self.inference = inference
         self.model_dir = Path(model_dir)
@@ -101,6 +119,8 @@ class Retrainer:
         self.tolerance = tolerance
         self.progress_interval = progress_interval
         self.stop_grace_s = stop_grace_s
+        self.export_corrections = export_corrections
+        self.community_min_rows = community_min_rows
         self.status: RetrainStatus | None = None
         self._task: asyncio.Task | None = None
         self._process: asyncio.subprocess.Process | None = None
@@ -150,13 +170,26 @@ class Retrainer:
         try:
             await self.inference.reserve_cores(self.child_threads())
             await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
-            await self._train(candidate, run_dir)
+            extra = await self._export(run_dir / "corrections", status)
+            await self._train(candidate, run_dir, extra)
             await asyncio.to_thread(progress.update, status)
             status.phase = "evaluating"  # the reporter task shows it
-            status.candidate_f1 = await self._dev_macro_f1(candidate, run_dir / "eval-candidate.log")
+            status.candidate_f1, status.candidate_community_f1 = await self._dev_scores(
+                candidate, run_dir / "eval-candidate.log", extra
+            )
             if self.inference.ready and await asyncio.to_thread((self.model_dir / METADATA_FILE).is_file):
-                status.current_f1 = await self._dev_macro_f1(self.model_dir, run_dir / "eval-current.log")
-            if should_swap(status.candidate_f1, status.current_f1, self.tolerance):
+                status.current_f1, status.current_community_f1 = await self._dev_scores(
+                    self.model_dir, run_dir / "eval-current.log", extra
+                )
+            if should_swap(
+                status.candidate_f1,
+                status.current_f1,
+                self.tolerance,
+                candidate_community=status.candidate_community_f1,
+                current_community=status.current_community_f1,
+                community_rows=status.community_rows,
+                min_community_rows=self.community_min_rows,
+            ):
                 _, stopped_meanwhile = await _finish_despite_cancel(self._swap_in(candidate))
                 status.outcome = "swapped"
                 if stopped_meanwhile:
@@ -191,8 +224,9 @@ class Retrainer:
         finished.set()
         await reporter
         status.phase = status.outcome or "cancelled"
-        # Keep the logs for whoever investigates; the checkpoint and the candidate are large.
-        for heavy in (candidate, run_dir / "work" / "best"):
+        # Keep the logs for whoever investigates; the checkpoint and the candidate are large, and the corrections'
+        # text is kept in the database only.
+        for heavy in (candidate, run_dir / "work" / "best", run_dir / "corrections"):
             await asyncio.to_thread(shutil.rmtree, heavy, ignore_errors=True)
         await self.inference.reserve_cores(0)
         await self._notify(status, on_progress)
@@ -258,10 +292,33 @@ class Retrainer:
             self._process = None
             os.close(lifeline)
 
-    async def _train(self, candidate: Path, run_dir: Path) -> None:
+    async def _export(self, directory: Path, status: RetrainStatus) -> Path | None:
+        """The members' corrections as `--extra-data`, or None without any; a failed export is a failed run."""
+        if self.export_corrections is None:
+            return None
+        try:
+            summary = await self.export_corrections(directory)
+        except Exception as error:
+            log.exception("exporting the corrections for a retrain failed")
+            failure = "Exporting the members' corrections failed; the details are in the bot's log."
+            raise RetrainFailed(failure) from error
+        if summary is None or summary.rows == 0:
+            return None
+        status.community_rows = summary.dev_rows
+        log.info(
+            "retraining with %d corrections: %d train and %d community-dev rows",
+            summary.corrections,
+            summary.train_rows,
+            summary.dev_rows,
+        )
+        return directory
+
+    async def _train(self, candidate: Path, run_dir: Path, extra: Path | None = None) -> None:
         args = ["train", "--backbone", self.backbone, "--out", str(candidate), "--work-dir", str(run_dir / "work")]
         if self.data_dir:
             args += ["--data-dir", self.data_dir]
+        if extra is not None:
+            args += ["--extra-data", str(extra)]
         log_path = run_dir / "train.log"
         code = await self._spawn(self._command(*args, *self.extra_args), log_path)
         if code != 0:
@@ -269,27 +326,30 @@ class Retrainer:
         if not await asyncio.to_thread((candidate / METADATA_FILE).is_file):
             raise RetrainFailed("Training finished without exporting a model.")
 
-    async def _dev_macro_f1(self, model_dir: Path, log_path: Path) -> float:
-        """Dev macro-F1 from the `eval-dev.json` that `moodring evaluate --split dev` writes beside a model.
+    async def _dev_scores(self, model_dir: Path, log_path: Path, extra: Path | None) -> tuple[float, float | None]:
+        """GoEmotions dev macro-F1, and community-dev micro-F1 with `extra` (else None), from the `eval-dev.json`
+        that `moodring evaluate --split dev` writes beside a model.
 
-        The report already there is reused only if it was computed from exactly the files now in the
+        Without `extra`, the report already there is reused if it was computed from exactly the files now in the
         model directory and the data directory (`reusable_dev_f1`); otherwise the model is scored again.
         """
         report = model_dir / DEV_REPORT
         served = self.inference.classifier
         backend = served.backend if served is not None and model_dir == self.model_dir else self.inference.backend
-        reused = await asyncio.to_thread(reusable_dev_f1, report, self.data_dir, backend)
+        reused = None if extra is not None else await asyncio.to_thread(reusable_dev_f1, report, self.data_dir, backend)
         if reused is not None:
             log.info("reusing the dev score of %s from its %s", model_dir, DEV_REPORT)
-            return reused
+            return reused, None
         args = ["evaluate", "--model", str(model_dir), "--split", "dev", "--backend", self.inference.backend]
         if self.data_dir:
             args += ["--data-dir", self.data_dir]
+        if extra is not None:
+            args += ["--extra-data", str(extra)]
         code = await self._spawn(self._command(*args), log_path)
         if code != 0:
             which = "the current model" if model_dir == self.model_dir else "the new model"
             raise await _child_failed(f"scoring {which} on dev", code, log_path)
-        return await asyncio.to_thread(_read_macro_f1, report)
+        return await asyncio.to_thread(_read_scores, report)
 
     async def _swap_in(self, candidate: Path) -> None:
         """Load the candidate fully, put it where the serving model lives on disk, then serve it."""
@@ -409,8 +469,11 @@ def reusable_dev_f1(report_path: Path, data_dir: str | None, backend: str | None
         return None
 
 
-def _read_macro_f1(report_path: Path) -> float:
-    return float(json.loads(Path(report_path).read_text(encoding="utf-8"))["macro_f1"])
+def _read_scores(report_path: Path) -> tuple[float, float | None]:
+    """(GoEmotions dev macro-F1, community dev micro-F1 or None) from a dev report."""
+    report = json.loads(Path(report_path).read_text(encoding="utf-8"))
+    community = (report.get("community_dev") or {}).get("micro_f1")
+    return float(report["macro_f1"]), None if community is None else float(community)
 
 
 class _ProgressReader:
@@ -420,6 +483,7 @@ class _ProgressReader:
         self.path = path
         self.offset = 0
         self.dev_f1: list[float] = []
+        self.community_f1: list[float] = []
 
     def update(self, status: RetrainStatus) -> None:
         if not self.path.is_file():
@@ -440,12 +504,35 @@ class _ProgressReader:
                 status.step, status.total_steps, status.eta_s = event["step"], event["total_steps"], event["eta_s"]
             elif event.get("event") == "dev":
                 self.dev_f1.append(event["macro_f1"])
+                if event.get("community_dev_micro_f1") is not None:
+                    self.community_f1.append(event["community_dev_micro_f1"])
         status.dev_f1 = list(self.dev_f1)
+        status.community_f1 = list(self.community_f1)
 
 
-def should_swap(candidate_f1: float, current_f1: float | None, tolerance: float) -> bool:
-    """Serve the candidate unless it is worse than the current model by more than `tolerance`."""
-    return current_f1 is None or candidate_f1 >= current_f1 - tolerance
+def should_swap(
+    candidate_f1: float,
+    current_f1: float | None,
+    tolerance: float,
+    *,
+    candidate_community: float | None = None,
+    current_community: float | None = None,
+    community_rows: int = 0,
+    min_community_rows: int = DEFAULT_COMMUNITY_MIN_ROWS,
+) -> bool:
+    """The retrain gate. Serve the candidate when there is no current model; otherwise only if both hold:
+
+    - GoEmotions dev macro-F1 >= the current model's minus `tolerance` (it has not forgotten GoEmotions);
+    - with at least `min_community_rows` community-dev rows, community-dev micro-F1 >= the current model's
+      (fewer rows, or no corrections at all, say too little to decide either way).
+    """
+    if current_f1 is None:
+        return True
+    if candidate_f1 < current_f1 - tolerance:
+        return False
+    if community_rows < min_community_rows or candidate_community is None or current_community is None:
+        return True
+    return candidate_community >= current_community
 
 
 def _last_line(log_path: Path) -> str:
@@ -476,15 +563,23 @@ def format_status(status: RetrainStatus) -> str:
         lines.append("Training done. Scoring the new model on the dev split…")
     if status.dev_f1:
         lines.append("Dev macro-F1 by epoch: " + ", ".join(f"{f:.3f}" for f in status.dev_f1))
+    if status.community_f1:
+        lines.append(
+            f"Community dev micro-F1 by epoch ({status.community_rows} rows): "
+            + ", ".join(f"{f:.3f}" for f in status.community_f1)
+        )
     if status.outcome == "swapped":
         before = f" (was {status.current_f1:.3f})" if status.current_f1 is not None else ""
         served = f"✅ New model is now serving: dev macro-F1 {status.candidate_f1:.3f}{before}."
         lines.append(f"{served} {status.detail}" if status.detail else served)
+        lines.extend(_community_line(status))
     elif status.outcome == "kept":
         lines.append(
             f"↩️ Kept the current model: new dev macro-F1 {status.candidate_f1:.3f} vs current "
-            f"{status.current_f1:.3f} (a new model must be within its tolerance of the current one)."
+            f"{status.current_f1:.3f} (a new model must be within its tolerance of the current one, and at least as "
+            "good on community dev once there are enough corrections)."
         )
+        lines.extend(_community_line(status))
     elif status.outcome == "failed":
         lines.append(f"❌ Retraining failed; the current model keeps serving. {status.detail[:900]}")
     elif status.outcome == "cancelled":
@@ -492,6 +587,17 @@ def format_status(status: RetrainStatus) -> str:
     if status.finished:  # while running, the message changes only when progress does
         lines.append(f"Took {_duration(elapsed)}.")
     return "\n".join(lines)
+
+
+def _community_line(status: RetrainStatus) -> list[str]:
+    """Both models' community-dev micro-F1, when there was community dev to score."""
+    if status.candidate_community_f1 is None:
+        return []
+    current = f"{status.current_community_f1:.3f}" if status.current_community_f1 is not None else "—"
+    return [
+        f"Community dev micro-F1 ({status.community_rows} rows): new {status.candidate_community_f1:.3f} vs current "
+        f"{current}."
+    ]
 
 
 def _duration(seconds: float | None) -> str:

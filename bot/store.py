@@ -23,7 +23,11 @@ or unwritable directory, a read-only, locked or damaged file) are ``StoreError``
 Channel settings are read on every message, so they are kept in memory (loaded at ``open``, updated by
 every change): the message path never reads SQLite, so it never queues behind a prune or a ``/mood``.
 
-Privacy: no message text and no user ids are stored anywhere; statistics are per guild, channel and hour.
+Privacy: no user ids are stored anywhere; statistics are per guild, channel and hour. Message text is stored in
+one place only: the ``corrections`` table, for servers that opted in (``set_corrections_enabled``), holding the
+normalised text a member corrected. One correction per member per message is enforced with a salted hash (the
+salt lives in the file, so the hash cannot be matched against a user id without it) that ``prune`` erases once
+the guild's retention period has passed.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import logging
 import math
 import os
@@ -50,6 +55,8 @@ __all__ = [
     "DEFAULT_RETENTION_DAYS",
     "MIGRATIONS",
     "ChannelSettings",
+    "Correction",
+    "CorrectionOutcome",
     "MoodSummary",
     "Schedule",
     "ScheduleKind",
@@ -67,6 +74,9 @@ DEFAULT_BUSY_TIMEOUT_MS = 5_000
 FLUSH_BACKOFF_CAP = 64  # flush intervals: 16 s at the default interval
 
 ScheduleKind = Literal["daily", "weekly", "every"]
+#: What became of a correction: kept, refused as the member's second one for that message, or refused because the
+#: server does not collect corrections (checked in the same transaction as the write).
+CorrectionOutcome = Literal["stored", "duplicate", "disabled"]
 
 # Ordered schema migrations; MIGRATIONS[i] upgrades a file from user_version i to i + 1. Append only: never
 # edit a migration that has shipped.
@@ -128,6 +138,29 @@ MIGRATIONS: list[str] = [
         retention_days INTEGER NOT NULL DEFAULT 90 CHECK (retention_days >= 1)
     );
     """,
+    # 3: community corrections (opt-in per guild), the only table with message text, and the salt of their hashes.
+    """
+    ALTER TABLE guild_settings ADD COLUMN corrections INTEGER NOT NULL DEFAULT 0;
+
+    CREATE TABLE corrections (
+        id INTEGER PRIMARY KEY,
+        guild_id INTEGER NOT NULL,
+        channel_id INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        labels TEXT NOT NULL,
+        model_labels TEXT NOT NULL,
+        model_version TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        dedup_hash TEXT NULL UNIQUE
+    );
+    CREATE INDEX corrections_guild_time ON corrections (guild_id, created_at);
+
+    CREATE TABLE store_secrets (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    INSERT INTO store_secrets (name, value) VALUES ('corrections_salt', randomblob(32));
+    """,
 ]
 
 
@@ -142,6 +175,22 @@ class ChannelSettings:
 
 
 DEFAULT_CHANNEL_SETTINGS = ChannelSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """A member's answer to "Not quite?": the labels they chose for the text the model saw, and what the model said.
+
+    ``labels`` and ``model_labels`` are in the order given (the model's ranked); no one's id is part of it.
+    """
+
+    guild_id: int
+    channel_id: int
+    text: str
+    labels: tuple[str, ...]
+    model_labels: tuple[str, ...]
+    model_version: str
+    created_at: float
 
 
 @dataclass(slots=True)
@@ -179,6 +228,7 @@ _SCHEDULE_COLUMNS = (
 # Children before parents (emotion_buckets references channel_buckets).
 _STATISTICS_TABLES = ("emotion_buckets", "channel_buckets")
 _SETTINGS_TABLES = ("channel_settings", "summary_schedules", "guild_settings")
+_CORRECTION_COLUMNS = "guild_id, channel_id, text, labels, model_labels, model_version, created_at"
 
 _UPSERT_CHANNEL_BUCKET = """
     INSERT INTO channel_buckets (guild_id, channel_id, bucket_start, messages) VALUES (?, ?, ?, ?)
@@ -491,6 +541,88 @@ class Store:
             )
         return int(days)
 
+    # ------------------------------------------------------------------ corrections
+
+    async def corrections_enabled(self, guild_id: int) -> bool:
+        """Whether the guild collects "Not quite?" corrections (off unless an admin turned it on)."""
+        rows = await self._fetchall("SELECT corrections FROM guild_settings WHERE guild_id = ?", (guild_id,))
+        return bool(rows[0][0]) if rows else False
+
+    async def set_corrections_enabled(self, guild_id: int, enabled: bool) -> bool:
+        async with self._write() as db:
+            await db.execute(
+                "INSERT INTO guild_settings (guild_id, corrections) VALUES (?, ?) "
+                "ON CONFLICT (guild_id) DO UPDATE SET corrections = excluded.corrections",
+                (guild_id, int(bool(enabled))),
+            )
+        return bool(enabled)
+
+    async def has_corrected(self, guild_id: int, message_key: str, member_id: int) -> bool:
+        """Whether this member's correction of this message is already kept (within the retention period)."""
+        async with self._read() as db:
+            digest = await _member_digest(db, guild_id, message_key, member_id)
+            rows = await db.execute_fetchall("SELECT 1 FROM corrections WHERE dedup_hash = ?", (digest,))
+        return bool(rows)
+
+    async def add_correction(self, correction: Correction, *, message_key: str, member_id: int) -> CorrectionOutcome:
+        """Keep a correction unless the guild has corrections off or the member already corrected ``message_key``.
+
+        ``member_id`` is only hashed (with the file's salt, the guild and the message key), never written.
+        """
+        if not correction.text or not 1 <= len(correction.labels) <= 3:
+            raise ValueError("a correction needs its text and one to three labels")
+        async with self._write() as db:
+            enabled = await db.execute_fetchall(
+                "SELECT corrections FROM guild_settings WHERE guild_id = ?", (correction.guild_id,)
+            )
+            if not enabled or not enabled[0][0]:
+                return "disabled"
+            digest = await _member_digest(db, correction.guild_id, message_key, member_id)
+            async with db.execute(
+                f"INSERT INTO corrections ({_CORRECTION_COLUMNS}, dedup_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (dedup_hash) DO NOTHING",
+                (
+                    correction.guild_id,
+                    correction.channel_id,
+                    correction.text,
+                    ",".join(correction.labels),
+                    ",".join(correction.model_labels),
+                    correction.model_version,
+                    correction.created_at,
+                    digest,
+                ),
+            ) as cursor:
+                return "stored" if cursor.rowcount > 0 else "duplicate"
+
+    async def corrections(self, guild_id: int | None = None, *, contributing: bool = False) -> list[Correction]:
+        """Every correction of one guild (or of all of them), oldest first; `contributing`: only those of guilds
+        that collect corrections now (what training uses: a guild that turns them off stops contributing)."""
+        conditions, params = [], []
+        if guild_id is not None:
+            conditions.append("guild_id = ?")
+            params.append(guild_id)
+        if contributing:
+            conditions.append("guild_id IN (SELECT guild_id FROM guild_settings WHERE corrections = 1)")
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        rows = await self._fetchall(f"SELECT {_CORRECTION_COLUMNS} FROM corrections {where} ORDER BY id", params)
+        return [
+            Correction(
+                guild_id=g,
+                channel_id=c,
+                text=text,
+                labels=tuple(labels.split(",")),
+                model_labels=tuple(m for m in model_labels.split(",") if m),
+                model_version=version,
+                created_at=at,
+            )
+            for g, c, text, labels, model_labels, version, at in rows
+        ]
+
+    async def clear_corrections(self, guild_id: int) -> int:
+        """Delete every correction of one guild; returns how many."""
+        async with self._write() as db, db.execute("DELETE FROM corrections WHERE guild_id = ?", (guild_id,)) as cur:
+            return cur.rowcount
+
     # ------------------------------------------------------------------ statistics: writes
 
     @property
@@ -756,13 +888,14 @@ class Store:
     # ------------------------------------------------------------------ privacy
 
     async def forget_guild(self, guild_id: int) -> int:
-        """Delete every statistics row of one guild, buffered ones included; returns the rows deleted."""
-        return await self._delete_guild(guild_id, _STATISTICS_TABLES)
+        """Delete every statistics row of one guild, buffered ones included, and its corrections; returns the rows
+        deleted."""
+        return await self._delete_guild(guild_id, (*_STATISTICS_TABLES, "corrections"))
 
     async def remove_guild(self, guild_id: int) -> int:
         """Delete everything kept about a guild (the bot was removed from it): statistics, buffered ones
-        included, channel and guild settings and summary schedules; returns the rows deleted."""
-        return await self._delete_guild(guild_id, (*_STATISTICS_TABLES, *_SETTINGS_TABLES))
+        included, corrections, channel and guild settings and summary schedules; returns the rows deleted."""
+        return await self._delete_guild(guild_id, (*_STATISTICS_TABLES, "corrections", *_SETTINGS_TABLES))
 
     async def _delete_guild(self, guild_id: int, tables: Sequence[str]) -> int:
         settings = "channel_settings" in tables
@@ -790,10 +923,21 @@ class Store:
         return deleted
 
     async def prune(self, now: float | None = None) -> int:
-        """Delete buckets older than each guild's retention (``DEFAULT_RETENTION_DAYS`` without a setting)."""
+        """Delete buckets older than each guild's retention (``DEFAULT_RETENTION_DAYS`` without a setting), and
+        erase the member hashes of corrections that old (their "Not quite?" buttons have expired); returns the rows
+        deleted or erased."""
         now = time.time() if now is None else now
         deleted = 0
         async with self._write() as db:
+            async with db.execute(
+                """
+                UPDATE corrections SET dedup_hash = NULL WHERE dedup_hash IS NOT NULL AND created_at < :now - 86400 *
+                    COALESCE((SELECT retention_days FROM guild_settings AS g WHERE g.guild_id = corrections.guild_id),
+                    :default_days)
+                """,
+                {"now": now, "default_days": DEFAULT_RETENTION_DAYS},
+            ) as cursor:
+                deleted += cursor.rowcount
             for table in ("emotion_buckets", "channel_buckets"):
                 async with db.execute(
                     f"""
@@ -805,6 +949,13 @@ class Store:
                 ) as cursor:
                     deleted += cursor.rowcount
         return deleted
+
+
+async def _member_digest(db: aiosqlite.Connection, guild_id: int, message_key: str, member_id: int) -> str:
+    """The salted hash that stands for "this member corrected this message" (inside the caller's transaction)."""
+    rows = await db.execute_fetchall("SELECT value FROM store_secrets WHERE name = 'corrections_salt'")
+    salt = bytes(next(iter(rows))[0])
+    return hashlib.sha256(salt + f"{int(guild_id)}:{message_key}:{int(member_id)}".encode()).hexdigest()
 
 
 def _make_directory(path: str) -> None:

@@ -223,7 +223,7 @@ async def test_a_stale_dev_report_is_not_reused(
     service, model_dir = serving
     retrainer = make_retrainer(service, model_dir, tmp_path, tiny_backbone_dir, goemotions_dir)
     reused_log = tmp_path / "eval-reused.log"
-    assert await retrainer._dev_macro_f1(model_dir, reused_log) == tiny_dev_report["macro_f1"]
+    assert await retrainer._dev_scores(model_dir, reused_log, None) == (tiny_dev_report["macro_f1"], None)
     assert not reused_log.exists()  # the report beside the model matched its files: no child ran
 
     # Other weights copied over the model (say, by hand), with the old report left beside them; a report
@@ -234,7 +234,7 @@ async def test_a_stale_dev_report_is_not_reused(
     stale["macro_f1"] = 0.99
     (model_dir / "eval-dev.json").write_text(json.dumps(stale))
     fresh_log = tmp_path / "eval-fresh.log"
-    f1 = await retrainer._dev_macro_f1(model_dir, fresh_log)
+    f1, _ = await retrainer._dev_scores(model_dir, fresh_log, None)
     assert fresh_log.exists() and f1 != 0.99  # evaluated again...
     assert f1 == json.loads((model_dir / "eval-dev.json").read_text())["macro_f1"]  # ...and the new report kept
     assert reusable_dev_f1(model_dir / "eval-dev.json", str(goemotions_dir)) == f1

@@ -22,7 +22,7 @@ from tez.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from model.storage import replace_directory, staging_directory
-from training.metrics import PAPER_THRESHOLD, cross_fit_macro_f1, f1_scores, tune_thresholds
+from training.metrics import PAPER_THRESHOLD, community_summary, cross_fit_macro_f1, f1_scores, tune_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,8 @@ class DevEvaluation(Callback):
     A checkpoint is the weights and the dev predictions they make (`read_checkpoint`), written to a
     staging directory and renamed into place, so that an interrupt (Ctrl-C) during a save leaves the
     previous checkpoint whole, with its own predictions. `best_score` changes only once the new one is in place.
+    With a `community_loader` (the corrections' dev split) each epoch also reports "community dev"; the best
+    epoch is still chosen on GoEmotions dev.
     """
 
     def __init__(
@@ -77,8 +79,10 @@ class DevEvaluation(Callback):
         patience: int,
         min_delta: float = 0.0,
         on_evaluated: Callable[[int, dict], None] | None = None,
+        community_loader: DataLoader | None = None,
     ) -> None:
         self.dev_loader = dev_loader
+        self.community_loader = community_loader
         self.checkpoint_dir = Path(checkpoint_dir)
         self.patience = patience
         self.min_delta = min_delta
@@ -93,6 +97,15 @@ class DevEvaluation(Callback):
         scores, truth = predict_scores(network, self.dev_loader)
         summary = dev_summary(scores, truth)
         epoch = tez_trainer.current_epoch + 1
+        if self.community_loader is not None:
+            community_scores, community_truth = predict_scores(network, self.community_loader)
+            summary.update(community_summary(community_scores, community_truth, tune_thresholds(truth, scores)))
+            log.info(
+                "epoch %d: community dev micro-F1 %.4f (%d rows)",
+                epoch,
+                summary["community_dev_micro_f1"],
+                summary["community_dev_rows"],
+            )
         self.history.append({"epoch": epoch, **summary})
         tez_trainer.metrics["valid"].update(summary)
         score = summary["macro_f1"]

@@ -10,6 +10,7 @@ from model.cli import add_serving_options, serving_threads
 
 DATA_HELP = "GoEmotions directory in the original TSV layout (default: $GOEMOTIONS_DIR, else the hub)"
 PRECISIONS = ("fp32", "fp16", "bf16")
+EXTRA_HELP = "community corrections in GoEmotions' layout (written by `moodring corrections export`)"
 MODEL_HELP = "exported model directory (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"
 
 
@@ -45,6 +46,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--split", choices=["dev", "test"], default="dev", help="test only for the final report")
     evaluate.add_argument("--data-dir", help=DATA_HELP)
     evaluate.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    evaluate.add_argument("--extra-data", help=EXTRA_HELP + "; its dev split is reported as community dev")
     add_serving_options(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -86,7 +88,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if threads is None:
         return 2
     try:
-        report = evaluate(args.model, split=args.split, data_dir=args.data_dir, backend=args.backend, threads=threads)
+        report = evaluate(
+            args.model,
+            split=args.split,
+            data_dir=args.data_dir,
+            backend=args.backend,
+            threads=threads,
+            extra_data=args.extra_data,
+        )
     except (ModelError, DataError) as error:
         print(f"moodring evaluate: {error}", file=sys.stderr)
         return 2

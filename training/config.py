@@ -50,3 +50,8 @@ class TrainArgs:
         positive_int,
     )  # fmt: skip
     onnx: bool = option(True, "also export model.onnx and model.int8.onnx (int8 thresholds tuned on dev)")
+    extra_data: str | None = option(
+        None, "community corrections in GoEmotions' layout (`moodring corrections export`); its train split is "
+        "mixed into GoEmotions' train and its dev split reported as community dev",
+    )  # fmt: skip
+    extra_weight: int = option(1, "copies of the extra train split mixed into GoEmotions' train", positive_int)

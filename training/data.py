@@ -135,7 +135,48 @@ def _read_mapping(path: Path, labels: list[str]) -> dict[str, list[str]]:
     return mapping
 
 
-def _read_split(path: Path, num_labels: int) -> list[dict]:
+@dataclass
+class ExtraData:
+    """Another data set in GoEmotions' layout with the same labels (community corrections: bot/community_data.py).
+
+    `train` or `dev` is None when its file has no rows (a few corrections may all land in one split).
+    """
+
+    train: datasets.Dataset | None
+    dev: datasets.Dataset | None
+    source: str
+    checksums: dict[str, str] = field(default_factory=dict)
+
+
+def load_extra_data(directory: str | Path, labels: Sequence[str]) -> ExtraData:
+    """`train.tsv` and `dev.tsv` of `directory`, whose `emotions.txt` must list `labels` in the same order.
+
+    Read like GoEmotions (a bad row is a `DataError` naming its file and line), except that a split may be empty.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{directory}: no such directory (the --extra-data written by `moodring corrections export`)")
+    names = _read_label_names(directory / "emotions.txt")
+    if names != list(labels):
+        raise DataError(f"{directory / 'emotions.txt'}: labels {names} differ from GoEmotions' {list(labels)}")
+    splits = {}
+    for split in ("train", "dev"):
+        rows = _read_split(directory / f"{split}.tsv", len(names), allow_empty=True)
+        splits[split] = datasets.Dataset.from_list(rows) if rows else None
+        log.info("extra %s: %d rows from %s", split, len(rows), directory / f"{split}.tsv")
+    checksums = {f"extra/{name}": _sha256(directory / name) for name in ("emotions.txt", "train.tsv", "dev.tsv")}
+    return ExtraData(splits["train"], splits["dev"], str(directory.resolve()), checksums)
+
+
+def mix_in(train: datasets.Dataset, extra: datasets.Dataset | None, weight: int) -> datasets.Dataset:
+    """`train` followed by `weight` copies of `extra` (oversampled, so that a few rows still count)."""
+    if extra is None or weight < 1:
+        return train
+    extra = extra.cast(train.features)
+    return datasets.concatenate_datasets([train, *[extra] * weight])
+
+
+def _read_split(path: Path, num_labels: int, allow_empty: bool = False) -> list[dict]:
     rows = []
     reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter="\t")
     for row in reader:
@@ -146,7 +187,7 @@ def _read_split(path: Path, num_labels: int) -> list[dict]:
         if not text.strip():
             raise DataError(f"{where}: empty text")
         rows.append({"text": text, "labels": _parse_labels(label_field, num_labels, where), "id": comment_id})
-    if not rows:
+    if not rows and not allow_empty:
         raise DataError(f"{path}: no rows")
     return rows
 

@@ -10,8 +10,8 @@ import numpy as np
 
 from model.classifier import EmotionClassifier, ModelError, default_model_dir
 from model.storage import model_checksums
-from training.data import load_goemotions, resolve_data_dir
-from training.metrics import PAPER_THRESHOLD, classification_report, group_matrix
+from training.data import load_extra_data, load_goemotions, resolve_data_dir
+from training.metrics import PAPER_THRESHOLD, classification_report, community_summary, group_matrix
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,7 @@ def evaluate(
     data_dir: str | Path | None = None,
     backend: str = "auto",
     threads: int | None = None,
+    extra_data: str | Path | None = None,
 ) -> dict:
     """Report on `split` with the model's dev-tuned thresholds; also writes `eval-<split>.json/.png`.
 
@@ -29,7 +30,8 @@ def evaluate(
     the backend's scores differ), so a test report never uses the test split for any decision. The
     report names the backend that served, and records what it was computed from (`data_dir`, and
     `checksums` of the model's files and of the data files), so that a reader can tell whether it still
-    holds (bot/retrain.py reuses a dev report only then).
+    holds (bot/retrain.py reuses a dev report only then). With `extra_data` (community corrections) the report
+    also has `community_dev`: rows and micro/macro-F1 on its dev split with the same thresholds.
     """
     directory = Path(model_dir) if model_dir else default_model_dir()
     classifier = EmotionClassifier.load(directory, backend=backend, threads=threads)
@@ -78,6 +80,11 @@ def evaluate(
             group_predicted, _ = group_matrix(predicted, labels, mapping)
             report[name][rule] = classification_report(group_truth, group_predicted, groups)
 
+    if extra_data is not None:
+        extra = load_extra_data(extra_data, labels)
+        report["community_dev"] = _community_dev(classifier, extra.dev)
+        report["checksums"]["data"].update(extra.checksums)
+
     json_path = directory / f"eval-{split}.json"
     json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     chart_path = directory / f"eval-{split}.png"
@@ -85,6 +92,22 @@ def evaluate(
     report["files"] = {"json": str(json_path), "chart": str(chart_path)}
     log.info("wrote %s and %s", json_path, chart_path)
     return report
+
+
+def _community_dev(classifier: EmotionClassifier, rows) -> dict:
+    """Rows and F1 on the corrections' dev split (none: 0 rows, no figures)."""
+    if rows is None:
+        return {"rows": 0, "micro_f1": None, "macro_f1": None}
+    truth = np.zeros((len(rows), len(classifier.labels)), dtype=bool)
+    for i, ids in enumerate(rows["labels"]):
+        truth[i, ids] = True
+    scores = classifier.predict_scores(rows["text"], batch_size=64)
+    summary = community_summary(scores, truth, classifier.thresholds)
+    return {
+        "rows": summary["community_dev_rows"],
+        "micro_f1": summary["community_dev_micro_f1"],
+        "macro_f1": summary["community_dev_macro_f1"],
+    }
 
 
 def write_f1_chart(per_label: dict[str, dict], path: Path, title: str) -> None:
@@ -134,6 +157,14 @@ def format_report(report: dict) -> str:
             f"{label:<16}{thresholds[label]:>10.2f}{m['precision']:>11.3f}{m['recall']:>8.3f}"
             f"{m['f1']:>7.3f}{m['support']:>9d}"
         )
+    community = report.get("community_dev")
+    if community is not None:
+        figures = (
+            f"micro-F1 {community['micro_f1']:.3f}, macro-F1 {community['macro_f1']:.3f}"
+            if community["rows"]
+            else "no rows"
+        )
+        lines += ["", f"community dev ({community['rows']} rows, per-label thresholds): {figures}"]
     lines.append("")
     lines.append(f"Report: {report['files']['json']}  Chart: {report['files']['chart']}")
     return "\n".join(lines)

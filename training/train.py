@@ -25,7 +25,15 @@ from model.threads import apply_torch_threads, resolve_threads
 from training.backbones import load_backbone
 from training.callbacks import DevEvaluation, ProgressLog, read_checkpoint
 from training.config import TrainArgs
-from training.data import LengthGroupedSampler, PadCollator, encode, load_goemotions, resolve_data_dir
+from training.data import (
+    LengthGroupedSampler,
+    PadCollator,
+    encode,
+    load_extra_data,
+    load_goemotions,
+    mix_in,
+    resolve_data_dir,
+)
 from training.export import DevSet, export_model, git_commit, library_versions, now_iso
 from training.metrics import (
     THRESHOLD_RULES,
@@ -38,7 +46,7 @@ from training.module import TezEmotionModel
 
 log = logging.getLogger(__name__)
 
-MACHINE_PATHS = ("data_dir", "out", "work_dir")  # data is identified by its checksums, the backbone by name
+MACHINE_PATHS = ("data_dir", "out", "work_dir", "extra_data")  # data is identified by its checksums, the backbone by name
 
 
 class TrainingError(RuntimeError):
@@ -67,6 +75,10 @@ def train(args: TrainArgs) -> Path:
         train_split = train_split.select(range(min(args.train_limit, len(train_split))))
     if args.dev_limit:
         dev_split = dev_split.select(range(min(args.dev_limit, len(dev_split))))
+    extra = load_extra_data(args.extra_data, data.labels) if args.extra_data else None
+    if extra is not None:  # community corrections: train mixed in, dev reported beside GoEmotions dev
+        train_split = mix_in(train_split, extra.train, args.extra_weight)
+        data.checksums.update(extra.checksums)
     log.info("data: %s (train %d rows, dev %d rows)", data.source, len(train_split), len(dev_split))
 
     backbone = load_backbone(args.backbone, data.labels, dropout=args.dropout)
@@ -89,6 +101,10 @@ def train(args: TrainArgs) -> Path:
         num_workers=args.workers,
     )
     dev_loader = DataLoader(dev_rows, batch_size=64, shuffle=False, collate_fn=collate, num_workers=args.workers)
+    community_loader = None
+    if extra is not None and extra.dev is not None:
+        community_rows = encode(extra.dev, tokenizer, args.max_length, num_labels)
+        community_loader = DataLoader(community_rows, batch_size=64, collate_fn=collate, num_workers=args.workers)
     # Our own loaders go to Tez, so TezConfig's loader settings (num_jobs, pin_memory) do not apply.
     num_train_steps = len(train_loader) * args.epochs
 
@@ -100,7 +116,13 @@ def train(args: TrainArgs) -> Path:
         num_train_steps=num_train_steps,
     )
     progress = ProgressLog(work_dir / "progress.jsonl", num_epochs=args.epochs)
-    dev_evaluation = DevEvaluation(dev_loader, checkpoint_dir, patience=args.patience, on_evaluated=progress.dev)
+    dev_evaluation = DevEvaluation(
+        dev_loader,
+        checkpoint_dir,
+        patience=args.patience,
+        on_evaluated=progress.dev,
+        community_loader=community_loader,
+    )
     config = TezConfig(
         training_batch_size=args.batch_size,
         epochs=args.epochs,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import discord
@@ -13,6 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import MoodringBot
+from bot.corrections import corrections_report
 from bot.privacy import privacy_statement
 from bot.retrain import RetrainStatus, format_status
 from bot.store import ChannelSettings, Schedule
@@ -20,6 +22,14 @@ from bot.utils import NO_MENTIONS, admin_only, owner_only, send_ephemeral
 
 log = logging.getLogger(__name__)
 
+CORRECTIONS_ON = (
+    "Corrections are **on**: when members answer **Not quite?** under a reading, the text the model read and the "
+    "emotions they chose are kept (no user ids) and used to retrain the model. `/privacy` says so to members."
+)
+CORRECTIONS_OFF_KEPT = (
+    "Corrections are **off**: **Not quite?** tells members so, and retraining no longer uses this server's. The "
+    "corrections kept so far stay until you delete them with `/moodring corrections action:clear`."
+)
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 
 
@@ -40,14 +50,15 @@ def describe_schedule(schedule: Schedule) -> str:
     return f"<#{schedule.channel_id}>: {when}, about {source}{state}"
 
 
-class ConfirmForget(discord.ui.View):
-    """Two buttons; only the admin who asked can press them, and only while still an admin."""
+class ConfirmDeletion(discord.ui.View):
+    """A delete button and Cancel; only the admin who asked can press them, and only while still an admin.
+    `delete` deletes and returns what to tell them."""
 
-    def __init__(self, bot: MoodringBot, admin_id: int, guild_id: int) -> None:
+    def __init__(self, admin_id: int, confirm_label: str, delete: Callable[[], Awaitable[str]]) -> None:
         super().__init__(timeout=120)
-        self.bot = bot
         self.admin_id = admin_id
-        self.guild_id = guild_id
+        self.delete = delete
+        self.confirm.label = confirm_label
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         if interaction.user.id != self.admin_id or not interaction.permissions.manage_guild:
@@ -55,13 +66,9 @@ class ConfirmForget(discord.ui.View):
             return False
         return True
 
-    @discord.ui.button(label="Delete all statistics", style=discord.ButtonStyle.danger)
+    @discord.ui.button(label="Delete", style=discord.ButtonStyle.danger)
     async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
-        deleted = await self.bot.store.forget_guild(self.guild_id)
-        log.info("guild %s forgot its statistics (%d rows)", self.guild_id, deleted)
-        await interaction.response.edit_message(
-            content=f"Deleted all of this server's mood statistics ({deleted} rows).", view=None
-        )
+        await interaction.response.edit_message(content=await self.delete(), view=None)
         self.stop()
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
@@ -203,15 +210,54 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
 
     # ------------------------------------------------------------------ forgetting
 
-    @app_commands.command(name="forget", description="Delete all of this server's mood statistics")
+    @app_commands.command(name="forget", description="Delete all of this server's mood statistics and corrections")
     @admin_only()
     async def forget(self, interaction: discord.Interaction) -> None:
-        view = ConfirmForget(self.bot, interaction.user.id, interaction.guild.id)
+        guild_id = interaction.guild.id
+
+        async def delete() -> str:
+            deleted = await self.bot.store.forget_guild(guild_id)
+            log.info("guild %s forgot its statistics and corrections (%d rows)", guild_id, deleted)
+            return f"Deleted all of this server's mood statistics and corrections ({deleted} rows)."
+
         await interaction.response.send_message(
-            "This deletes **all** of this server's mood statistics, for every channel. It cannot be undone.",
-            view=view,
+            "This deletes **all** of this server's mood statistics, for every channel, and its corrections. "
+            "It cannot be undone.",
+            view=ConfirmDeletion(interaction.user.id, "Delete all statistics", delete),
             ephemeral=True,
         )
+
+    # ------------------------------------------------------------------ corrections
+
+    @app_commands.command(name="corrections", description="Members' corrections of the model: show, enable, disable")
+    @app_commands.describe(action="show (default), enable or disable collecting them, or clear them")
+    @admin_only()
+    async def corrections(
+        self, interaction: discord.Interaction, action: Literal["show", "enable", "disable", "clear"] = "show"
+    ) -> None:
+        guild_id = interaction.guild.id
+        store = self.bot.store
+        if action == "show":
+            kept = await store.corrections(guild_id)
+            embed = corrections_report(kept, await store.corrections_enabled(guild_id))
+            await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        elif action in ("enable", "disable"):
+            enabled = await store.set_corrections_enabled(guild_id, action == "enable")
+            log.info("guild %s turned corrections %s", guild_id, "on" if enabled else "off")
+            message = CORRECTIONS_ON if enabled else CORRECTIONS_OFF_KEPT
+            await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        else:
+
+            async def delete() -> str:
+                deleted = await store.clear_corrections(guild_id)
+                log.info("guild %s cleared its corrections (%d)", guild_id, deleted)
+                return f"Deleted this server's {deleted} corrections."
+
+            await interaction.response.send_message(
+                "This deletes **all** of this server's corrections. It cannot be undone.",
+                view=ConfirmDeletion(interaction.user.id, "Delete all corrections", delete),
+                ephemeral=True,
+            )
 
     # ------------------------------------------------------------------ retraining (owners)
 

@@ -1,4 +1,5 @@
-"""What members see: `/emotion`, the "Analyze emotions" context menu, reply-mentions, auto-reactions.
+"""What members see: `/emotion`, the "Analyze emotions" context menu, reply-mentions, auto-reactions. Every
+reading carries a **Not quite?** button (bot/cogs/corrections.py).
 
 On-demand readings (`/emotion`, reply-mentions) are flood-limited per member and per channel; a refused one
 costs no fetch and no inference, and each limit's window gets at most one "slow down".
@@ -15,6 +16,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import MoodringBot
+from bot.corrections import not_quite_view
 from bot.inference import InferenceBusy, InferenceFailed, NoModel
 from bot.reactions import ReactionQueue
 from bot.render import emoji_for, emotion_embed, emotion_text
@@ -96,7 +98,9 @@ class Emotions(commands.Cog):
             await send_ephemeral(interaction, SOMETHING_WENT_WRONG)
             return
         embed = emotion_embed(prediction, title=title, jump_url=jump_url)
-        await interaction.response.send_message(embed=embed, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS)
+        await interaction.response.send_message(
+            embed=embed, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS, view=not_quite_view()
+        )
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
@@ -199,9 +203,10 @@ class Emotions(commands.Cog):
             return
         title = f"Emotions in {target.author.display_name}'s message"
         if message.channel.permissions_for(message.guild.me).embed_links:
-            await self.reply(message, embed=emotion_embed(prediction, title=title, jump_url=target.jump_url))
+            embed = emotion_embed(prediction, title=title, jump_url=target.jump_url)
+            await self.reply(message, embed=embed, view=not_quite_view())
         else:
-            await self.reply(message, content=emotion_text(prediction))
+            await self.reply(message, content=emotion_text(prediction), view=not_quite_view())
 
     async def reply(self, message: discord.Message, **kwargs) -> None:
         try:
