@@ -243,8 +243,9 @@ async def test_the_bot_child_stops_itself_when_the_sandbox_is_killed(tiny_model_
                     assert asyncio.get_running_loop().time() < deadline, "the bot did not connect"
                     await asyncio.sleep(0.2)
             sandbox.kill()
+            # Not `await sandbox.wait()` first: asyncio waits for its stdout pipe too, which the bot child holds.
+            assert await asyncio.to_thread(wait_until_gone, bot_pid, 15), "the bot child outlived the sandbox"
             await sandbox.wait()
-            assert wait_until_gone(bot_pid, 15), "the bot child outlived the sandbox"
         finally:
             if process_alive(bot_pid):
                 os.kill(bot_pid, signal.SIGKILL)
