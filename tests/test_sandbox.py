@@ -54,6 +54,8 @@ async def child(*args: str, env: dict[str, str], cwd: Path) -> AsyncIterator[asy
         if process.returncode is None:
             process.kill()
             await process.wait()
+        with contextlib.suppress(TimeoutError):  # to EOF, so that asyncio closes the pipe while its loop runs
+            await asyncio.wait_for(process.stdout.read(), 5)
         assert not process_alive(process.pid)
 
 
