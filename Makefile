@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 GOEMOTIONS_DIR ?= $(abspath ../shared/data/goemotions)
 export GOEMOTIONS_DIR
 
-.PHONY: install train test lint benchmark
+.PHONY: install train test lint benchmark demo
 
 # torch first, pinned to the CPU wheel: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(BIN)/moodring: pyproject.toml
@@ -28,6 +28,10 @@ lint: install
 
 test: lint
 	$(BIN)/python -m pytest
+
+## Try the bot in a browser at http://127.0.0.1:8765: a local Discord and the real bot, no account or token needed.
+demo: install
+	$(BIN)/moodring sandbox
 
 benchmark: install
 	$(BIN)/python benchmarks/speed.py

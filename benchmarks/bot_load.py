@@ -6,7 +6,7 @@
 
 What runs. The bot is built from `BotConfig.from_env` exactly as `moodring run` builds it (so MOODRING_* variables
 in the environment apply; the command-line settings go through the same variables and parser, all in `bot_config`),
-with a fresh SQLite file in a temporary directory, and connects to a Discord stand-in (tests/discord_standin: gateway
+with a fresh SQLite file in a temporary directory, and connects to a Discord stand-in (the `sandbox` package: gateway
 v10 and REST on 127.0.0.1, the unmodified discord.py client). Automatic analysis is on in `--channels` text channels
 (the store's default; checked, and switched on through the store if that default ever changes); auto-reactions stay
 off (their default). Each step offers one message rate (real GoEmotions dev texts, round-robin over the channels)
@@ -101,13 +101,10 @@ BOT_SETTINGS: tuple[tuple[str, str, type, str], ...] = (
 
 
 def standin_package() -> ModuleType:
-    """The Discord stand-in package. It lives in tests/ today; if it moves to a top-level package, change only this."""
-    tests = str(REPO / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    import discord_standin
+    """The Discord stand-in package (the top-level `sandbox`)."""
+    import sandbox
 
-    return discord_standin
+    return sandbox
 
 
 def dev_texts(data_dir: Path) -> list[str]:
@@ -323,7 +320,7 @@ class StandIn:
 
 @contextlib.contextmanager
 def point_discord_at(api_base: str, gateway_url: str) -> Iterator[None]:
-    """discord.py's REST base and gateway URL, as `discord_standin.point_discord_at` sets them (see its README)."""
+    """discord.py's REST base and gateway URL, as `MOODRING_DISCORD_API` and `MOODRING_DISCORD_GATEWAY` set them."""
     import yarl
     from discord.gateway import DiscordWebSocket
     from discord.http import Route

@@ -45,6 +45,7 @@ def _bot(**overrides):
         return None
     from bot.app import MoodringBot  # torch, transformers and discord.py: only once the settings are good
 
+    point_discord_at(config)
     return MoodringBot(config)
 
 
@@ -68,10 +69,36 @@ def export_corrections(args: argparse.Namespace) -> int:
     return 0
 
 
+def point_discord_at(config) -> None:
+    """Send discord.py's REST calls and gateway connection to MOODRING_DISCORD_API / MOODRING_DISCORD_GATEWAY.
+
+    discord.py builds every REST URL (interaction callbacks and webhooks too) from `Route.BASE` and connects to
+    `DiscordWebSocket.DEFAULT_GATEWAY`; setting those two class attributes is all it takes. Says so loudly: a bot
+    that silently talks to something other than Discord would be a nasty surprise.
+    """
+    if config.discord_api is None:
+        return
+    import yarl
+    from discord.gateway import DiscordWebSocket
+    from discord.http import Route
+
+    Route.BASE = config.discord_api
+    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(config.discord_gateway)
+    log.warning(
+        "NOT CONNECTING TO DISCORD: MOODRING_DISCORD_API=%s and MOODRING_DISCORD_GATEWAY=%s are set "
+        "(a Discord-compatible server such as `moodring sandbox`). Unset them to run on Discord.",
+        config.discord_api,
+        config.discord_gateway,
+    )
+
+
 def run_bot(args: argparse.Namespace) -> int:
     bot = _bot()
     if bot is None:
         return 2
+    from model.parent_watch import watch_parent
+
+    watch_parent()  # when `moodring sandbox` started it: a clean stop (SIGTERM) if the sandbox dies
     return asyncio.run(_serve(bot))
 
 

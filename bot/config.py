@@ -8,6 +8,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from model.onnx_export import BACKEND_CHOICES
 
@@ -56,6 +57,9 @@ class BotConfig:
     community_dev_min_rows: int = 50  # the retrain gate compares community-dev F1 only with at least this many rows
     backend: str = "auto"  # auto: int8 ONNX when the model has it and onnxruntime imports, else torch
     threads: int | None = None  # inference intra-op threads; None: the cores this process may use
+    # A Discord-compatible server instead of Discord (`moodring sandbox`): discord.py's REST base and gateway URL.
+    discord_api: str | None = None
+    discord_gateway: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, require_token: bool = True) -> BotConfig:
@@ -92,9 +96,18 @@ class BotConfig:
             corrections_per_member=_at_least(1, env, "MOODRING_CORRECTIONS_PER_MEMBER", cls.corrections_per_member),
             corrections_window_s=_at_least(1.0, env, "MOODRING_CORRECTIONS_WINDOW_S", cls.corrections_window_s),
             community_dev_min_rows=_at_least(1, env, "MOODRING_COMMUNITY_DEV_MIN_ROWS", cls.community_dev_min_rows),
+            discord_api=_url(env, "MOODRING_DISCORD_API", ("http", "https")),
+            discord_gateway=_url(env, "MOODRING_DISCORD_GATEWAY", ("ws", "wss")),
             # Last: the default imports torch, which a bad setting above should not wait for.
             model_dir=Path(env.get("MOODRING_MODEL_DIR") or _default_model_dir()),
         )
+
+    def __post_init__(self) -> None:
+        if (self.discord_api is None) != (self.discord_gateway is None):
+            raise ConfigError(
+                "MOODRING_DISCORD_API and MOODRING_DISCORD_GATEWAY go together: set both (`moodring sandbox` serves "
+                "http://127.0.0.1:8765/api/v10 and ws://127.0.0.1:8765/gateway) or neither (Discord itself)."
+            )
 
 
 def _number(env: Mapping[str, str], name: str, kind: type, default):
@@ -123,6 +136,17 @@ def _snowflake(env: Mapping[str, str], name: str) -> int | None:
             f"got {env.get(name)!r}"
         )
     return number
+
+
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    """A URL with one of `schemes` and a host, or None when unset."""
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL with a host, got {value!r}")
+    return value.rstrip("/") if parts.scheme.startswith("http") else value
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:

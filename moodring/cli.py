@@ -1,4 +1,4 @@
-"""`moodring train | evaluate | classify | run | sync-commands`.
+"""`moodring train | evaluate | classify | run | sync-commands | sandbox`.
 
 Each package registers its own subcommands and imports its heavy modules only when one runs.
 """
@@ -16,6 +16,7 @@ from dotenv import load_dotenv
 def build_parser() -> argparse.ArgumentParser:
     from bot import cli as bot_cli
     from model import cli as model_cli
+    from sandbox import cli as sandbox_cli
     from training import cli as training_cli
 
     parser = argparse.ArgumentParser(prog="moodring", description="Emotion-aware Discord bot and its GoEmotions model.")
@@ -24,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     training_cli.register(commands)
     model_cli.register(commands)
     bot_cli.register(commands)
+    sandbox_cli.register(commands)
     return parser
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from discord_standin import DiscordStandIn, RecordedRequest, payloads, running_bot
+from standin_fixtures import running_bot
 
 from bot.app import MoodringBot
 from bot.config import BotConfig
 from model import EmotionClassifier
+from sandbox import DiscordStandIn, RecordedRequest, payloads
 
 #: Member permissions of a server admin (what `/moodring ...` settings commands require).
 ADMIN_PERMISSIONS = payloads.DEFAULT_EVERYONE_PERMISSIONS | payloads.PERM_MANAGE_GUILD

@@ -47,11 +47,11 @@ async def retrainer_parent(root: Path, backbone: str, data_dir: str) -> None:
 
 async def bot_parent(root: Path, backbone: str, data_dir: str) -> int:
     from bot_fixtures import moodring_config
-    from discord_standin import DiscordStandIn
-    from discord_standin.fixtures import point_discord_at
+    from standin_fixtures import point_discord_at
 
     from bot.app import MoodringBot
     from bot.cli import _serve
+    from sandbox import DiscordStandIn
 
     async with DiscordStandIn() as standin:
         with point_discord_at(standin):

@@ -8,11 +8,11 @@ from typing import Any
 
 from bot_fixtures import ADMIN_PERMISSIONS, MEMBER_PERMISSIONS
 from discord import app_commands
-from discord_standin import DiscordStandIn, payloads
 
 from bot.app import MoodringBot
 from bot.privacy import privacy_statement
 from bot.store import DEFAULT_RETENTION_DAYS
+from sandbox import DiscordStandIn, payloads
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 EPHEMERAL = payloads.MESSAGE_FLAG_EPHEMERAL

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 import discord
 import pytest
 from bot_fixtures import moodring_config
-from discord_standin import DiscordStandIn
 
 from bot.app import MoodringBot
 from bot.cli import _serve
 from bot.config import BotConfig, ConfigError
+from sandbox import DiscordStandIn
 
 
 def test_missing_token_says_what_to_do(tmp_path) -> None:

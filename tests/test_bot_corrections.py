@@ -9,7 +9,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bot_fixtures import ADMIN_PERMISSIONS, BotFactory, store_message, wait_until
-from discord_standin import DiscordStandIn, payloads
 from test_bot_store import database_files, rows_mentioning, traces
 
 from bot.app import MoodringBot
@@ -29,6 +28,7 @@ from bot.corrections import (
 from bot.store import DEFAULT_RETENTION_DAYS
 from bot.text import prepare_text
 from model import EmotionClassifier
+from sandbox import DiscordStandIn, payloads
 
 EPHEMERAL = payloads.MESSAGE_FLAG_EPHEMERAL
 FOLLOWUP = "/webhooks/{application_id}/{interaction_token}"

@@ -22,7 +22,6 @@ from bot_fixtures import (
     store_message,
     wait_until,
 )
-from discord_standin import DiscordStandIn, RecordedRequest, payloads
 
 from bot.app import NO_MODEL, MoodringBot
 from bot.cogs.emotions import NOTHING_TO_READ
@@ -32,6 +31,7 @@ from bot.store import ChannelSettings
 from bot.text import prepare_text
 from bot.utils import SOMETHING_WENT_WRONG
 from model import EmotionClassifier, Prediction
+from sandbox import DiscordStandIn, RecordedRequest, payloads
 
 EPHEMERAL = payloads.MESSAGE_FLAG_EPHEMERAL
 CALLBACK = "/interactions/{interaction_id}/{interaction_token}/callback"

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 from bot_fixtures import ADMIN_PERMISSIONS, MEMBER_PERMISSIONS, BotFactory, wait_until
-from discord_standin import DiscordStandIn, payloads
 from test_retrain import TINY_ARGS
 
 from bot.app import MoodringBot
 from bot.cogs.mood import latest_slot, parse_period
 from bot.store import ChannelSettings, Schedule
+from sandbox import DiscordStandIn, payloads
 
 CALLBACK = "/interactions/{interaction_id}/{interaction_token}/callback"
 FOLLOWUP = "/webhooks/{application_id}/{interaction_token}"

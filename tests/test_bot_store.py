@@ -10,10 +10,10 @@ import sqlite3
 from pathlib import Path
 
 from bot_fixtures import BotFactory, wait_until
-from discord_standin import DiscordStandIn
 from test_bot_emotions import OUTCOMES
 
 from bot.app import MoodringBot
+from sandbox import DiscordStandIn
 
 SENTINEL = "Quokkaberry7731"  # one token nobody else writes
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 from bot_fixtures import BotFactory, wait_until
-from discord_standin import DiscordStandIn
 from process_guard import process_alive, wait_until_gone
 
 from bot.retrain import stop_process_group
 from model import EmotionClassifier, ModelMetadata
 from model.storage import recover_directory
+from sandbox import DiscordStandIn
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent

@@ -13,7 +13,9 @@ import discord
 import pytest
 from discord import app_commands
 from discord.ext import commands
-from discord_standin import DiscordStandIn, payloads, running_bot
+from standin_fixtures import running_bot
+
+from sandbox import DiscordStandIn, payloads
 
 EYES = "\N{EYES}"
 

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 from bot_fixtures import moodring_config
-from discord_standin import DiscordStandIn
 
 from bot.app import MoodringBot
 from bot.cli import _serve
 from bot.store import Store, StoreError
+from sandbox import DiscordStandIn
 
 REPO = Path(__file__).resolve().parents[1]
 NOBODY = 65534

@@ -46,7 +46,12 @@ from training.module import TezEmotionModel
 
 log = logging.getLogger(__name__)
 
-MACHINE_PATHS = ("data_dir", "out", "work_dir", "extra_data")  # data is identified by its checksums, the backbone by name
+MACHINE_PATHS = (
+    "data_dir",
+    "out",
+    "work_dir",
+    "extra_data",
+)  # data is identified by its checksums, the backbone by name
 
 
 class TrainingError(RuntimeError):

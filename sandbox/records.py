@@ -11,6 +11,13 @@ from urllib.parse import unquote
 
 from .payloads import JSON
 
+#: A user reference accepted by the dispatch helpers: an id, a user payload, or ``None`` (the default user).
+UserRef = int | Mapping[str, Any] | None
+#: A message reference accepted by the dispatch helpers: an id or a message payload.
+MessageRef = int | Mapping[str, Any]
+#: Attachment given to a dispatch helper: a raw attachment dict, or ``(filename, bytes[, content_type])``.
+AttachmentRef = Mapping[str, Any] | tuple[str, bytes] | tuple[str, bytes, str]
+
 
 @dataclass(frozen=True)
 class RecordedFile:

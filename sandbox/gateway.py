@@ -169,8 +169,7 @@ class Gateway:
         self.world = world
         self.heartbeat_interval = heartbeat_interval
         self._resume_url = resume_url
-        self.shard_count = 1
-        self.ack_heartbeats = True
+        self.shard_count = 1  # what GET /gateway/bot recommends (AutoShardedBot)
         self.sessions: dict[str, GatewaySession] = {}
         self.connections: list[GatewayConnection] = []
         self.frames: list[GatewayFrame] = []
@@ -312,8 +311,7 @@ class Gateway:
         if op == p.OP_HEARTBEAT:
             conn.heartbeats += 1
             self.heartbeat_count += 1
-            if self.ack_heartbeats:
-                await self._send(conn, {"op": p.OP_HEARTBEAT_ACK, "d": None, "s": None, "t": None})
+            await self._send(conn, {"op": p.OP_HEARTBEAT_ACK, "d": None, "s": None, "t": None})
         elif op == p.OP_IDENTIFY:
             await self._on_identify(conn, data)
         elif op == p.OP_RESUME:

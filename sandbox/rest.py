@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import re
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,9 +27,7 @@ CB_CHANNEL_MESSAGE = 4
 CB_DEFERRED_CHANNEL_MESSAGE = 5
 CB_DEFERRED_UPDATE_MESSAGE = 6
 CB_UPDATE_MESSAGE = 7
-CB_AUTOCOMPLETE_RESULT = 8
 CB_MODAL = 9
-CB_LAUNCH_ACTIVITY = 12
 
 
 class ApiError(Exception):
@@ -63,17 +60,11 @@ class RestApi:
         *,
         base_url: Callable[[], str],
         gateway_url: Callable[[], str],
-        enforce_permissions: bool,
-        echo_bot_messages: bool,
-        interaction_response_timeout: float | None,
     ) -> None:
         self.world = world
         self.gateway = gateway
         self._base_url = base_url
         self._gateway_url = gateway_url
-        self.enforce_permissions = enforce_permissions
-        self.echo_bot_messages = echo_bot_messages
-        self.interaction_response_timeout = interaction_response_timeout
         self.routes = RouteTable()
         self._register()
 
@@ -121,13 +112,11 @@ class RestApi:
         channel = self.world.channel(channel_id)
         if channel is None:
             raise ApiError(404, 10003)
-        if self.enforce_permissions and not self.world.bot_permissions(channel_id) & p.PERM_VIEW_CHANNEL:
+        if not self.world.bot_permissions(channel_id) & p.PERM_VIEW_CHANNEL:
             raise ApiError(403, 50001)
         return channel_id, channel
 
     def _require(self, channel_id: int, *perms: int) -> None:
-        if not self.enforce_permissions:
-            return
         have = self.world.bot_permissions(channel_id)
         if not have & p.PERM_VIEW_CHANNEL:
             raise ApiError(403, 50001)
@@ -162,8 +151,6 @@ class RestApi:
 
     async def _echo(self, event: str, data: JSON) -> None:
         """Dispatch a MESSAGE_* event about a bot action, the way Discord fans it out."""
-        if not self.echo_bot_messages:
-            return
         guild_id = int(data["guild_id"]) if data.get("guild_id") else None
         await self.gateway.dispatch(event, data, guild_id=guild_id, require_session=False)
 
@@ -484,7 +471,7 @@ class RestApi:
     async def get_messages(self, req: RecordedRequest) -> Reply:
         """``GET /channels/{channel_id}/messages`` (newest first, like Discord)."""
         channel_id, _ = self._channel(req)
-        if self.enforce_permissions and not self.world.bot_permissions(channel_id) & p.PERM_READ_MESSAGE_HISTORY:
+        if not self.world.bot_permissions(channel_id) & p.PERM_READ_MESSAGE_HISTORY:
             return 200, []
         limit = max(1, min(100, int(req.query.get("limit", 50))))
         messages = self.world.channel_messages(channel_id)
@@ -636,9 +623,6 @@ class RestApi:
     async def callback(self, req: RecordedRequest) -> Reply:
         """``POST /interactions/{id}/{token}/callback``: the initial response."""
         rec = self._interaction(req)
-        timeout = self.interaction_response_timeout
-        if timeout is not None and time.monotonic() - rec.created_at > timeout:
-            raise ApiError(404, 10062)
         if rec.response_type is not None:
             raise ApiError(400, 40060)
         body = req.json if isinstance(req.json, dict) else {}
@@ -652,13 +636,6 @@ class RestApi:
                 CB_DEFERRED_UPDATE_MESSAGE,
                 CB_UPDATE_MESSAGE,
                 CB_MODAL,
-            },
-            p.INTERACTION_AUTOCOMPLETE: {CB_AUTOCOMPLETE_RESULT},
-            p.INTERACTION_MODAL_SUBMIT: {
-                CB_CHANNEL_MESSAGE,
-                CB_DEFERRED_CHANNEL_MESSAGE,
-                CB_DEFERRED_UPDATE_MESSAGE,
-                CB_UPDATE_MESSAGE,
             },
         }[rec.type]
         if cb_type not in allowed:

@@ -1,4 +1,4 @@
-"""``DiscordStandIn``: a local Discord (gateway + REST) for driving the real discord.py client."""
+"""``DiscordStandIn``: a local Discord (gateway + REST) that the real, unmodified discord.py client runs against."""
 
 from __future__ import annotations
 
@@ -18,8 +18,20 @@ from aiohttp import web
 
 from . import payloads as p
 from .gateway import Gateway, GatewaySession
+from .interactions import InteractionDispatch
+from .page import SandboxPage
 from .payloads import JSON
-from .records import FaultRule, GatewayFrame, RecordedFile, RecordedRequest, RouteEntry, strip_auth
+from .records import (
+    AttachmentRef,
+    FaultRule,
+    GatewayFrame,
+    MessageRef,
+    RecordedFile,
+    RecordedRequest,
+    RouteEntry,
+    UserRef,
+    strip_auth,
+)
 from .rest import ApiError, RestApi
 from .world import InteractionRecord, World
 
@@ -28,70 +40,20 @@ _log = logging.getLogger(__name__)
 API_PREFIX = "/api/v10"
 DEFAULT_TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAw.StandIn.discord-standin-test-token"
 
-#: A user reference accepted by the dispatch helpers: an id, a user payload, or ``None`` (the default user).
-UserRef = int | Mapping[str, Any] | None
-#: A message reference accepted by the dispatch helpers: an id or a message payload.
-MessageRef = int | Mapping[str, Any]
-#: Attachment given to a dispatch helper: a raw attachment dict, or ``(filename, bytes[, content_type])``.
-AttachmentRef = Mapping[str, Any] | tuple[str, bytes] | tuple[str, bytes, str]
 
-_CALLBACK_ROUTE = "/interactions/{interaction_id}/{interaction_token}/callback"
-
-
-def _infer_option_type(value: Any) -> int:
-    if isinstance(value, bool):
-        return p.OPTION_BOOLEAN
-    if isinstance(value, int):
-        return p.OPTION_INTEGER
-    if isinstance(value, float):
-        return p.OPTION_NUMBER
-    if isinstance(value, tuple) and len(value) >= 2 and isinstance(value[1], bytes | bytearray):
-        return p.OPTION_ATTACHMENT
-    return p.OPTION_STRING
-
-
-def _find_component(components: Iterable[Mapping[str, Any]], custom_id: str) -> Mapping[str, Any] | None:
-    for comp in components:
-        if comp.get("custom_id") == custom_id:
-            return comp
-        children: list[Mapping[str, Any]] = list(comp.get("components") or [])
-        for key in ("component", "accessory"):
-            if isinstance(comp.get(key), Mapping):
-                children.append(comp[key])
-        found = _find_component(children, custom_id)
-        if found is not None:
-            return found
-    return None
-
-
-class DiscordStandIn:
-    """An aiohttp server on 127.0.0.1 that plays Discord's gateway and REST API for discord.py.
+class DiscordStandIn(InteractionDispatch):
+    """An aiohttp server that plays Discord's gateway and REST API for discord.py.
 
     The world starts with one guild (:attr:`guild_id`) holding one text channel (:attr:`channel_id`),
-    the bot (:attr:`bot_user_id`, with a managed role), the application owner (:attr:`owner_id`)
-    and a human member (:attr:`user_id`). Use it as ``async with DiscordStandIn() as standin:`` or
-    via :meth:`start` / :meth:`stop`, and point discord.py at it with
-    :func:`discord_standin.fixtures.point_discord_at`.
+    the bot (:attr:`bot_user_id`, with a managed role), the application owner (:attr:`owner_id`, also
+    the guild's owner) and a human member (:attr:`user_id`). Use it as ``async with DiscordStandIn() as
+    standin:`` or via :meth:`start` / :meth:`stop`. The bot reaches it through :attr:`api_base` (discord.py's
+    ``Route.BASE``) and :attr:`gateway_url` (``DiscordWebSocket.DEFAULT_GATEWAY``).
 
-    Parameters
-    ----------
-    token:
-        The bot token REST (``Authorization: Bot <token>``) and IDENTIFY must present.
-    heartbeat_interval:
-        Milliseconds announced in HELLO.
-    shard_count:
-        What ``GET /gateway/bot`` recommends (for ``AutoShardedBot``).
-    privileged_intents:
-        Privileged intents the "developer portal" enables; IDENTIFY asking for others is closed
-        with 4014 like Discord does.
-    enforce_permissions:
-        Answer 403 (50001/50013) when the bot lacks channel permissions, like Discord.
-    echo_bot_messages:
-        Dispatch MESSAGE_CREATE/UPDATE/DELETE and reaction events for the bot's own actions, like
-        Discord does (``on_message`` sees the bot's own messages).
-    interaction_response_timeout:
-        If set (Discord: 3.0), initial interaction responses later than this many seconds get
-        ``404 Unknown interaction``. ``None`` (default) disables the check to avoid flaky tests.
+    ``token`` is what REST (``Authorization: Bot <token>``) and IDENTIFY must present; ``heartbeat_interval``
+    the milliseconds announced in HELLO; ``port`` 0 binds an ephemeral port. Permissions are enforced like
+    Discord (403 50001/50013), and the bot's own actions are echoed as gateway events, like Discord.
+    The same server serves the sandbox page (:class:`sandbox.page.SandboxPage`) at ``/``.
     """
 
     def __init__(
@@ -101,46 +63,33 @@ class DiscordStandIn:
         bot_name: str = "MoodRing",
         guild_name: str = "Stand-in Guild",
         channel_name: str = "general",
+        owner_name: tuple[str, str] = ("standin-owner", "Stand-in Owner"),
+        user_name: tuple[str, str] = ("tester", "Test User"),
         heartbeat_interval: int = 41_250,
-        shard_count: int = 1,
-        privileged_intents: int = p.PRIVILEGED_INTENTS,
-        enforce_permissions: bool = True,
-        echo_bot_messages: bool = True,
-        interaction_response_timeout: float | None = None,
-        bot_user_id: int | None = None,
-        application_id: int | None = None,
         host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self.host = host
-        self.world = World(
-            token=token,
-            bot_name=bot_name,
-            bot_user_id=bot_user_id,
-            application_id=application_id,
-            privileged_intents=privileged_intents,
-        )
+        self._requested_port = port
+        self.world = World(token=token, bot_name=bot_name, owner_name=owner_name)
         guild = self.world.add_guild(guild_name)
         self.guild_id: int = guild.id
         self.channel_id: int = int(self.world.add_text_channel(guild.id, channel_name)["id"])
-        self.user_id: int = self.world.add_user("tester", global_name="Test User")
+        self.user_id: int = self.world.add_user(user_name[0], global_name=user_name[1])
         self.world.add_member(guild.id, self.user_id)
         self._other_bot_id: int | None = None
         self.gateway = Gateway(
             self.world, heartbeat_interval=heartbeat_interval, resume_url=lambda: self.resume_gateway_url
         )
-        self.gateway.shard_count = shard_count
         self.rest = RestApi(
-            self.world,
-            self.gateway,
-            base_url=lambda: self.base_url,
-            gateway_url=lambda: self.gateway_url,
-            enforce_permissions=enforce_permissions,
-            echo_bot_messages=echo_bot_messages,
-            interaction_response_timeout=interaction_response_timeout,
+            self.world, self.gateway, base_url=lambda: self.base_url, gateway_url=lambda: self.gateway_url
         )
         self.requests: list[RecordedRequest] = []
         self.faults: list[FaultRule] = []
         self.errors: list[str] = []
+        #: Called with every REST request once it is answered (the sandbox page pushes updates from here).
+        self.request_listeners: list[Callable[[RecordedRequest], None]] = []
+        self.page = SandboxPage(self)
         self._request_waiters: list[tuple[Callable[[RecordedRequest], bool], asyncio.Future[RecordedRequest]]] = []
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -149,18 +98,19 @@ class DiscordStandIn:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> Self:
-        """Bind an ephemeral port on ``host`` and start serving."""
+        """Bind ``port`` (0: an ephemeral one) on ``host`` and start serving."""
         if self._runner is not None:
             return self
         app = web.Application(client_max_size=100 * 1024 * 1024)
-        app.router.add_route("GET", "/", self.gateway.handle)
+        app.router.add_route("GET", "/gateway", self.gateway.handle)
         app.router.add_route("GET", "/resume", self.gateway.handle)
         app.router.add_route("GET", "/attachments/{channel_id}/{attachment_id}/{filename}", self._serve_attachment)
         app.router.add_route("*", API_PREFIX + "/{tail:.*}", self._handle_rest)
+        app.add_routes(self.page.routes())
         app.router.add_route("*", "/{tail:.*}", self._handle_unknown)
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, 0)
+        site = web.TCPSite(runner, self.host, self._requested_port)
         await site.start()
         self._runner = runner
         self._port = int(runner.addresses[0][1])
@@ -172,6 +122,7 @@ class DiscordStandIn:
         runner, self._runner = self._runner, None
         if runner is None:
             return
+        await self.page.close()
         await self.gateway.close_all()
         await runner.cleanup()
         for _, fut in self._request_waiters:
@@ -212,7 +163,7 @@ class DiscordStandIn:
     @property
     def gateway_url(self) -> str:
         """The gateway URL (``DiscordWebSocket.DEFAULT_GATEWAY`` and ``GET /gateway/bot``)."""
-        return f"ws://{self.host}:{self.port}/"
+        return f"ws://{self.host}:{self.port}/gateway"
 
     @property
     def resume_gateway_url(self) -> str:
@@ -350,6 +301,8 @@ class DiscordStandIn:
             if not fut.done() and predicate(rec):
                 fut.set_result(rec)
         self._request_waiters = [(pr, f) for pr, f in self._request_waiters if not f.done()]
+        for listener in self.request_listeners:
+            listener(rec)
         headers = {"Via": "1.1 google", **headers}  # discord.py only trusts a 429 that came "via" a proxy
         if body is None:
             return web.Response(status=status, headers=headers)
@@ -490,11 +443,6 @@ class DiscordStandIn:
         self._resumes_at_drop = self.gateway.resume_count
         return await self.gateway.drop(code, shard_id=shard_id)
 
-    async def send_reconnect(self, *, shard_id: int | None = None) -> None:
-        """Send op 7 RECONNECT (the client closes and RESUMEs)."""
-        self._resumes_at_drop = self.gateway.resume_count
-        await self.gateway.send_op(p.OP_RECONNECT, None, shard_id=shard_id)
-
     async def invalidate_session(self, *, resumable: bool = False, shard_id: int | None = None) -> None:
         """Send op 9 INVALID_SESSION; with ``resumable=False`` the client re-IDENTIFYs."""
         if not resumable:
@@ -511,10 +459,6 @@ class DiscordStandIn:
         """Wait until ``count`` RESUMEs happened (default: one more than at the last drop/reconnect)."""
         target = count if count is not None else self._resumes_at_drop + 1
         await self.gateway.wait_until(lambda: self.gateway.resume_count >= target, timeout, f"{target} RESUME(s)")
-
-    async def wait_until_connected(self, timeout: float = 10.0) -> None:
-        """Wait until some session has an open gateway connection."""
-        await self.gateway.wait_until(lambda: bool(self.gateway.connected_sessions()), timeout, "a gateway session")
 
     async def dispatch(self, event: str, data: JSON, *, guild_id: int | None = None) -> int:
         """Dispatch any raw event to the sessions owning ``guild_id`` (``RuntimeError`` if none)."""
@@ -548,10 +492,6 @@ class DiscordStandIn:
             if key in (rec.token, p.sid(rec.id)):
                 return rec
         raise KeyError(key)
-
-    def dm_channel_id(self, user: UserRef = None) -> int:
-        """The id of the DM channel between the bot and a user (created on first use)."""
-        return int(self.world.dm_channel_for(self._user_id(user))["id"])
 
     async def add_user(
         self, username: str, *, bot: bool = False, guild_id: int | None = None, roles: Iterable[int] = ()
@@ -601,11 +541,6 @@ class DiscordStandIn:
         rest = [o for o in channel["permission_overwrites"] if o["id"] != p.sid(target_id)]
         channel["permission_overwrites"] = [*rest, p.overwrite(target_id, type=kind, allow=allow, deny=deny)]
         await self.gateway.dispatch("CHANNEL_UPDATE", copy.deepcopy(channel), guild_id=rec.id, require_session=False)
-
-    async def set_bot_permissions(self, permissions: int, *, guild_id: int | None = None) -> None:
-        """Set the permissions of the bot's managed role (``@everyone``'s still apply on top)."""
-        gid = guild_id or self.guild_id
-        await self.set_role_permissions(self.world.bot_role_id(gid), permissions, guild_id=gid)
 
     # --- building blocks for dispatch helpers -------------------------------------------
 
@@ -747,389 +682,3 @@ class DiscordStandIn:
         world.store_message(data)
         await self.gateway.dispatch("MESSAGE_CREATE", data, guild_id=guild_id)
         return copy.deepcopy(data)
-
-    async def dispatch_reaction(self, message: MessageRef, emoji: str, *, user: UserRef = None) -> None:
-        """A user adds a reaction (``emoji``: unicode or ``name:id``): MESSAGE_REACTION_ADD."""
-        data = self._stored(message)
-        uid = self._user_id(user)
-        self.world.add_reaction(int(data["id"]), emoji, uid)
-        guild_id = int(data["guild_id"]) if data.get("guild_id") else None
-        event: JSON = {
-            "user_id": p.sid(uid),
-            "channel_id": data["channel_id"],
-            "message_id": data["id"],
-            "message_author_id": data["author"]["id"],
-            "emoji": p.reaction_emoji(emoji),
-            "burst": False,
-            "burst_colors": [],
-            "type": 0,
-        }
-        if guild_id is not None:
-            event["guild_id"] = p.sid(guild_id)
-            event["member"] = self._member_of(guild_id, uid)
-        await self.gateway.dispatch("MESSAGE_REACTION_ADD", event, guild_id=guild_id)
-
-    # --- dispatch helpers: interactions -------------------------------------------------
-
-    async def _dispatch_interaction(
-        self,
-        itype: int,
-        data: JSON,
-        *,
-        user: UserRef,
-        channel_id: int,
-        guild_id: int | None,
-        member_permissions: int | None,
-        message: JSON | None = None,
-        locale: str = "en-US",
-    ) -> JSON:
-        world = self.world
-        uid = self._user_id(user)
-        channel = copy.deepcopy(world.channel(channel_id))
-        assert channel is not None
-        perms = member_permissions if member_permissions is not None else world.permissions(channel_id, uid)
-        member: JSON | None = None
-        if guild_id is not None:
-            member = self._member_of(guild_id, uid)
-            member["permissions"] = str(perms)
-        channel["permissions"] = str(perms)
-        app_permissions = world.bot_permissions(channel_id) if guild_id is not None else p.DEFAULT_BOT_PERMISSIONS
-        token = world.new_interaction_token()
-        iid = p.snowflake()
-        payload = p.interaction(
-            iid,
-            type=itype,
-            token=token,
-            application_id=world.application_id,
-            data=data,
-            channel=channel,
-            guild_id=guild_id,
-            invoker=world.user(uid),
-            invoker_member=member,
-            app_permissions=app_permissions,
-            message_data=message,
-            locale=locale,
-        )
-        world.interactions[token] = InteractionRecord(
-            id=iid,
-            token=token,
-            type=itype,
-            payload=copy.deepcopy(payload),
-            channel_id=channel_id,
-            guild_id=guild_id,
-            invoker_id=uid,
-            message_id=int(message["id"]) if message else None,
-        )
-        await self.gateway.dispatch("INTERACTION_CREATE", payload, guild_id=guild_id)
-        return payload
-
-    def _command_data(
-        self, name: str, ctype: int, guild_id: int | None, command_guild_id: int | Literal["auto"] | None
-    ) -> tuple[JSON, JSON | None]:
-        if command_guild_id == "auto":
-            synced = self.world.find_command(name, ctype, guild_id)
-        else:
-            synced = self.world.find_command(name, ctype, command_guild_id)
-            if synced is not None and synced.get("guild_id") != (
-                p.sid(command_guild_id) if command_guild_id is not None else None
-            ):
-                synced = None
-        data: JSON = {"id": synced["id"] if synced else p.sid(p.snowflake()), "name": name, "type": ctype}
-        if synced is not None and synced.get("guild_id"):
-            data["guild_id"] = synced["guild_id"]
-        elif synced is None and isinstance(command_guild_id, int):
-            data["guild_id"] = p.sid(command_guild_id)
-        return data, synced
-
-    def _option(self, name: str, otype: int, value: Any, ctx: JSON) -> JSON:
-        resolved: JSON = ctx["resolved"]
-        guild_id: int | None = ctx["guild_id"]
-        if otype == p.OPTION_STRING:
-            out: Any = str(value)
-        elif otype == p.OPTION_INTEGER:
-            out = int(value)
-        elif otype == p.OPTION_NUMBER:
-            out = float(value)
-        elif otype == p.OPTION_BOOLEAN:
-            out = bool(value)
-        elif otype == p.OPTION_ATTACHMENT:
-            att = self._attachment_payload(ctx["channel_id"], value)
-            resolved.setdefault("attachments", {})[att["id"]] = att
-            out = att["id"]
-        else:
-            target = int(value["id"]) if isinstance(value, Mapping) else int(value)
-            rec = self.world.guilds.get(guild_id) if guild_id is not None else None
-            is_role = rec is not None and target in rec.roles
-            if otype == p.OPTION_CHANNEL:
-                channel = copy.deepcopy(self.world.channel(target))
-                if channel is None:
-                    raise ValueError(f"unknown channel {target}")
-                channel["permissions"] = str(self.world.permissions(target, ctx["user_id"]))
-                resolved.setdefault("channels", {})[p.sid(target)] = channel
-            elif otype == p.OPTION_ROLE or (otype == p.OPTION_MENTIONABLE and is_role):
-                assert rec is not None
-                resolved.setdefault("roles", {})[p.sid(target)] = copy.deepcopy(rec.roles[target])
-            else:
-                uid = self._user_id(value if isinstance(value, Mapping) else target)
-                resolved.setdefault("users", {})[p.sid(uid)] = self.world.user(uid)
-                member = self.world.member(guild_id, uid) if guild_id is not None else None
-                if member is not None:
-                    partial = p.member_without_user(member)
-                    partial["permissions"] = str(self.world.permissions(ctx["channel_id"], uid))
-                    resolved.setdefault("members", {})[p.sid(uid)] = partial
-            out = p.sid(target)
-        return {"name": name, "type": otype, "value": out}
-
-    def _options(
-        self,
-        path: list[str],
-        options: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
-        schema: list[JSON] | None,
-        ctx: JSON,
-    ) -> list[JSON]:
-        if path:
-            head, rest = path[0], path[1:]
-            spec = next((o for o in schema or [] if o["name"] == head), None)
-            otype = spec["type"] if spec else (p.OPTION_SUB_COMMAND_GROUP if rest else p.OPTION_SUB_COMMAND)
-            inner = self._options(rest, options, spec.get("options") if spec else None, ctx)
-            return [{"type": otype, "name": head, "options": inner}]
-        if options is None:
-            return []
-        if not isinstance(options, Mapping):
-            return [copy.deepcopy(dict(o)) for o in options]
-        out = []
-        for name, value in options.items():
-            spec = next((o for o in schema or [] if o["name"] == name), None)
-            otype = spec["type"] if spec else _infer_option_type(value)
-            option = self._option(name, otype, value, ctx)
-            if name == ctx.get("focused"):
-                option["focused"] = True
-            out.append(option)
-        return out
-
-    async def _dispatch_chat_input(
-        self,
-        itype: int,
-        name: str,
-        options: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None,
-        *,
-        user: UserRef,
-        channel_id: int | None,
-        guild_id: int | None,
-        member_permissions: int | None,
-        command_guild_id: int | Literal["auto"] | None,
-        focused: str | None = None,
-        locale: str = "en-US",
-    ) -> JSON:
-        channel_id, guild_id = self._resolve_channel(channel_id, guild_id)
-        root, *path = name.split()
-        data, synced = self._command_data(root, p.COMMAND_CHAT_INPUT, guild_id, command_guild_id)
-        ctx: JSON = {
-            "resolved": {},
-            "guild_id": guild_id,
-            "channel_id": channel_id,
-            "user_id": self._user_id(user),
-            "focused": focused,
-        }
-        data["options"] = self._options(path, options, synced.get("options") if synced else None, ctx)
-        if ctx["resolved"]:
-            data["resolved"] = ctx["resolved"]
-        return await self._dispatch_interaction(
-            itype,
-            data,
-            user=user,
-            channel_id=channel_id,
-            guild_id=guild_id,
-            member_permissions=member_permissions,
-            locale=locale,
-        )
-
-    async def dispatch_slash_command(
-        self,
-        name: str,
-        options: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
-        *,
-        user: UserRef = None,
-        channel_id: int | None = None,
-        guild_id: int | None = None,
-        member_permissions: int | None = None,
-        command_guild_id: int | Literal["auto"] | None = "auto",
-        locale: str = "en-US",
-    ) -> JSON:
-        """A user runs a slash command: INTERACTION_CREATE type 2. Returns the interaction payload.
-
-        ``name`` may contain a subcommand path: ``"moodring channel enable"`` becomes a
-        subcommand group + subcommand (types 2/1; the synced schema decides when known).
-        ``options`` is either ``{name: value}`` (types come from the synced command, else from the
-        Python type; users/channels/roles/attachments get ``resolved`` entries) or a list of raw
-        option dicts. The command id and ``data.guild_id`` come from the last sync
-        (``command_guild_id="auto"``); pass ``None`` to force a global command or a guild id.
-        ``member_permissions`` overrides the invoker's computed channel permissions.
-        """
-        return await self._dispatch_chat_input(
-            p.INTERACTION_APPLICATION_COMMAND,
-            name,
-            options,
-            user=user,
-            channel_id=channel_id,
-            guild_id=guild_id,
-            member_permissions=member_permissions,
-            command_guild_id=command_guild_id,
-            locale=locale,
-        )
-
-    async def dispatch_autocomplete(
-        self,
-        name: str,
-        options: Mapping[str, Any],
-        focused: str,
-        *,
-        user: UserRef = None,
-        channel_id: int | None = None,
-        command_guild_id: int | Literal["auto"] | None = "auto",
-    ) -> JSON:
-        """A user is typing option ``focused``: INTERACTION_CREATE type 4 (answered with callback type 8)."""
-        return await self._dispatch_chat_input(
-            p.INTERACTION_AUTOCOMPLETE,
-            name,
-            options,
-            user=user,
-            channel_id=channel_id,
-            guild_id=None,
-            member_permissions=None,
-            command_guild_id=command_guild_id,
-            focused=focused,
-        )
-
-    async def dispatch_context_menu(
-        self,
-        name: str,
-        target_message: MessageRef | None = None,
-        *,
-        target_user: UserRef | None = None,
-        user: UserRef = None,
-        member_permissions: int | None = None,
-        command_guild_id: int | Literal["auto"] | None = "auto",
-    ) -> JSON:
-        """A user runs a message (or user) context menu command: INTERACTION_CREATE type 2, data.type 3 (2).
-
-        The target message (id or payload) goes in ``data.resolved.messages`` with ``target_id``;
-        the interaction happens in that message's channel.
-        """
-        if target_message is None and target_user is None:
-            raise ValueError("give target_message or target_user")
-        if target_message is not None:
-            target = self._stored(target_message)
-            target.pop("member", None)
-            channel_id, guild_id = self._resolve_channel(int(target["channel_id"]), None)
-            ctype = p.COMMAND_MESSAGE
-            resolved: JSON = {"messages": {target["id"]: target}}
-            target_id = target["id"]
-        else:
-            channel_id, guild_id = self._resolve_channel(None, None)
-            ctype = p.COMMAND_USER
-            ctx: JSON = {"resolved": {}, "guild_id": guild_id, "channel_id": channel_id, "user_id": self.user_id}
-            target_id = self._option("target", p.OPTION_USER, target_user, ctx)["value"]
-            resolved = ctx["resolved"]
-        data, _ = self._command_data(name, ctype, guild_id, command_guild_id)
-        data.update(target_id=target_id, resolved=resolved)
-        return await self._dispatch_interaction(
-            p.INTERACTION_APPLICATION_COMMAND,
-            data,
-            user=user,
-            channel_id=channel_id,
-            guild_id=guild_id,
-            member_permissions=member_permissions,
-        )
-
-    async def dispatch_component(
-        self,
-        custom_id: str,
-        message: MessageRef,
-        *,
-        values: Sequence[str] | None = None,
-        component_type: int | None = None,
-        user: UserRef = None,
-    ) -> JSON:
-        """A user clicks a button (or picks select ``values``) on ``message``: INTERACTION_CREATE type 3.
-
-        The component type is looked up in the message's components unless given.
-        """
-        msg = self._stored(message)
-        msg.pop("member", None)
-        channel_id, guild_id = self._resolve_channel(int(msg["channel_id"]), None)
-        if component_type is None:
-            found = _find_component(msg.get("components") or [], custom_id)
-            component_type = int(found["type"]) if found else p.COMPONENT_BUTTON
-        data: JSON = {"custom_id": custom_id, "component_type": component_type}
-        if values is not None or component_type != p.COMPONENT_BUTTON:
-            data["values"] = list(values or [])
-        return await self._dispatch_interaction(
-            p.INTERACTION_MESSAGE_COMPONENT,
-            data,
-            user=user,
-            channel_id=channel_id,
-            guild_id=guild_id,
-            member_permissions=None,
-            message=msg,
-        )
-
-    async def dispatch_modal_submit(
-        self,
-        custom_id: str,
-        values: Mapping[str, str],
-        *,
-        user: UserRef = None,
-        channel_id: int | None = None,
-    ) -> JSON:
-        """A user submits a modal the bot opened: INTERACTION_CREATE type 5.
-
-        ``values`` maps text-input custom ids to what the user typed; the layout mirrors the
-        modal the bot sent (callback type 9) when it was recorded.
-        """
-        channel_id, guild_id = self._resolve_channel(channel_id, None)
-        layout: list[JSON] = []
-        for r in reversed(self.requests):
-            body = r.json if isinstance(r.json, dict) else {}
-            if r.route == _CALLBACK_ROUTE and body.get("type") == 9 and body["data"].get("custom_id") == custom_id:
-                layout = body["data"].get("components") or []
-                break
-        components: list[JSON] = []
-        for top in layout:
-            if top.get("type") == 18 and isinstance(top.get("component"), Mapping):
-                inner = top["component"]
-                cid = inner.get("custom_id")
-                if cid in values:
-                    components.append(
-                        {"type": 18, "component": {"type": inner["type"], "custom_id": cid, "value": values[cid]}}
-                    )
-            else:
-                row = [
-                    {"type": c["type"], "custom_id": c["custom_id"], "value": values[c["custom_id"]]}
-                    for c in top.get("components", [])
-                    if c.get("custom_id") in values
-                ]
-                components.append({"type": 1, "components": row})
-        if not layout:
-            components = [
-                {"type": 1, "components": [{"type": p.COMPONENT_TEXT_INPUT, "custom_id": k, "value": v}]}
-                for k, v in values.items()
-            ]
-        data = {"custom_id": custom_id, "components": components}
-        return await self._dispatch_interaction(
-            p.INTERACTION_MODAL_SUBMIT,
-            data,
-            user=user,
-            channel_id=channel_id,
-            guild_id=guild_id,
-            member_permissions=None,
-        )
-
-    async def wait_for_interaction_response(
-        self, interaction: Mapping[str, Any], *, timeout: float = 5.0
-    ) -> RecordedRequest:
-        """The callback request (``POST /interactions/{id}/{token}/callback``) answering ``interaction``."""
-        iid = str(interaction["id"])
-        return await self.wait_for_request(
-            lambda r: r.route == _CALLBACK_ROUTE and r.params.get("interaction_id") == iid, timeout=timeout
-        )

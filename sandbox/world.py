@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import secrets
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,7 +56,6 @@ class InteractionRecord:
     response_type: int | None = None
     original_message_id: int | None = None
     followup_ids: list[int] = field(default_factory=list)
-    created_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -72,20 +70,13 @@ class StoredFile:
 class World:
     """Mutable Discord-side state. All ids are ints here; payloads carry strings."""
 
-    def __init__(
-        self,
-        *,
-        token: str,
-        bot_name: str,
-        bot_user_id: int | None,
-        application_id: int | None,
-        privileged_intents: int,
-    ) -> None:
+    def __init__(self, *, token: str, bot_name: str, owner_name: tuple[str, str]) -> None:
         self.token = token
-        self.bot_user_id = bot_user_id or p.snowflake()
-        self.application_id = application_id or self.bot_user_id
+        self.bot_user_id = p.snowflake()
+        self.application_id = self.bot_user_id
         self.bot_user: JSON = p.self_user(self.bot_user_id, bot_name)
-        self.privileged_intents = privileged_intents
+        #: Privileged intents enabled in the "developer portal"; IDENTIFY asking for others is closed with 4014.
+        self.privileged_intents = p.PRIVILEGED_INTENTS
         self.users: dict[int, JSON] = {self.bot_user_id: p.user(self.bot_user_id, bot_name, bot=True)}
         self.guilds: dict[int, GuildRecord] = {}
         self.dm_channels: dict[int, JSON] = {}
@@ -98,7 +89,7 @@ class World:
         self.command_version = 0
         owner_id = p.snowflake()
         self.owner_id = owner_id
-        self.users[owner_id] = p.user(owner_id, "standin-owner", global_name="Stand-in Owner")
+        self.users[owner_id] = p.user(owner_id, owner_name[0], global_name=owner_name[1])
 
     # --- application --------------------------------------------------------------------
 

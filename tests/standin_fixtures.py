@@ -1,10 +1,10 @@
-"""Point the unmodified discord.py client at a :class:`DiscordStandIn`, as pytest fixtures or context managers.
+"""Point the unmodified discord.py client at a :class:`sandbox.DiscordStandIn`: the ``discord_standin`` fixture,
+``point_discord_at`` and ``running_bot``.
 
 Nothing in the bot needs a test-only branch: discord.py builds every REST URL (including
 interaction callbacks and webhook follow-ups) from ``discord.http.Route.BASE`` and connects to
 ``DiscordWebSocket.DEFAULT_GATEWAY``; those two class attributes are all that is patched.
-
-Register the fixtures with ``pytest_plugins = ("discord_standin.fixtures",)`` in ``tests/conftest.py``.
+Registered in tests/conftest.py via ``pytest_plugins``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import yarl
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from .server import DiscordStandIn
+from sandbox import DiscordStandIn
 
 _log = logging.getLogger(__name__)
 

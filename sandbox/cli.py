@@ -1,0 +1,257 @@
+"""`moodring sandbox`: a local Discord with a web page, and the real bot connected to it as a child `moodring run`.
+
+The bot child is started exactly as on a server, with `MOODRING_DISCORD_API` / `MOODRING_DISCORD_GATEWAY` pointing
+it here instead of at Discord, the stand-in's token and guild, and a database of its own. The world is kept in
+memory and the database in a temporary directory, both gone when the sandbox stops, unless `--state FILE` keeps
+them (sandbox/state.py). On Ctrl-C or SIGTERM the child gets SIGTERM (it flushes its statistics and stops a running
+training), SIGKILL if it has not exited within `BOT_STOP_TIMEOUT`, and is waited for. If the sandbox dies without
+warning, the child stops itself (model/parent_watch.py's lifeline), so it never outlives the sandbox.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import ipaddress
+import itertools
+import os
+import signal
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import payloads as p
+from . import state
+from .server import DiscordStandIn
+
+DEFAULT_PORT = 8765
+#: Seconds the bot child gets to shut down cleanly after SIGTERM (it flushes statistics, stops a training child).
+BOT_STOP_TIMEOUT = 30.0
+#: Seconds to wait for the bot to connect and register its commands before seeding history.
+BOT_READY_TIMEOUT = 300.0
+#: model/parent_watch.py's variable (named here, not imported: the sandbox imports nothing of the bot or the model).
+PARENT_FD_ENV = "MOODRING_PARENT_FD"
+
+
+@dataclass(frozen=True)
+class Cast:
+    """Who and what is in the sandbox's server (ids)."""
+
+    owner: int  # the server's owner and the bot's owner (the application owner)
+    admin: int  # has Manage Server through the "Admins" role
+    member: int  # an ordinary member
+    channels: tuple[int, ...]
+
+
+def furnish(standin: DiscordStandIn) -> Cast:
+    """Add an admin (with an "Admins" role that has Manage Server) and two more channels to the stand-in's guild.
+
+    Call it before the bot connects: the bot then learns all of it from GUILD_CREATE.
+    """
+    world, guild = standin.world, standin.guild_id
+    admin_permissions = p.DEFAULT_EVERYONE_PERMISSIONS | p.PERM_MANAGE_GUILD
+    admins = int(world.add_role(guild, "Admins", permissions=admin_permissions)["id"])
+    admin = world.add_user("alex", global_name="Alex")
+    world.add_member(guild, admin, roles=[admins])
+    channels = [standin.channel_id]
+    for name, topic in (("feelings", "Talk about your day"), ("random", None)):
+        channels.append(int(world.add_text_channel(guild, name, topic=topic)["id"]))
+    return Cast(owner=standin.owner_id, admin=admin, member=standin.user_id, channels=tuple(channels))
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="try the bot in a browser: a local Discord with a web page, and the real bot connected to it",
+        description="Serve a local Discord-compatible server with a web page, and run the bot (`moodring run`) "
+        "against it. No Discord account or token needed. Stop with Ctrl-C.",
+    )
+    sandbox.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sandbox.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    sandbox.add_argument(
+        "--seed-history",
+        type=int,
+        default=0,
+        metavar="N",
+        help="post N GoEmotions dev texts in #general once the bot is up, for it to analyse (needs GOEMOTIONS_DIR)",
+    )
+    sandbox.add_argument(
+        "--state",
+        type=Path,
+        metavar="FILE",
+        help="keep the sandbox between runs: its world is saved to FILE on exit and loaded on start, and the bot's "
+        "database is kept beside it (default: everything in memory, gone on exit)",
+    )
+    sandbox.set_defaults(handler=run_sandbox)
+
+
+def run_sandbox(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        print(f"moodring: --port must be 1-65535, got {args.port}", file=sys.stderr)
+        return 2
+    if args.seed_history < 0:
+        print("moodring: --seed-history must be at least 0", file=sys.stderr)
+        return 2
+    texts: list[str] = []
+    if args.seed_history:
+        try:
+            texts = dev_texts(os.environ.get("GOEMOTIONS_DIR"), args.seed_history)
+        except OSError as error:
+            print(f"moodring: --seed-history needs GoEmotions' dev.tsv ({error}); set GOEMOTIONS_DIR", file=sys.stderr)
+            return 2
+    if not _is_loopback(args.host):
+        print(
+            f"moodring: warning: --host {args.host} is not a loopback address. The sandbox has no login: anyone who "
+            "can reach it can post as any member and drive the bot.",
+            file=sys.stderr,
+        )
+    return asyncio.run(serve(args.host, args.port, texts, args.state))
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def dev_texts(data_dir: str | None, count: int) -> list[str]:
+    """The first `count` texts of GoEmotions' dev split (dev.tsv: text, labels, id)."""
+    if not data_dir:
+        raise FileNotFoundError("GOEMOTIONS_DIR is not set")
+    with open(Path(data_dir) / "dev.tsv", encoding="utf-8", newline="") as file:
+        rows = csv.reader(file, delimiter="\t", quoting=csv.QUOTE_NONE)
+        return [row[0] for row in itertools.islice(rows, count) if row and row[0].strip()]
+
+
+def bot_environment(standin: DiscordStandIn, database: Path, lifeline: int) -> dict[str, str]:
+    """The environment of the bot child: this process's, pointed at the stand-in, with a database of its own."""
+    return {
+        **os.environ,
+        PARENT_FD_ENV: str(lifeline),
+        "DISCORD_TOKEN": standin.token,
+        "MOODRING_DISCORD_API": standin.api_base,
+        "MOODRING_DISCORD_GATEWAY": standin.gateway_url,
+        "MOODRING_DEV_GUILD_ID": str(standin.guild_id),
+        "MOODRING_OWNER_IDS": "",  # the application's owner: the sandbox's owner member
+        "MOODRING_DATABASE": str(database),
+    }
+
+
+async def serve(host: str, port: int, seed: list[str], state_file: Path | None = None) -> int:
+    """Run the sandbox until a signal or the bot's exit; returns 0, or the bot's exit status if it ended first.
+
+    With `state_file`, the world is loaded from it (if it exists) and saved to it once the bot has stopped.
+    """
+    standin = DiscordStandIn(
+        guild_name="moodring sandbox", owner_name=("olivia", "Olivia"), user_name=("sam", "Sam"), host=host, port=port
+    )
+    if state_file is not None and state_file.exists():
+        try:
+            saved = state.load(standin, state_file, f"http://{host}:{port}")
+        except state.StateError as error:
+            print(f"moodring: {error}; move it away to start afresh", file=sys.stderr)
+            return 2
+        cast = Cast(saved["owner"], saved["admin"], saved["member"], tuple(saved["channels"]))
+    else:
+        cast = furnish(standin)
+    try:
+        await standin.start()
+    except OSError as error:
+        print(f"moodring: cannot serve on {host}:{port} ({error.strerror or error}); try --port", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    # The bot's lifeline (model/parent_watch.py): it stops itself when this end closes, even if we are SIGKILLed.
+    lifeline_read, lifeline = os.pipe()
+    try:
+        with tempfile.TemporaryDirectory(prefix="moodring-sandbox-") as scratch:
+            database = Path(scratch) / "moodring.sqlite3"
+            if state_file is not None:
+                database = state_file.with_name(state_file.name + ".bot.sqlite3")
+            try:
+                bot = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "moodring",
+                    "run",
+                    env=bot_environment(standin, database, lifeline_read),
+                    pass_fds=(lifeline_read,),
+                    start_new_session=True,  # Ctrl-C reaches the sandbox only; it stops the bot, once
+                )
+            finally:
+                os.close(lifeline_read)
+            print(f"Sandbox at http://{host}:{standin.port}", flush=True)
+            print(f"Bot: moodring run (pid {bot.pid}), connecting to it. Stop both with Ctrl-C.", flush=True)
+            seeding = asyncio.create_task(seed_history(standin, cast, seed)) if seed else None
+            exited = asyncio.create_task(bot.wait())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({exited, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if seeding is not None:
+                seeding.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await seeding
+            if exited.done():
+                print(f"moodring: the bot exited (status {bot.returncode}); stopping the sandbox", file=sys.stderr)
+                return bot.returncode if bot.returncode > 0 else 1
+            await stop_bot(bot)
+            return 0
+    finally:
+        if state_file is not None:
+            try:
+                state.save(standin, state_file, asdict(cast))
+                print(f"Sandbox saved in {state_file}.", flush=True)
+            except OSError as error:
+                print(f"moodring: could not save the sandbox in {state_file}: {error}", file=sys.stderr)
+        os.close(lifeline)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await standin.stop()
+
+
+async def stop_bot(bot: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL after `BOT_STOP_TIMEOUT`; returns once the child has exited and been reaped."""
+    if bot.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            bot.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(bot.wait(), BOT_STOP_TIMEOUT)
+        except TimeoutError:
+            print(f"moodring: the bot did not stop within {BOT_STOP_TIMEOUT:.0f} s; killing it", file=sys.stderr)
+            with contextlib.suppress(ProcessLookupError):
+                bot.kill()
+            await bot.wait()
+    print(f"Bot stopped (exit status {bot.returncode}).", flush=True)
+
+
+async def seed_history(standin: DiscordStandIn, cast: Cast, texts: list[str]) -> None:
+    """Once the bot is connected with its commands registered, post `texts` in #general as the members, in turn.
+
+    They go through the normal path: MESSAGE_CREATE, analysed by the bot like any message. The bot records
+    statistics at the time it analyses a message, so the seeded history is "now", not spread over past days.
+    """
+    world = standin.world
+    deadline = asyncio.get_running_loop().time() + BOT_READY_TIMEOUT
+    while not (standin.gateway.connected_sessions() and world.guild_commands.get(standin.guild_id)):
+        if asyncio.get_running_loop().time() > deadline:
+            print(f"moodring: the bot did not connect within {BOT_READY_TIMEOUT:.0f} s; no history seeded")
+            return
+        await asyncio.sleep(0.2)
+    authors = itertools.cycle((cast.member, cast.admin, cast.owner))
+    for posted, text in enumerate(texts):
+        try:
+            await standin.dispatch_message(standin.channel_id, text, author=next(authors))
+        except RuntimeError:  # the bot disconnected
+            print(f"moodring: the bot disconnected; seeded {posted} of {len(texts)} messages", file=sys.stderr)
+            return
+        standin.page.changed()
+        await asyncio.sleep(0.05)  # a steady trickle, not a flood the bot would answer "busy" to
+    print(f"Seeded #general with {len(texts)} GoEmotions dev messages (analysed now, not back-dated).", flush=True)

@@ -1,0 +1,127 @@
+"""The sandbox page in a real browser: Playwright drives Debian's Chromium (`.ci/run` installs the `chromium`
+package; Playwright's own browser download cannot work here) against the stand-in and the real `MoodringBot`.
+
+Screenshots of each step are saved in the test's tmp_path; docs/sandbox.png is one of them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from bot_fixtures import BotFactory
+from playwright.async_api import Page, async_playwright, expect
+from test_bot_emotions import reacting_text
+
+from model import EmotionClassifier
+from sandbox import DiscordStandIn
+from sandbox.cli import furnish
+
+CHROMIUM = os.environ.get("MOODRING_CHROMIUM", "/usr/bin/chromium")
+#: The bot answers within a second or two; a loaded 2-core machine gets more.
+STEP_TIMEOUT_MS = 30_000
+
+
+async def run_command(page: Page, name: str, **options: str) -> None:
+    """Type `/name` in the composer, pick it from the command list, fill in its options and run it."""
+    await page.fill("#composer", "/" + name)
+    await page.click(f'#command-list [data-command="{name}"]')
+    form = page.locator("#command-form")
+    for option, value in options.items():
+        field = form.locator(f'[name="{option}"]')
+        if await field.evaluate("node => node.tagName") == "SELECT":
+            await field.select_option(value)
+        else:
+            await field.fill(value)
+    await form.locator('button[type="submit"]').click()
+    await expect(form).to_be_hidden()
+
+
+async def test_a_newcomer_tries_the_bot_in_a_browser(
+    discord_standin: DiscordStandIn, make_moodring_bot: BotFactory, tiny_classifier: EmotionClassifier, tmp_path: Path
+) -> None:
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no Chromium at {CHROMIUM}: `apt-get install chromium` (.ci/run does) or set MOODRING_CHROMIUM")
+    standin = discord_standin
+    cast = furnish(standin)
+    reacting, emojis = reacting_text(tiny_classifier)
+    expect.set_options(timeout=STEP_TIMEOUT_MS)
+    errors: list[str] = []
+    async with make_moodring_bot(), async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 860})
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            step = 0
+
+            async def snapshot(name: str) -> None:
+                nonlocal step
+                step += 1
+                await page.screenshot(path=tmp_path / f"{step:02d}-{name}.png")
+
+            # 1. The page opens, and the bot is online with its commands.
+            await page.goto(standin.base_url)
+            await expect(page.locator("#bot-status")).to_have_class("online")
+            await page.select_option("#member", str(cast.member))
+            await snapshot("opened")
+
+            # 2. A member sends a message.
+            await page.fill("#composer", "What a lovely morning, thank you all!")
+            await page.press("#composer", "Enter")
+            await expect(page.locator(".message .content", has_text="What a lovely morning")).to_be_visible()
+            await snapshot("message")
+
+            # 3. /emotion answers with an embed listing 5 emotions.
+            await run_command(page, "emotion", text="I can't believe you remembered my birthday!")
+            answer = page.locator(".message", has=page.locator(".used", has_text="used /emotion")).last
+            await expect(answer.locator(".embed .embed-field").first.locator(".line")).to_have_count(5)
+            await snapshot("emotion")
+
+            # 4. The member's message, through its "Analyze emotions" menu: an answer only they can see.
+            mine = page.locator(".message", has=page.locator(".content", has_text="What a lovely morning")).first
+            await mine.hover()
+            await mine.locator('.actions [data-menu="Analyze emotions"]').click()
+            private = page.locator(".message.ephemeral", has=page.locator(".embed-title", has_text="Emotions in"))
+            await expect(private.locator(".ephemeral-note")).to_have_text("👁 Only you can see this")
+
+            # 5. A reply to that message that mentions the bot: the bot reads the message replied to.
+            await mine.hover()
+            await mine.locator(".actions .reply").click()
+            await page.fill("#composer", "@MoodRing what do you make of this?")
+            await page.press("#composer", "Enter")
+            asked = page.locator(".message", has=page.locator(".mention", has_text="@MoodRing")).last
+            await expect(asked.locator(".reference")).to_contain_text("What a lovely morning")
+            await expect(page.locator(".message .reference", has_text="what do you make of this")).to_be_visible()
+            await snapshot("reply")
+
+            # 6. The admin turns auto-reactions on; a new message gets the bot's reaction.
+            await page.select_option("#member", str(cast.admin))
+            await run_command(page, "moodring channel", reactions="true")
+            confirmation = page.locator(".message.ephemeral", has_text="Updated.")
+            await expect(confirmation.locator(".ephemeral-note")).to_have_text("👁 Only you can see this")
+            await page.fill("#composer", reacting)
+            await page.press("#composer", "Enter")
+            reacted = page.locator(".message", has=page.locator(".content", has_text=reacting)).last
+            await expect(reacted.locator(".reaction").first).to_contain_text(emojis[0])
+            await snapshot("reaction")
+
+            # 7. /mood shows the channel's chart.
+            await run_command(page, "mood")
+            chart = page.locator(".message .embed img.embed-image").last
+            await expect(chart).to_be_visible()
+            await chart.evaluate("img => img.decode()")  # rejects if the image does not load
+            assert await chart.evaluate("img => img.naturalWidth") > 0
+            await chart.scroll_into_view_if_needed()
+            await snapshot("mood")
+
+            # 8. A plain member is refused an admin command.
+            await page.select_option("#member", str(cast.member))
+            await run_command(page, "moodring channel", reactions="false")
+            refusal = page.locator(".message.ephemeral", has_text="Manage Server")
+            await expect(refusal).to_be_visible()
+            await snapshot("refused")
+        finally:
+            await browser.close()
+    assert not errors, errors
+    assert not standin.errors
