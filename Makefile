@@ -1,4 +1,4 @@
-# Two commands do all set-up: `make train` (the main job) and `make test`.
+# Two commands do all set-up: `make demo` (the bot in a browser, training its first model) and `make test`.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
