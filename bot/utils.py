@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import discord
 from discord import app_commands
 from discord.ext import commands
+
+from bot.inference import InferenceBusy, InferenceFailed, NoModel
+from model import Prediction
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +21,7 @@ T = TypeVar("T")
 # Every message the bot sends can quote user text, so none of them may ping anyone.
 NO_MENTIONS = discord.AllowedMentions.none()
 SOMETHING_WENT_WRONG = "Sorry, something went wrong on my side. It has been logged."
+BUSY = "I'm reading a lot of messages right now. Please try again in a few seconds."
 
 
 class InvalidArgument(app_commands.AppCommandError):
@@ -111,3 +115,19 @@ class FloodLimits:
             return Refusal(scope, retry_after, warn=False)
         self._warned[(scope, key)] = now + retry_after
         return Refusal(scope, retry_after, warn=True)
+
+
+async def reading_or_apology(
+    interaction: discord.Interaction, reading: Awaitable[Prediction], no_model: Callable[[], str]
+) -> Prediction | None:
+    """Await `reading`; if there is no model, the reader is busy or slow, or it failed, tell the member privately
+    (`no_model()` says what to say when there is no model) and return None."""
+    try:
+        return await reading
+    except NoModel:
+        await send_ephemeral(interaction, no_model())
+    except (InferenceBusy, TimeoutError):
+        await send_ephemeral(interaction, BUSY)
+    except InferenceFailed:
+        await send_ephemeral(interaction, SOMETHING_WENT_WRONG)
+    return None

@@ -18,7 +18,7 @@ import discord
 from discord.ext import commands
 
 from bot.app import MoodringBot
-from bot.cogs.emotions import BUSY, NOTHING_TO_READ
+from bot.cogs.emotions import NOTHING_TO_READ
 from bot.corrections import (
     ALREADY_CORRECTED,
     CORRECTIONS_OFF,
@@ -31,10 +31,9 @@ from bot.corrections import (
     PendingCorrection,
     model_version,
 )
-from bot.inference import InferenceBusy, InferenceFailed, NoModel
 from bot.store import Correction, CorrectionOutcome
 from bot.text import prepare_text
-from bot.utils import NO_MENTIONS, SOMETHING_WENT_WRONG, send_ephemeral
+from bot.utils import NO_MENTIONS, reading_or_apology, send_ephemeral
 
 log = logging.getLogger(__name__)
 
@@ -90,16 +89,9 @@ class Corrections(commands.Cog):
         if await store.has_corrected(guild_id, message_key, interaction.user.id):
             await send_ephemeral(interaction, ALREADY_CORRECTED)
             return
-        try:
-            prediction = await self.bot.inference.classify(text, top_k=None)
-        except NoModel:
-            await send_ephemeral(interaction, self.bot.no_model_message())
-            return
-        except (InferenceBusy, TimeoutError):
-            await send_ephemeral(interaction, BUSY)
-            return
-        except InferenceFailed:
-            await send_ephemeral(interaction, SOMETHING_WENT_WRONG)
+        reading = self.bot.inference.classify(text, top_k=None)
+        prediction = await reading_or_apology(interaction, reading, self.bot.no_model_message)
+        if prediction is None:
             return
         pending = PendingCorrection(
             guild_id=guild_id,

@@ -21,12 +21,11 @@ from bot.inference import InferenceBusy, InferenceFailed, NoModel
 from bot.reactions import ReactionQueue
 from bot.render import emoji_for, emotion_embed, emotion_text
 from bot.text import prepare_text
-from bot.utils import NO_MENTIONS, SOMETHING_WENT_WRONG, FloodLimits, send_ephemeral
+from bot.utils import BUSY, NO_MENTIONS, SOMETHING_WENT_WRONG, FloodLimits, reading_or_apology, send_ephemeral
 from model import Prediction
 
 log = logging.getLogger(__name__)
 
-BUSY = "I'm reading a lot of messages right now. Please try again in a few seconds."
 NOTHING_TO_READ = "There's no text there for me to read (links, code, attachments and stickers are skipped)."
 ANSWER_TIMEOUT = 2.5  # seconds; Discord drops interactions not answered within 3
 SLOW_DOWN = {
@@ -86,16 +85,8 @@ class Emotions(commands.Cog):
         if not text:
             await send_ephemeral(interaction, NOTHING_TO_READ)
             return
-        try:
-            prediction = await self.classify(text)
-        except NoModel:
-            await send_ephemeral(interaction, self.bot.no_model_message())
-            return
-        except (InferenceBusy, TimeoutError):
-            await send_ephemeral(interaction, BUSY)
-            return
-        except InferenceFailed:
-            await send_ephemeral(interaction, SOMETHING_WENT_WRONG)
+        prediction = await reading_or_apology(interaction, self.classify(text), self.bot.no_model_message)
+        if prediction is None:
             return
         embed = emotion_embed(prediction, title=title, jump_url=jump_url)
         await interaction.response.send_message(
