@@ -285,3 +285,64 @@ async def test_state_file_keeps_the_world_between_runs(tmp_path: Path) -> None:
     (tmp_path / "broken.json").write_text('{"version": 1, "users": ')
     with pytest.raises(state.StateError, match="cannot read the sandbox state"):
         state.load(DiscordStandIn(), tmp_path / "broken.json", "http://127.0.0.1:1")
+
+
+def training_children(pid: int) -> list[int]:
+    """The `moodring train` processes that `pid` started (its direct children whose command line says train)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child_pid in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    if b"train" in Path(f"/proc/{child_pid}/cmdline").read_bytes().split(b"\0"):
+                        found.append(int(child_pid))
+    return found
+
+
+async def test_sigterm_to_moodring_run_stops_its_training_child(
+    discord_standin: DiscordStandIn, tiny_backbone_dir: Path, goemotions_dir: Path, tmp_path: Path
+) -> None:
+    """A real `moodring run` with no model trains its first one in a child; SIGTERM to the bot stops that child
+    too (the bot exits 0, the child is gone when it does), rather than leaving a training run behind.
+
+    Two layers give that: the retrainer stops the child's process group when its task is cancelled, and the child
+    stops itself when its pipe to the bot closes. This test fails only when both fail (checked by breaking both).
+    """
+    standin = discord_standin
+    env = bot_env(
+        tmp_path,
+        tmp_path / "no-model-yet",
+        DISCORD_TOKEN=standin.token,
+        MOODRING_DISCORD_API=standin.api_base,
+        MOODRING_DISCORD_GATEWAY=standin.gateway_url,
+        MOODRING_DEV_GUILD_ID=str(standin.guild_id),
+        MOODRING_TRAIN_ON_START="true",
+        MOODRING_BACKBONE=str(tiny_backbone_dir),
+        GOEMOTIONS_DIR=str(goemotions_dir),
+        # Trains until stopped: the child must still be running when the bot is told to stop.
+        MOODRING_RETRAIN_ARGS="--epochs 50 --patience 50 --train-limit 256 --dev-limit 32 --max-length 16",
+    )
+    async with child("run", env=env, cwd=tmp_path) as bot:
+        await standin.wait_until_identified(1, timeout=60)
+        trainers: list[int] = []
+        for _ in range(1200):  # the child starts once the bot is up; 60 s at most
+            trainers = training_children(bot.pid)
+            if trainers:
+                break
+            await asyncio.sleep(0.05)
+        assert trainers, (tmp_path / "stderr.log").read_text()
+        progress = list((tmp_path / "runs").rglob("progress.jsonl"))
+        for _ in range(1200):  # and it is training, not still starting
+            progress = list((tmp_path / "runs").rglob("progress.jsonl"))
+            if progress and '"step"' in progress[0].read_text():
+                break
+            await asyncio.sleep(0.05)
+        bot.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(bot.wait(), STOP_WITHIN_S + 10)  # + the child's SIGTERM-to-SIGKILL grace
+        # Gone when the bot exits: stopped by the bot, not later by its own watch on the bot's pipe.
+        still_running = [pid for pid in trainers if process_alive(pid)]
+        assert all(wait_until_gone(pid, 10) for pid in still_running)  # tidy up before failing
+        assert not still_running, "the training child outlived the bot"
+    stderr = (tmp_path / "stderr.log").read_text()
+    assert code == 0, stderr
+    assert "shut down cleanly" in stderr and "Traceback" not in stderr
