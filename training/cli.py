@@ -9,7 +9,6 @@ from dataclasses import fields
 from model.cli import add_serving_options, serving_threads
 
 DATA_HELP = "GoEmotions directory in the original TSV layout (default: $GOEMOTIONS_DIR, else the hub)"
-PRECISIONS = ("fp32", "fp16", "bf16")
 EXTRA_HELP = "community corrections in GoEmotions' layout (written by `moodring corrections export`)"
 MODEL_HELP = "exported model directory (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"
 
@@ -22,8 +21,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         flag, help_text, check = "--" + spec.name.replace("_", "-"), spec.metadata["help"], spec.metadata["check"]
         if spec.name == "onnx":
             train.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip: " + help_text)
-        elif spec.name == "precision":
-            train.add_argument(flag, choices=PRECISIONS, default=spec.default, help=help_text)
+        elif spec.metadata["choices"]:
+            train.add_argument(flag, choices=spec.metadata["choices"], default=spec.default, help=help_text)
         elif spec.name == "backbone":  # None: the environment's choice is read when the command runs
             train.add_argument(flag, default=None, help=help_text)
         elif check is None:

@@ -14,9 +14,12 @@ DEFAULT_BACKBONE = "squeezebert/squeezebert-uncased"
 MAX_POSITIONS = 512  # in every SqueezeBERT and BERT checkpoint
 
 
-def option(default, help: str, check=None):
-    """A field that `moodring train` exposes as `--name`; `check` parses and range-checks the command-line text."""
-    return field(default=default, metadata={"help": help, "check": check})
+def option(default, help: str, check=None, choices: tuple[str, ...] | None = None):
+    """A field that `moodring train` exposes as `--name`.
+
+    `check` parses and range-checks the command-line text; `choices` lists the allowed words of a text option.
+    """
+    return field(default=default, metadata={"help": help, "check": check, "choices": choices})
 
 
 @dataclass
@@ -42,7 +45,17 @@ class TrainArgs:
     seed: int = option(42, "random seed (same seed, same data: same result on the CPU)", whole_number(0, 2**32 - 1))
     workers: int = option(0, "data-loader worker processes", whole_number(0))
     patience: int = option(2, "epochs without dev improvement before stopping", positive_int)
-    precision: str = option("fp32", "fp32, or fp16/bf16 on a GPU")
+    precision: str = option("fp32", "fp32, or fp16/bf16 on a GPU", choices=("fp32", "fp16", "bf16"))
+    sampler: str = option(
+        "length", "batch order: `length` (shuffled windows sorted by length, so batches pad little) or `random` "
+        "(uniform shuffle, padded per batch: texts of every length in each batch, slower)",
+        choices=("length", "random"),
+    )  # fmt: skip
+    loss: str = option(
+        "bce", "`bce`, or `asl`: asymmetric loss (Ridnik et al. 2021), which down-weights easy negatives so the "
+        "rare labels' positives count for more",
+        choices=("bce", "asl"),
+    )  # fmt: skip
     train_limit: int | None = option(None, "use only the first N training rows (quick runs, tests)", positive_int)
     dev_limit: int | None = option(None, "use only the first N dev rows", positive_int)
     threads: int | None = option(

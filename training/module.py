@@ -8,6 +8,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from model.linear_view import LinearView
 from model.network import SqueezeBertForEmotions
+from training.losses import make_loss
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layernorm.weight")
 
@@ -30,6 +31,7 @@ class TezEmotionModel(nn.Module):
         weight_decay: float,
         warmup_ratio: float,
         num_train_steps: int,
+        loss: str = "bce",
     ) -> None:
         super().__init__()
         self.network = network
@@ -38,7 +40,7 @@ class TezEmotionModel(nn.Module):
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
         self.num_train_steps = num_train_steps
-        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.loss_fn = make_loss(loss)
 
     def forward(
         self,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tez import Tez, TezConfig
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from model.classifier import default_model_dir
@@ -98,12 +98,12 @@ def train(args: TrainArgs) -> Path:
 
     collate = PadCollator(tokenizer.pad_token_id)
     lengths = [len(ids) for ids in train_rows["input_ids"]]
+    if args.sampler == "length":
+        sampler = LengthGroupedSampler(lengths, args.batch_size, seed=args.seed)
+    else:  # uniform, seeded: each batch mixes every length and pads to its longest text
+        sampler = RandomSampler(train_rows, generator=torch.Generator().manual_seed(args.seed))
     train_loader = DataLoader(
-        train_rows,
-        batch_size=args.batch_size,
-        sampler=LengthGroupedSampler(lengths, args.batch_size, seed=args.seed),
-        collate_fn=collate,
-        num_workers=args.workers,
+        train_rows, batch_size=args.batch_size, sampler=sampler, collate_fn=collate, num_workers=args.workers
     )
     dev_loader = DataLoader(dev_rows, batch_size=64, shuffle=False, collate_fn=collate, num_workers=args.workers)
     community_loader = None
@@ -119,6 +119,7 @@ def train(args: TrainArgs) -> Path:
         weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio,
         num_train_steps=num_train_steps,
+        loss=args.loss,
     )
     progress = ProgressLog(work_dir / "progress.jsonl", num_epochs=args.epochs)
     dev_evaluation = DevEvaluation(
