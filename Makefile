@@ -8,11 +8,11 @@ export GOEMOTIONS_DIR
 .PHONY: install train test lint benchmark demo
 
 # torch first, pinned to the CPU wheel: a bare `torch` requirement would pull a multi-GB CUDA build.
-$(BIN)/moodring: pyproject.toml
+$(BIN)/moodring: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[offline,test]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[offline,test]'
 	touch $@
 
 install: $(BIN)/moodring

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tez import enums
+from accelerate.utils import broadcast
+from tez import Tez, enums
 from tez.callbacks import Callback
 from torch.utils.data import DataLoader
 
@@ -28,6 +29,26 @@ log = logging.getLogger(__name__)
 
 #: Beside the weights in a checkpoint: the dev predictions they make, which the thresholds are tuned on.
 CHECKPOINT_PREDICTIONS = "dev-predictions.npz"
+
+
+class EveryProcessTez(Tez):
+    """Tez with its callbacks run in every process, not only the main one.
+
+    Tez 0.7.2 calls callbacks only where `is_local_main_process`, so under `accelerate launch` a callback cannot
+    make the processes agree (on stopping early, say) and any collective in one deadlocks. Here each callback
+    runs everywhere and decides itself what the other processes do: `DevEvaluation` scores dev on the main
+    process only and shares its stop decision; `ProgressLog` is only given to the main process.
+    """
+
+    @property
+    def train_state(self):
+        return self._train_state
+
+    @train_state.setter
+    def train_state(self, value) -> None:
+        self._train_state = value
+        if self._callback_runner is not None:
+            self._callback_runner(value)
 
 
 @torch.inference_mode()
@@ -93,6 +114,16 @@ class DevEvaluation(Callback):
         self.history: list[dict] = []
 
     def on_epoch_end(self, tez_trainer, **kwargs) -> None:
+        """Under `accelerate launch` only the main process evaluates; the others wait for its stop decision."""
+        driver = tez_trainer._driver
+        stop = self._evaluate(tez_trainer) if driver.is_main_process else False
+        if driver.num_processes > 1:  # a collective: every process leaves the epoch together, and stops together
+            stop = bool(broadcast(torch.tensor([stop], device=driver.device)).item())
+        if stop:
+            tez_trainer.model_state = enums.ModelState.END
+
+    def _evaluate(self, tez_trainer) -> bool:
+        """Score dev, keep the best checkpoint; True when patience has run out."""
         network = tez_trainer._driver.unwrap_model(tez_trainer.model).network
         scores, truth = predict_scores(network, self.dev_loader)
         summary = dev_summary(scores, truth)
@@ -124,11 +155,12 @@ class DevEvaluation(Callback):
                 self.misses,
                 self.patience,
             )
-            if self.misses >= self.patience:
-                log.info("stopping early")
-                tez_trainer.model_state = enums.ModelState.END
         if self.on_evaluated is not None:
             self.on_evaluated(epoch, summary)
+        if self.misses >= self.patience:
+            log.info("stopping early")
+            return True
+        return False
 
     def _save_checkpoint(self, network: torch.nn.Module, scores: np.ndarray, truth: np.ndarray, epoch: int) -> None:
         staging = staging_directory(self.checkpoint_dir)

@@ -35,6 +35,9 @@ class TezEmotionModel(nn.Module):
     ) -> None:
         super().__init__()
         self.network = network
+        # SqueezeBERT's pooler feeds nothing here (the head reads the masked mean); frozen, so that data-parallel
+        # training (`accelerate launch`) does not wait for gradients that never come.
+        network.transformer.pooler.requires_grad_(False)
         self.channel_last = LinearView(network, share_weights=True)
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay

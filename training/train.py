@@ -8,22 +8,25 @@ The test split is never read here.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from tez import Tez, TezConfig
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+from tez import TezConfig
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from model.classifier import default_model_dir
 from model.metadata import ModelMetadata
 from model.network import SqueezeBertForEmotions
-from model.threads import apply_torch_threads, resolve_threads
+from model.threads import apply_torch_threads, available_cores, resolve_threads
 from training.backbones import load_backbone
-from training.callbacks import DevEvaluation, ProgressLog, read_checkpoint
+from training.callbacks import DevEvaluation, EveryProcessTez, ProgressLog, read_checkpoint
 from training.config import TrainArgs
 from training.data import (
     LengthGroupedSampler,
@@ -65,13 +68,24 @@ def seed_everything(seed: int) -> None:
 
 
 def train(args: TrainArgs) -> Path:
-    """Run one training and export the best model; returns the export directory."""
+    """Run one training and export the best model; returns the export directory.
+
+    Under `accelerate launch` with N processes, each process trains on every Nth batch (`--batch-size` is per
+    process, so the effective batch is N times it) and gradients are averaged. Only the main process scores dev,
+    writes checkpoints and progress.jsonl, tunes thresholds and exports; the others wait for it at each epoch's end
+    and at the export.
+    """
     out = Path(args.out) if args.out else default_model_dir()
     work_dir = Path(args.work_dir) if args.work_dir else Path("runs") / out.name
     checkpoint_dir = work_dir / "best"
     commit = git_commit()  # of the code that trains, before anything can change under us
-    seed_everything(args.seed)
+    # One process, or the group `accelerate launch` started. Without a GPU its processes meet over gloo on the CPU.
+    processes = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    main = processes.is_main_process
+    seed_everything(args.seed)  # the same initial weights and batch order in every process
     threads = resolve_threads(args.threads)
+    if processes.num_processes > 1 and args.threads is None:  # N processes share the cores, never oversubscribe
+        threads = min(threads, max(1, available_cores() // processes.num_processes))
     apply_torch_threads(threads)
 
     data = load_goemotions(resolve_data_dir(args.data_dir), splits=("train", "dev"))
@@ -110,8 +124,9 @@ def train(args: TrainArgs) -> Path:
     if extra is not None and extra.dev is not None:
         community_rows = encode(extra.dev, tokenizer, args.max_length, num_labels)
         community_loader = DataLoader(community_rows, batch_size=64, collate_fn=collate, num_workers=args.workers)
-    # Our own loaders go to Tez, so TezConfig's loader settings (num_jobs, pin_memory) do not apply.
-    num_train_steps = len(train_loader) * args.epochs
+    # Our own loaders go to Tez, so TezConfig's loader settings (num_jobs, pin_memory) do not apply. Tez hands
+    # them to accelerate, which gives each of N processes every Nth batch: the schedule counts one process's steps.
+    num_train_steps = math.ceil(len(train_loader) / processes.num_processes) * args.epochs
 
     module = TezEmotionModel(
         backbone.network,
@@ -121,12 +136,12 @@ def train(args: TrainArgs) -> Path:
         num_train_steps=num_train_steps,
         loss=args.loss,
     )
-    progress = ProgressLog(work_dir / "progress.jsonl", num_epochs=args.epochs)
+    progress = ProgressLog(work_dir / "progress.jsonl", num_epochs=args.epochs) if main else None
     dev_evaluation = DevEvaluation(
         dev_loader,
         checkpoint_dir,
         patience=args.patience,
-        on_evaluated=progress.dev,
+        on_evaluated=progress.dev if progress else None,
         community_loader=community_loader,
     )
     config = TezConfig(
@@ -137,15 +152,24 @@ def train(args: TrainArgs) -> Path:
         fp16=args.precision == "fp16",
         bf16=args.precision == "bf16",
     )
-    trainer = Tez(module)
+    trainer = EveryProcessTez(module)
     log.info(
-        "training: %d epochs x %d steps, batch %d, %d threads", args.epochs, len(train_loader), args.batch_size, threads
+        "training: %d epochs x %d steps, batch %d x %d processes, %d threads each",
+        args.epochs,
+        num_train_steps // args.epochs,
+        args.batch_size,
+        processes.num_processes,
+        threads,
     )
+    callbacks = [dev_evaluation] if progress is None else [dev_evaluation, progress]
     try:
         with logging_redirect_tqdm():
-            trainer.fit(train_rows, config=config, train_loader=train_loader, callbacks=[dev_evaluation, progress])
+            trainer.fit(train_rows, config=config, train_loader=train_loader, callbacks=callbacks)
     except KeyboardInterrupt:
         log.warning("interrupted: exporting the best checkpoint so far")
+    if not main:  # the main process exports; wait for it (if it fails instead, the launcher stops this process)
+        processes.wait_for_everyone()
+        return out
     if dev_evaluation.best_score is None:
         raise TrainingError("no epoch finished, so there is no checkpoint to export")
 
@@ -181,7 +205,7 @@ def train(args: TrainArgs) -> Path:
         max_length=args.max_length,
         # The recipe, not where this machine kept things: no paths, so the file reads the same anywhere.
         training_args={k: v for k, v in asdict(args).items() if k not in MACHINE_PATHS}
-        | {"backbone": backbone.portable_name},
+        | {"backbone": backbone.portable_name, "processes": processes.num_processes},
         data_checksums=data.checksums,
         dev_metrics=dev_metrics,
         versions=library_versions(),
@@ -191,4 +215,5 @@ def train(args: TrainArgs) -> Path:
     export_model(network, tokenizer, metadata, out, onnx=args.onnx, dev=DevSet(list(dev_split["text"]), truth))
     progress.write("done", out=str(out), dev_macro_f1=report["macro_f1"])
     log.info("exported %s", out)
+    processes.wait_for_everyone()
     return out
