@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.store import MIGRATIONS, Correction, Store
+from bot.store import Correction, Store
+from bot.store_sqlite import MIGRATIONS
 
 DAY = 86400
 T0 = 1_700_000_000.0

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-import bot.store as store_module
-from bot.store import DEFAULT_FLUSH_INTERVAL, MIGRATIONS, ChannelSettings, Store, StoreError, bucket_start
+import bot.store_sqlite as store_module
+from bot.store import DEFAULT_FLUSH_INTERVAL, ChannelSettings, Store, StoreError, bucket_start
+from bot.store_sqlite import MIGRATIONS
 
 REPO = Path(__file__).resolve().parents[1]
 H = 3600
