@@ -235,8 +235,10 @@ class PostgresStore(Store):
             raise ValueError("flush_interval must be > 0, max_pending >= 1 and pool_size >= 1")
         name = redact(url)
         try:
+            # min_size=0: no background refill of a floor of connections, which logs a traceback for every try
+            # while the server is down; a connection is made when one is needed, and its error reaches the caller.
             pool = await asyncpg.create_pool(
-                url, min_size=1, max_size=pool_size, timeout=connect_timeout, command_timeout=60
+                url, min_size=0, max_size=pool_size, timeout=connect_timeout, command_timeout=60
             )
         except Exception as error:
             raise _open_error(name, error) from None
