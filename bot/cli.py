@@ -25,7 +25,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     export = actions.add_parser(
         "export", help="write the corrections in GoEmotions' layout (train.tsv, dev.tsv, emotions.txt, ...)"
     )
-    export.add_argument("--database", required=True, help="the bot's database file (MOODRING_DATABASE)")
+    export.add_argument(
+        "--database", required=True, help="the bot's database file or postgresql:// URL (MOODRING_DATABASE)"
+    )
     export.add_argument("--out", required=True, help="directory to write (for `moodring train --extra-data`)")
     export.add_argument(
         "--model", help="a trained model, for the label names (default: $MOODRING_MODEL_DIR or models/...)"
@@ -53,12 +55,13 @@ def export_corrections(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from bot.community_data import ExportError, export_database
-    from bot.store import StoreError
+    from bot.store import StoreError, is_postgres_url
     from model import default_model_dir
 
     model_dir = Path(args.model) if args.model else default_model_dir()
+    database = args.database if is_postgres_url(args.database) else Path(args.database)
     try:
-        summary = asyncio.run(export_database(Path(args.database), Path(args.out), model_dir))
+        summary = asyncio.run(export_database(database, Path(args.out), model_dir))
     except (ExportError, StoreError) as error:
         print(f"moodring corrections export: {error}", file=sys.stderr)
         return 2

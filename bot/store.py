@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self
+from urllib.parse import urlsplit, urlunsplit
 
 from bot.backoff import Backoff
 
@@ -59,6 +60,7 @@ __all__ = [
     "StoreError",
     "is_postgres_url",
     "open_store",
+    "redact_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -149,6 +151,18 @@ def bucket_start(at: float) -> int:
 def is_postgres_url(database: str | os.PathLike[str]) -> bool:
     """Whether ``database`` (``MOODRING_DATABASE``) names a PostgreSQL database rather than a SQLite file."""
     return isinstance(database, str) and database.startswith(POSTGRES_SCHEMES)
+
+
+def redact_url(url: str) -> str:
+    """A database URL without its password, for messages, logs and the settings' repr."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{parts.netloc.rsplit('@', 1)[1]}"))
+    except ValueError:
+        return "the MOODRING_DATABASE URL"
 
 
 async def open_store(database: str | os.PathLike[str], **options: Any) -> Store:

@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
@@ -43,10 +42,11 @@ from bot.store import (
     check_correction,
     correction_from_row,
     member_digest,
+    redact_url,
     schedule_from_row,
 )
 
-__all__ = ["MIGRATIONS", "MIGRATION_LOCK", "PostgresStore", "redact"]
+__all__ = ["MIGRATIONS", "MIGRATION_LOCK", "PostgresStore"]
 
 log = logging.getLogger(__name__)
 
@@ -159,19 +159,6 @@ _RETENTION = (
 )
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-    except ValueError:
-        return "the MOODRING_DATABASE URL"
-
-
 def _filter(guild_id: int, channel_id: int | None, since: float, until: float) -> tuple[str, list[object]]:
     """WHERE clause and parameters for one guild (or one of its channels) and buckets in [since, until)."""
     # bucket_start is a whole second; [since, until) over reals equals [ceil(since), ceil(until)) over integers.
@@ -209,7 +196,7 @@ class PostgresStore(Store):
         max_pending: int,
         settings: dict[tuple[int, int], ChannelSettings],
     ) -> None:
-        super().__init__(redact(url), flush_interval=flush_interval, max_pending=max_pending, settings=settings)
+        super().__init__(redact_url(url), flush_interval=flush_interval, max_pending=max_pending, settings=settings)
         self._pool = pool
         #: How many migrations this process applied when it opened the database (0 when another had).
         self.migrations_applied = 0
@@ -225,15 +212,19 @@ class PostgresStore(Store):
         max_pending: int = DEFAULT_MAX_PENDING,
         pool_size: int = DEFAULT_POOL_SIZE,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        exclusive: bool = True,
     ) -> PostgresStore:
         """Connect a pool to ``url``, migrate the database, load the channel settings and start the flusher.
+
+        ``exclusive`` is accepted for callers that work with both engines and means nothing here: several processes
+        may share one PostgreSQL database.
 
         Raises ``StoreError`` saying what to do when the URL is malformed, the server refuses or cannot be reached,
         the credentials are wrong, the database does not exist, or its schema is newer than this bot.
         """
         if flush_interval <= 0 or max_pending < 1 or pool_size < 1:
             raise ValueError("flush_interval must be > 0, max_pending >= 1 and pool_size >= 1")
-        name = redact(url)
+        name = redact_url(url)
         try:
             # min_size=0: no background refill of a floor of connections, which logs a traceback for every try
             # while the server is down; a connection is made when one is needed, and its error reaches the caller.
