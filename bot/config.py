@@ -82,7 +82,7 @@ class BotConfig:
             )
         return cls(
             token=token,
-            database=_database(env, cls.database),
+            database=database_setting(env, cls.database),
             dev_guild_id=_snowflake(env, "MOODRING_DEV_GUILD_ID"),
             owner_ids=frozenset(_int_list(env, "MOODRING_OWNER_IDS")),
             message_content=_bool(env, "MOODRING_MESSAGE_CONTENT", True),
@@ -136,7 +136,7 @@ def _number(env: Mapping[str, str], name: str, kind: type, default):
     return number
 
 
-def _database(env: Mapping[str, str], default: Path) -> Path | DatabaseURL:
+def database_setting(env: Mapping[str, str], default: Path) -> Path | DatabaseURL:
     """MOODRING_DATABASE: a file path (SQLite), or a postgresql:// URL naming at least a host."""
     value = env.get("MOODRING_DATABASE", "").strip()
     if not value:
