@@ -6,7 +6,8 @@ the server runs as the unprivileged `nobody` (through util-linux's `runuser`), i
 gets a database of its own (`postgres_url`). At the end the server is stopped and checked to be gone.
 
 `store_database` parametrizes a store test over both engines: a SQLite file, and a fresh PostgreSQL database.
-Without the binaries the PostgreSQL half skips, with one line saying how to enable it.
+Without the binaries the PostgreSQL tests are left out of the run, and the run's summary says so in one line with
+how to enable them (skipping each would print a line per test file).
 Registered in tests/conftest.py via `pytest_plugins`.
 """
 
@@ -27,7 +28,8 @@ from pathlib import Path
 import pytest
 from process_guard import process_alive, wait_until_gone
 
-SKIP_REASON = "PostgreSQL tests skipped: no pg_ctl found; enable them with `apt-get install postgresql`"
+SKIP_REASON = "no pg_ctl found; enable them with `apt-get install postgresql`"
+_LEFT_OUT = pytest.StashKey[int]()
 USER = "moodring"
 PASSWORD = "moodring-tests"  # a throwaway server on 127.0.0.1 that lives as long as the test run
 
@@ -148,11 +150,33 @@ class PostgresServer:
         return result.stdout.strip()
 
 
+def _needs_postgres(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and callspec.params.get("store_database") == "postgresql":
+        return True
+    return bool({"postgres_server", "postgres_url"} & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if find_binaries() is not None:
+        return
+    left_out = [item for item in items if _needs_postgres(item)]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if not _needs_postgres(item)]
+        config.stash[_LEFT_OUT] = len(left_out)
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    if left_out := config.stash.get(_LEFT_OUT, 0):
+        terminalreporter.write_line(f"{left_out} PostgreSQL tests not run: {SKIP_REASON}", yellow=True)
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     binaries = find_binaries()
     if binaries is None:
-        pytest.skip(SKIP_REASON)
+        pytest.skip(f"PostgreSQL tests skipped: {SKIP_REASON}")
     directory = Path(tempfile.mkdtemp(prefix="moodring-pg-"))
     server = PostgresServer(binaries, directory)
     try:
