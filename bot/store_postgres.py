@@ -569,7 +569,9 @@ async def _migrate(connection: asyncpg.Connection, name: str) -> int:
             applied += 1
             log.info("migrated %s to schema version %d", name, version + 1)
     finally:
-        await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
+        # A connection that died meanwhile has lost its session lock anyway; its error is the one to report.
+        with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK)
 
 
 def _open_error(name: str, error: BaseException) -> StoreError:

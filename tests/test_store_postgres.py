@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 from postgres_fixtures import PostgresServer
 
+import bot.store_postgres as store_postgres
 from bot.store import ChannelSettings, Store, StoreError, bucket_start
 from bot.store_postgres import MIGRATIONS, PostgresStore
 from bot.store_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
@@ -160,6 +161,17 @@ async def test_a_database_from_the_previous_version_is_upgraded_and_keeps_its_ro
         assert await store.retention_days(5) == 14 and not await store.corrections_enabled(5)
         assert await store.channel_settings(5, 6) == ChannelSettings(analysis=False, reactions=True)
     assert await fetch(postgres_url, "SELECT version FROM moodring_schema") == [(len(MIGRATIONS),)]
+
+
+async def test_a_failing_migration_is_rolled_back_whole(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = "CREATE TABLE extra (x INTEGER);\nINSERT INTO missing_table VALUES (1);"
+    monkeypatch.setattr(store_postgres, "MIGRATIONS", [*MIGRATIONS, broken])
+    with pytest.raises(StoreError, match="missing_table"):
+        await Store.open(postgres_url)
+    # The earlier migrations committed; the broken one left nothing behind, and the lock was given back.
+    assert await fetch(postgres_url, "SELECT version FROM moodring_schema") == [(len(MIGRATIONS),)]
+    assert await fetch(postgres_url, "SELECT to_regclass('extra') IS NULL") == [(True,)]
+    assert await fetch(postgres_url, "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
 
 
 async def test_a_database_from_a_newer_version_is_refused(postgres_url: str) -> None:
