@@ -35,6 +35,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -242,8 +243,6 @@ def check_schedule(kind: str, hour: int | None, weekday: int | None, every_hours
 
 def member_digest(salt: bytes, guild_id: int, message_key: str, member_id: int) -> str:
     """The salted hash that stands for "this member corrected this message"."""
-    import hashlib
-
     return hashlib.sha256(bytes(salt) + f"{int(guild_id)}:{message_key}:{int(member_id)}".encode()).hexdigest()
 
 

@@ -195,7 +195,6 @@ class SqliteStore(Store):
     ) -> None:
         super().__init__(path, flush_interval=flush_interval, max_pending=max_pending, settings=settings or {})
         self._db = db
-        self.path = path
         self._lock_fd = lock_fd  # holds the one-bot-per-file lock until close
 
     # ------------------------------------------------------------------ lifecycle
