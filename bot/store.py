@@ -336,8 +336,11 @@ class Store(abc.ABC):
             if self._flusher is not None:
                 await asyncio.wait([self._flusher])  # does not raise if someone cancelled the flusher
             await self._flush()
-        except BaseException:
-            log.exception("final flush failed: %d analyses lost", self.pending)
+        except BaseException as error:
+            expected = isinstance(error, self.expected_errors)  # an outage: one line; anything else: the traceback
+            log.error(
+                "final flush failed: %d analyses lost (%s)", self.pending, error, exc_info=None if expected else error
+            )
             raise
         finally:
             async with self._lock:
