@@ -25,12 +25,25 @@ def register(commands: argparse._SubParsersAction) -> None:
     export = actions.add_parser(
         "export", help="write the corrections in GoEmotions' layout (train.tsv, dev.tsv, emotions.txt, ...)"
     )
-    export.add_argument("--database", required=True, help="the bot's database file (MOODRING_DATABASE)")
+    export.add_argument(
+        "--database", required=True, help="the bot's database file or postgresql:// URL (MOODRING_DATABASE)"
+    )
     export.add_argument("--out", required=True, help="directory to write (for `moodring train --extra-data`)")
     export.add_argument(
         "--model", help="a trained model, for the label names (default: $MOODRING_MODEL_DIR or models/...)"
     )
     export.set_defaults(handler=export_corrections)
+    database = commands.add_parser("db", help="the bot's database")
+    db_actions = database.add_subparsers(dest="action", required=True, metavar="ACTION")
+    migrate = db_actions.add_parser(
+        "migrate-to",
+        help="copy a SQLite database into PostgreSQL and check the copy (safe to run again); stop the bot first",
+    )
+    migrate.add_argument("url", help="the PostgreSQL database: postgresql://user:password@host:port/database")
+    migrate.add_argument(
+        "--database", help="the SQLite file to copy (default: MOODRING_DATABASE, or data/moodring.sqlite3)"
+    )
+    migrate.set_defaults(handler=migrate_database)
 
 
 def _bot(**overrides):
@@ -53,12 +66,13 @@ def export_corrections(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from bot.community_data import ExportError, export_database
-    from bot.store import StoreError
+    from bot.store import StoreError, is_postgres_url
     from model import default_model_dir
 
     model_dir = Path(args.model) if args.model else default_model_dir()
+    database = args.database if is_postgres_url(args.database) else Path(args.database)
     try:
-        summary = asyncio.run(export_database(Path(args.database), Path(args.out), model_dir))
+        summary = asyncio.run(export_database(database, Path(args.out), model_dir))
     except (ExportError, StoreError) as error:
         print(f"moodring corrections export: {error}", file=sys.stderr)
         return 2
@@ -67,6 +81,44 @@ def export_corrections(args: argparse.Namespace) -> int:
         f"to {args.out} ({summary.dropped} texts without a majority label left out)."
     )
     return 0
+
+
+def migrate_database(args: argparse.Namespace) -> int:
+    """`moodring db migrate-to URL`: 0 when every count and total matches, 1 on a mismatch, 2 when it cannot run."""
+    from pathlib import Path
+
+    from bot.config import BotConfig, ConfigError, database_setting
+    from bot.store import StoreError, is_postgres_url, redact_url
+    from bot.store_transfer import copy_sqlite_to_postgres
+
+    def fail(message: str) -> int:
+        print(f"moodring db migrate-to: {message}", file=sys.stderr)
+        return 2
+
+    if not is_postgres_url(args.url):
+        return fail(f"{redact_url(args.url)!r} is not a postgresql://user:password@host:port/database URL")
+    try:
+        source = args.database or database_setting(os.environ, BotConfig.database)
+    except ConfigError as error:
+        return fail(str(error))
+    if is_postgres_url(str(source)) or not Path(source).is_file():
+        return fail(f"{source}: no such SQLite file (pass the bot's database file with --database)")
+    try:
+        checks = asyncio.run(copy_sqlite_to_postgres(Path(source), args.url))
+    except StoreError as error:
+        return fail(str(error))
+    print(f"Copied {source} into {redact_url(args.url)}:")
+    for check in checks:
+        print(f"  {check.describe()}")
+    if all(check.matches for check in checks):
+        print("Every row count and total matches.")
+        return 0
+    print(
+        "Some counts differ: PostgreSQL holds rows that are not in the SQLite file (did a bot write to it?). "
+        "Compare the tables above.",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def point_discord_at(config) -> None:

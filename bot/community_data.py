@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.store import Correction, Store
+from bot.store import Correction, Store, is_postgres_url
 from model.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -114,10 +114,10 @@ async def export_store(store: Store | None, out: Path, model_dir: Path) -> Expor
     return await asyncio.to_thread(write_dataset, corrections, out, metadata)
 
 
-async def export_database(database: Path, out: Path, model_dir: Path) -> ExportSummary:
-    """Export the corrections of the servers that collect them from a bot's database file (it may be shared with a
-    running bot: no one-bot lock)."""
-    if not Path(database).is_file():
+async def export_database(database: Path | str, out: Path, model_dir: Path) -> ExportSummary:
+    """Export the corrections of the servers that collect them from a bot's database file or PostgreSQL URL (it may
+    be shared with a running bot: no one-bot lock)."""
+    if not is_postgres_url(database) and not Path(database).is_file():
         raise ExportError(f"{database}: no such database file (the bot's MOODRING_DATABASE)")
     try:
         metadata = await asyncio.to_thread(ModelMetadata.load, model_dir)

@@ -8,7 +8,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from model.onnx_export import BACKEND_CHOICES
 
@@ -17,6 +17,15 @@ from model.onnx_export import BACKEND_CHOICES
 RETRAIN_PATH_FLAGS = ("--out", "--work-dir")
 #: Discord ids (snowflakes) are positive 64-bit integers.
 MAX_SNOWFLAKE = 2**64 - 1
+
+
+class DatabaseURL(str):
+    """A PostgreSQL URL in MOODRING_DATABASE; its repr hides the password, so printing the settings never shows it."""
+
+    def __repr__(self) -> str:
+        from bot.store import redact_url
+
+        return repr(redact_url(self))
 
 
 class ConfigError(ValueError):
@@ -34,7 +43,7 @@ def _default_model_dir() -> Path:
 class BotConfig:
     token: str = field(repr=False)  # never printed or logged
     model_dir: Path = field(default_factory=_default_model_dir)
-    database: Path = Path("data/moodring.sqlite3")
+    database: Path | DatabaseURL = Path("data/moodring.sqlite3")  # a SQLite file, or a postgresql:// URL
     dev_guild_id: int | None = None
     owner_ids: frozenset[int] = frozenset()
     message_content: bool = True
@@ -73,7 +82,7 @@ class BotConfig:
             )
         return cls(
             token=token,
-            database=Path(env.get("MOODRING_DATABASE") or cls.database),
+            database=database_setting(env, cls.database),
             dev_guild_id=_snowflake(env, "MOODRING_DEV_GUILD_ID"),
             owner_ids=frozenset(_int_list(env, "MOODRING_OWNER_IDS")),
             message_content=_bool(env, "MOODRING_MESSAGE_CONTENT", True),
@@ -125,6 +134,31 @@ def _number(env: Mapping[str, str], name: str, kind: type, default):
     if not math.isfinite(number):
         raise ConfigError(f"{name} must be a finite number, got {value!r}")
     return number
+
+
+def database_setting(env: Mapping[str, str], default: Path) -> Path | DatabaseURL:
+    """MOODRING_DATABASE: a file path (SQLite), or a postgresql:// URL naming at least a host."""
+    value = env.get("MOODRING_DATABASE", "").strip()
+    if not value:
+        return default
+    if "://" not in value:
+        return Path(value)
+    from bot.store import is_postgres_url, redact_url
+
+    shown = redact_url(value)
+    if not is_postgres_url(value):
+        raise ConfigError(
+            f"MOODRING_DATABASE must be a file path (SQLite) or a postgresql://user:password@host:port/database "
+            f"URL, got {shown!r}"
+        )
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (parsed only to check it)
+    except ValueError as error:
+        raise ConfigError(f"MOODRING_DATABASE is not a valid URL ({error}): {shown!r}") from None
+    if not parts.hostname and not parse_qs(parts.query).get("host"):  # ?host=/run/postgresql: a Unix socket
+        raise ConfigError(f"MOODRING_DATABASE must name the PostgreSQL host, got {shown!r}")
+    return DatabaseURL(value)
 
 
 def _snowflake(env: Mapping[str, str], name: str) -> int | None:

@@ -14,7 +14,8 @@ def privacy_sections(retention_days: int) -> list[tuple[str, str]]:
             "What moodring stores",
             "for each channel, whether analysis and auto-reactions are on, and mood-summary schedules; and mood "
             "statistics: for each channel and hour, how many messages were analysed, how many showed each "
-            "emotion, and the sum of the model's scores. All of it is kept in one SQLite file on the bot's host.",
+            "emotion, and the sum of the model's scores. All of it is kept in the bot's own database (a SQLite "
+            "file on the bot's host, or its operator's PostgreSQL server).",
         ),
         (
             "Corrections (only if an admin turns them on)",

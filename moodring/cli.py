@@ -1,4 +1,4 @@
-"""`moodring train | evaluate | classify | run | sync-commands | sandbox`.
+"""`moodring train | evaluate | classify | run | sync-commands | corrections | db | sandbox`.
 
 Each package registers its own subcommands and imports its heavy modules only when one runs.
 """

@@ -10,7 +10,7 @@ import pytest
 # Fixtures for driving the real discord.py client against a local Discord stand-in (the `sandbox` package;
 # tests/standin_fixtures.py), for running the real MoodringBot against it (tests/bot_fixtures.py), and the
 # end-of-run check that no process the tests started is still alive (tests/process_guard.py).
-pytest_plugins = ("standin_fixtures", "bot_fixtures", "process_guard")
+pytest_plugins = ("standin_fixtures", "bot_fixtures", "process_guard", "postgres_fixtures")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("GOEMOTIONS_DIR") or REPO.parent / "shared" / "data" / "goemotions")

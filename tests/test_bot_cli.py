@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import discord
 import pytest
@@ -89,6 +90,20 @@ def test_config_chooses_the_serving_backend_and_threads() -> None:
         BotConfig.from_env({"DISCORD_TOKEN": "x", "MOODRING_BACKEND": "gpu"})
     with pytest.raises(ConfigError, match="MOODRING_THREADS must be at least 1"):
         BotConfig.from_env({"DISCORD_TOKEN": "x", "MOODRING_THREADS": "0"})
+
+
+def test_config_database_is_a_file_or_a_postgresql_url() -> None:
+    assert BotConfig.from_env({"DISCORD_TOKEN": "x"}).database == Path("data/moodring.sqlite3")
+    assert BotConfig.from_env({"DISCORD_TOKEN": "x", "MOODRING_DATABASE": "/srv/bot.db"}).database == Path(
+        "/srv/bot.db"
+    )
+    url = "postgresql://bot:pg-secret@db.example:5432/moodring"
+    config = BotConfig.from_env({"DISCORD_TOKEN": "x", "MOODRING_DATABASE": url})
+    assert config.database == url and isinstance(config.database, str)  # not a Path: that would eat the //
+    assert "pg-secret" not in repr(config) and "db.example:5432/moodring" in repr(config)
+    for wrong in ("mysql://bot@db/moodring", "postgresql://", "postgresql:///moodring?host="):
+        with pytest.raises(ConfigError, match="MOODRING_DATABASE"):
+            BotConfig.from_env({"DISCORD_TOKEN": "x", "MOODRING_DATABASE": wrong})
 
 
 def test_config_accepts_discord_ids() -> None:

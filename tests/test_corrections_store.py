@@ -1,14 +1,17 @@
-"""Community corrections in bot.store against a real SQLite file: opt-in per guild, one correction per member
-per message through a salted hash (no user id in the file), and forget, clear, prune and guild removal."""
+"""Community corrections in bot.store against a real SQLite file and a real PostgreSQL database: opt-in per
+guild, one correction per member per message through a salted hash (no user id stored), and forget, clear, prune
+and guild removal."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
+import asyncpg
 import pytest
 
-from bot.store import MIGRATIONS, Correction, Store
+from bot.store import Correction, Store, is_postgres_url
+from bot.store_sqlite import MIGRATIONS
 
 DAY = 86400
 T0 = 1_700_000_000.0
@@ -32,8 +35,44 @@ def file_bytes(path: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")) if p.is_file())
 
 
-async def test_corrections_are_off_by_default_and_nothing_is_kept_while_off(tmp_path: Path) -> None:
-    path = tmp_path / "bot.db"
+async def stored_bytes(database: str) -> bytes:
+    """Everything the database holds: the SQLite files' bytes, or every PostgreSQL table's rows as text."""
+    if not is_postgres_url(database):
+        return file_bytes(Path(database))
+    connection = await asyncpg.connect(database)
+    try:
+        tables = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        rows = [await connection.fetch(f"SELECT row_to_json(t)::text FROM {name} AS t") for (name,) in tables]
+    finally:
+        await connection.close()
+    return "\n".join(row[0] for table in rows for row in table).encode()
+
+
+async def salts(database: str) -> list[bytes]:
+    sql = "SELECT value FROM store_secrets WHERE name = 'corrections_salt'"
+    if not is_postgres_url(database):
+        with sqlite3.connect(database) as con:
+            return [bytes(row[0]) for row in con.execute(sql)]
+    connection = await asyncpg.connect(database)
+    try:
+        return [bytes(row[0]) for row in await connection.fetch(sql)]
+    finally:
+        await connection.close()
+
+
+async def count(database: str, sql: str) -> int:
+    if not is_postgres_url(database):
+        with sqlite3.connect(database) as con:
+            return con.execute(sql).fetchone()[0]
+    connection = await asyncpg.connect(database)
+    try:
+        return await connection.fetchval(sql)
+    finally:
+        await connection.close()
+
+
+async def test_corrections_are_off_by_default_and_nothing_is_kept_while_off(store_database: str) -> None:
+    path = store_database
     async with await Store.open(path) as store:
         assert await store.corrections_enabled(1) is False
         assert await store.add_correction(correction(), message_key="m1", member_id=MEMBER) == "disabled"
@@ -45,11 +84,11 @@ async def test_corrections_are_off_by_default_and_nothing_is_kept_while_off(tmp_
         await store.set_corrections_enabled(1, False)
         assert await store.add_correction(correction(), message_key="m1", member_id=MEMBER) == "disabled"
         assert await store.retention_days(1) == 30
-    assert TEXT.encode() not in file_bytes(path)
+    assert TEXT.encode() not in await stored_bytes(path)
 
 
-async def test_one_correction_per_member_per_message_without_storing_the_member(tmp_path: Path) -> None:
-    path = tmp_path / "bot.db"
+async def test_one_correction_per_member_per_message_without_storing_the_member(store_database: str) -> None:
+    path = store_database
     async with await Store.open(path) as store:
         await store.set_corrections_enabled(1, True)
         assert not await store.has_corrected(1, "m1", MEMBER)
@@ -67,11 +106,10 @@ async def test_one_correction_per_member_per_message_without_storing_the_member(
             await store.add_correction(correction(labels=()), message_key="m3", member_id=MEMBER)
         with pytest.raises(ValueError):
             await store.add_correction(correction(labels=("a", "b", "c", "d")), message_key="m3", member_id=MEMBER)
-    data = file_bytes(path)
+    data = await stored_bytes(path)
     assert str(MEMBER).encode() not in data and MEMBER.to_bytes(8, "big") not in data
-    with sqlite3.connect(path) as con:
-        salts = con.execute("SELECT value FROM store_secrets WHERE name = 'corrections_salt'").fetchall()
-        assert len(salts) == 1 and len(salts[0][0]) == 32
+    (salt,) = await salts(path)
+    assert len(salt) == 32
 
 
 async def test_each_file_has_its_own_salt(tmp_path: Path) -> None:
@@ -86,9 +124,9 @@ async def test_each_file_has_its_own_salt(tmp_path: Path) -> None:
     assert hashes[0] != hashes[1]
 
 
-async def test_prune_erases_the_hashes_after_retention_and_keeps_the_corrections(tmp_path: Path) -> None:
+async def test_prune_erases_the_hashes_after_retention_and_keeps_the_corrections(store_database: str) -> None:
     now = T0 + 100 * DAY
-    path = tmp_path / "bot.db"
+    path = store_database
     async with await Store.open(path) as store:
         for guild in (1, 2):
             await store.set_corrections_enabled(guild, True)
@@ -101,12 +139,11 @@ async def test_prune_erases_the_hashes_after_retention_and_keeps_the_corrections
         assert not await store.has_corrected(1, "old", MEMBER)
         assert await store.has_corrected(1, "new", MEMBER) and await store.has_corrected(2, "old", MEMBER)
         assert len(await store.corrections(1)) == 2  # the corrections stay until an admin deletes them
-    with sqlite3.connect(path) as con:
-        assert con.execute("SELECT COUNT(*) FROM corrections WHERE dedup_hash IS NULL").fetchone()[0] == 1
+    assert await count(path, "SELECT COUNT(*) FROM corrections WHERE dedup_hash IS NULL") == 1
 
 
-async def test_forget_clear_and_guild_removal_delete_only_that_guilds_corrections(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "bot.db") as store:
+async def test_forget_clear_and_guild_removal_delete_only_that_guilds_corrections(store_database: str) -> None:
+    async with await Store.open(store_database) as store:
         for guild in (1, 7):
             await store.set_corrections_enabled(guild, True)
         for key in ("a", "b"):

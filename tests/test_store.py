@@ -1,5 +1,6 @@
-"""bot.store against real SQLite files: migrations, settings, grouped statistics writes, queries, schedules,
-privacy, concurrency and the crash-loss bound (a SIGKILLed child process)."""
+"""bot.store against real SQLite files and, through `store_database`, a real PostgreSQL server too: migrations,
+settings, grouped statistics writes, queries, schedules, privacy, concurrency and the crash-loss bound (a SIGKILLed
+child process). The tests that take `store_database` run on both engines; the others are about SQLite itself."""
 
 from __future__ import annotations
 
@@ -15,15 +16,47 @@ import threading
 import time
 from pathlib import Path
 
+import asyncpg
 import pytest
 
-import bot.store as store_module
-from bot.store import DEFAULT_FLUSH_INTERVAL, MIGRATIONS, ChannelSettings, Store, StoreError, bucket_start
+import bot.store_sqlite as store_module
+from bot.store import DEFAULT_FLUSH_INTERVAL, ChannelSettings, Store, StoreError, bucket_start, is_postgres_url
+from bot.store_sqlite import MIGRATIONS
 
 REPO = Path(__file__).resolve().parents[1]
 H = 3600
 DAY = 86400
 T0 = bucket_start(1_700_000_000.0)  # an hour boundary
+
+
+def shared(database: str) -> dict[str, object]:
+    """Options to open a second store on the same database (SQLite's one-bot lock is for bots, not tests)."""
+    return {} if is_postgres_url(database) else {"exclusive": False}
+
+
+async def table_rows(database: str, sql: str) -> list[tuple]:
+    """Run one statement on the database directly (not through the store); its rows."""
+    if is_postgres_url(database):
+        connection = await asyncpg.connect(database)
+        try:
+            return [tuple(row) for row in await connection.fetch(sql)]
+        finally:
+            await connection.close()
+    with _sqlite(Path(database)) as con:
+        return [tuple(row) for row in con.execute(sql).fetchall()]
+
+
+async def tables_with_column(database: str, column: str) -> list[str]:
+    """The store's tables that have ``column``."""
+    if is_postgres_url(database):
+        sql = (
+            "SELECT table_name FROM information_schema.columns "
+            f"WHERE table_schema = 'public' AND column_name = '{column}'"
+        )
+        return [name for (name,) in await table_rows(database, sql)]
+    with _sqlite(Path(database)) as con:
+        names = [row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return [n for n in names if column in {c[1] for c in con.execute(f"PRAGMA table_info({n})")}]
 
 
 def _sqlite(path: Path) -> sqlite3.Connection:
@@ -135,8 +168,8 @@ async def test_no_user_ids_in_the_schema_and_text_only_in_corrections(tmp_path: 
 # ---------------------------------------------------------------- settings
 
 
-async def test_settings_defaults_partial_updates_and_listing(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "bot.db") as store:
+async def test_settings_defaults_partial_updates_and_listing(store_database: str) -> None:
+    async with await Store.open(store_database) as store:
         assert await store.channel_settings(1, 10) == ChannelSettings(analysis=True, reactions=False)
         assert await store.guild_channel_settings(1) == {}
 
@@ -164,8 +197,8 @@ async def test_settings_defaults_partial_updates_and_listing(tmp_path: Path) -> 
 # ---------------------------------------------------------------- statistics
 
 
-async def test_record_and_flush_aggregate_into_hourly_buckets(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "bot.db", flush_interval=3600) as store:
+async def test_record_and_flush_aggregate_into_hourly_buckets(store_database: str) -> None:
+    async with await Store.open(store_database, flush_interval=3600) as store:
         store.record(1, 2, [("joy", 0.5), ("love", 0.25)], at=T0 + 10)
         store.record(1, 2, [("joy", 0.75)], at=T0 + 3599)  # same hour
         store.record(1, 2, [("anger", 0.9)], at=T0 + H)  # next hour
@@ -177,11 +210,11 @@ async def test_record_and_flush_aggregate_into_hourly_buckets(tmp_path: Path) ->
         assert await store.flush() == 0
         assert (store.pending, store.flushed_total, store.recorded_total) == (0, 6, 6)
 
-        async with store._db.execute(
+        assert await table_rows(
+            store_database,
             "SELECT bucket_start, messages FROM channel_buckets WHERE guild_id = 1 AND channel_id = 2 "
-            "ORDER BY bucket_start"
-        ) as cursor:
-            assert [tuple(row) for row in await cursor.fetchall()] == [(T0, 2), (T0 + H, 1)]
+            "ORDER BY bucket_start",
+        ) == [(T0, 2), (T0 + H, 1)]
 
         mood = await store.mood(1, 2, T0, T0 + H)  # [since, until): only the first bucket
         assert mood.messages == 2
@@ -213,8 +246,8 @@ async def test_record_and_flush_aggregate_into_hourly_buckets(tmp_path: Path) ->
         assert mood.label_score_sums["joy"] == pytest.approx(1.5)
 
 
-async def test_background_flusher_writes_without_an_explicit_flush(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "bot.db", flush_interval=0.02) as store:
+async def test_background_flusher_writes_without_an_explicit_flush(store_database: str) -> None:
+    async with await Store.open(store_database, flush_interval=0.02) as store:
         store.record(1, 2, [("joy", 0.5)], at=T0)
         for _ in range(200):
             if store.flushed_total == 1:
@@ -224,8 +257,8 @@ async def test_background_flusher_writes_without_an_explicit_flush(tmp_path: Pat
         assert (await store.mood(1, 2, T0, T0 + H)).messages == 1
 
 
-async def test_record_rejects_malformed_input_at_the_call_site(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "bot.db", flush_interval=3600) as store:
+async def test_record_rejects_malformed_input_at_the_call_site(store_database: str) -> None:
+    async with await Store.open(store_database, flush_interval=3600) as store:
         with pytest.raises(ValueError):
             store.record(1, 2, [("joy", float("nan"))])
         with pytest.raises((TypeError, ValueError)):
@@ -233,8 +266,8 @@ async def test_record_rejects_malformed_input_at_the_call_site(tmp_path: Path) -
         assert store.pending == 0
 
 
-async def test_close_flushes_pending_records(tmp_path: Path) -> None:
-    path = tmp_path / "bot.db"
+async def test_close_flushes_pending_records(store_database: str) -> None:
+    path = store_database
     store = await Store.open(path, flush_interval=3600)  # the flusher never gets to run
     for i in range(5):
         store.record(1, 2, [("joy", 0.5)], at=T0 + i)
@@ -253,8 +286,8 @@ async def test_close_flushes_pending_records(tmp_path: Path) -> None:
         assert (await store.mood(1, 2, T0, T0 + H)).messages == 5
 
 
-async def test_buffer_is_bounded_and_drops_the_oldest(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    async with await Store.open(tmp_path / "bot.db", flush_interval=3600, max_pending=10) as store:
+async def test_buffer_is_bounded_and_drops_the_oldest(store_database: str, caplog: pytest.LogCaptureFixture) -> None:
+    async with await Store.open(store_database, flush_interval=3600, max_pending=10) as store:
         with caplog.at_level(logging.WARNING, logger="bot.store"):
             for i in range(15):
                 store.record(1, 2, [("joy", 0.5)], at=T0 + i * H)
@@ -367,11 +400,9 @@ async def test_a_flush_cancelled_during_commit_is_not_counted_twice(
         assert (await store.mood(1, 2, T0, T0 + H)).messages == 1
 
 
-async def test_concurrent_writers_through_two_connections_are_exact(tmp_path: Path) -> None:
-    path = tmp_path / "bot.db"
-    first, second = await asyncio.gather(
-        Store.open(path, flush_interval=0.005, exclusive=False), Store.open(path, flush_interval=0.005, exclusive=False)
-    )
+async def test_concurrent_writers_through_two_connections_are_exact(store_database: str) -> None:
+    path = store_database
+    first, second = await asyncio.gather(*(Store.open(path, flush_interval=0.005, **shared(path)) for _ in range(2)))
     records_per_task, tasks_per_store = 150, 8
 
     async def recorder(store: Store, seed: int) -> None:
@@ -437,12 +468,12 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
 """
 
 
-def test_a_killed_process_loses_at_most_one_flush_interval(tmp_path: Path) -> None:
-    """SIGKILL mid-stream at the default 250 ms interval: everything recorded 0.5 s before the kill is on disk."""
-    path = tmp_path / "bot.db"
+def test_a_killed_process_loses_at_most_one_flush_interval(store_database: str) -> None:
+    """SIGKILL mid-stream at the default 250 ms interval: everything recorded 0.5 s before the kill is stored."""
+    path = store_database
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen(
-        [sys.executable, "-c", CRASH_CHILD, str(path), "10", "0.002"],
+        [sys.executable, "-c", CRASH_CHILD, path, "10", "0.002"],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -472,10 +503,11 @@ def test_a_killed_process_loses_at_most_one_flush_interval(tmp_path: Path) -> No
             proc.kill()
             proc.wait()
 
-    with _sqlite(path) as con:
-        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        flushed = con.execute("SELECT COALESCE(SUM(messages), 0) FROM channel_buckets").fetchone()[0]
-        joy = con.execute("SELECT COALESCE(SUM(count), 0) FROM emotion_buckets WHERE label = 'joy'").fetchone()[0]
+    if not is_postgres_url(path):
+        with _sqlite(Path(path)) as con:
+            assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    ((flushed,),) = asyncio.run(table_rows(path, "SELECT COALESCE(SUM(messages), 0) FROM channel_buckets"))
+    ((joy,),) = asyncio.run(table_rows(path, "SELECT COALESCE(SUM(count), 0) FROM emotion_buckets WHERE label = 'joy'"))
     assert joy == flushed  # each flush is one transaction: both tables or neither
 
     reported = reports[-1][0]
@@ -495,8 +527,8 @@ def test_a_killed_process_loses_at_most_one_flush_interval(tmp_path: Path) -> No
 # ---------------------------------------------------------------- schedules
 
 
-async def test_schedules(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "bot.db") as store:
+async def test_schedules(store_database: str) -> None:
+    async with await Store.open(store_database) as store:
         daily = await store.upsert_schedule(1, 10, "daily", hour=9)
         weekly = await store.upsert_schedule(1, 11, "weekly", hour=8, weekday=0, source_channel_id=5)
         every = await store.upsert_schedule(2, 20, "every", every_hours=6)
@@ -535,15 +567,17 @@ async def test_schedules(tmp_path: Path) -> None:
             with pytest.raises(ValueError):
                 await store.upsert_schedule(3, 30, **kwargs)
 
-        with pytest.raises(sqlite3.IntegrityError):  # the schema enforces it too
-            await store._db.execute("INSERT INTO summary_schedules (guild_id, channel_id, kind) VALUES (3, 30, 'x')")
+        with pytest.raises((sqlite3.IntegrityError, asyncpg.CheckViolationError)):  # the schema enforces it too
+            await table_rows(
+                store_database, "INSERT INTO summary_schedules (guild_id, channel_id, kind) VALUES (3, 30, 'x')"
+            )
 
 
 # ---------------------------------------------------------------- privacy
 
 
-async def test_forget_guild_deletes_only_that_guild(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "bot.db", flush_interval=3600) as store:
+async def test_forget_guild_deletes_only_that_guild(store_database: str) -> None:
+    async with await Store.open(store_database, flush_interval=3600) as store:
         store.record(1, 2, [("joy", 0.5), ("love", 0.5)], at=T0)
         store.record(1, 3, [("anger", 0.5)], at=T0 + H)
         store.record(7, 2, [("joy", 0.5)], at=T0)
@@ -562,9 +596,9 @@ async def test_forget_guild_deletes_only_that_guild(tmp_path: Path) -> None:
         assert await store.forget_guild(1) == 0
 
 
-async def test_prune_respects_each_guilds_retention(tmp_path: Path) -> None:
+async def test_prune_respects_each_guilds_retention(store_database: str) -> None:
     now = T0 + 1000 * DAY
-    async with await Store.open(tmp_path / "bot.db", flush_interval=3600) as store:
+    async with await Store.open(store_database, flush_interval=3600) as store:
         await store.set_retention_days(1, 7)
         for guild, age_days in ((1, 8), (1, 2), (2, 91), (2, 30), (3, 89)):
             store.record(guild, 9, [("joy", 0.5)], at=now - age_days * DAY)
@@ -720,8 +754,8 @@ async def test_a_settings_write_of_unknown_outcome_is_read_back(
 # ---------------------------------------------------------------- a guild removes the bot
 
 
-async def test_remove_guild_deletes_its_statistics_settings_and_schedules(tmp_path: Path) -> None:
-    path = tmp_path / "bot.db"
+async def test_remove_guild_deletes_its_statistics_settings_and_schedules(store_database: str) -> None:
+    path = store_database
     async with await Store.open(path, flush_interval=3600) as store:
         for guild in (1, 7):
             store.record(guild, 2, [("joy", 0.5)], at=T0)
@@ -741,17 +775,15 @@ async def test_remove_guild_deletes_its_statistics_settings_and_schedules(tmp_pa
         assert (await store.mood(7, None, 0, T0 + 10 * H)).messages == 1
         assert await store.channel_settings(7, 2) == ChannelSettings(True, True)
         assert len(await store.schedules(7)) == 1 and await store.retention_days(7) == 7
-    with _sqlite(path) as con:
-        for table in _tables(path):
-            if "guild_id" in {column[1] for column in con.execute(f"PRAGMA table_info({table})")}:
-                assert con.execute(f"SELECT COUNT(*) FROM {table} WHERE guild_id = 1").fetchone()[0] == 0, table
+    for table in await tables_with_column(path, "guild_id"):
+        assert await table_rows(path, f"SELECT COUNT(*) FROM {table} WHERE guild_id = 1") == [(0,)], table
 
 
 # ---------------------------------------------------------------- summary slots
 
 
-async def test_a_summary_slot_is_claimed_once(tmp_path: Path) -> None:
-    async with await Store.open(tmp_path / "bot.db") as store:
+async def test_a_summary_slot_is_claimed_once(store_database: str) -> None:
+    async with await Store.open(store_database) as store:
         schedule = await store.upsert_schedule(1, 10, "daily", hour=9)
         slot = T0
         claims = await asyncio.gather(*(store.claim_slot(schedule.id, slot, slot + 60 + i) for i in range(5)))

@@ -47,6 +47,7 @@ asyncio.run(main(sys.argv[1]))
 # Opens the store as an unprivileged user (dropping root after the imports) and prints the outcome.
 OPEN_UNPRIVILEGED = """
 import asyncio, os, sys
+import bot.store_sqlite  # the engine, imported while still allowed to read everything
 from bot.store import Store, StoreError
 
 if os.geteuid() == 0:

@@ -1,0 +1,279 @@
+"""The PostgreSQL engine's own guarantees, against a real server (tests/postgres_fixtures.py) and real processes:
+increments from two processes on the same bucket are never lost, two processes migrating a fresh database apply
+each migration once, a server that goes away mid-run costs nothing (the flusher keeps the analyses and retries),
+and a wrong URL, a refused connection, bad credentials or a missing database are one clear `StoreError`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from postgres_fixtures import PostgresServer
+
+import bot.store_postgres as store_postgres
+from bot.store import ChannelSettings, Store, StoreError, bucket_start
+from bot.store_postgres import MIGRATIONS, PostgresStore
+from bot.store_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+
+REPO = Path(__file__).resolve().parents[1]
+CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+H = 3600
+T0 = bucket_start(1_700_000_000.0)
+
+# Records `n` analyses into ONE bucket once the parent says go, flushing every 2 ms: many small transactions that
+# add to the same rows as the other process's.
+HAMMER = """
+import asyncio, sys
+from bot.store import Store
+
+async def main(url, n, at):
+    store = await Store.open(url, flush_interval=0.002)
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    for i in range(n):
+        store.record(1, 2, [("joy", 0.5), ("fear", 0.25)], at=at)
+        if i % 20 == 0:
+            await asyncio.sleep(0.001)
+    await store.close()
+    print("done", store.flushed_total, store.dropped, store.failed_flushes, flush=True)
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
+"""
+
+# Opens (and so migrates) the database once the parent says go; prints how many migrations it applied.
+MIGRATE = """
+import asyncio, sys
+from bot.store_postgres import PostgresStore
+
+async def main(url):
+    print("ready", flush=True)
+    sys.stdin.readline()
+    store = await PostgresStore.open(url)
+    print("applied", store.migrations_applied, flush=True)
+    await store.close()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+@contextlib.contextmanager
+def children(script: str, *argvs: list[str]) -> Iterator[list[subprocess.Popen[str]]]:
+    """Start one child per argv, wait until each says "ready", then release them all at once (a barrier, not a
+    sleep); stopped and checked to be gone at the end."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, *argv],
+            cwd=REPO,
+            env=CHILD_ENV,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for argv in argvs
+    ]
+    try:
+        for proc in procs:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=60)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            assert proc.poll() is not None
+
+
+def outputs(procs: list[subprocess.Popen[str]]) -> list[str]:
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "Traceback" not in err, err
+        results.append(out.strip())
+    return results
+
+
+async def fetch(url: str, sql: str) -> list[tuple]:
+    connection = await asyncpg.connect(url)
+    try:
+        return [tuple(row) for row in await connection.fetch(sql)]
+    finally:
+        await connection.close()
+
+
+def test_both_engines_have_the_same_numbered_migrations() -> None:
+    assert len(MIGRATIONS) == len(SQLITE_MIGRATIONS)
+
+
+def test_two_processes_hammering_one_bucket_lose_no_increment(postgres_url: str) -> None:
+    per_process = 3000
+    with children(
+        HAMMER, [postgres_url, str(per_process), str(T0 + 5)], [postgres_url, str(per_process), str(T0 + 9)]
+    ) as procs:
+        reports = [line.splitlines()[-1].split() for line in outputs(procs)]
+    assert [(int(flushed), int(dropped)) for _, flushed, dropped, _ in reports] == [(per_process, 0)] * 2
+    total = 2 * per_process
+    rows = asyncio.run(fetch(postgres_url, "SELECT guild_id, channel_id, bucket_start, messages FROM channel_buckets"))
+    assert rows == [(1, 2, T0, total)]  # one row, every increment in it
+    labels = asyncio.run(fetch(postgres_url, "SELECT label, count, score_sum FROM emotion_buckets ORDER BY label"))
+    assert labels == [("fear", total, pytest.approx(0.25 * total)), ("joy", total, pytest.approx(0.5 * total))]
+
+
+def test_two_processes_migrating_a_fresh_database_apply_each_migration_once(postgres_url: str) -> None:
+    with children(MIGRATE, [postgres_url], [postgres_url]) as procs:
+        applied = [int(line.split()[-1]) for line in outputs(procs)]
+    assert sorted(applied) == [0, len(MIGRATIONS)]  # one did all the work, the other waited and found none to do
+    assert asyncio.run(fetch(postgres_url, "SELECT version FROM moodring_schema")) == [(len(MIGRATIONS),)]
+    salts = asyncio.run(fetch(postgres_url, "SELECT length(value) FROM store_secrets"))
+    assert salts == [(32,)]  # the salt migration ran once
+
+
+async def test_a_database_from_the_previous_version_is_upgraded_and_keeps_its_rows(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        await connection.execute("CREATE TABLE moodring_schema (version INTEGER NOT NULL)")
+        await connection.execute("INSERT INTO moodring_schema VALUES (2)")
+        for script in MIGRATIONS[:2]:
+            await connection.execute(script)
+        await connection.execute("INSERT INTO guild_settings (guild_id, retention_days) VALUES (5, 14)")
+        await connection.execute("INSERT INTO channel_settings VALUES (5, 6, FALSE, TRUE)")
+    finally:
+        await connection.close()
+    async with await Store.open(postgres_url) as store:
+        assert isinstance(store, PostgresStore) and store.migrations_applied == 1
+        assert await store.retention_days(5) == 14 and not await store.corrections_enabled(5)
+        assert await store.channel_settings(5, 6) == ChannelSettings(analysis=False, reactions=True)
+    assert await fetch(postgres_url, "SELECT version FROM moodring_schema") == [(len(MIGRATIONS),)]
+
+
+async def test_a_failing_migration_is_rolled_back_whole(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = "CREATE TABLE extra (x INTEGER);\nINSERT INTO missing_table VALUES (1);"
+    monkeypatch.setattr(store_postgres, "MIGRATIONS", [*MIGRATIONS, broken])
+    with pytest.raises(StoreError, match="missing_table"):
+        await Store.open(postgres_url)
+    # The earlier migrations committed; the broken one left nothing behind, and the lock was given back.
+    assert await fetch(postgres_url, "SELECT version FROM moodring_schema") == [(len(MIGRATIONS),)]
+    assert await fetch(postgres_url, "SELECT to_regclass('extra') IS NULL") == [(True,)]
+    assert await fetch(postgres_url, "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+
+
+async def test_a_database_from_a_newer_version_is_refused(postgres_url: str) -> None:
+    await (await Store.open(postgres_url)).close()
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        await connection.execute("UPDATE moodring_schema SET version = version + 1")
+    finally:
+        await connection.close()
+    with pytest.raises(StoreError, match="newer than this bot supports"):
+        await Store.open(postgres_url)
+
+
+async def test_each_database_has_its_own_salt(postgres_server: PostgresServer) -> None:
+    first, second = postgres_server.create_database(), postgres_server.create_database()
+    for url in (first, second):
+        await (await Store.open(url)).close()
+    salts = [await fetch(url, "SELECT value FROM store_secrets") for url in (first, second)]
+    assert salts[0] != salts[1]
+
+
+# ---------------------------------------------------------------- faults
+
+
+async def _wait_for(predicate, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.01)
+
+
+async def test_a_server_that_stops_mid_run_costs_no_analysis(
+    postgres_server: PostgresServer, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server is killed (`pg_ctl stop -m immediate`, as a crash) while the bot records: flushes fail, the
+    analyses stay pending with one warning (no traceback), and all of them are written once it is back."""
+    async with await Store.open(postgres_url, flush_interval=0.01) as store:
+        store.record(1, 2, [("joy", 0.5)], at=T0)
+        await _wait_for(lambda: store.flushed_total == 1, what="the first flush")
+        with caplog.at_level(logging.DEBUG, logger="bot.store"):
+            postgres_server.stop("immediate")
+            try:
+                for i in range(1, 6):
+                    store.record(1, 2, [("joy", 0.5)], at=T0 + i)
+                await _wait_for(lambda: store.failed_flushes >= 2, what="failed flushes")
+                assert (store.pending, store.flushed_total, store.dropped) == (5, 1, 0)
+                with pytest.raises(Exception) as failure:  # an explicit flush says why, and keeps the entries
+                    await store.flush()
+                assert isinstance(failure.value, PostgresStore.expected_errors)
+                assert store.pending == 5
+                assert (await store.channel_settings(1, 2)) == ChannelSettings()  # from memory: still answers
+            finally:
+                postgres_server.start()
+            await _wait_for(lambda: store.flushed_total == 6, what="the flush after the restart")
+            await _wait_for(lambda: any("works again" in r.getMessage() for r in caplog.records), what="recovery")
+        mood = await store.mood(1, 2, T0, T0 + H)
+        assert (mood.messages, mood.label_counts) == (6, {"joy": 6})
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].exc_info is None, [r.getMessage() for r in warnings]
+    assert "writing statistics failed" in warnings[0].getMessage()
+
+
+async def test_a_store_closed_while_the_server_is_down_says_what_was_lost(
+    postgres_server: PostgresServer, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await Store.open(postgres_url, flush_interval=3600)
+    store.record(1, 2, [("joy", 0.5)], at=T0)
+    postgres_server.stop("immediate")
+    try:
+        with caplog.at_level(logging.ERROR, logger="bot.store"), pytest.raises(PostgresStore.expected_errors):
+            await asyncio.wait_for(store.close(), 60)  # returns: the pool does not hang on a dead server
+        (lost,) = [r for r in caplog.records if "1 analyses lost" in r.getMessage()]
+        assert lost.exc_info is None  # an outage is a line, not a traceback
+    finally:
+        postgres_server.start()
+
+
+async def test_connection_problems_are_one_clear_store_error(postgres_server: PostgresServer) -> None:
+    good = postgres_server.create_database()
+    database = good.rsplit("/", 1)[1]
+    with socket_bound() as free_port:
+        cases = {
+            f"postgresql://moodring:secret-pw@127.0.0.1:{free_port}/x": "cannot connect to PostgreSQL",
+            postgres_server.url(database, password="secret-pw"): "refused the user or password",
+            postgres_server.url(database, user="nobody_here", password="secret-pw"): "refused the user or password",
+            postgres_server.url("no_such_database"): "does not exist",
+            "postgresql://moodring:secret-pw@127.0.0.1:notaport/x": "not a valid PostgreSQL URL",
+        }
+        for url, expected in cases.items():
+            with pytest.raises(StoreError, match=expected) as raised:
+                await Store.open(url, connect_timeout=10)
+            message = str(raised.value)
+            assert "secret-pw" not in message and "\n" not in message and "Traceback" not in message, message
+            assert raised.value.__cause__ is None or "secret-pw" not in str(raised.value.__cause__)
+
+
+@contextlib.contextmanager
+def socket_bound() -> Iterator[int]:
+    """A port on 127.0.0.1 that is bound but not listening: a connection to it is refused."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield holder.getsockname()[1]
