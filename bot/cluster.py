@@ -263,8 +263,6 @@ async def _run_cluster(config, processes: int) -> int:
     shard_count = config.shard_count or await recommended_shard_count(config.token, config.discord_api)
     shard_ids = config.shard_ids or tuple(range(shard_count))
     members = [ClusterMember(i, ids) for i, ids in enumerate(split_shards(shard_ids, processes))]
-    for member in members:
-        log.info("%s", member.describe(shard_count))
     supervisor = Supervisor(members, shard_count)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
