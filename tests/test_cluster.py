@@ -17,21 +17,23 @@ from pathlib import Path
 import pytest
 from process_guard import process_alive
 
-from bot.cluster import ClusterMember, Supervisor, child_environment
+from bot.cluster import ClusterError, ClusterMember, Supervisor, child_environment, recommended_shard_count
 from bot.sharding import shard_of
 from sandbox import DiscordStandIn
 
-# A stand-in for `moodring run`: it records its start (pid, the pid of a child of its own that it leaves to the
-# supervisor to clean up, its shard settings, the time), watches its parent like `moodring run`, and then waits
-# forever, or exits with the status in $FAKE_EXIT at once.
+# A stand-in for `moodring run`: it records its start (pid; with $FAKE_LEFTOVER the pid of a child of its own that
+# it leaves to the supervisor to clean up, else 0; its shard settings; the time), watches its parent like `moodring
+# run`, and then waits forever, or exits with the status in $FAKE_EXIT at once.
 FAKE_CHILD = textwrap.dedent(
     """
     import os, subprocess, sys, time
     from model.parent_watch import watch_parent
 
     watch_parent()
-    leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-    fields = [os.getpid(), leftover.pid, os.environ["MOODRING_SHARD_IDS"], os.environ["MOODRING_SHARD_COUNT"],
+    leftover = 0
+    if os.environ.get("FAKE_LEFTOVER"):
+        leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"]).pid
+    fields = [os.getpid(), leftover, os.environ["MOODRING_SHARD_IDS"], os.environ["MOODRING_SHARD_COUNT"],
               os.environ.get("MOODRING_TRAIN_ON_START", "-"), time.monotonic()]
     with open(sys.argv[1], "a") as log:
         log.write(sys.argv[2] + " " + " ".join(map(str, fields)) + "\\n")
@@ -66,7 +68,7 @@ async def until(condition: Callable[[], bool], timeout: float = 30.0, what: str 
 
 
 def all_gone(rows) -> bool:
-    return not any(process_alive(pid) or process_alive(leftover) for _, pid, leftover, *_ in rows)
+    return not any(process_alive(pid) or (leftover and process_alive(leftover)) for _, pid, leftover, *_ in rows)
 
 
 MEMBERS = [ClusterMember(0, (0, 1)), ClusterMember(1, (2, 3))]
@@ -74,7 +76,7 @@ MEMBERS = [ClusterMember(0, (0, 1)), ClusterMember(1, (2, 3))]
 
 async def test_a_killed_process_is_restarted_with_back_off_and_stop_leaves_nothing(tmp_path: Path) -> None:
     log = tmp_path / "starts.log"
-    env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(Path.cwd()))}
+    env = {**os.environ, "FAKE_LEFTOVER": "1"}
     supervisor = Supervisor(MEMBERS, 4, command=fake_child(log), env=env, restart_base_s=0.5, stop_timeout_s=5)
     stop = asyncio.Event()
     running = asyncio.create_task(supervisor.run(stop))
@@ -104,13 +106,46 @@ async def test_a_killed_process_is_restarted_with_back_off_and_stop_leaves_nothi
 
 async def test_a_process_that_needs_a_setting_fixed_stops_the_cluster(tmp_path: Path) -> None:
     log = tmp_path / "starts.log"
-    env = {**os.environ, "FAKE_EXIT": "2"}
+    env = {**os.environ, "FAKE_EXIT": "2", "FAKE_LEFTOVER": "1"}
     supervisor = Supervisor(MEMBERS, 4, command=fake_child(log), env=env, restart_base_s=0.1, stop_timeout_s=5)
     status = await asyncio.wait_for(supervisor.run(asyncio.Event()), 60)
     assert status == 2
     rows = starts(log)
     assert 1 <= len(rows) <= 2 and supervisor.restarts == {}  # no restart: it would fail the same way
     assert all_gone(rows)
+
+
+SUPERVISOR = textwrap.dedent(
+    """
+    import asyncio, sys
+    from bot.cluster import ClusterMember, Supervisor
+
+    members = [ClusterMember(0, (0,)), ClusterMember(1, (1,))]
+    fake = lambda member, count: [sys.executable, "-c", sys.argv[2], sys.argv[1], str(member.index)]
+    asyncio.run(Supervisor(members, 2, command=fake).run(asyncio.Event()))
+    """
+)
+
+
+async def test_the_processes_stop_by_themselves_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    log = tmp_path / "starts.log"
+    supervisor = await asyncio.create_subprocess_exec(sys.executable, "-c", SUPERVISOR, str(log), FAKE_CHILD)
+    try:
+        await until(lambda: len(starts(log)) == 2, what="both processes started")
+    finally:
+        supervisor.kill()  # no chance to stop its children
+        await supervisor.wait()
+    await until(lambda: all_gone(starts(log)), timeout=10, what="the orphaned processes gone")
+
+
+async def test_no_shard_count_without_discord_is_one_clear_error(discord_standin: DiscordStandIn) -> None:
+    assert await recommended_shard_count(discord_standin.token, discord_standin.api_base) == 1
+    with pytest.raises(ClusterError, match="Discord rejected DISCORD_TOKEN") as rejected:
+        await recommended_shard_count("not-the-token", discord_standin.api_base)
+    assert rejected.value.status == 2
+    with pytest.raises(ClusterError, match="can't ask Discord for the recommended shard count") as unreachable:
+        await recommended_shard_count("x", "http://127.0.0.1:9/api/v10")  # the discard port: refused
+    assert unreachable.value.status == 75 and "MOODRING_SHARD_COUNT" in str(unreachable.value)
 
 
 def test_children_get_their_shards_and_only_the_first_may_train_a_first_model() -> None:

@@ -103,3 +103,31 @@ async def _until(condition, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.01)
+
+
+@pytest.mark.discord_standin(shard_count=2, identify_window_s=0.3)
+async def test_discord_py_identifies_again_after_a_rate_limited_identify(discord_standin: DiscordStandIn) -> None:
+    """The rule as discord.py meets it: a shard that identifies too soon gets INVALID_SESSION, then identifies
+    again (discord.py's hook, shortened here from 5 s) and gets its guilds' events."""
+    standin = discord_standin
+    _, channel_id = await standin.add_guild("on shard 1", shard=(1, 2))
+    intents = discord.Intents.default()
+    intents.message_content = True
+    bot = commands.AutoShardedBot(command_prefix="!", intents=intents, guild_ready_timeout=0.05)
+
+    async def impatient(shard_id: int | None, *, initial: bool = False) -> None:
+        if not initial:
+            await asyncio.sleep(0.1)  # shorter than the stand-in's window
+
+    bot.before_identify_hook = impatient  # type: ignore[method-assign]
+    seen: list[int] = []
+
+    async def on_message(message: discord.Message) -> None:
+        seen.append(message.guild.shard_id)
+
+    bot.add_listener(on_message)
+    async with running_bot(bot, standin, timeout=20):
+        assert standin.gateway.identify_refused >= 1 and standin.identify_count == 2
+        assert sorted(s.shard for s in standin.sessions) == [(0, 2), (1, 2)]
+        await standin.dispatch_message(channel_id, "hello shard 1")
+        await _until(lambda: seen == [1])
