@@ -259,7 +259,6 @@ async def test_gateway_drop_resumes_and_replays(
     assert callback.status == 200 and callback.json["type"] == 4
 
 
-@pytest.mark.discord_standin(identify_window_s=0)  # the bot re-identifies at once: no identify rate limit
 async def test_invalid_session_makes_the_bot_identify_again(
     bot: commands.Bot, discord_standin: DiscordStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
