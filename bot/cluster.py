@@ -101,7 +101,6 @@ class Supervisor:
         self.stable_after_s = stable_after_s
         self.stop_timeout_s = stop_timeout_s
         self.processes: dict[int, asyncio.subprocess.Process] = {}  # member index -> its current child
-        self.started: list[tuple[int, int]] = []  # (member index, pid) of every child started, in order
         self.restarts: Counter[int] = Counter()
         self.left_behind: list[int] = []  # process groups that had to be killed after their child had exited
         self._stopping = asyncio.Event()
@@ -132,7 +131,7 @@ class Supervisor:
 
     async def _keep_running(self, member: ClusterMember, lifeline_read: int) -> None:
         what = member.describe(self.shard_count)
-        backoff = Backoff(f"{what}", log, cap=self.restart_cap, expected=(ChildExited,))
+        backoff = Backoff(what, log, cap=self.restart_cap, expected=(ChildExited,))
         while not self._stopping.is_set():
             try:
                 child = await asyncio.create_subprocess_exec(
@@ -146,12 +145,11 @@ class Supervisor:
                 self._fatal = 1
                 return
             self.processes[member.index] = child
-            self.started.append((member.index, child.pid))
             log.info("%s started (pid %d)", what, child.pid)
             exited = asyncio.create_task(child.wait())
             done, _ = await asyncio.wait({exited}, timeout=self.stable_after_s)
             if not done:
-                backoff.succeeded(f"; {what} is up again (pid {child.pid})")
+                backoff.succeeded(f" (pid {child.pid} has been up {self.stable_after_s:.0f} s)")
             status = await exited
             if self._stopping.is_set():
                 return
@@ -196,7 +194,10 @@ class Supervisor:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while _group_alive(pgid) and time.monotonic() < deadline:
+        while _group_alive(pgid):
+            if time.monotonic() > deadline:
+                log.error("process group %d is still there 5 s after SIGKILL (a process stuck in the kernel?)", pgid)
+                return
             await asyncio.sleep(0.05)
 
 
