@@ -27,7 +27,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     run.add_argument(
         "--shard-count",
-        type=shard_count_argument,
+        type=positive_whole_number,
         metavar="N",
         help="the total number of shards (MOODRING_SHARD_COUNT; default: Discord's recommendation)",
     )
@@ -57,7 +57,7 @@ def _shard_ids_argument(value: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def shard_count_argument(value: str) -> int:
+def positive_whole_number(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {value!r}")
     return int(value)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bot.backoff import Backoff
-from bot.cli import EXIT_UNREACHABLE, shard_count_argument
+from bot.cli import EXIT_UNREACHABLE, positive_whole_number
 from bot.sharding import ShardSpecError, check_cluster_database, format_shard_ids, split_shards
 
 log = logging.getLogger(__name__)
@@ -222,11 +222,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "and stop them all on Ctrl-C or SIGTERM. Settings as for `moodring run`.",
     )
     cluster.add_argument(
-        "--processes", type=shard_count_argument, required=True, metavar="N", help="how many processes"
+        "--processes", type=positive_whole_number, required=True, metavar="N", help="how many processes"
     )
     cluster.add_argument(
         "--shard-count",
-        type=shard_count_argument,
+        type=positive_whole_number,
         metavar="N",
         help="the total number of shards (MOODRING_SHARD_COUNT; default: Discord's recommendation)",
     )
