@@ -167,15 +167,14 @@ def cluster_database(tmp_path: Path) -> tuple[str, int]:
 
 
 @pytest.mark.discord_standin(shard_count=2, identify_window_s=1.0)
-async def test_moodring_cluster_runs_the_recommended_shards_and_stops_on_sigterm(
+async def test_moodring_cluster_runs_the_recommended_shards_restarts_a_killed_process_and_stops_on_sigterm(
     discord_standin: DiscordStandIn, cluster_database: tuple[str, int], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     standin = discord_standin
     database, processes = cluster_database
+    other = 1 - shard_of(standin.guild_id, 2)
     guilds = {shard_of(standin.guild_id, 2): (standin.guild_id, standin.channel_id)}
-    guilds[1 - shard_of(standin.guild_id, 2)] = await standin.add_guild(
-        "the other shard's", shard=(1 - shard_of(standin.guild_id, 2), 2)
-    )
+    guilds[other] = await standin.add_guild("the other shard's", shard=(other, 2))
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -188,28 +187,41 @@ async def test_moodring_cluster_runs_the_recommended_shards_and_stops_on_sigterm
         "MOODRING_WORK_DIR": str(tmp_path / "runs"),
         "MOODRING_TRAIN_ON_START": "false",
     }
-    with open(tmp_path / "stderr.log", "wb") as stderr:
-        cluster = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "moodring", "cluster", "--processes", str(processes), env=env, stderr=stderr
-        )
-    try:
-        await standin.wait_until_identified(2, timeout=120)  # no --shard-count: GET /gateway/bot's 2 shards
-        assert sorted(s.shard for s in standin.sessions) == [(0, 2), (1, 2)]
+    log_file = tmp_path / "stderr.log"
+
+    def started_pids() -> list[int]:
+        found = re.findall(r"process 0 \(shards 0-1 of 2\) started \(pid (\d+)\)", log_file.read_text())
+        return [int(pid) for pid in found]
+
+    async def answered_in_both_shards() -> None:
         for shard, (guild_id, channel_id) in sorted(guilds.items()):
             asked = await standin.dispatch_slash_command(
                 "emotion", {"text": "thank you!"}, guild_id=guild_id, channel_id=channel_id
             )
             answer = await standin.wait_for_interaction_response(asked, timeout=60)
             assert answer.json["type"] == 4, shard
+
+    with open(log_file, "wb") as stderr:
+        cluster = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "moodring", "cluster", "--processes", str(processes), env=env, stderr=stderr
+        )
+    try:
+        await standin.wait_until_identified(2, timeout=120)  # no --shard-count: GET /gateway/bot's 2 shards
+        assert sorted(s.shard for s in standin.sessions) == [(0, 2), (1, 2)]
+        await answered_in_both_shards()
+        (first,) = started_pids()
+        os.kill(first, signal.SIGKILL)  # a crash: the cluster starts the process again, which identifies again
+        await standin.wait_until_identified(4, timeout=120)
+        assert len(started_pids()) == 2 and not process_alive(first)
+        await answered_in_both_shards()
         cluster.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(cluster.wait(), 60) == 0
     finally:
         if cluster.returncode is None:
-            cluster.kill()
+            cluster.kill()  # its processes stop by themselves (parent watch)
             await cluster.wait()
-    log = (tmp_path / "stderr.log").read_text()
+    log = log_file.read_text()
     assert "Traceback" not in log, log
-    assert "Discord recommends 2 shards" in log, log
-    pids = [int(pid) for pid in re.findall(r"process 0 \(shards 0-1 of 2\) started \(pid (\d+)\)", log)]
-    assert len(pids) == 1 and not process_alive(pids[0]) and not process_alive(cluster.pid)
+    assert "Discord recommends 2 shards" in log and "restarting process 0 (shards 0-1 of 2) in 1.0 s" in log, log
+    assert not any(process_alive(pid) for pid in [*started_pids(), cluster.pid])
     assert "all 1 processes stopped" in log
