@@ -44,7 +44,8 @@ def intents_for(config: BotConfig) -> discord.Intents:
 
 
 class MoodringBot(commands.AutoShardedBot):
-    """Works with any number of shards: nothing here assumes a single gateway connection.
+    """Works with any number of shards: nothing here assumes a single gateway connection. Runs the shards
+    `config.shard_ids` of `config.shard_count` (bot/sharding.py), or all of Discord's recommended count when unset.
 
     Extra keyword arguments are discord.py client options (e.g. `guild_ready_timeout`).
     """
@@ -56,6 +57,8 @@ class MoodringBot(commands.AutoShardedBot):
             allowed_mentions=NO_MENTIONS,
             owner_ids=set(config.owner_ids) or None,
             help_command=None,
+            shard_count=config.shard_count,
+            shard_ids=list(config.shard_ids) if config.shard_ids is not None else None,
             **options,
         )
         self.config = config

@@ -1,4 +1,4 @@
-"""The `run` and `sync-commands` subcommands."""
+"""The `run`, `cluster` (bot/cluster.py) and `sync-commands` subcommands."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 
+from bot.sharding import ShardSpecError, check_cluster_database, format_shard_ids, parse_shard_ids
+
 log = logging.getLogger(__name__)
 
 #: Exit status when Discord cannot be reached (sysexits.h EX_TEMPFAIL: try again later).
@@ -17,7 +19,22 @@ EXIT_UNREACHABLE = 75
 
 def register(commands: argparse._SubParsersAction) -> None:
     run = commands.add_parser("run", help="run the Discord bot (settings from the environment / .env)")
+    run.add_argument(
+        "--shards",
+        type=_shard_ids_argument,
+        metavar="IDS",
+        help="run only these shards, like 0-3 or 0,2,5 (MOODRING_SHARD_IDS; needs --shard-count)",
+    )
+    run.add_argument(
+        "--shard-count",
+        type=positive_whole_number,
+        metavar="N",
+        help="the total number of shards (MOODRING_SHARD_COUNT; default: Discord's recommendation)",
+    )
     run.set_defaults(handler=run_bot)
+    from bot.cluster import register as register_cluster
+
+    register_cluster(commands)
     sync = commands.add_parser("sync-commands", help="publish the slash commands globally, then exit")
     sync.set_defaults(handler=sync_commands)
     corrections = commands.add_parser("corrections", help="community corrections kept by the bot")
@@ -46,16 +63,45 @@ def register(commands: argparse._SubParsersAction) -> None:
     migrate.set_defaults(handler=migrate_database)
 
 
-def _bot(**overrides):
+def _shard_ids_argument(value: str) -> tuple[int, ...]:
+    try:
+        return parse_shard_ids(value)
+    except ShardSpecError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def positive_whole_number(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
+def shard_overrides(args: argparse.Namespace) -> dict[str, object]:
+    """The BotConfig fields that `--shards` and `--shard-count` set (they win over the environment)."""
+    overrides: dict[str, object] = {}
+    if args.shard_count is not None:
+        overrides["shard_count"] = args.shard_count
+    if args.shards is not None:
+        overrides["shard_ids"] = args.shards
+    return overrides
+
+
+def _bot(check_cluster: bool = False, **overrides):
+    """The bot for the settings, or None after printing what to fix. `check_cluster`: refuse an SQLite database
+    that other processes of a cluster would share (running the gateway; publishing commands needs no check)."""
     from dataclasses import replace
 
     from bot.config import BotConfig, ConfigError
 
     try:
         config = replace(BotConfig.from_env(), **overrides)
-    except ConfigError as error:
+        if check_cluster:
+            check_cluster_database(config.database, config.shard_ids, config.shard_count)
+    except (ConfigError, ShardSpecError) as error:
         print(f"moodring: {error}", file=sys.stderr)
         return None
+    if config.shard_ids is not None:
+        log.info("running shards %s of %d", format_shard_ids(config.shard_ids), config.shard_count)
     from bot.app import MoodringBot  # torch, transformers and discord.py: only once the settings are good
 
     point_discord_at(config)
@@ -145,12 +191,12 @@ def point_discord_at(config) -> None:
 
 
 def run_bot(args: argparse.Namespace) -> int:
-    bot = _bot()
+    bot = _bot(check_cluster=True, **shard_overrides(args))
     if bot is None:
         return 2
     from model.parent_watch import watch_parent
 
-    watch_parent()  # when `moodring sandbox` started it: a clean stop (SIGTERM) if the sandbox dies
+    watch_parent()  # when `moodring sandbox` or `cluster` started it: a clean stop (SIGTERM) if that dies
     return asyncio.run(_serve(bot))
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from bot.sharding import ShardSpecError, check_shard_ids, parse_shard_ids
 from model.onnx_export import BACKEND_CHOICES
 
 #: Training options that MOODRING_RETRAIN_ARGS may not set: the retrainer chooses where the candidate model and its
@@ -69,6 +70,9 @@ class BotConfig:
     # A Discord-compatible server instead of Discord (`moodring sandbox`): discord.py's REST base and gateway URL.
     discord_api: str | None = None
     discord_gateway: str | None = None
+    # Sharding (bot/sharding.py): None and None is one process with Discord's recommended count of shards.
+    shard_count: int | None = None
+    shard_ids: tuple[int, ...] | None = None  # which of the shard_count shards this process runs; None: all
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, require_token: bool = True) -> BotConfig:
@@ -107,6 +111,8 @@ class BotConfig:
             community_dev_min_rows=_at_least(1, env, "MOODRING_COMMUNITY_DEV_MIN_ROWS", cls.community_dev_min_rows),
             discord_api=_url(env, "MOODRING_DISCORD_API", ("http", "https")),
             discord_gateway=_url(env, "MOODRING_DISCORD_GATEWAY", ("ws", "wss")),
+            shard_count=_at_least(1, env, "MOODRING_SHARD_COUNT", cls.shard_count),
+            shard_ids=_shard_ids(env, "MOODRING_SHARD_IDS"),
             # Last: the default imports torch, which a bad setting above should not wait for.
             model_dir=Path(env.get("MOODRING_MODEL_DIR") or _default_model_dir()),
         )
@@ -117,6 +123,16 @@ class BotConfig:
                 "MOODRING_DISCORD_API and MOODRING_DISCORD_GATEWAY go together: set both (`moodring sandbox` serves "
                 "http://127.0.0.1:8765/api/v10 and ws://127.0.0.1:8765/gateway) or neither (Discord itself)."
             )
+        if self.shard_ids is not None:
+            if self.shard_count is None:
+                raise ConfigError(
+                    "MOODRING_SHARD_IDS (--shards) needs MOODRING_SHARD_COUNT (--shard-count): the ids are "
+                    "numbered out of the total count of shards"
+                )
+            try:
+                check_shard_ids(self.shard_ids, self.shard_count)
+            except ShardSpecError as error:
+                raise ConfigError(f"MOODRING_SHARD_IDS (--shards): {error}") from None
 
 
 def _number(env: Mapping[str, str], name: str, kind: type, default):
@@ -213,6 +229,16 @@ def _int_list(env: Mapping[str, str], name: str) -> list[int]:
     if len(ids) != len(parts) or not all(0 < i <= MAX_SNOWFLAKE for i in ids):
         raise ConfigError(f"{name} must be comma-separated Discord user ids, got {env.get(name)!r}")
     return ids
+
+
+def _shard_ids(env: Mapping[str, str], name: str) -> tuple[int, ...] | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return parse_shard_ids(value)
+    except ShardSpecError as error:
+        raise ConfigError(f"{name}: {error}") from None
 
 
 def split_retrain_args(value: str, name: str = "MOODRING_RETRAIN_ARGS") -> list[str]:

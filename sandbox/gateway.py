@@ -8,6 +8,7 @@ import copy
 import json
 import logging
 import secrets
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -165,11 +166,29 @@ class GatewayConnection:
 class Gateway:
     """Speaks gateway v10 (JSON) to discord.py."""
 
-    def __init__(self, world: World, *, heartbeat_interval: int, resume_url: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        world: World,
+        *,
+        heartbeat_interval: int,
+        resume_url: Callable[[], str],
+        shard_count: int = 1,
+        max_concurrency: int = 1,
+        identify_window_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if shard_count < 1 or max_concurrency < 1 or identify_window_s < 0:
+            raise ValueError("shard_count and max_concurrency must be at least 1, identify_window_s at least 0")
         self.world = world
         self.heartbeat_interval = heartbeat_interval
         self._resume_url = resume_url
-        self.shard_count = 1  # what GET /gateway/bot recommends (AutoShardedBot)
+        self.shard_count = shard_count  # what GET /gateway/bot recommends (AutoShardedBot)
+        #: Discord's identify rate limit: one IDENTIFY per bucket (shard_id % max_concurrency) per window.
+        self.max_concurrency = max_concurrency
+        self.identify_window_s = identify_window_s
+        self.clock = clock
+        self._identified_at: dict[int, float] = {}  # bucket -> when it last accepted an IDENTIFY
+        self.identify_refused = 0  # IDENTIFYs answered with INVALID_SESSION for coming too soon
         self.sessions: dict[str, GatewaySession] = {}
         self.connections: list[GatewayConnection] = []
         self.frames: list[GatewayFrame] = []
@@ -341,10 +360,24 @@ class Gateway:
             await conn.close(CLOSE_DISALLOWED_INTENTS, "Disallowed intent(s).")
             return
         shard = data.get("shard") or [0, 1]
-        if not (isinstance(shard, list) and len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        if not (
+            isinstance(shard, list)
+            and len(shard) == 2
+            and all(type(n) is int for n in shard)
+            and 0 <= shard[0] < shard[1]
+        ):
             await conn.close(CLOSE_INVALID_SHARD, "Invalid shard.")
             return
-        shard_t = (int(shard[0]), int(shard[1]))
+        shard_t = (shard[0], shard[1])
+        bucket = shard_t[0] % self.max_concurrency  # Discord's rate_limit_key
+        now = self.clock()
+        last = self._identified_at.get(bucket)
+        if last is not None and now - last < self.identify_window_s:
+            # Too soon for this bucket: like Discord, INVALID_SESSION (not resumable); the client identifies again.
+            self.identify_refused += 1
+            await self._send(conn, {"op": p.OP_INVALID_SESSION, "d": False, "s": None, "t": None})
+            return
+        self._identified_at[bucket] = now
         for old in self.live_sessions():
             if old.shard == shard_t:
                 old.ended = True  # a fresh IDENTIFY supersedes the shard's old session

@@ -412,7 +412,7 @@ class RestApi:
                 "total": 1000,
                 "remaining": 1000 - self.gateway.identify_count,
                 "reset_after": 86_400_000,
-                "max_concurrency": 1,
+                "max_concurrency": self.gateway.max_concurrency,
             },
         }
 

@@ -51,7 +51,10 @@ class DiscordStandIn(InteractionDispatch):
     ``Route.BASE``) and :attr:`gateway_url` (``DiscordWebSocket.DEFAULT_GATEWAY``).
 
     ``token`` is what REST (``Authorization: Bot <token>``) and IDENTIFY must present; ``heartbeat_interval``
-    the milliseconds announced in HELLO; ``port`` 0 binds an ephemeral port. Permissions are enforced like
+    the milliseconds announced in HELLO; ``port`` 0 binds an ephemeral port. Sharding as on Discord: GET
+    /gateway/bot recommends ``shard_count`` shards, each guild's events go only to the session of the shard that
+    owns it, and IDENTIFY is limited to one per ``shard_id % max_concurrency`` bucket per ``identify_window_s``
+    (sooner: INVALID_SESSION, and the client identifies again). Permissions are enforced like
     Discord (403 50001/50013), and the bot's own actions are echoed as gateway events, like Discord.
     The same server serves the sandbox page (:class:`sandbox.page.SandboxPage`) at ``/``.
     """
@@ -68,6 +71,9 @@ class DiscordStandIn(InteractionDispatch):
         heartbeat_interval: int = 41_250,
         host: str = "127.0.0.1",
         port: int = 0,
+        shard_count: int = 1,
+        max_concurrency: int = 1,
+        identify_window_s: float = 5.0,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -79,7 +85,12 @@ class DiscordStandIn(InteractionDispatch):
         self.world.add_member(guild.id, self.user_id)
         self._other_bot_id: int | None = None
         self.gateway = Gateway(
-            self.world, heartbeat_interval=heartbeat_interval, resume_url=lambda: self.resume_gateway_url
+            self.world,
+            heartbeat_interval=heartbeat_interval,
+            resume_url=lambda: self.resume_gateway_url,
+            shard_count=shard_count,
+            max_concurrency=max_concurrency,
+            identify_window_s=identify_window_s,
         )
         self.rest = RestApi(
             self.world, self.gateway, base_url=lambda: self.base_url, gateway_url=lambda: self.gateway_url
@@ -465,6 +476,27 @@ class DiscordStandIn(InteractionDispatch):
         return await self.gateway.dispatch(event, data, guild_id=guild_id)
 
     # --- world lookups and changes ------------------------------------------------------
+
+    async def add_guild(
+        self, name: str, *, shard: tuple[int, int] | None = None, channel_name: str = "general"
+    ) -> tuple[int, int]:
+        """Add a guild with a text channel, the bot and :attr:`user_id` as members; returns (guild id, channel id).
+
+        ``shard=(shard_id, shard_count)`` picks an id on that shard (``(guild_id >> 22) % shard_count``). The
+        session of that shard, if one is connected, gets GUILD_CREATE, as when the bot is invited.
+        """
+        guild_id = p.snowflake()
+        if shard is not None:
+            shard_id, count = shard
+            if not 0 <= shard_id < count:
+                raise ValueError(f"shard id {shard_id} is not below the shard count {count}")
+            while (guild_id >> 22) % count != shard_id:  # the shard is in the millisecond bits: at most count ms
+                guild_id = p.snowflake()
+        rec = self.world.add_guild(name, guild_id=guild_id)
+        channel_id = int(self.world.add_text_channel(guild_id, channel_name)["id"])
+        self.world.add_member(guild_id, self.user_id)
+        await self.gateway.dispatch("GUILD_CREATE", rec.payload(), guild_id=guild_id, require_session=False)
+        return guild_id, channel_id
 
     def message(self, message_id: int | str) -> JSON | None:
         """A stored message (REST shape), or ``None``."""

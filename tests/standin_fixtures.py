@@ -118,10 +118,12 @@ async def discord_standin(
     """A running :class:`DiscordStandIn` with discord.py pointed at it (undone after the test).
 
     Configure it with ``@pytest.mark.discord_standin(heartbeat_interval=1000, ...)``. The test
-    fails at teardown if a stand-in route handler crashed (a stand-in bug, not a bot bug).
+    fails at teardown if a stand-in route handler crashed (a stand-in bug, not a bot bug). Discord's
+    identify rate limit is off (``identify_window_s=0``) unless the marker sets it: a test that starts a
+    second bot would otherwise wait discord.py's 5 s before it may identify again.
     """
     marker = request.node.get_closest_marker("discord_standin")
-    options = dict(marker.kwargs) if marker is not None else {}
+    options = {"identify_window_s": 0.0, **(marker.kwargs if marker is not None else {})}
     standin = DiscordStandIn(**options)
     async with standin:
         with point_discord_at(standin, monkeypatch):

@@ -18,6 +18,7 @@ from bot.app import MoodringBot
 from bot.backoff import Backoff
 from bot.charts import mood_chart
 from bot.render import emoji_for
+from bot.sharding import owns_guild, runs_cluster_work
 from bot.store import Schedule, StoreError
 from bot.utils import NO_MENTIONS, InvalidArgument, send_ephemeral
 
@@ -187,6 +188,8 @@ class Mood(commands.Cog):
         """
         posted = 0
         for schedule in await self.bot.store.schedules():
+            if not owns_guild(schedule.guild_id, self.bot.shard_ids, self.bot.shard_count):
+                continue  # another process of the cluster runs that guild's shard, and posts its summaries
             if schedule.last_posted_at is not None and latest_slot(schedule, now) <= schedule.last_posted_at:
                 continue
             try:
@@ -260,7 +263,10 @@ class Mood(commands.Cog):
 
     @tasks.loop(hours=24)
     async def retention(self) -> None:
-        """Never raises: a failed prune is logged (once per outage) and the next run prunes what it missed."""
+        """Never raises: a failed prune is logged (once per outage) and the next run prunes what it missed.
+        In a cluster only the process that runs shard 0 prunes (the prune covers every guild)."""
+        if not runs_cluster_work(self.bot.shard_ids):
+            return
         try:
             deleted = await self.bot.store.prune(self.bot.clock())
         except Exception as error:
@@ -274,7 +280,8 @@ class Mood(commands.Cog):
     @commands.Cog.listener()
     async def on_guild_remove(self, guild: discord.Guild) -> None:
         """The bot was removed from a server (an outage is not a removal: discord.py reports it as
-        `on_guild_unavailable`): delete its statistics, settings and schedules."""
+        `on_guild_unavailable`): delete its statistics, settings and schedules. Discord sends the removal only to
+        the guild's shard, so in a cluster exactly one process deletes."""
         try:
             deleted = await self.bot.store.remove_guild(guild.id)
         except STORE_ERRORS as error:

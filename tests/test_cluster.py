@@ -1,0 +1,227 @@
+"""`moodring cluster`: the supervisor restarts a crashed process with back-off and stops them all, none left behind
+(a tiny fake child injected through its constructor); and the real command over real `moodring run` children
+against the sharding stand-in."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from process_guard import process_alive
+
+from bot.cluster import ClusterError, ClusterMember, Supervisor, child_environment, recommended_shard_count
+from bot.sharding import shard_of
+from sandbox import DiscordStandIn
+
+# A stand-in for `moodring run`: it records its start (pid; with $FAKE_LEFTOVER the pid of a child of its own that
+# it leaves to the supervisor to clean up, else 0; its shard settings; the time), watches its parent like `moodring
+# run`, and then waits forever, or exits with the status in $FAKE_EXIT at once.
+FAKE_CHILD = textwrap.dedent(
+    """
+    import os, subprocess, sys, time
+    from model.parent_watch import watch_parent
+
+    watch_parent()
+    leftover = 0
+    if os.environ.get("FAKE_LEFTOVER"):
+        leftover = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"]).pid
+    fields = [os.getpid(), leftover, os.environ["MOODRING_SHARD_IDS"], os.environ["MOODRING_SHARD_COUNT"],
+              os.environ.get("MOODRING_TRAIN_ON_START", "-"), time.monotonic()]
+    with open(sys.argv[1], "a") as log:
+        log.write(sys.argv[2] + " " + " ".join(map(str, fields)) + "\\n")
+    if os.environ.get("FAKE_EXIT"):
+        sys.exit(int(os.environ["FAKE_EXIT"]))
+    time.sleep(300)
+    """
+)
+
+
+def fake_child(log: Path) -> Callable[[ClusterMember, int], list[str]]:
+    return lambda member, shard_count: [sys.executable, "-c", FAKE_CHILD, str(log), str(member.index)]
+
+
+def starts(log: Path) -> list[tuple[int, int, int, str, str, str, float]]:
+    """(member, pid, leftover pid, MOODRING_SHARD_IDS, MOODRING_SHARD_COUNT, MOODRING_TRAIN_ON_START, time)."""
+    if not log.exists():
+        return []
+    rows = []
+    for line in log.read_text().splitlines():
+        index, pid, leftover, ids, count, train, at = line.split()
+        rows.append((int(index), int(pid), int(leftover), ids, count, train, float(at)))
+    return rows
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+def all_gone(rows) -> bool:
+    return not any(process_alive(pid) or (leftover and process_alive(leftover)) for _, pid, leftover, *_ in rows)
+
+
+MEMBERS = [ClusterMember(0, (0, 1)), ClusterMember(1, (2, 3))]
+
+
+async def test_a_killed_process_is_restarted_with_back_off_and_stop_leaves_nothing(tmp_path: Path) -> None:
+    log = tmp_path / "starts.log"
+    env = {**os.environ, "FAKE_LEFTOVER": "1"}
+    supervisor = Supervisor(MEMBERS, 4, command=fake_child(log), env=env, restart_base_s=0.5, stop_timeout_s=5)
+    stop = asyncio.Event()
+    running = asyncio.create_task(supervisor.run(stop))
+    try:
+        await until(lambda: len(starts(log)) == 2, what="both processes started")
+        assert sorted(row[:1] + row[3:6] for row in starts(log)) == [(0, "0-1", "4", "-"), (1, "2-3", "4", "false")]
+        gaps = []
+        for restarts in (1, 2):
+            victim = supervisor.processes[0].pid
+            killed_at = time.monotonic()
+            os.kill(victim, signal.SIGKILL)
+            await until(lambda n=restarts: len(starts(log)) == 2 + n, what=f"restart {restarts}")
+            row = starts(log)[-1]
+            assert row[0] == 0 and row[1] != victim and row[1] == supervisor.processes[0].pid
+            gaps.append(row[-1] - killed_at)
+        # Back-off: 1 then 2 intervals of 0.5 s (plus the start of a Python process).
+        assert gaps[0] >= 0.5 and gaps[1] >= 1.0, gaps
+        assert supervisor.restarts == {0: 2}  # the other process was left alone
+        assert len(supervisor.left_behind) == 2  # the killed children's own children, killed by the supervisor
+    finally:
+        stop.set()
+        status = await asyncio.wait_for(running, 30)
+    assert status == 0
+    rows = starts(log)
+    assert len(rows) == 4 and all_gone(rows)  # every child and every child's child, checked gone
+
+
+async def test_a_process_that_needs_a_setting_fixed_stops_the_cluster(tmp_path: Path) -> None:
+    log = tmp_path / "starts.log"
+    env = {**os.environ, "FAKE_EXIT": "2", "FAKE_LEFTOVER": "1"}
+    supervisor = Supervisor(MEMBERS, 4, command=fake_child(log), env=env, restart_base_s=0.1, stop_timeout_s=5)
+    status = await asyncio.wait_for(supervisor.run(asyncio.Event()), 60)
+    assert status == 2
+    rows = starts(log)
+    assert 1 <= len(rows) <= 2 and supervisor.restarts == {}  # no restart: it would fail the same way
+    assert all_gone(rows)
+
+
+SUPERVISOR = textwrap.dedent(
+    """
+    import asyncio, sys
+    from bot.cluster import ClusterMember, Supervisor
+
+    members = [ClusterMember(0, (0,)), ClusterMember(1, (1,))]
+    fake = lambda member, count: [sys.executable, "-c", sys.argv[2], sys.argv[1], str(member.index)]
+    asyncio.run(Supervisor(members, 2, command=fake).run(asyncio.Event()))
+    """
+)
+
+
+async def test_the_processes_stop_by_themselves_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    log = tmp_path / "starts.log"
+    supervisor = await asyncio.create_subprocess_exec(sys.executable, "-c", SUPERVISOR, str(log), FAKE_CHILD)
+    try:
+        await until(lambda: len(starts(log)) == 2, what="both processes started")
+    finally:
+        supervisor.kill()  # no chance to stop its children
+        await supervisor.wait()
+    await until(lambda: all_gone(starts(log)), timeout=10, what="the orphaned processes gone")
+
+
+async def test_no_shard_count_without_discord_is_one_clear_error(discord_standin: DiscordStandIn) -> None:
+    assert await recommended_shard_count(discord_standin.token, discord_standin.api_base) == 1
+    with pytest.raises(ClusterError, match="Discord rejected DISCORD_TOKEN") as rejected:
+        await recommended_shard_count("not-the-token", discord_standin.api_base)
+    assert rejected.value.status == 2
+    with pytest.raises(ClusterError, match="can't ask Discord for the recommended shard count") as unreachable:
+        await recommended_shard_count("x", "http://127.0.0.1:9/api/v10")  # the discard port: refused
+    assert unreachable.value.status == 75 and "MOODRING_SHARD_COUNT" in str(unreachable.value)
+
+
+def test_children_get_their_shards_and_only_the_first_may_train_a_first_model() -> None:
+    base = {"MOODRING_TRAIN_ON_START": "true", "OTHER": "kept"}
+    first = child_environment(base, ClusterMember(0, (0, 1, 2)), 6)
+    second = child_environment(base, ClusterMember(1, (3, 4, 5)), 6)
+    keys = ("MOODRING_SHARD_IDS", "MOODRING_SHARD_COUNT", "MOODRING_TRAIN_ON_START", "OTHER")
+    assert [first[k] for k in keys] == ["0-2", "6", "true", "kept"]
+    assert [second[k] for k in keys] == ["3-5", "6", "false", "kept"]
+
+
+@pytest.fixture
+def cluster_database(tmp_path: Path) -> tuple[str, int]:
+    """The database the cluster's processes share, and how many processes it allows: an SQLite file, one.
+
+    The one place to switch this test to PostgreSQL (its test server's URL, and 2 processes) once the store
+    speaks it."""
+    return str(tmp_path / "cluster.sqlite3"), 1
+
+
+@pytest.mark.discord_standin(shard_count=2, identify_window_s=1.0)
+async def test_moodring_cluster_runs_the_recommended_shards_restarts_a_killed_process_and_stops_on_sigterm(
+    discord_standin: DiscordStandIn, cluster_database: tuple[str, int], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    standin = discord_standin
+    database, processes = cluster_database
+    other = 1 - shard_of(standin.guild_id, 2)
+    guilds = {shard_of(standin.guild_id, 2): (standin.guild_id, standin.channel_id)}
+    guilds[other] = await standin.add_guild("the other shard's", shard=(other, 2))
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "DISCORD_TOKEN": standin.token,
+        "MOODRING_DISCORD_API": standin.api_base,
+        "MOODRING_DISCORD_GATEWAY": standin.gateway_url,
+        "MOODRING_DEV_GUILD_ID": str(standin.guild_id),
+        "MOODRING_MODEL_DIR": str(tiny_model_dir),
+        "MOODRING_DATABASE": database,
+        "MOODRING_WORK_DIR": str(tmp_path / "runs"),
+        "MOODRING_TRAIN_ON_START": "false",
+    }
+    log_file = tmp_path / "stderr.log"
+
+    def started_pids() -> list[int]:
+        found = re.findall(r"process 0 \(shards 0-1 of 2\) started \(pid (\d+)\)", log_file.read_text())
+        return [int(pid) for pid in found]
+
+    async def answered_in_both_shards() -> None:
+        for shard, (guild_id, channel_id) in sorted(guilds.items()):
+            asked = await standin.dispatch_slash_command(
+                "emotion", {"text": "thank you!"}, guild_id=guild_id, channel_id=channel_id
+            )
+            answer = await standin.wait_for_interaction_response(asked, timeout=60)
+            assert answer.json["type"] == 4, shard
+
+    with open(log_file, "wb") as stderr:
+        cluster = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "moodring", "cluster", "--processes", str(processes), env=env, stderr=stderr
+        )
+    try:
+        await standin.wait_until_identified(2, timeout=120)  # no --shard-count: GET /gateway/bot's 2 shards
+        assert sorted(s.shard for s in standin.sessions) == [(0, 2), (1, 2)]
+        await answered_in_both_shards()
+        (first,) = started_pids()
+        os.kill(first, signal.SIGKILL)  # a crash: the cluster starts the process again, which identifies again
+        await standin.wait_until_identified(4, timeout=120)
+        assert len(started_pids()) == 2 and not process_alive(first)
+        await answered_in_both_shards()
+        cluster.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(cluster.wait(), 60) == 0
+    finally:
+        if cluster.returncode is None:
+            cluster.kill()  # its processes stop by themselves (parent watch)
+            await cluster.wait()
+    log = log_file.read_text()
+    assert "Traceback" not in log, log
+    assert "Discord recommends 2 shards" in log and "restarting process 0 (shards 0-1 of 2) in 1.0 s" in log, log
+    assert not any(process_alive(pid) for pid in [*started_pids(), cluster.pid])
+    assert "all 1 processes stopped" in log
