@@ -34,7 +34,7 @@ class TrainArgs:
         None, "where to export the model (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"
     )
     work_dir: str | None = option(None, "best checkpoint and progress.jsonl (default: runs/<out name>)")
-    epochs: int = option(4, "training epochs", positive_int)
+    epochs: int = option(2, "training epochs", positive_int)
     batch_size: int = option(32, "training batch size", positive_int)
     learning_rate: float = option(8e-5, "peak AdamW learning rate", finite_number(0.0, 1.0, above_minimum=True))
     weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)", finite_number(0.0, 1.0))
@@ -52,7 +52,7 @@ class TrainArgs:
         choices=("length", "random"),
     )  # fmt: skip
     loss: str = option(
-        "bce", "`bce`, or `asl`: asymmetric loss (Ridnik et al. 2021), which down-weights easy negatives so the "
+        "asl", "`bce`, or `asl`: asymmetric loss (Ridnik et al. 2021), which down-weights easy negatives so the "
         "rare labels' positives count for more",
         choices=("bce", "asl"),
     )  # fmt: skip
