@@ -17,8 +17,9 @@ from discord.ext import commands
 from bot.community_data import export_store
 from bot.config import BotConfig
 from bot.inference import InferenceService
+from bot.model_sync import ModelSync
 from bot.retrain import Retrainer
-from bot.store import Store
+from bot.store import Store, is_postgres_url
 from bot.utils import NO_MENTIONS, SOMETHING_WENT_WRONG, InvalidArgument, send_ephemeral
 from model import ModelError, ModelNotFoundError
 from model.storage import recover_directory
@@ -80,15 +81,21 @@ class MoodringBot(commands.AutoShardedBot):
             progress_interval=config.progress_interval,
             export_corrections=lambda out: export_store(self.store, out, config.model_dir),
             community_min_rows=config.community_dev_min_rows,
+            after_swap=self._announce_model,
         )
         self.store: Store | None = None
+        # Several processes share a PostgreSQL database: a swap in one reaches the others (bot/model_sync.py).
+        self.model_sync = (
+            ModelSync(config.database, config.model_dir, self.inference) if is_postgres_url(config.database) else None
+        )
         self.counters: Counter[str] = Counter()
         self.clock: Callable[[], float] = time.time  # one clock for schedules and statistics; tests move it
 
     async def setup_hook(self) -> None:
         self.store = await Store.open(self.config.database)
         self.inference.start()
-        if not await self.load_model() and self.config.train_on_start:
+        loaded = await (self.model_sync.start(self.load_model) if self.model_sync else self.load_model())
+        if not loaded and self.config.train_on_start:
             log.info("no model yet: training the first one in a child process (MOODRING_TRAIN_ON_START)")
             self.retrainer.start()
         for extension in COGS:
@@ -121,6 +128,11 @@ class MoodringBot(commands.AutoShardedBot):
             return False
         log.info("serving the model in %s", self.config.model_dir)
         return True
+
+    async def _announce_model(self) -> None:
+        """After this process swapped in a retrained model: the cluster's other processes load it too."""
+        if self.model_sync is not None:
+            await self.model_sync.announce()
 
     def no_model_message(self) -> str:
         """What members are told while no model is serving."""
@@ -155,6 +167,8 @@ class MoodringBot(commands.AutoShardedBot):
 
     async def close(self) -> None:
         log.info("closing; message outcomes since start: %s", dict(self.counters))
+        if self.model_sync is not None:
+            await self.model_sync.close()
         await self.retrainer.cancel("the bot is shutting down")
         # Readings still waiting are answered "shutting down" while Discord can still be told.
         await self.inference.close()

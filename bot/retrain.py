@@ -51,6 +51,9 @@ DEFAULT_COMMUNITY_MIN_ROWS = 50
 
 #: Writes the corrections for a retrain into a directory; None when there are none to use.
 ExportCorrections = Callable[[Path], Awaitable[ExportSummary | None]]
+#: Called once a swap is complete (the new model on disk and serving), e.g. to tell the other processes of a cluster
+#: (bot/model_sync.py). It must not raise.
+AfterSwap = Callable[[], Awaitable[object]]
 
 
 class RetrainFailed(RuntimeError):
@@ -109,6 +112,7 @@ class Retrainer:
         stop_grace_s: float = 10.0,
         export_corrections: ExportCorrections | None = None,
         community_min_rows: int = DEFAULT_COMMUNITY_MIN_ROWS,
+        after_swap: AfterSwap | None = None,
     ) -> None:
         self.inference = inference
         self.model_dir = Path(model_dir)
@@ -121,6 +125,7 @@ class Retrainer:
         self.stop_grace_s = stop_grace_s
         self.export_corrections = export_corrections
         self.community_min_rows = community_min_rows
+        self.after_swap = after_swap
         self.status: RetrainStatus | None = None
         self._task: asyncio.Task | None = None
         self._process: asyncio.subprocess.Process | None = None
@@ -352,12 +357,14 @@ class Retrainer:
         return await asyncio.to_thread(_read_scores, report)
 
     async def _swap_in(self, candidate: Path) -> None:
-        """Load the candidate fully, put it where the serving model lives on disk, then serve it."""
+        """Load the candidate fully, put it where the serving model lives on disk, serve it, then `after_swap`."""
         classifier = await asyncio.to_thread(self.inference.open_model, candidate)
         await asyncio.to_thread(replace_directory, candidate, self.model_dir)
         classifier.relocate(self.model_dir)
         self.inference.swap(classifier)
         log.info("now serving the retrained model from %s", self.model_dir)
+        if self.after_swap is not None:
+            await self.after_swap()
 
     async def _report(
         self,

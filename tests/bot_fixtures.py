@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ from standin_fixtures import running_bot
 from bot.app import MoodringBot
 from bot.config import BotConfig
 from model import EmotionClassifier
+from model.metadata import ModelMetadata
 from sandbox import DiscordStandIn, RecordedRequest, payloads
 
 #: Member permissions of a server admin (what `/moodring ...` settings commands require).
@@ -118,3 +120,23 @@ def message_body(request: RecordedRequest) -> Mapping[str, Any] | None:
     if request.route == "/interactions/{interaction_id}/{interaction_token}/callback":
         return body.get("data") if body.get("type") in (4, 7) else None
     return body
+
+
+def second_model(model_dir: Path, destination: Path) -> Path:
+    """A copy of `model_dir` that answers visibly differently: every threshold 1, which no score reaches, so that no
+    emotion an answer shows is marked above its threshold (✅). Its `moodring.json` differs, and so do its checksums."""
+    shutil.copytree(model_dir, destination)
+    metadata = ModelMetadata.load(destination)
+    unreachable = [1.0] * len(metadata.labels)
+    metadata.thresholds = unreachable
+    metadata.thresholds_by_backend = dict.fromkeys(metadata.thresholds_by_backend, unreachable)
+    metadata.created_at = "the second tiny model"
+    metadata.save(destination)
+    return destination
+
+
+def threshold_marks(callback: RecordedRequest) -> list[bool]:
+    """Which emotions of an `/emotion` answer are marked above their threshold (✅): tells the two models apart."""
+    embed = callback.json["data"]["embeds"][0]
+    value = next(field["value"] for field in embed["fields"] if field["name"] == "Top emotions")
+    return [line.startswith("✅") for line in value.splitlines()]

@@ -1,25 +1,37 @@
 """`moodring cluster`: the supervisor restarts a crashed process with back-off and stops them all, none left behind
-(a tiny fake child injected through its constructor); and the real command over real `moodring run` children
-against the sharding stand-in."""
+(a tiny fake child injected through its constructor); and the real command over two real `moodring run` children
+on one PostgreSQL database against the sharding stand-in: every message analysed exactly once, a killed process
+costs only its own guilds until it is restarted, and a model swap reaches both processes."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import re
+import shutil
 import signal
 import sys
 import textwrap
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
+from bot_fixtures import second_model, threshold_marks
 from process_guard import process_alive
 
 from bot.cluster import ClusterError, ClusterMember, Supervisor, child_environment, recommended_shard_count
+from bot.inference import InferenceService
+from bot.model_sync import ModelSync
 from bot.sharding import shard_of
+from bot.text import prepare_text
+from model import EmotionClassifier
+from model.storage import replace_directory
 from sandbox import DiscordStandIn
+
+TEXT = "Thank you so much, this is wonderful!"
 
 # A stand-in for `moodring run`: it records its start (pid; with $FAKE_LEFTOVER the pid of a child of its own that
 # it leaves to the supervisor to clean up, else 0; its shard settings; the time), watches its parent like `moodring
@@ -158,23 +170,29 @@ def test_children_get_their_shards_and_only_the_first_may_train_a_first_model() 
 
 
 @pytest.fixture
-def cluster_database(tmp_path: Path) -> tuple[str, int]:
-    """The database the cluster's processes share, and how many processes it allows: an SQLite file, one.
-
-    The one place to switch this test to PostgreSQL (its test server's URL, and 2 processes) once the store
-    speaks it."""
-    return str(tmp_path / "cluster.sqlite3"), 1
+def cluster_database(postgres_url: str) -> tuple[str, int]:
+    """The database the cluster's processes share, and how many processes it allows: PostgreSQL, two. Without
+    the PostgreSQL binaries the test is left out of the run (tests/postgres_fixtures.py)."""
+    return postgres_url, 2
 
 
-@pytest.mark.discord_standin(shard_count=2, identify_window_s=1.0)
-async def test_moodring_cluster_runs_the_recommended_shards_restarts_a_killed_process_and_stops_on_sigterm(
-    discord_standin: DiscordStandIn, cluster_database: tuple[str, int], tiny_model_dir: Path, tmp_path: Path
+@pytest.mark.discord_standin(shard_count=2)
+async def test_moodring_cluster_analyses_every_message_once_restarts_a_killed_process_and_shares_a_model_swap(
+    discord_standin: DiscordStandIn,
+    cluster_database: tuple[str, int],
+    tiny_model_dir: Path,
+    tiny_classifier: EmotionClassifier,
+    tmp_path: Path,
 ) -> None:
     standin = discord_standin
     database, processes = cluster_database
-    other = 1 - shard_of(standin.guild_id, 2)
-    guilds = {shard_of(standin.guild_id, 2): (standin.guild_id, standin.channel_id)}
-    guilds[other] = await standin.add_guild("the other shard's", shard=(other, 2))
+    model_dir = Path(shutil.copytree(tiny_model_dir, tmp_path / "shared" / "model"))  # the swap replaces it
+    channels = {standin.guild_id: standin.channel_id}  # guild -> channel; three guilds on each shard
+    for shard in (0, 1):
+        while sum(shard_of(g, 2) == shard for g in channels) < 3:
+            guild_id, channel_id = await standin.add_guild(f"on shard {shard}", shard=(shard, 2))
+            channels[guild_id] = channel_id
+    on_shard = {shard: [g for g in channels if shard_of(g, 2) == shard] for shard in (0, 1)}
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -182,25 +200,50 @@ async def test_moodring_cluster_runs_the_recommended_shards_restarts_a_killed_pr
         "MOODRING_DISCORD_API": standin.api_base,
         "MOODRING_DISCORD_GATEWAY": standin.gateway_url,
         "MOODRING_DEV_GUILD_ID": str(standin.guild_id),
-        "MOODRING_MODEL_DIR": str(tiny_model_dir),
+        "MOODRING_MODEL_DIR": str(model_dir),
         "MOODRING_DATABASE": database,
         "MOODRING_WORK_DIR": str(tmp_path / "runs"),
         "MOODRING_TRAIN_ON_START": "false",
     }
     log_file = tmp_path / "stderr.log"
+    sent: Counter[int] = Counter()  # messages each guild's process should have analysed
 
-    def started_pids() -> list[int]:
-        found = re.findall(r"process 0 \(shards 0-1 of 2\) started \(pid (\d+)\)", log_file.read_text())
+    def started_pids(index: int) -> list[int]:
+        found = re.findall(rf"process {index} \(shards {index} of 2\) started \(pid (\d+)\)", log_file.read_text())
         return [int(pid) for pid in found]
 
-    async def answered_in_both_shards() -> None:
-        for shard, (guild_id, channel_id) in sorted(guilds.items()):
-            asked = await standin.dispatch_slash_command(
-                "emotion", {"text": "thank you!"}, guild_id=guild_id, channel_id=channel_id
-            )
-            answer = await standin.wait_for_interaction_response(asked, timeout=60)
-            assert answer.json["type"] == 4, shard
+    async def analysed() -> Counter[int]:
+        """Messages analysed per guild, from the statistics the processes wrote to PostgreSQL."""
+        connection = await asyncpg.connect(database)
+        try:
+            rows = await connection.fetch("SELECT guild_id, SUM(messages) FROM channel_buckets GROUP BY guild_id")
+        finally:
+            await connection.close()
+        return Counter({guild_id: int(total) for guild_id, total in rows})
 
+    async def post(guilds: list[int], text: str, *, analysed_by: list[int]) -> None:
+        """A message in each of `guilds`; those in `analysed_by` must be analysed, exactly once."""
+        for guild_id in guilds:
+            await standin.dispatch_message(channels[guild_id], f"{text} in {guild_id}")
+        sent.update(analysed_by)
+        deadline = time.monotonic() + 60
+        while (found := await analysed()) != sent:
+            assert time.monotonic() < deadline, f"analysed {found}, expected {sent}"
+            await asyncio.sleep(0.1)
+
+    async def answers() -> list[list[bool]]:
+        """The ✅ marks of an /emotion answer in a guild of each shard (0, then 1)."""
+        marks = []
+        for shard in (0, 1):
+            guild_id = on_shard[shard][0]
+            asked = await standin.dispatch_slash_command(
+                "emotion", {"text": TEXT}, guild_id=guild_id, channel_id=channels[guild_id]
+            )
+            marks.append(threshold_marks(await standin.wait_for_interaction_response(asked, timeout=60)))
+        return marks
+
+    before = [s.above_threshold for s in tiny_classifier.predict([prepare_text(TEXT)], top_k=5)[0].top]
+    assert any(before)  # the second model marks none: the answers tell the models apart
     with open(log_file, "wb") as stderr:
         cluster = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "moodring", "cluster", "--processes", str(processes), env=env, stderr=stderr
@@ -208,12 +251,26 @@ async def test_moodring_cluster_runs_the_recommended_shards_restarts_a_killed_pr
     try:
         await standin.wait_until_identified(2, timeout=120)  # no --shard-count: GET /gateway/bot's 2 shards
         assert sorted(s.shard for s in standin.sessions) == [(0, 2), (1, 2)]
-        await answered_in_both_shards()
-        (first,) = started_pids()
-        os.kill(first, signal.SIGKILL)  # a crash: the cluster starts the process again, which identifies again
-        await standin.wait_until_identified(4, timeout=120)
-        assert len(started_pids()) == 2 and not process_alive(first)
-        await answered_in_both_shards()
+        assert await answers() == [before, before]  # both processes are up, with the tiny model
+        await post(list(channels), "What a lovely day", analysed_by=list(channels))
+        # A crash of process 0: its guilds go unanswered until the cluster has started it again; the others don't.
+        (first,) = started_pids(0)
+        os.kill(first, signal.SIGKILL)
+        await until(lambda: not process_alive(first), 10, "the killed process gone")
+        await post(list(channels), "Anyone there?", analysed_by=on_shard[1])
+        await standin.wait_until_identified(3, timeout=120)
+        assert len(started_pids(0)) == 2 and len(started_pids(1)) == 1
+        assert await answers() == [before, before]  # the restarted process answers
+        await post(list(channels), "Welcome back", analysed_by=list(channels))
+        # A swap: the shared directory gets a new model, announced as a retrain's swap announces it.
+        await asyncio.to_thread(replace_directory, second_model(tiny_model_dir, tmp_path / "new"), model_dir)
+        service = InferenceService()
+        try:
+            assert await ModelSync(database, model_dir, service).announce()
+        finally:
+            await service.close()
+        await until(lambda: log_file.read_text().count("another process swapped in") == 2, 60, "both loaded it")
+        assert await answers() == [[False] * 5, [False] * 5]
         cluster.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(cluster.wait(), 60) == 0
     finally:
@@ -222,6 +279,6 @@ async def test_moodring_cluster_runs_the_recommended_shards_restarts_a_killed_pr
             await cluster.wait()
     log = log_file.read_text()
     assert "Traceback" not in log, log
-    assert "Discord recommends 2 shards" in log and "restarting process 0 (shards 0-1 of 2) in 1.0 s" in log, log
-    assert not any(process_alive(pid) for pid in [*started_pids(), cluster.pid])
-    assert "all 1 processes stopped" in log
+    assert "Discord recommends 2 shards" in log and "restarting process 0 (shards 0 of 2) in 1.0 s" in log, log
+    assert not any(process_alive(pid) for pid in [*started_pids(0), *started_pids(1), cluster.pid])
+    assert "all 2 processes stopped" in log
