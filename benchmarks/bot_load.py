@@ -6,8 +6,9 @@
 
 What runs. The bot is built from `BotConfig.from_env` exactly as `moodring run` builds it (so MOODRING_* variables
 in the environment apply; the command-line settings go through the same variables and parser, all in `bot_config`),
-with a fresh SQLite file in a temporary directory, and connects to a Discord stand-in (the `sandbox` package: gateway
-v10 and REST on 127.0.0.1, the unmodified discord.py client). Automatic analysis is on in `--channels` text channels
+with a fresh SQLite file in a temporary directory (or the empty PostgreSQL database `--database` names), and
+connects to a Discord stand-in (the `sandbox` package: gateway v10 and REST on 127.0.0.1, the unmodified
+discord.py client). Automatic analysis is on in `--channels` text channels
 (the store's default; checked, and switched on through the store if that default ever changes); auto-reactions stay
 off (their default). Each step offers one message rate (real GoEmotions dev texts, round-robin over the channels)
 for `--seconds-per-step` seconds or `--max-messages` messages, whichever ends first, and dispatches `/emotion`
@@ -30,7 +31,7 @@ What is counted. Per step, from `bot.counters` (bot/cogs/emotions.py): every hum
 outcome, `analyzed`, `reply_mentions`, `analysis_failed` or a `skipped_*` counter. The script waits until the
 outcomes account for every message sent (bounded by `--drain-seconds`), then checks sent == `messages_seen` ==
 analysed + counted skips, and analysed == what the store recorded == what it committed (after a flush); at the end
-the SQLite file's own message total must equal every message analysed. Any difference is reported as a MISMATCH
+the store's own message total must equal every message analysed. Any difference is reported as a MISMATCH
 and the exit status is 1. `/emotion` latency is the time from dispatching the interaction to the bot's interaction
 callback arriving at the stand-in (both clocks are CLOCK_MONOTONIC on one machine); answers that say the bot is busy
 are counted apart, and answers later than Discord's 3 s limit (the stand-in does not enforce it) are counted too.
@@ -344,7 +345,7 @@ def bot_config(args: argparse.Namespace, workdir: Path) -> BotConfig:
     # `/emotion` calls with silence: lifted, so that the latency measured is the bot's, not the limit's.
     return replace(
         config,
-        database=workdir / "moodring.sqlite3",
+        database=args.database or workdir / "moodring.sqlite3",
         work_dir=workdir / "runs",
         train_on_start=False,
         readings_per_user=UNLIMITED,
@@ -763,7 +764,7 @@ def summarise(steps: list[Step], total_sent: int, total_analysed: int, stored: i
     lines.append(
         f"Accounting ({verdict}): sent {total_sent} = analysed {total_analysed} + counted skips "
         f"{sum(skips.values())} ({', '.join(f'{k} {v}' for k, v in sorted(skips.items())) or 'none'}); "
-        f"messages in the SQLite file: {stored}."
+        f"messages in the store: {stored}."
     )
     return {"lines": lines, "saturated_at": saturated and saturated.rate, "ok": verdict == "OK"}
 
@@ -867,7 +868,7 @@ async def drive(
     if task.done() and not task.cancelled() and task.exception() is not None:
         problems.append(f"the bot's start() ended with {task.exception()!r}")
     return {
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "command": recorded_command(),
         "machine": machine(),
         "config": {
             "model_dir": str(config.model_dir),
@@ -893,6 +894,13 @@ async def drive(
         "steps": [s.as_dict() for s in steps],
         "summary": summary,
     }
+
+
+def recorded_command() -> str:
+    """This run's command line for the report, with a database URL's password shown as `***`."""
+    from bot.store import is_postgres_url, redact_url
+
+    return shlex.join([Path(sys.executable).name, *(redact_url(a) if is_postgres_url(a) else a for a in sys.argv)])
 
 
 def positive(kind: type) -> Callable[[str], Any]:
@@ -931,6 +939,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=Path(os.environ.get("GOEMOTIONS_DIR") or REPO.parent / "shared/data/goemotions"),
         help="GoEmotions directory; its dev.tsv texts are the messages ($GOEMOTIONS_DIR)",
+    )
+    parser.add_argument(
+        "--database",
+        default=None,
+        help="an empty postgresql:// database for the bot's store (default: a fresh SQLite file in a temporary "
+        "directory)",
     )
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results as JSON")
     parser.add_argument("-v", "--verbose", action="store_true", help="the bot's INFO logs on stderr")
