@@ -25,12 +25,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         metavar="IDS",
         help="run only these shards, like 0-3 or 0,2,5 (MOODRING_SHARD_IDS; needs --shard-count)",
     )
-    run.add_argument(
-        "--shard-count",
-        type=positive_whole_number,
-        metavar="N",
-        help="the total number of shards (MOODRING_SHARD_COUNT; default: Discord's recommendation)",
-    )
+    add_shard_count_option(run)
     run.set_defaults(handler=run_bot)
     from bot.cluster import register as register_cluster
 
@@ -68,6 +63,16 @@ def _shard_ids_argument(value: str) -> tuple[int, ...]:
         return parse_shard_ids(value)
     except ShardSpecError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_shard_count_option(parser: argparse.ArgumentParser) -> None:
+    """`--shard-count N`, as `moodring run` and `moodring cluster` both take it."""
+    parser.add_argument(
+        "--shard-count",
+        type=positive_whole_number,
+        metavar="N",
+        help="the total number of shards (MOODRING_SHARD_COUNT; default: Discord's recommendation)",
+    )
 
 
 def positive_whole_number(value: str) -> int:

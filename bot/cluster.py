@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bot.backoff import Backoff
-from bot.cli import EXIT_UNREACHABLE, positive_whole_number
+from bot.cli import EXIT_UNREACHABLE, add_shard_count_option, positive_whole_number
 from bot.sharding import ShardSpecError, check_cluster_database, format_shard_ids, split_shards
 
 log = logging.getLogger(__name__)
@@ -224,12 +224,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     cluster.add_argument(
         "--processes", type=positive_whole_number, required=True, metavar="N", help="how many processes"
     )
-    cluster.add_argument(
-        "--shard-count",
-        type=positive_whole_number,
-        metavar="N",
-        help="the total number of shards (MOODRING_SHARD_COUNT; default: Discord's recommendation)",
-    )
+    add_shard_count_option(cluster)
     cluster.set_defaults(handler=run_cluster)
 
 
