@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import discord
 
 from bot.text import shorten
 from model import Prediction
+
+if TYPE_CHECKING:
+    from model import EmotionClassifier
 
 EMOJI = {
     "admiration": "🤩",
@@ -85,3 +90,17 @@ def emotion_text(prediction: Prediction) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def model_description(classifier: EmotionClassifier | None) -> str:
+    """Which model is serving: when it was trained, its dev macro-F1 and the backend. An admin can tell a swapped-in
+    model from the one before it (each process of a cluster answers for its own)."""
+    if classifier is None:
+        return "not trained yet"
+    metadata = classifier.metadata
+    metrics = metadata.dev_metrics_by_backend.get(classifier.backend) or metadata.dev_metrics
+    parts = [f"trained {metadata.created_at or 'at an unknown time'}"]
+    if isinstance(metrics.get("macro_f1"), int | float):
+        parts.append(f"dev macro-F1 {metrics['macro_f1']:.3f}")
+    parts.append(f"served with {classifier.backend}")
+    return " · ".join(parts)

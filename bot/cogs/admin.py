@@ -16,6 +16,7 @@ from discord.ext import commands
 from bot.app import MoodringBot
 from bot.corrections import corrections_report
 from bot.privacy import privacy_statement
+from bot.render import model_description
 from bot.retrain import RetrainStatus, format_status
 from bot.store import ChannelSettings, Schedule
 from bot.utils import NO_MENTIONS, admin_only, owner_only, send_ephemeral
@@ -140,8 +141,7 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
             inline=False,
         )
         embed.add_field(name="Statistics kept for", value=f"{retention} days", inline=True)
-        model = "loaded" if self.bot.inference.ready else "not trained yet"
-        embed.add_field(name="Model", value=model, inline=True)
+        embed.add_field(name="Model", value=model_description(self.bot.inference.classifier), inline=False)
         await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     # ------------------------------------------------------------------ summaries and retention
