@@ -11,6 +11,7 @@ from discord import app_commands
 
 from bot.app import MoodringBot
 from bot.privacy import privacy_statement
+from bot.render import model_description
 from bot.store import DEFAULT_RETENTION_DAYS
 from sandbox import DiscordStandIn, payloads
 
@@ -137,3 +138,18 @@ async def test_mood_of_another_channel_is_shown_only_to_the_member_who_asked(
 
     public = [m for m in standin.bot_messages(standin.channel_id) if not int(m["flags"]) & EPHEMERAL]
     assert len(public) == 2 and not any("staff-only" in str(m) or "disgust" in str(m) for m in public)
+
+
+async def test_settings_name_the_model_that_serves(moodring_bot: MoodringBot, discord_standin: DiscordStandIn) -> None:
+    """When it was trained, its dev macro-F1 and the backend: an admin can tell a retrained model from the last."""
+    interaction = await discord_standin.dispatch_slash_command(
+        "moodring settings", member_permissions=ADMIN_PERMISSIONS
+    )
+    embed = (await discord_standin.wait_for_interaction_response(interaction)).json["data"]["embeds"][0]
+    shown = next(field["value"] for field in embed["fields"] if field["name"] == "Model")
+    metadata = moodring_bot.inference.classifier.metadata
+    assert (
+        shown
+        == f"trained {metadata.created_at} · dev macro-F1 {metadata.dev_metrics['macro_f1']:.3f} · served with torch"
+    )
+    assert model_description(None) == "not trained yet"
