@@ -1,7 +1,7 @@
 """`moodring cluster`: the supervisor restarts a crashed process with back-off and stops them all, none left behind
 (a tiny fake child injected through its constructor); and the real command over two real `moodring run` children
-on one PostgreSQL database against the sharding stand-in: every message analysed exactly once, a killed process
-costs only its own guilds until it is restarted, and a model swap reaches both processes."""
+on one PostgreSQL database against the sharding stand-in: every message analysed and every due summary posted exactly
+once, a killed process costs only its own guilds until it is restarted, and a retrain in one process reaches both."""
 
 from __future__ import annotations
 
@@ -19,16 +19,16 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from bot_fixtures import second_model, threshold_marks
+from bot_fixtures import threshold_marks
 from process_guard import process_alive
+from test_retrain import TINY_ARGS
 
 from bot.cluster import ClusterError, ClusterMember, Supervisor, child_environment, recommended_shard_count
-from bot.inference import InferenceService
-from bot.model_sync import ModelSync
+from bot.render import model_description
 from bot.sharding import shard_of
+from bot.store import Store
 from bot.text import prepare_text
 from model import EmotionClassifier
-from model.storage import replace_directory
 from sandbox import DiscordStandIn
 
 TEXT = "Thank you so much, this is wonderful!"
@@ -177,13 +177,18 @@ def cluster_database(postgres_url: str) -> tuple[str, int]:
 
 
 @pytest.mark.discord_standin(shard_count=2)
-async def test_moodring_cluster_analyses_every_message_once_restarts_a_killed_process_and_shares_a_model_swap(
+async def test_moodring_cluster_does_each_guilds_work_once_restarts_a_killed_process_and_shares_a_retrain(
     discord_standin: DiscordStandIn,
     cluster_database: tuple[str, int],
     tiny_model_dir: Path,
     tiny_classifier: EmotionClassifier,
+    tiny_backbone_dir: Path,
+    goemotions_dir: Path,
     tmp_path: Path,
 ) -> None:
+    """Two `moodring run` processes of 2 shards on one PostgreSQL: every message in 6 guilds is analysed once and
+    each due summary posted once, also across a crash and restart of one process; a retrain started in one process
+    swaps the model in both (the settings of each say which model answers, and the answers match it)."""
     standin = discord_standin
     database, processes = cluster_database
     model_dir = Path(shutil.copytree(tiny_model_dir, tmp_path / "shared" / "model"))  # the swap replaces it
@@ -204,7 +209,15 @@ async def test_moodring_cluster_analyses_every_message_once_restarts_a_killed_pr
         "MOODRING_DATABASE": database,
         "MOODRING_WORK_DIR": str(tmp_path / "runs"),
         "MOODRING_TRAIN_ON_START": "false",
+        "MOODRING_BACKBONE": str(tiny_backbone_dir),
+        "GOEMOTIONS_DIR": str(goemotions_dir),
+        "MOODRING_RETRAIN_ARGS": TINY_ARGS,
+        "MOODRING_RETRAIN_TOLERANCE": "1.0",  # any candidate passes: this is about the swap reaching both processes
     }
+    # A daily summary in every guild whose slot passed 12 hours ago: due at once, and not again during the test.
+    summary_hour = (time.gmtime().tm_hour - 12) % 24
+    scheduled = list(channels.values())
+    await add_schedules(database, [(g, channels[g]) for g in channels], summary_hour)
     log_file = tmp_path / "stderr.log"
     sent: Counter[int] = Counter()  # messages each guild's process should have analysed
 
@@ -231,6 +244,23 @@ async def test_moodring_cluster_analyses_every_message_once_restarts_a_killed_pr
             assert time.monotonic() < deadline, f"analysed {found}, expected {sent}"
             await asyncio.sleep(0.1)
 
+    async def summaries_posted(expected: list[int]) -> None:
+        """Wait until each channel of `expected` has a summary, then check that no scheduled channel has two."""
+        await until(lambda: all(summary_posts(standin, c) for c in expected), 60, "the due summaries posted")
+        assert {c: len(summary_posts(standin, c)) for c in scheduled} == dict.fromkeys(scheduled, 1)
+
+    async def serving_models() -> list[str]:
+        """The model each process says it serves (`/moodring settings` in a guild of shard 0, then of shard 1)."""
+        described = []
+        for shard in (0, 1):
+            guild_id = on_shard[shard][0]
+            asked = await standin.dispatch_slash_command(
+                "moodring settings", guild_id=guild_id, channel_id=channels[guild_id], user=standin.owner_id
+            )
+            embed = (await standin.wait_for_interaction_response(asked, timeout=60)).json["data"]["embeds"][0]
+            described.append(next(f["value"] for f in embed["fields"] if f["name"] == "Model"))
+        return described
+
     async def answers() -> list[list[bool]]:
         """The ✅ marks of an /emotion answer in a guild of each shard (0, then 1)."""
         marks = []
@@ -252,25 +282,36 @@ async def test_moodring_cluster_analyses_every_message_once_restarts_a_killed_pr
         await standin.wait_until_identified(2, timeout=120)  # no --shard-count: GET /gateway/bot's 2 shards
         assert sorted(s.shard for s in standin.sessions) == [(0, 2), (1, 2)]
         assert await answers() == [before, before]  # both processes are up, with the tiny model
+        assert await serving_models() == [model_description(tiny_classifier)] * 2
+        await summaries_posted(scheduled)
         await post(list(channels), "What a lovely day", analysed_by=list(channels))
         # A crash of process 0: its guilds go unanswered until the cluster has started it again; the others don't.
         (first,) = started_pids(0)
         os.kill(first, signal.SIGKILL)
         await until(lambda: not process_alive(first), 10, "the killed process gone")
         await post(list(channels), "Anyone there?", analysed_by=on_shard[1])
+        # A summary due in a new channel of a guild of the dead process: when it is posted, the restarted process
+        # has been through every schedule once, and its own guilds' summaries, posted before the crash, stay single.
+        late = await standin.add_text_channel("late-summary", guild_id=on_shard[0][0])
+        await add_schedules(database, [(on_shard[0][0], late)], summary_hour)
+        scheduled.append(late)
         await standin.wait_until_identified(3, timeout=120)
         assert len(started_pids(0)) == 2 and len(started_pids(1)) == 1
         assert await answers() == [before, before]  # the restarted process answers
+        await summaries_posted([late])
         await post(list(channels), "Welcome back", analysed_by=list(channels))
-        # A swap: the shared directory gets a new model, announced as a retrain's swap announces it.
-        await asyncio.to_thread(replace_directory, second_model(tiny_model_dir, tmp_path / "new"), model_dir)
-        service = InferenceService()
-        try:
-            assert await ModelSync(database, model_dir, service).announce()
-        finally:
-            await service.close()
-        await until(lambda: log_file.read_text().count("another process swapped in") == 2, 60, "both loaded it")
-        assert await answers() == [[False] * 5, [False] * 5]
+        # A retrain, started in process 1: it swaps, and process 0 loads the same model from the shared directory.
+        asked = await standin.dispatch_slash_command(
+            "moodring retrain", guild_id=on_shard[1][0], channel_id=channels[on_shard[1][0]], user=standin.owner_id
+        )
+        assert "Starting a retrain" in (await standin.wait_for_interaction_response(asked)).json["data"]["content"]
+        await until(lambda: "another process swapped in" in log_file.read_text(), 300, "process 0 serving the retrain")
+        retrained = await asyncio.to_thread(EmotionClassifier.load, model_dir)
+        assert model_description(retrained) != model_description(tiny_classifier)
+        assert await serving_models() == [model_description(retrained)] * 2
+        expected = [s.above_threshold for s in retrained.predict([prepare_text(TEXT)], top_k=5)[0].top]
+        assert await answers() == [expected, expected]
+        await summaries_posted(scheduled)
         cluster.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(cluster.wait(), 60) == 0
     finally:
@@ -282,3 +323,22 @@ async def test_moodring_cluster_analyses_every_message_once_restarts_a_killed_pr
     assert "Discord recommends 2 shards" in log and "restarting process 0 (shards 0 of 2) in 1.0 s" in log, log
     assert not any(process_alive(pid) for pid in [*started_pids(0), *started_pids(1), cluster.pid])
     assert "all 2 processes stopped" in log
+    assert log.count("another process swapped in") == 1  # process 0; process 1 swapped it in itself
+
+
+async def add_schedules(database: str, targets: list[tuple[int, int]], hour: int) -> None:
+    """A daily summary at `hour` (UTC) into each (guild, channel), written to the cluster's database."""
+    store = await Store.open(database)
+    try:
+        for guild_id, channel_id in targets:
+            await store.upsert_schedule(guild_id, channel_id, "daily", hour=hour)
+    finally:
+        await store.close()
+
+
+def summary_posts(standin: DiscordStandIn, channel_id: int) -> list:
+    return [
+        r
+        for r in standin.requests_to("POST", f"/channels/{channel_id}/messages")
+        if any(e.get("title", "").startswith("Mood in") for e in (r.json or {}).get("embeds", []))
+    ]
