@@ -318,6 +318,9 @@ async def stdin_reader() -> asyncio.StreamReader:
 
 def run_load_generator(args: argparse.Namespace) -> int:
     """`--standin-child`: JSON lines on the original stdout; anything else printed goes to stderr."""
+    # Ctrl-C reaches the whole process group: the stand-in leaves when told to (or when the bot's process has gone),
+    # after the bots have closed, instead of vanishing under connected bots that would log reconnect errors.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = events_out()
     generator = LoadGenerator(args.channels, dev_texts(args.data_dir), out, shards=args.processes)
     with contextlib.suppress(BrokenPipeError, KeyboardInterrupt, asyncio.CancelledError):
@@ -1001,7 +1004,11 @@ def markdown(report: dict[str, Any], steps: list[Step]) -> str:
         + (processes_text(report) if several else "")
         + "The Discord stand-in and the load generator run in "
         f"a separate process (pid {report['standin_pid']}); RSS, CPU and loop lag below are "
-        + ("the bot's processes only, each shown as shard 0 / shard 1 / ..." if several else "the bot's process only")
+        + (
+            f"the bot's processes only, each shown as {per_shard(report['processes'])}"
+            if several
+            else "the bot's process only"
+        )
         + ".",
         "",
         "| offered msg/s | sent | sent/s | analysed | **analysed/s** | skipped (counted) | accounted | "
@@ -1046,6 +1053,11 @@ def markdown(report: dict[str, Any], steps: list[Step]) -> str:
     return "\n".join(lines)
 
 
+def per_shard(count: int) -> str:
+    """How a cell with one value per bot process is ordered: "shard 0 / shard 1"."""
+    return " / ".join(f"shard {shard}" for shard in range(count))
+
+
 def processes_text(report: dict[str, Any]) -> str:
     """Who ran what, with several bot processes."""
     count = report["processes"]
@@ -1088,7 +1100,7 @@ def summarise(steps: list[Step], total_sent: int, total_analysed: int, stored: i
         )
     if at is not None and len(at.processes) > 1:
         lines.append(
-            f"Per bot process at offered {at.rate:g} msg/s (shard 0 / shard 1 / ...): analysed "
+            f"Per bot process at offered {at.rate:g} msg/s ({per_shard(len(at.processes))}): analysed "
             + " / ".join(str(p["analysed"]) for p in at.processes)
             + ", CPU "
             + " / ".join(f"{p['cpu_share']:.0%}" for p in at.processes)
@@ -1116,6 +1128,7 @@ def summarise(steps: list[Step], total_sent: int, total_analysed: int, stored: i
 
 async def benchmark(args: argparse.Namespace) -> int:
     from bot.app import MoodringBot
+    from bot.sharding import format_shard_ids
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)  # clean up too
     total_limit = 120 + len(args.rates) * (args.seconds_per_step + args.drain_seconds + args.emotion_timeout + 10)
@@ -1130,7 +1143,8 @@ async def benchmark(args: argparse.Namespace) -> int:
         try:
             async with asyncio.timeout(total_limit):
                 if args.processes > 1:
-                    print(f"starting the bot processes for shards 1-{args.processes - 1} ...", file=sys.stderr)
+                    others = format_shard_ids(range(1, args.processes))
+                    print(f"starting the bot processes for shard(s) {others} of {args.processes} ...", file=sys.stderr)
                 for shard in range(1, args.processes):  # they start up while this process's bot does
                     children.append(await BotChild.start(args, shard, standin.info))
                 config = connect_config(config, standin.info, 0, args.processes)
