@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from postgres_fixtures import PASSWORD
 from process_guard import process_alive
 
@@ -29,12 +30,23 @@ def run_bot_load(*args: str, timeout: float) -> subprocess.CompletedProcess[str]
     )
 
 
-def test_two_processes_on_sqlite_are_refused_with_one_line_before_anything_starts(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        (("--processes", "2"), "postgresql://"),  # SQLite: the default database
+        (("--processes", "2", "--database", str(Path("bot.sqlite3"))), "postgresql://"),
+        # A shard without a channel would get no load (nothing connects: the refusal comes first).
+        (("--processes", "3", "--channels", "2", "--database", "postgresql://u:p@127.0.0.1:9/none"), "--channels"),
+    ],
+)
+def test_processes_that_cannot_run_are_refused_with_one_line_before_anything_starts(
+    tmp_path: Path, options: tuple[str, ...], says: str
+) -> None:
     out = tmp_path / "load.json"
-    result = run_bot_load("--processes", "2", "--json", str(out), timeout=60)
+    result = run_bot_load(*options, "--json", str(out), timeout=60)
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "--processes 2" in result.stderr and "postgresql://" in result.stderr, result.stderr
+    assert f"--processes {options[1]}" in result.stderr and says in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert not out.exists()
 
