@@ -38,11 +38,14 @@ process) the bot runs as N processes on this one machine, and the stand-in in on
   10 ms while a step drains, as this process polls its own bot;
 * the stand-in plays Discord with N shards: one guild per shard (the stand-in's own guild serves its shard), the
   `--channels` channels dealt to the guilds round-robin (so `--channels` must be at least N), and the messages
-  and the `/emotion` calls alternate between the shards, so each process gets an equal share of the load.
-The per-step accounting below adds up the counters of all N bots, and the store's totals are read from the one
-shared database. The report names the process count and shows RSS, CPU and loop lag per process (shard 0 /
-shard 1 / ...); the JSON has them per process, and in the single-process keys their sums (RSS, CPU) or all the
-processes' loop-lag samples together. With N = 1 (the default) nothing of this applies and the run is as above.
+  and the `/emotion` calls alternate between the shards, so each process gets an equal share of the load. Each
+  shard identifies in a gateway bucket of its own (`max_concurrency` N), so the processes connect at once.
+The processes share the machine's cores: on a machine with fewer cores than processes they split the same cores. The
+per-step accounting below adds up the counters of all N bots, and the store's totals are read from the one shared
+database (its message total summed over the N guilds). The report names the process count and shows RSS, CPU and
+loop lag per process (shard 0 / shard 1 / ...); the JSON has them per process, and in the single-process keys their
+sums (RSS, CPU) or all the processes' loop-lag samples together. With N = 1 (the default) nothing of this applies
+and the run is as above.
 
 What is counted. Per step, from `bot.counters` (bot/cogs/emotions.py): every human message ends in exactly one
 outcome, `analyzed`, `reply_mentions`, `analysis_failed` or a `skipped_*` counter. The script waits until the
@@ -57,7 +60,9 @@ Bounds. Every step is bounded in messages and seconds, the drain and each `/emot
 whole run has a deadline derived from them. The stand-in listens on 127.0.0.1 only. The child exits when told to,
 or when this process goes away (its stdin closes); it is killed if it does not, and the script checks that no child
 process is left. The same holds for the bot's child processes with `--processes N`, on error and Ctrl-C too. The
-stand-in lives in tests/, so running this needs the test dependencies (`pip install -e '.[test]'`).
+stand-in's process ignores Ctrl-C (SIGINT reaches the whole process group): it is told to quit once the bots have
+closed, so that no bot sees Discord vanish under it. The stand-in lives in tests/, so running this needs the test
+dependencies (`pip install -e '.[test]'`).
 
 The Markdown report (machine, exact command line, per-step table, summary) goes to stdout, progress to stderr.
 """
