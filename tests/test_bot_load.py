@@ -5,29 +5,65 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from postgres_fixtures import PASSWORD
-from process_guard import process_alive
+from process_guard import process_alive, wait_until_gone
 
 REPO = Path(__file__).resolve().parents[1]
 BOT_LOAD = REPO / "benchmarks" / "bot_load.py"
 
 
+def script_environment() -> dict[str, str]:
+    """This checkout's packages (the bot, the `sandbox` stand-in) importable, one thread each."""
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def run_bot_load(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """The script as a user runs it, with this checkout's packages (the bot, the `sandbox` stand-in) importable."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
+    """The script as a user runs it."""
     return subprocess.run(
-        [sys.executable, str(BOT_LOAD), *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+        [sys.executable, str(BOT_LOAD), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=script_environment(),
+        cwd=REPO,
     )
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """The live processes whose parent is `pid`: their command lines."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def read_until(stream: Any, needle: str, timeout: float) -> str:
+    """What `stream` (a text pipe) says up to and including the line with `needle`; TimeoutError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    said = ""
+    while needle not in said:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([stream], [], [], left)[0]:
+            raise TimeoutError(f"{needle!r} not seen within {timeout} s; saw: {said[-2000:]}")
+        line = stream.readline()
+        if not line:
+            raise AssertionError(f"the script ended before {needle!r}: {said[-2000:]}")
+        said += line
+    return said
 
 
 @pytest.mark.parametrize(
@@ -83,3 +119,34 @@ def test_two_bot_processes_on_postgresql_each_analyse_their_shard_and_every_mess
         assert not process_alive(pid), f"pid {pid} is still running"
     assert "**2 bot processes**" in result.stdout and "shard 0 / shard 1" in result.stdout, result.stdout
     assert PASSWORD not in result.stdout and PASSWORD not in out.read_text()
+
+
+def test_ctrl_c_during_a_two_process_run_stops_every_process_with_one_line(
+    tiny_model_dir: Path, goemotions_dir: Path, postgres_url: str
+) -> None:
+    script = subprocess.Popen(
+        [
+            sys.executable, str(BOT_LOAD), "--processes", "2", "--database", postgres_url,
+            "--model", str(tiny_model_dir), "--data-dir", str(goemotions_dir), "--channels", "2", "--rates", "2",
+            "--seconds-per-step", "120", "--max-messages", "1000", "--emotion-every", "1", "--threads", "1",
+        ],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_environment(), cwd=REPO,
+        start_new_session=True,  # its own process group, which Ctrl-C signals as a whole
+    )  # fmt: skip
+    try:
+        read_until(script.stderr, "step 1/1", timeout=300)  # barrier: every process is up and the load is on
+        children = children_of(script.pid)
+        assert sorted("--bot-child 1" in c or "--standin-child" in c for c in children.values()) == [True, True]
+        os.killpg(script.pid, signal.SIGINT)
+        assert script.wait(timeout=120) == 130
+        said = script.stderr.read()
+        assert "Traceback" not in said and "ERROR" not in said, said
+        assert said.strip().splitlines()[-1].startswith("bot_load: interrupted"), said
+        for pid in children:
+            assert wait_until_gone(pid, 10), f"{children[pid]} (pid {pid}) is still running"
+    finally:
+        if script.poll() is None:
+            os.killpg(script.pid, signal.SIGKILL)
+            script.wait()
+        script.stdout.close()
+        script.stderr.close()
