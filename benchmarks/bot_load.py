@@ -48,13 +48,14 @@ sums (RSS, CPU) or all the processes' loop-lag samples together. With N = 1 (the
 and the run is as above.
 
 What is counted. Per step, from `bot.counters` (bot/cogs/emotions.py): every human message ends in exactly one
-outcome, `analyzed`, `reply_mentions`, `analysis_failed` or a `skipped_*` counter. The script waits until the
-outcomes account for every message sent (bounded by `--drain-seconds`), then checks sent == `messages_seen` ==
-analysed + counted skips, and analysed == what the store recorded == what it committed (after a flush); at the end
-the store's own message total must equal every message analysed. Any difference is reported as a MISMATCH
-and the exit status is 1. `/emotion` latency is the time from dispatching the interaction to the bot's interaction
-callback arriving at the stand-in (both clocks are CLOCK_MONOTONIC on one machine); answers that say the bot is busy
-are counted apart, and answers later than Discord's 3 s limit (the stand-in does not enforce it) are counted too.
+outcome, `analyzed`, `reply_mentions`, `analysis_failed`, `analysis_timed_out` or a `skipped_*` counter. The script
+waits until the outcomes account for every message sent (bounded by `--drain-seconds`), then checks sent ==
+`messages_seen` == analysed + counted skips, and analysed == what the store recorded == what it committed (after a
+flush); at the end the store's own message total must equal every message analysed. Any difference is reported as a
+MISMATCH and the exit status is 1. `/emotion` latency is the time from dispatching the interaction to the bot's
+interaction callback arriving at the stand-in (both clocks are CLOCK_MONOTONIC on one machine); answers that say the
+bot is busy are counted apart, and answers later than Discord's 3 s limit (the stand-in does not enforce it) are
+counted too.
 
 Bounds. Every step is bounded in messages and seconds, the drain and each `/emotion` wait have timeouts, and the
 whole run has a deadline derived from them. The stand-in listens on 127.0.0.1 only. The child exits when told to,
@@ -672,7 +673,12 @@ def children_left() -> list[int]:
 
 def is_outcome(counter: str) -> bool:
     """One of the counters `on_message` ends a human message with (bot/cogs/emotions.py): analysed, or why not."""
-    return counter in ("analyzed", "reply_mentions", "analysis_failed") or counter.startswith("skipped_")
+    return counter.startswith("skipped_") or counter in (
+        "analyzed",
+        "reply_mentions",
+        "analysis_failed",
+        "analysis_timed_out",
+    )
 
 
 def outcome_total(counters: Counter[str]) -> int:

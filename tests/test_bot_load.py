@@ -150,3 +150,20 @@ def test_ctrl_c_during_a_two_process_run_stops_every_process_with_one_line(
             script.wait()
         script.stdout.close()
         script.stderr.close()
+
+
+def test_every_way_on_message_ends_counts_as_an_outcome(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drain waits until the outcomes add up to the messages sent: a counter `on_message` ends with that the
+    script does not count as an outcome would leave it waiting, then report a mismatch."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location("bot_load", BOT_LOAD)
+    bot_load = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bot_load", bot_load)  # its dataclasses look their module up there
+    spec.loader.exec_module(bot_load)
+    source = (REPO / "bot" / "cogs" / "emotions.py").read_text()
+    body = source[source.index("async def on_message") : source.index('counters["analyzed"] += 1')]
+    endings = set(re.findall(r'counters\["(\w+)"\] \+= 1\n\s+(?:await [^\n]+\n\s+)?return', body)) | {"analyzed"}
+    assert {"skipped_busy", "analysis_failed", "reply_mentions"} <= endings  # the pattern finds them
+    assert [name for name in sorted(endings) if not bot_load.is_outcome(name)] == []
