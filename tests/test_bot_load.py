@@ -121,6 +121,25 @@ def test_two_bot_processes_on_postgresql_each_analyse_their_shard_and_every_mess
     assert PASSWORD not in result.stdout and PASSWORD not in out.read_text()
 
 
+def test_one_process_on_sqlite_is_the_run_it_was(tmp_path: Path, tiny_model_dir: Path, goemotions_dir: Path) -> None:
+    out = tmp_path / "load.json"
+    result = run_bot_load(
+        "--model", str(tiny_model_dir), "--data-dir", str(goemotions_dir), "--channels", "2", "--rates", "10",
+        "--seconds-per-step", "2", "--max-messages", "10", "--emotion-every", "0.5", "--threads", "1",
+        "--json", str(out), timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:] + result.stdout[-4000:]
+    report = json.loads(out.read_text())
+    assert report["processes"] == 1 and report["problems"] == [] and report["summary"]["ok"]
+    (step,) = report["steps"]
+    assert step["sent"] == step["analysed"] == step["store_recorded"] == report["store_messages"] > 0
+    (process,) = step["processes"]
+    assert process["pid"] == report["bot_processes"][0]["pid"] and process["analysed"] == step["analysed"]
+    assert step["bot_cpu_share"] == process["cpu_share"] and step["rss_mb"] == process["rss_mb"]
+    assert "RSS, CPU and loop lag below are the bot's process only." in result.stdout
+    assert "bot processes" not in result.stdout and " / " not in result.stdout.split("|---")[-1].split("Summary")[0]
+
+
 def test_ctrl_c_during_a_two_process_run_stops_every_process_with_one_line(
     tiny_model_dir: Path, goemotions_dir: Path, postgres_url: str
 ) -> None:
