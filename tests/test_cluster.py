@@ -176,7 +176,7 @@ def cluster_database(postgres_url: str) -> tuple[str, int]:
     return postgres_url, 2
 
 
-@pytest.mark.discord_standin(shard_count=2)
+@pytest.mark.discord_standin(shard_count=4)
 async def test_moodring_cluster_does_each_guilds_work_once_restarts_a_killed_process_and_shares_a_retrain(
     discord_standin: DiscordStandIn,
     cluster_database: tuple[str, int],
@@ -186,18 +186,23 @@ async def test_moodring_cluster_does_each_guilds_work_once_restarts_a_killed_pro
     goemotions_dir: Path,
     tmp_path: Path,
 ) -> None:
-    """Two `moodring run` processes of 2 shards on one PostgreSQL: every message in 6 guilds is analysed once and
+    """Two `moodring run` processes of 2 shards each on one PostgreSQL: every message in 6 guilds is analysed once and
     each due summary posted once, also across a crash and restart of one process; a retrain started in one process
     swaps the model in both (the settings of each say which model answers, and the answers match it)."""
     standin = discord_standin
     database, processes = cluster_database
     model_dir = Path(shutil.copytree(tiny_model_dir, tmp_path / "shared" / "model"))  # the swap replaces it
-    channels = {standin.guild_id: standin.channel_id}  # guild -> channel; three guilds on each shard
-    for shard in (0, 1):
-        while sum(shard_of(g, 2) == shard for g in channels) < 3:
-            guild_id, channel_id = await standin.add_guild(f"on shard {shard}", shard=(shard, 2))
+    # 4 shards: process 0 runs shards 0-1, process 1 shards 2-3. Three guilds per process, on both of its shards.
+    channels = {standin.guild_id: standin.channel_id}  # guild -> channel
+
+    def process_of(guild_id: int) -> int:
+        return shard_of(guild_id, 4) // 2
+
+    for index in (0, 1):
+        while (count := sum(process_of(g) == index for g in channels)) < 3:
+            guild_id, channel_id = await standin.add_guild(f"of process {index}", shard=(2 * index + count % 2, 4))
             channels[guild_id] = channel_id
-    on_shard = {shard: [g for g in channels if shard_of(g, 2) == shard] for shard in (0, 1)}
+    on_process = {index: [g for g in channels if process_of(g) == index] for index in (0, 1)}
     env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -222,7 +227,8 @@ async def test_moodring_cluster_does_each_guilds_work_once_restarts_a_killed_pro
     sent: Counter[int] = Counter()  # messages each guild's process should have analysed
 
     def started_pids(index: int) -> list[int]:
-        found = re.findall(rf"process {index} \(shards {index} of 2\) started \(pid (\d+)\)", log_file.read_text())
+        shards = f"{2 * index}-{2 * index + 1}"
+        found = re.findall(rf"process {index} \(shards {shards} of 4\) started \(pid (\d+)\)", log_file.read_text())
         return [int(pid) for pid in found]
 
     async def analysed() -> Counter[int]:
@@ -250,10 +256,10 @@ async def test_moodring_cluster_does_each_guilds_work_once_restarts_a_killed_pro
         assert {c: len(summary_posts(standin, c)) for c in scheduled} == dict.fromkeys(scheduled, 1)
 
     async def serving_models() -> list[str]:
-        """The model each process says it serves (`/moodring settings` in a guild of shard 0, then of shard 1)."""
+        """The model each process says it serves (`/moodring settings` in a guild of process 0, then of 1)."""
         described = []
-        for shard in (0, 1):
-            guild_id = on_shard[shard][0]
+        for index in (0, 1):
+            guild_id = on_process[index][0]
             asked = await standin.dispatch_slash_command(
                 "moodring settings", guild_id=guild_id, channel_id=channels[guild_id], user=standin.owner_id
             )
@@ -262,10 +268,10 @@ async def test_moodring_cluster_does_each_guilds_work_once_restarts_a_killed_pro
         return described
 
     async def answers() -> list[list[bool]]:
-        """The ✅ marks of an /emotion answer in a guild of each shard (0, then 1)."""
+        """The ✅ marks of an /emotion answer in a guild of each process (0, then 1)."""
         marks = []
-        for shard in (0, 1):
-            guild_id = on_shard[shard][0]
+        for index in (0, 1):
+            guild_id = on_process[index][0]
             asked = await standin.dispatch_slash_command(
                 "emotion", {"text": TEXT}, guild_id=guild_id, channel_id=channels[guild_id]
             )
@@ -279,8 +285,8 @@ async def test_moodring_cluster_does_each_guilds_work_once_restarts_a_killed_pro
             sys.executable, "-m", "moodring", "cluster", "--processes", str(processes), env=env, stderr=stderr
         )
     try:
-        await standin.wait_until_identified(2, timeout=120)  # no --shard-count: GET /gateway/bot's 2 shards
-        assert sorted(s.shard for s in standin.sessions) == [(0, 2), (1, 2)]
+        await standin.wait_until_identified(4, timeout=120)  # no --shard-count: GET /gateway/bot's 4 shards
+        assert sorted(s.shard for s in standin.sessions) == [(0, 4), (1, 4), (2, 4), (3, 4)]
         assert await answers() == [before, before]  # both processes are up, with the tiny model
         assert await serving_models() == [model_description(tiny_classifier)] * 2
         await summaries_posted(scheduled)
@@ -289,20 +295,20 @@ async def test_moodring_cluster_does_each_guilds_work_once_restarts_a_killed_pro
         (first,) = started_pids(0)
         os.kill(first, signal.SIGKILL)
         await until(lambda: not process_alive(first), 10, "the killed process gone")
-        await post(list(channels), "Anyone there?", analysed_by=on_shard[1])
+        await post(list(channels), "Anyone there?", analysed_by=on_process[1])
         # A summary due in a new channel of a guild of the dead process: when it is posted, the restarted process
         # has been through every schedule once, and its own guilds' summaries, posted before the crash, stay single.
-        late = await standin.add_text_channel("late-summary", guild_id=on_shard[0][0])
-        await add_schedules(database, [(on_shard[0][0], late)], summary_hour)
+        late = await standin.add_text_channel("late-summary", guild_id=on_process[0][0])
+        await add_schedules(database, [(on_process[0][0], late)], summary_hour)
         scheduled.append(late)
-        await standin.wait_until_identified(3, timeout=120)
+        await standin.wait_until_identified(6, timeout=120)  # its 2 shards again
         assert len(started_pids(0)) == 2 and len(started_pids(1)) == 1
         assert await answers() == [before, before]  # the restarted process answers
         await summaries_posted([late])
         await post(list(channels), "Welcome back", analysed_by=list(channels))
         # A retrain, started in process 1: it swaps, and process 0 loads the same model from the shared directory.
         asked = await standin.dispatch_slash_command(
-            "moodring retrain", guild_id=on_shard[1][0], channel_id=channels[on_shard[1][0]], user=standin.owner_id
+            "moodring retrain", guild_id=on_process[1][0], channel_id=channels[on_process[1][0]], user=standin.owner_id
         )
         assert "Starting a retrain" in (await standin.wait_for_interaction_response(asked)).json["data"]["content"]
         await until(lambda: "another process swapped in" in log_file.read_text(), 300, "process 0 serving the retrain")
@@ -320,7 +326,7 @@ async def test_moodring_cluster_does_each_guilds_work_once_restarts_a_killed_pro
             await cluster.wait()
     log = log_file.read_text()
     assert "Traceback" not in log, log
-    assert "Discord recommends 2 shards" in log and "restarting process 0 (shards 0 of 2) in 1.0 s" in log, log
+    assert "Discord recommends 4 shards" in log and "restarting process 0 (shards 0-1 of 4) in 1.0 s" in log, log
     assert not any(process_alive(pid) for pid in [*started_pids(0), *started_pids(1), cluster.pid])
     assert "all 2 processes stopped" in log
     assert log.count("another process swapped in") == 1  # process 0; process 1 swapped it in itself
