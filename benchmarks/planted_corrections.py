@@ -1,7 +1,7 @@
 """How many community corrections it takes to teach the real model a new word, and what the retrain costs on
 GoEmotions: the planted-pattern protocol of tests/test_retrain_gate.py, on the real backbone.
 
-    python benchmarks/planted_corrections.py --count 40 --base MODEL --out DIR [--train-args "--epochs 1 ..."]
+    python benchmarks/planted_corrections.py --count 40 --base MODEL --out DIR [--train-args="--epochs 1 ..."]
 
 1. A real bot database (SQLite) gets `--count` corrections, each a different sentence with the made-up word
    "skibbly", labelled `excitement` by its member (the model said `neutral`).
@@ -112,7 +112,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, required=True, help="planted corrections (at most 160)")
     parser.add_argument("--base", type=Path, required=True, help="the model serving before the retrain")
     parser.add_argument("--out", type=Path, required=True, help="an empty directory for everything this run writes")
-    parser.add_argument("--train-args", default="", help="more `moodring train` options: the base model's recipe")
+    parser.add_argument(
+        "--train-args", default="", help='more `moodring train` options, the base model\'s recipe: --train-args="..."'
+    )
     parser.add_argument("--threads", type=int, default=1, help="threads for scoring (training takes --train-args)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=False)
