@@ -136,6 +136,14 @@ class ModelSync:
             self._listener = asyncio.create_task(self._listen(), name="moodring-model-sync")
         return loaded
 
+    @property
+    def settled(self) -> bool:
+        """Listening, with no announcement or catch-up waiting or loading: this process serves what it will serve
+        until the next announcement or reconnect. (A swap made before that may be read half-done by the catch-up,
+        which then refuses it with one line and loads it when its announcement comes.)"""
+        idle = self._loader is None or self._loader.done()
+        return self.listening and idle and self._wanted is None and not self._catch_up
+
     async def close(self) -> None:
         """Stop listening and loading; a load running in its thread finishes there and is not served."""
         for task in (self._listener, self._loader):

@@ -98,7 +98,8 @@ async def receiver(postgres_url: str, shared_model_dir: Path) -> AsyncIterator[M
     sync = ModelSync(postgres_url, shared_model_dir, service, retry_interval=2.0)
     try:
         await sync.start(lambda: service.load(shared_model_dir))
-        await wait_until(lambda: sync.listening, 30, "listening")
+        # Settled: the start-up catch-up has read the directory, so it cannot read a swap the test makes half-done.
+        await wait_until(lambda: sync.settled, 30, "listening, and the start-up catch-up done")
         yield sync
     finally:
         await sync.close()
