@@ -491,7 +491,7 @@ def connect_config(config: BotConfig, standin: dict[str, Any], shard: int, shard
 
 def shard_channels(standin: dict[str, Any], shard: int, shards: int) -> list[tuple[int, int]]:
     """The (guild id, channel id) of the load's channels whose events go to `shard`."""
-    from bot.sharding import shard_of
+    from bot.cluster.sharding import shard_of
 
     return [
         (guild_id, channel_id) for guild_id, channel_id in standin["channels"] if shard_of(guild_id, shards) == shard
@@ -1139,7 +1139,7 @@ def summarise(steps: list[Step], total_sent: int, total_analysed: int, stored: i
 
 async def benchmark(args: argparse.Namespace) -> int:
     from bot.app import MoodringBot
-    from bot.sharding import format_shard_ids
+    from bot.cluster.sharding import format_shard_ids
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)  # clean up too
     total_limit = 120 + len(args.rates) * (args.seconds_per_step + args.drain_seconds + args.emotion_timeout + 10)

@@ -5,7 +5,7 @@ GoEmotions: the planted-pattern protocol of tests/test_retrain_gate.py, on the r
 
 1. A real bot database (SQLite) gets `--count` corrections, each a different sentence with the made-up word
    "skibbly", labelled `excitement` by its member (the model said `neutral`).
-2. They are exported as `/moodring retrain` does (bot/community_data.py: majority labels, a hash split into
+2. They are exported as `/moodring retrain` does (bot/learning/community_data.py: majority labels, a hash split into
    train and community dev).
 3. `moodring train --extra-data` trains a candidate with `--train-args` (give the base model's recipe, so that the
    corrections are the only difference).
@@ -28,8 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-from bot.community_data import export_database
-from bot.store import Correction, Store
+from bot.learning.community_data import export_database
+from bot.store import Correction, open_store
 from bot.text import prepare_text
 from model.classifier import EmotionClassifier
 
@@ -59,7 +59,7 @@ def planted_texts(count: int) -> list[str]:
 
 
 async def seed_and_export(count: int, database: Path, out: Path, base: Path) -> dict:
-    store = await Store.open(database)
+    store = await open_store(database)
     try:
         await store.set_corrections_enabled(1, True)
         for i, text in enumerate(planted_texts(count)):

@@ -18,14 +18,15 @@ import json
 import platform
 import time
 
-from bot.store import Store, bucket_start, is_postgres_url, redact_url
+from bot.store import is_postgres_url, open_store, redact_url
+from bot.store.interface import bucket_start
 
 T0 = bucket_start(1_700_000_000.0)
 LABELS = (("joy", 0.75), ("admiration", 0.5))
 
 
 async def measure(database: str, analyses: int, group: int, guilds: int, channels: int) -> dict:
-    store = await Store.open(database, flush_interval=3600)  # flushed here, not by the background flusher
+    store = await open_store(database, flush_interval=3600)  # flushed here, not by the background flusher
     try:
         flushes = 0
         started = time.perf_counter()

@@ -14,12 +14,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.community_data import export_store
+from bot.cluster.model_sync import ModelSync
 from bot.config import BotConfig
 from bot.inference import InferenceService
-from bot.model_sync import ModelSync
-from bot.retrain import Retrainer
-from bot.store import Store, is_postgres_url
+from bot.learning.community_data import export_store
+from bot.learning.retrain import Retrainer
+from bot.store import Store, is_postgres_url, open_store
 from bot.utils import NO_MENTIONS, SOMETHING_WENT_WRONG, InvalidArgument, send_ephemeral
 from model import ModelError, ModelNotFoundError
 from model.storage import recover_directory
@@ -45,8 +45,9 @@ def intents_for(config: BotConfig) -> discord.Intents:
 
 
 class MoodringBot(commands.AutoShardedBot):
-    """Works with any number of shards: nothing here assumes a single gateway connection. Runs the shards
-    `config.shard_ids` of `config.shard_count` (bot/sharding.py), or all of Discord's recommended count when unset.
+    """Works with any number of shards: nothing here assumes a single gateway connection. Runs the
+    shards `config.shard_ids` of `config.shard_count` (bot/cluster/sharding.py), or all of Discord's recommended
+    count when unset.
 
     Extra keyword arguments are discord.py client options (e.g. `guild_ready_timeout`).
     """
@@ -84,7 +85,7 @@ class MoodringBot(commands.AutoShardedBot):
             after_swap=self._announce_model,
         )
         self.store: Store | None = None
-        # Several processes share a PostgreSQL database: a swap in one reaches the others (bot/model_sync.py).
+        # Several processes share a PostgreSQL database: a swap in one reaches the others (bot/cluster/model_sync.py).
         self.model_sync = (
             ModelSync(config.database, config.model_dir, self.inference) if is_postgres_url(config.database) else None
         )
@@ -92,7 +93,7 @@ class MoodringBot(commands.AutoShardedBot):
         self.clock: Callable[[], float] = time.time  # one clock for schedules and statistics; tests move it
 
     async def setup_hook(self) -> None:
-        self.store = await Store.open(self.config.database)
+        self.store = await open_store(self.config.database)
         self.inference.start()
         loaded = await (self.model_sync.start(self.load_model) if self.model_sync else self.load_model())
         if not loaded and self.config.train_on_start:

@@ -1,4 +1,4 @@
-"""The `run`, `cluster` (bot/cluster.py) and `sync-commands` subcommands."""
+"""The `run`, `cluster` (bot/cluster/supervisor.py) and `sync-commands` subcommands."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 
-from bot.sharding import ShardSpecError, check_cluster_database, format_shard_ids, parse_shard_ids
+from bot.cluster.sharding import ShardSpecError, check_cluster_database, format_shard_ids, parse_shard_ids
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     add_shard_count_option(run)
     run.set_defaults(handler=run_bot)
-    from bot.cluster import register as register_cluster
+    from bot.cluster.supervisor import register as register_cluster
 
     register_cluster(commands)
     sync = commands.add_parser("sync-commands", help="publish the slash commands globally, then exit")
@@ -116,7 +116,7 @@ def _bot(check_cluster: bool = False, **overrides):
 def export_corrections(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bot.community_data import ExportError, export_database
+    from bot.learning.community_data import ExportError, export_database
     from bot.store import StoreError, is_postgres_url
     from model import default_model_dir
 
@@ -140,7 +140,7 @@ def migrate_database(args: argparse.Namespace) -> int:
 
     from bot.config import BotConfig, ConfigError, database_setting
     from bot.store import StoreError, is_postgres_url, redact_url
-    from bot.store_transfer import copy_sqlite_to_postgres
+    from bot.store.transfer import copy_sqlite_to_postgres
 
     def fail(message: str) -> int:
         print(f"moodring db migrate-to: {message}", file=sys.stderr)

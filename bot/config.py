@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from bot.sharding import ShardSpecError, check_shard_ids, parse_shard_ids
+from bot.cluster.sharding import ShardSpecError, check_shard_ids, parse_shard_ids
 from model.onnx_export import BACKEND_CHOICES
 
 #: Training options that MOODRING_RETRAIN_ARGS may not set: the retrainer chooses where the candidate model and its
@@ -70,7 +70,7 @@ class BotConfig:
     # A Discord-compatible server instead of Discord (`moodring sandbox`): discord.py's REST base and gateway URL.
     discord_api: str | None = None
     discord_gateway: str | None = None
-    # Sharding (bot/sharding.py): None and None is one process with Discord's recommended count of shards.
+    # Sharding (bot/cluster/sharding.py): None and None is one process with Discord's recommended count of shards.
     shard_count: int | None = None
     shard_ids: tuple[int, ...] | None = None  # which of the shard_count shards this process runs; None: all
 

@@ -6,7 +6,7 @@ The parent makes a pipe, passes its read end to the child (`pass_fds`) with the 
 only at end-of-file, when the write end closes: the parent closed it, or died (even by SIGKILL, since the
 kernel closes a dead process's descriptors). The child then sends itself SIGTERM, and ends outright after
 `grace_s` if it is still there. Used by `moodring train` and `moodring evaluate`; the parent is the bot's
-retrainer (bot/retrain.py). Standard library only.
+retrainer (bot/learning/retrain.py). Standard library only.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A parent process for tests/test_lifecycle.py: starts a training child the way the bot does, then waits.
 
     python tests/lifecycle_parent.py retrainer ROOT BACKBONE DATA_DIR
-        A `Retrainer` (bot/retrain.py) starts `moodring train`; once it trains, the child's pid is printed.
+        A `Retrainer` (bot/learning/retrain.py) starts `moodring train`; once it trains, the child's pid is printed.
         The test then kills this process without warning (SIGKILL): the child must stop by itself.
     python tests/lifecycle_parent.py bot ROOT BACKBONE DATA_DIR
         The real `MoodringBot` served by `bot.cli._serve` (the code behind `moodring run`, with its signal
@@ -22,7 +22,7 @@ LONG_TRAINING = "--epochs 50 --patience 50 --train-limit 256 --dev-limit 32 --ma
 
 async def retrainer_parent(root: Path, backbone: str, data_dir: str) -> None:
     from bot.inference import InferenceService
-    from bot.retrain import Retrainer, RetrainStatus
+    from bot.learning.retrain import Retrainer, RetrainStatus
 
     retrainer = Retrainer(
         InferenceService(),

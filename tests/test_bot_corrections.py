@@ -13,7 +13,7 @@ from test_bot_store import database_files, rows_mentioning, traces
 
 from bot.app import MoodringBot
 from bot.cogs.corrections import GONE
-from bot.corrections import (
+from bot.learning.corrections import (
     ALREADY_CORRECTED,
     CORRECTIONS_OFF,
     EXPIRED,

@@ -13,7 +13,7 @@ from postgres_fixtures import PostgresServer
 
 from bot.app import MoodringBot
 from bot.cli import _serve
-from bot.store_postgres import PostgresStore
+from bot.store.postgres import PostgresStore
 from sandbox import DiscordStandIn
 
 

@@ -9,7 +9,7 @@ import pytest
 from bot_fixtures import BotFactory, wait_until
 
 from bot.app import MoodringBot
-from bot.sharding import shard_of
+from bot.cluster.sharding import shard_of
 from sandbox import DiscordStandIn
 
 pytestmark = pytest.mark.discord_standin(shard_count=2, identify_window_s=0.2)

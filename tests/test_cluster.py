@@ -23,10 +23,10 @@ from bot_fixtures import threshold_marks
 from process_guard import process_alive
 from test_retrain import TINY_ARGS
 
-from bot.cluster import ClusterError, ClusterMember, Supervisor, child_environment, recommended_shard_count
+from bot.cluster.sharding import shard_of
+from bot.cluster.supervisor import ClusterError, ClusterMember, Supervisor, child_environment, recommended_shard_count
 from bot.render import model_description
-from bot.sharding import shard_of
-from bot.store import Store
+from bot.store import open_store
 from bot.text import prepare_text
 from model import EmotionClassifier
 from sandbox import DiscordStandIn
@@ -130,7 +130,7 @@ async def test_a_process_that_needs_a_setting_fixed_stops_the_cluster(tmp_path: 
 SUPERVISOR = textwrap.dedent(
     """
     import asyncio, sys
-    from bot.cluster import ClusterMember, Supervisor
+    from bot.cluster.supervisor import ClusterMember, Supervisor
 
     members = [ClusterMember(0, (0,)), ClusterMember(1, (1,))]
     fake = lambda member, count: [sys.executable, "-c", sys.argv[2], sys.argv[1], str(member.index)]
@@ -334,7 +334,7 @@ async def test_moodring_cluster_does_each_guilds_work_once_restarts_a_killed_pro
 
 async def add_schedules(database: str, targets: list[tuple[int, int]], hour: int) -> None:
     """A daily summary at `hour` (UTC) into each (guild, channel), written to the cluster's database."""
-    store = await Store.open(database)
+    store = await open_store(database)
     try:
         for guild_id, channel_id in targets:
             await store.upsert_schedule(guild_id, channel_id, "daily", hour=hour)

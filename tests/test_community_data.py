@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.community_data import majority_labels, split_of, write_dataset
-from bot.store import Correction, Store
+from bot.learning.community_data import majority_labels, split_of, write_dataset
+from bot.store import Correction, open_store
 from model import ModelMetadata
 from training.config import TrainArgs
 from training.data import DataError, load_extra_data, load_goemotions, mix_in
@@ -109,7 +109,7 @@ def test_export_command_reads_the_bots_database(tmp_path: Path, metadata: ModelM
     metadata.save(model_dir)
 
     async def seed() -> None:
-        async with await Store.open(database) as store:
+        async with await open_store(database) as store:
             await store.set_corrections_enabled(1, True)
             for i in range(12):
                 await store.add_correction(correction(f"skibbly {i}", "excitement"), message_key=f"m{i}", member_id=7)

@@ -14,8 +14,9 @@ from pathlib import Path
 import asyncpg
 from postgres_fixtures import PostgresServer
 
-from bot.store import ChannelSettings, Correction, Store, bucket_start
-from bot.store_postgres import PostgresStore
+from bot.store import ChannelSettings, Correction, Store, open_store
+from bot.store.interface import bucket_start
+from bot.store.postgres import PostgresStore
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -40,7 +41,7 @@ def correction(guild: int, text: str) -> Correction:
 
 
 async def fill(path: Path) -> None:
-    async with await Store.open(path, flush_interval=3600) as store:
+    async with await open_store(path, flush_interval=3600) as store:
         await store.set_channel_settings(1, 10, analysis=False)
         await store.set_channel_settings(1, 11, reactions=True)
         await store.set_retention_days(1, 30)
@@ -70,7 +71,7 @@ async def snapshot(store: Store) -> dict:
 async def test_migrate_to_copies_everything_checks_it_and_can_run_again(tmp_path: Path, postgres_url: str) -> None:
     path = tmp_path / "bot.db"
     await fill(path)
-    async with await Store.open(path) as store:
+    async with await open_store(path) as store:
         expected = await snapshot(store)
 
     first = await asyncio.to_thread(migrate, postgres_url, path)
@@ -83,7 +84,7 @@ async def test_migrate_to_copies_everything_checks_it_and_can_run_again(tmp_path
     assert second.returncode == 0, second.stderr
     assert second.stdout == first.stdout
 
-    async with await Store.open(postgres_url) as store:
+    async with await open_store(postgres_url) as store:
         assert isinstance(store, PostgresStore)
         assert await snapshot(store) == expected
         assert expected["mood"][0].messages == 40 and expected["schedules"][0].last_posted_at == T0 + 60
@@ -101,7 +102,7 @@ async def test_migrate_to_copies_everything_checks_it_and_can_run_again(tmp_path
 async def test_migrate_to_reports_rows_that_are_not_in_the_source(tmp_path: Path, postgres_url: str) -> None:
     path = tmp_path / "bot.db"
     await fill(path)
-    async with await Store.open(postgres_url) as store:  # a bot already wrote into PostgreSQL
+    async with await open_store(postgres_url) as store:  # a bot already wrote into PostgreSQL
         store.record(9, 9, [("joy", 1.0)], at=T0)
     result = await asyncio.to_thread(migrate, postgres_url, path)
     assert result.returncode == 1
@@ -128,7 +129,7 @@ async def test_migrate_to_errors_are_one_line(tmp_path: Path, postgres_server: P
 async def test_migrate_to_refuses_a_file_a_bot_is_using(tmp_path: Path, postgres_url: str) -> None:
     path = tmp_path / "bot.db"
     await fill(path)
-    async with await Store.open(path):  # holds the one-bot lock, like a running bot
+    async with await open_store(path):  # holds the one-bot lock, like a running bot
         result = await asyncio.to_thread(migrate, postgres_url, path)
     assert result.returncode == 2 and "in use by another moodring process" in result.stderr, result.stderr
     connection = await asyncpg.connect(postgres_url)

@@ -19,7 +19,7 @@ import pytest
 from bot_fixtures import BotFactory, wait_until
 from process_guard import process_alive, wait_until_gone
 
-from bot.retrain import stop_process_group
+from bot.learning.retrain import stop_process_group
 from model import EmotionClassifier, ModelMetadata
 from model.storage import recover_directory
 from sandbox import DiscordStandIn

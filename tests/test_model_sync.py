@@ -1,4 +1,4 @@
-"""One model across processes (bot/model_sync.py) on the PostgreSQL test server: a retrain's swap in one bot is
+"""One model across processes (bot/cluster/model_sync.py) on the PostgreSQL test server: a retrain's swap in one bot is
 served by another bot on the same database; an announced model that doesn't check out or doesn't load leaves the
 old one serving with one log line; a dropped listener reconnects and catches up on the swap it missed."""
 
@@ -15,9 +15,9 @@ import pytest
 from bot_fixtures import BotFactory, moodring_config, second_model, threshold_marks, wait_until
 
 from bot.app import MoodringBot
+from bot.cluster.model_sync import CHANNEL, ModelSync, announcement, read_checksums
+from bot.cluster.sharding import shard_of
 from bot.inference import InferenceService
-from bot.model_sync import CHANNEL, ModelSync, announcement, read_checksums
-from bot.sharding import shard_of
 from bot.text import prepare_text
 from model import EmotionClassifier
 from model.storage import replace_directory
@@ -32,7 +32,7 @@ def marks_of(classifier: EmotionClassifier) -> list[bool]:
 
 
 def sync_lines(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "bot.model_sync" and r.levelno >= level]
+    return [r for r in caplog.records if r.name == "bot.cluster.model_sync" and r.levelno >= level]
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ async def test_a_swap_in_one_bot_is_served_by_the_other_bot_on_the_same_database
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bot.model_sync")
+    caplog.set_level(logging.INFO, logger="bot.cluster.model_sync")
     standin = discord_standin
     before = marks_of(tiny_classifier)
     assert any(before)  # the second model marks none: the answers tell the models apart

@@ -14,10 +14,10 @@ from bot_fixtures import wait_until
 from process_guard import process_alive
 from safetensors.torch import load_file, save_file
 
-import bot.retrain
+import bot.learning.retrain
 from bot.config import split_retrain_args
 from bot.inference import InferenceService
-from bot.retrain import (
+from bot.learning.retrain import (
     Retrainer,
     RetrainStatus,
     _ProgressReader,
@@ -67,14 +67,14 @@ async def test_candidate_is_swapped_in_while_serving_and_a_cancel_during_the_swa
     updates: list[RetrainStatus] = []
     served = 0
     in_swap, release_swap = threading.Event(), threading.Event()
-    real_replace = bot.retrain.replace_directory
+    real_replace = bot.learning.retrain.replace_directory
 
     def held_replace(new: Path, target: Path) -> None:  # the swap's disk step, held until the cancel is in
         in_swap.set()
         release_swap.wait(60)
         real_replace(new, target)
 
-    monkeypatch.setattr(bot.retrain, "replace_directory", held_replace)
+    monkeypatch.setattr(bot.learning.retrain, "replace_directory", held_replace)
 
     async def report(status: RetrainStatus) -> None:
         updates.append(RetrainStatus(**vars(status)))
@@ -136,7 +136,7 @@ async def test_failed_training_keeps_the_current_model_and_posts_only_a_short_re
     old = service.classifier
     retrainer = make_retrainer(service, model_dir, tmp_path, tiny_backbone_dir, tmp_path / "no-such-data")
     retrainer.start()
-    with caplog.at_level(logging.WARNING, logger="bot.retrain"):
+    with caplog.at_level(logging.WARNING, logger="bot.learning.retrain"):
         status = await asyncio.wait_for(retrainer.wait(), 120)
     assert status.outcome == "failed"
     assert service.classifier is old and (model_dir / "moodring.json").is_file()

@@ -1,6 +1,6 @@
 """The files that cross the process boundary between `moodring train`/`evaluate` and the bot's retrainer.
 
-`bot/retrain.py` never imports the training code's writers: it reads `progress.jsonl` (written by
+`bot/learning/retrain.py` never imports the training code's writers: it reads `progress.jsonl` (written by
 `training.callbacks.ProgressLog` during a real Tez run) and `eval-dev.json` (written by `moodring evaluate`).
 These tests feed the real files of a real tiny training and a real `moodring evaluate` child through the
 retrainer's readers and its gate, so a renamed key fails here instead of in a slow retrain test or in Discord.
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bot.retrain import RetrainStatus, _ProgressReader, _read_scores, reusable_dev_f1, should_swap
+from bot.learning.retrain import RetrainStatus, _ProgressReader, _read_scores, reusable_dev_f1, should_swap
 
 
 def test_the_progress_reader_understands_a_real_training_log(tiny_model_dir: Path) -> None:

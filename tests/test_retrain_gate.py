@@ -10,9 +10,9 @@ from pathlib import Path
 
 from test_retrain import TINY_ARGS, make_retrainer, serving  # noqa: F401 (`serving` is a fixture)
 
-from bot.community_data import export_store
-from bot.retrain import RetrainStatus, _ProgressReader, format_status, should_swap
-from bot.store import Correction, Store
+from bot.learning.community_data import export_store
+from bot.learning.retrain import RetrainStatus, _ProgressReader, format_status, should_swap
+from bot.store import Correction, Store, open_store
 from bot.text import prepare_text
 from model import EmotionClassifier
 
@@ -70,7 +70,7 @@ def planted(count: int, guild: int) -> list[Correction]:
 
 
 async def seeded_store(path: Path, corrections: list[Correction]) -> Store:
-    store = await Store.open(path)
+    store = await open_store(path)
     await store.set_corrections_enabled(1, True)
     for i, correction in enumerate(corrections):
         assert await store.add_correction(correction, message_key=f"m{i}", member_id=1000 + i) == "stored"

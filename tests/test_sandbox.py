@@ -19,7 +19,7 @@ from bot_fixtures import BotFactory
 from process_guard import process_alive, wait_until_gone
 
 from bot.config import BotConfig, ConfigError
-from bot.store import Store
+from bot.store import open_store
 from sandbox import DiscordStandIn, state
 from sandbox.cli import furnish
 
@@ -102,7 +102,7 @@ async def test_moodring_run_reaches_the_standin_through_the_settings_and_sigterm
     assert code == 0, stderr
     assert "NOT CONNECTING TO DISCORD: MOODRING_DISCORD_API=" + standin.api_base in stderr
     assert "shut down cleanly" in stderr and "Traceback" not in stderr
-    store = await Store.open(tmp_path / "db.sqlite3")
+    store = await open_store(tmp_path / "db.sqlite3")
     try:
         mood = await store.mood(standin.guild_id, standin.channel_id, 0, 2**40)
     finally:

@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from bot.config import BotConfig, ConfigError
-from bot.sharding import (
+from bot.cluster.sharding import (
     ShardSpecError,
     check_cluster_database,
     format_shard_ids,
@@ -19,6 +18,7 @@ from bot.sharding import (
     shard_of,
     split_shards,
 )
+from bot.config import BotConfig, ConfigError
 
 # Guild ids whose shard (out of 4) is known: the shard is in the bits from 22 up.
 GUILD_ON = {shard: (1_000 * 4 + shard) << 22 | 0x1234 for shard in range(4)}

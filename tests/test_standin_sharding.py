@@ -12,7 +12,7 @@ import pytest
 from discord.ext import commands
 from standin_fixtures import running_bot
 
-from bot.sharding import shard_of
+from bot.cluster.sharding import shard_of
 from sandbox import DiscordStandIn
 from sandbox.gateway import CLOSE_INVALID_SHARD
 

@@ -19,9 +19,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-import bot.store_sqlite as store_module
-from bot.store import DEFAULT_FLUSH_INTERVAL, ChannelSettings, Store, StoreError, bucket_start, is_postgres_url
-from bot.store_sqlite import MIGRATIONS
+import bot.store.sqlite as store_module
+from bot.store import ChannelSettings, Store, StoreError, is_postgres_url, open_store
+from bot.store.interface import DEFAULT_FLUSH_INTERVAL, bucket_start
+from bot.store.sqlite import MIGRATIONS
 
 REPO = Path(__file__).resolve().parents[1]
 H = 3600
@@ -78,7 +79,7 @@ def _tables(path: Path) -> set[str]:
 
 async def test_fresh_file_is_migrated_in_wal_mode(tmp_path: Path) -> None:
     path = tmp_path / "nested" / "dir" / "bot.db"  # parents are created
-    store = await Store.open(path)
+    store = await open_store(path)
     try:
         pragmas = {}
         for name in ("user_version", "journal_mode", "foreign_keys", "synchronous", "busy_timeout"):
@@ -98,7 +99,7 @@ async def test_fresh_file_is_migrated_in_wal_mode(tmp_path: Path) -> None:
     assert {"channel_settings", "channel_buckets", "emotion_buckets", "summary_schedules", "guild_settings"} <= tables
 
     # Opening again is idempotent: nothing re-applied, data kept.
-    store = await Store.open(path)
+    store = await open_store(path)
     try:
         assert await store.channel_settings(1, 2) == ChannelSettings(analysis=True, reactions=True)
     finally:
@@ -110,7 +111,7 @@ async def test_fresh_file_is_migrated_in_wal_mode(tmp_path: Path) -> None:
 async def test_concurrent_opens_of_a_fresh_file_migrate_once(tmp_path: Path) -> None:
     path = tmp_path / "bot.db"
     # exclusive=False: other programs may share the file with the bot; only a second bot is refused.
-    stores = await asyncio.gather(*(Store.open(path, exclusive=False) for _ in range(3)))
+    stores = await asyncio.gather(*(open_store(path, exclusive=False) for _ in range(3)))
     for store in stores:
         await store.close()
     assert _user_version(path) == len(MIGRATIONS)
@@ -124,7 +125,7 @@ async def test_upgrades_a_file_from_the_previous_version(tmp_path: Path) -> None
         con.execute("INSERT INTO channel_settings (guild_id, channel_id, analysis, reactions) VALUES (5, 6, 0, 1)")
     assert _tables(path) == {"channel_settings"}
 
-    store = await Store.open(path)
+    store = await open_store(path)
     try:
         assert await store.channel_settings(5, 6) == ChannelSettings(analysis=False, reactions=True)
         assert await store.retention_days(5) == 90  # a migration-2 table works
@@ -138,7 +139,7 @@ async def test_a_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
     with _sqlite(path) as con:
         con.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     with pytest.raises(StoreError, match="newer"):
-        await Store.open(path)
+        await open_store(path)
     assert _user_version(path) == len(MIGRATIONS) + 1
     assert _tables(path) == set()
 
@@ -148,7 +149,7 @@ async def test_a_failing_migration_is_rolled_back_whole(tmp_path: Path, monkeypa
     broken = "CREATE TABLE extra (x INTEGER);\nINSERT INTO missing_table VALUES (1);"
     monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, broken])
     with pytest.raises(sqlite3.OperationalError, match="missing_table"):
-        await Store.open(path)
+        await open_store(path)
     # The earlier migrations committed; the broken one left nothing behind.
     assert _user_version(path) == len(MIGRATIONS)
     assert "extra" not in _tables(path)
@@ -156,7 +157,7 @@ async def test_a_failing_migration_is_rolled_back_whole(tmp_path: Path, monkeypa
 
 async def test_no_user_ids_in_the_schema_and_text_only_in_corrections(tmp_path: Path) -> None:
     path = tmp_path / "bot.db"
-    await (await Store.open(path)).close()
+    await (await open_store(path)).close()
     with _sqlite(path) as con:
         for table in _tables(path):
             for column in con.execute(f"PRAGMA table_info({table})"):
@@ -169,7 +170,7 @@ async def test_no_user_ids_in_the_schema_and_text_only_in_corrections(tmp_path: 
 
 
 async def test_settings_defaults_partial_updates_and_listing(store_database: str) -> None:
-    async with await Store.open(store_database) as store:
+    async with await open_store(store_database) as store:
         assert await store.channel_settings(1, 10) == ChannelSettings(analysis=True, reactions=False)
         assert await store.guild_channel_settings(1) == {}
 
@@ -198,7 +199,7 @@ async def test_settings_defaults_partial_updates_and_listing(store_database: str
 
 
 async def test_record_and_flush_aggregate_into_hourly_buckets(store_database: str) -> None:
-    async with await Store.open(store_database, flush_interval=3600) as store:
+    async with await open_store(store_database, flush_interval=3600) as store:
         store.record(1, 2, [("joy", 0.5), ("love", 0.25)], at=T0 + 10)
         store.record(1, 2, [("joy", 0.75)], at=T0 + 3599)  # same hour
         store.record(1, 2, [("anger", 0.9)], at=T0 + H)  # next hour
@@ -247,7 +248,7 @@ async def test_record_and_flush_aggregate_into_hourly_buckets(store_database: st
 
 
 async def test_background_flusher_writes_without_an_explicit_flush(store_database: str) -> None:
-    async with await Store.open(store_database, flush_interval=0.02) as store:
+    async with await open_store(store_database, flush_interval=0.02) as store:
         store.record(1, 2, [("joy", 0.5)], at=T0)
         for _ in range(200):
             if store.flushed_total == 1:
@@ -258,7 +259,7 @@ async def test_background_flusher_writes_without_an_explicit_flush(store_databas
 
 
 async def test_record_rejects_malformed_input_at_the_call_site(store_database: str) -> None:
-    async with await Store.open(store_database, flush_interval=3600) as store:
+    async with await open_store(store_database, flush_interval=3600) as store:
         with pytest.raises(ValueError):
             store.record(1, 2, [("joy", float("nan"))])
         with pytest.raises((TypeError, ValueError)):
@@ -268,7 +269,7 @@ async def test_record_rejects_malformed_input_at_the_call_site(store_database: s
 
 async def test_close_flushes_pending_records(store_database: str) -> None:
     path = store_database
-    store = await Store.open(path, flush_interval=3600)  # the flusher never gets to run
+    store = await open_store(path, flush_interval=3600)  # the flusher never gets to run
     for i in range(5):
         store.record(1, 2, [("joy", 0.5)], at=T0 + i)
     assert store.pending == 5
@@ -282,12 +283,12 @@ async def test_close_flushes_pending_records(store_database: str) -> None:
         await store.channel_settings(1, 2)
     await store.close()  # idempotent
 
-    async with await Store.open(path) as store:
+    async with await open_store(path) as store:
         assert (await store.mood(1, 2, T0, T0 + H)).messages == 5
 
 
 async def test_buffer_is_bounded_and_drops_the_oldest(store_database: str, caplog: pytest.LogCaptureFixture) -> None:
-    async with await Store.open(store_database, flush_interval=3600, max_pending=10) as store:
+    async with await open_store(store_database, flush_interval=3600, max_pending=10) as store:
         with caplog.at_level(logging.WARNING, logger="bot.store"):
             for i in range(15):
                 store.record(1, 2, [("joy", 0.5)], at=T0 + i * H)
@@ -302,7 +303,7 @@ async def test_buffer_is_bounded_and_drops_the_oldest(store_database: str, caplo
 
 async def test_a_stuck_disk_keeps_the_records_for_the_next_flush(tmp_path: Path) -> None:
     path = tmp_path / "bot.db"
-    async with await Store.open(path, flush_interval=3600, busy_timeout_ms=50) as store:
+    async with await open_store(path, flush_interval=3600, busy_timeout_ms=50) as store:
         blocker = _sqlite(path)
         blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
         try:
@@ -322,7 +323,7 @@ async def test_a_stuck_disk_keeps_the_records_for_the_next_flush(tmp_path: Path)
 
 async def test_the_flusher_retries_after_a_failed_write(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "bot.db"
-    async with await Store.open(path, flush_interval=0.01, busy_timeout_ms=20) as store:
+    async with await open_store(path, flush_interval=0.01, busy_timeout_ms=20) as store:
         blocker = _sqlite(path)
         blocker.execute("BEGIN IMMEDIATE")
         try:
@@ -346,7 +347,7 @@ async def test_the_flusher_retries_after_a_failed_write(tmp_path: Path, caplog: 
 
 async def test_a_cancelled_write_leaves_no_transaction_open(tmp_path: Path) -> None:
     path = tmp_path / "bot.db"
-    async with await Store.open(path, flush_interval=3600, busy_timeout_ms=2000) as store:
+    async with await open_store(path, flush_interval=3600, busy_timeout_ms=2000) as store:
         blocker = _sqlite(path)
         blocker.execute("BEGIN IMMEDIATE")
         task = asyncio.create_task(store.set_channel_settings(1, 2, reactions=True))
@@ -362,7 +363,7 @@ async def test_a_cancelled_write_leaves_no_transaction_open(tmp_path: Path) -> N
 
 async def test_a_cancelled_flush_keeps_its_records(tmp_path: Path) -> None:
     path = tmp_path / "bot.db"
-    async with await Store.open(path, flush_interval=3600, busy_timeout_ms=2000) as store:
+    async with await open_store(path, flush_interval=3600, busy_timeout_ms=2000) as store:
         store.record(1, 2, [("joy", 0.5)], at=T0)
         blocker = _sqlite(path)
         blocker.execute("BEGIN IMMEDIATE")
@@ -381,7 +382,7 @@ async def test_a_cancelled_flush_keeps_its_records(tmp_path: Path) -> None:
 async def test_a_flush_cancelled_during_commit_is_not_counted_twice(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with await Store.open(tmp_path / "bot.db", flush_interval=3600) as store:
+    async with await open_store(tmp_path / "bot.db", flush_interval=3600) as store:
         execute = store._db.execute
 
         async def commit_then_cancel(sql: str, *args: object):
@@ -402,7 +403,7 @@ async def test_a_flush_cancelled_during_commit_is_not_counted_twice(
 
 async def test_concurrent_writers_through_two_connections_are_exact(store_database: str) -> None:
     path = store_database
-    first, second = await asyncio.gather(*(Store.open(path, flush_interval=0.005, **shared(path)) for _ in range(2)))
+    first, second = await asyncio.gather(*(open_store(path, flush_interval=0.005, **shared(path)) for _ in range(2)))
     records_per_task, tasks_per_store = 150, 8
 
     async def recorder(store: Store, seed: int) -> None:
@@ -427,7 +428,7 @@ async def test_concurrent_writers_through_two_connections_are_exact(store_databa
     total = 2 * tasks_per_store * records_per_task
     assert first.flushed_total + second.flushed_total == total
     assert first.dropped == second.dropped == 0
-    async with await Store.open(path) as store:
+    async with await open_store(path) as store:
         mood = await store.mood(1, None, T0, T0 + 4 * H)
         assert mood.messages == total
         assert mood.label_counts == {"fear": total, "joy": total}
@@ -451,10 +452,10 @@ CRASH_TRANSACTION_ALLOWANCE = 0.25
 
 CRASH_CHILD = """
 import asyncio, sys, time
-from bot.store import Store
+from bot.store import open_store
 
 async def main(path, batch, pause):
-    store = await Store.open(path)
+    store = await open_store(path)
     recorded = 0
     while True:
         recorded += batch
@@ -518,7 +519,7 @@ def test_a_killed_process_loses_at_most_one_flush_interval(store_database: str) 
     assert 0 < surely_recorded <= flushed <= reported, detail
 
     async def reopen() -> int:
-        async with await Store.open(path) as store:
+        async with await open_store(path) as store:
             return (await store.mood(1, 2, 0, time.time() + H)).messages
 
     assert asyncio.run(reopen()) == flushed
@@ -528,7 +529,7 @@ def test_a_killed_process_loses_at_most_one_flush_interval(store_database: str) 
 
 
 async def test_schedules(store_database: str) -> None:
-    async with await Store.open(store_database) as store:
+    async with await open_store(store_database) as store:
         daily = await store.upsert_schedule(1, 10, "daily", hour=9)
         weekly = await store.upsert_schedule(1, 11, "weekly", hour=8, weekday=0, source_channel_id=5)
         every = await store.upsert_schedule(2, 20, "every", every_hours=6)
@@ -577,7 +578,7 @@ async def test_schedules(store_database: str) -> None:
 
 
 async def test_forget_guild_deletes_only_that_guild(store_database: str) -> None:
-    async with await Store.open(store_database, flush_interval=3600) as store:
+    async with await open_store(store_database, flush_interval=3600) as store:
         store.record(1, 2, [("joy", 0.5), ("love", 0.5)], at=T0)
         store.record(1, 3, [("anger", 0.5)], at=T0 + H)
         store.record(7, 2, [("joy", 0.5)], at=T0)
@@ -598,7 +599,7 @@ async def test_forget_guild_deletes_only_that_guild(store_database: str) -> None
 
 async def test_prune_respects_each_guilds_retention(store_database: str) -> None:
     now = T0 + 1000 * DAY
-    async with await Store.open(store_database, flush_interval=3600) as store:
+    async with await open_store(store_database, flush_interval=3600) as store:
         await store.set_retention_days(1, 7)
         for guild, age_days in ((1, 8), (1, 2), (2, 91), (2, 30), (3, 89)):
             store.record(guild, 9, [("joy", 0.5)], at=now - age_days * DAY)
@@ -634,7 +635,7 @@ async def test_an_outage_logs_one_warning_counts_the_drops_and_one_line_on_recov
     beyond max_pending counted, one line when writes work again. Unchanged, the flusher logged a traceback per
     interval (about 40 here). It measures log records over 40 intervals, not over 10 s of wall-clock time."""
     path = tmp_path / "bot.db"
-    async with await Store.open(path, flush_interval=OUTAGE_INTERVAL, max_pending=5, busy_timeout_ms=0) as store:
+    async with await open_store(path, flush_interval=OUTAGE_INTERVAL, max_pending=5, busy_timeout_ms=0) as store:
         if fault == "locked":
             blocker = _sqlite(path)
             blocker.execute("BEGIN IMMEDIATE")  # another program holds the write lock past busy_timeout (0 here)
@@ -674,7 +675,7 @@ async def test_an_outage_logs_one_warning_counts_the_drops_and_one_line_on_recov
 async def test_the_flusher_survives_an_unexpected_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with await Store.open(tmp_path / "bot.db", flush_interval=0.01) as store:
+    async with await open_store(tmp_path / "bot.db", flush_interval=0.01) as store:
         executemany = store._db.executemany
         failures = []
 
@@ -698,10 +699,10 @@ async def test_the_flusher_survives_an_unexpected_error(
 
 async def test_channel_settings_come_from_memory_even_while_a_prune_waits(tmp_path: Path) -> None:
     path = tmp_path / "bot.db"
-    async with await Store.open(path) as store:
+    async with await open_store(path) as store:
         await store.set_channel_settings(1, 10, analysis=False)
         await store.set_channel_settings(1, 11, reactions=True)
-    async with await Store.open(path, busy_timeout_ms=30_000) as store:
+    async with await open_store(path, busy_timeout_ms=30_000) as store:
         statements: list[str] = []
         await store._db.set_trace_callback(statements.append)
         blocker = _sqlite(path)
@@ -731,7 +732,7 @@ async def test_channel_settings_come_from_memory_even_while_a_prune_waits(tmp_pa
 async def test_a_settings_write_of_unknown_outcome_is_read_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with await Store.open(tmp_path / "bot.db", flush_interval=3600) as store:
+    async with await open_store(tmp_path / "bot.db", flush_interval=3600) as store:
         execute = store._db.execute
 
         def commit_then_cancel(sql: str, *args: object):
@@ -756,7 +757,7 @@ async def test_a_settings_write_of_unknown_outcome_is_read_back(
 
 async def test_remove_guild_deletes_its_statistics_settings_and_schedules(store_database: str) -> None:
     path = store_database
-    async with await Store.open(path, flush_interval=3600) as store:
+    async with await open_store(path, flush_interval=3600) as store:
         for guild in (1, 7):
             store.record(guild, 2, [("joy", 0.5)], at=T0)
             await store.set_channel_settings(guild, 2, reactions=True)
@@ -783,7 +784,7 @@ async def test_remove_guild_deletes_its_statistics_settings_and_schedules(store_
 
 
 async def test_a_summary_slot_is_claimed_once(store_database: str) -> None:
-    async with await Store.open(store_database) as store:
+    async with await open_store(store_database) as store:
         schedule = await store.upsert_schedule(1, 10, "daily", hour=9)
         slot = T0
         claims = await asyncio.gather(*(store.claim_slot(schedule.id, slot, slot + 60 + i) for i in range(5)))

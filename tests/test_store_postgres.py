@@ -19,10 +19,11 @@ import asyncpg
 import pytest
 from postgres_fixtures import PostgresServer
 
-import bot.store_postgres as store_postgres
-from bot.store import ChannelSettings, Store, StoreError, bucket_start
-from bot.store_postgres import MIGRATIONS, PostgresStore
-from bot.store_sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+import bot.store.postgres as store_postgres
+from bot.store import ChannelSettings, StoreError, open_store
+from bot.store.interface import bucket_start
+from bot.store.postgres import MIGRATIONS, PostgresStore
+from bot.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
@@ -33,10 +34,10 @@ T0 = bucket_start(1_700_000_000.0)
 # add to the same rows as the other process's.
 HAMMER = """
 import asyncio, sys
-from bot.store import Store
+from bot.store import open_store
 
 async def main(url, n, at):
-    store = await Store.open(url, flush_interval=0.002)
+    store = await open_store(url, flush_interval=0.002)
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     for i in range(n):
@@ -52,7 +53,7 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
 # Opens (and so migrates) the database once the parent says go; prints how many migrations it applied.
 MIGRATE = """
 import asyncio, sys
-from bot.store_postgres import PostgresStore
+from bot.store.postgres import PostgresStore
 
 async def main(url):
     print("ready", flush=True)
@@ -156,7 +157,7 @@ async def test_a_database_from_the_previous_version_is_upgraded_and_keeps_its_ro
         await connection.execute("INSERT INTO channel_settings VALUES (5, 6, FALSE, TRUE)")
     finally:
         await connection.close()
-    async with await Store.open(postgres_url) as store:
+    async with await open_store(postgres_url) as store:
         assert isinstance(store, PostgresStore) and store.migrations_applied == 1
         assert await store.retention_days(5) == 14 and not await store.corrections_enabled(5)
         assert await store.channel_settings(5, 6) == ChannelSettings(analysis=False, reactions=True)
@@ -167,7 +168,7 @@ async def test_a_failing_migration_is_rolled_back_whole(postgres_url: str, monke
     broken = "CREATE TABLE extra (x INTEGER);\nINSERT INTO missing_table VALUES (1);"
     monkeypatch.setattr(store_postgres, "MIGRATIONS", [*MIGRATIONS, broken])
     with pytest.raises(StoreError, match="missing_table"):
-        await Store.open(postgres_url)
+        await open_store(postgres_url)
     # The earlier migrations committed; the broken one left nothing behind, and the lock was given back.
     assert await fetch(postgres_url, "SELECT version FROM moodring_schema") == [(len(MIGRATIONS),)]
     assert await fetch(postgres_url, "SELECT to_regclass('extra') IS NULL") == [(True,)]
@@ -175,20 +176,20 @@ async def test_a_failing_migration_is_rolled_back_whole(postgres_url: str, monke
 
 
 async def test_a_database_from_a_newer_version_is_refused(postgres_url: str) -> None:
-    await (await Store.open(postgres_url)).close()
+    await (await open_store(postgres_url)).close()
     connection = await asyncpg.connect(postgres_url)
     try:
         await connection.execute("UPDATE moodring_schema SET version = version + 1")
     finally:
         await connection.close()
     with pytest.raises(StoreError, match="newer than this bot supports"):
-        await Store.open(postgres_url)
+        await open_store(postgres_url)
 
 
 async def test_each_database_has_its_own_salt(postgres_server: PostgresServer) -> None:
     first, second = postgres_server.create_database(), postgres_server.create_database()
     for url in (first, second):
-        await (await Store.open(url)).close()
+        await (await open_store(url)).close()
     salts = [await fetch(url, "SELECT value FROM store_secrets") for url in (first, second)]
     assert salts[0] != salts[1]
 
@@ -209,7 +210,7 @@ async def test_a_server_that_stops_mid_run_costs_no_analysis(
 ) -> None:
     """The server is killed (`pg_ctl stop -m immediate`, as a crash) while the bot records: flushes fail, the
     analyses stay pending with one warning (no traceback), and all of them are written once it is back."""
-    async with await Store.open(postgres_url, flush_interval=0.01) as store:
+    async with await open_store(postgres_url, flush_interval=0.01) as store:
         store.record(1, 2, [("joy", 0.5)], at=T0)
         await _wait_for(lambda: store.flushed_total == 1, what="the first flush")
         with caplog.at_level(logging.DEBUG, logger="bot.store"):
@@ -238,7 +239,7 @@ async def test_a_server_that_stops_mid_run_costs_no_analysis(
 async def test_a_store_closed_while_the_server_is_down_says_what_was_lost(
     postgres_server: PostgresServer, postgres_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = await Store.open(postgres_url, flush_interval=3600)
+    store = await open_store(postgres_url, flush_interval=3600)
     store.record(1, 2, [("joy", 0.5)], at=T0)
     postgres_server.stop("immediate")
     try:
@@ -263,7 +264,7 @@ async def test_connection_problems_are_one_clear_store_error(postgres_server: Po
         }
         for url, expected in cases.items():
             with pytest.raises(StoreError, match=expected) as raised:
-                await Store.open(url, connect_timeout=10)
+                await open_store(url, connect_timeout=10)
             message = str(raised.value)
             assert "secret-pw" not in message and "\n" not in message and "Traceback" not in message, message
             assert raised.value.__cause__ is None or "secret-pw" not in str(raised.value.__cause__)

@@ -23,7 +23,7 @@ from bot_fixtures import moodring_config
 
 from bot.app import MoodringBot
 from bot.cli import _serve
-from bot.store import Store, StoreError
+from bot.store import StoreError, open_store
 from sandbox import DiscordStandIn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,10 +33,12 @@ CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO)
 # Opens the store and holds it (like a running bot) until its stdin closes.
 HOLDER = """
 import asyncio, sys
-from bot.store import Store
+
+from bot.store import open_store
+
 
 async def main(path):
-    store = await Store.open(path)
+    store = await open_store(path)
     print("open", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     await store.close()
@@ -47,15 +49,15 @@ asyncio.run(main(sys.argv[1]))
 # Opens the store as an unprivileged user (dropping root after the imports) and prints the outcome.
 OPEN_UNPRIVILEGED = """
 import asyncio, os, sys
-import bot.store_sqlite  # the engine, imported while still allowed to read everything
-from bot.store import Store, StoreError
+import bot.store.sqlite  # the engine, imported while still allowed to read everything
+from bot.store import StoreError, open_store
 
 if os.geteuid() == 0:
     os.setgroups([]); os.setgid(int(sys.argv[2])); os.setuid(int(sys.argv[2]))
 
 async def main(path):
     try:
-        store = await Store.open(path, busy_timeout_ms=100)
+        store = await open_store(path, busy_timeout_ms=100)
     except StoreError as error:
         print(f"StoreError: {error}")
         return
@@ -93,7 +95,7 @@ def held_by_another_process(path: Path) -> Iterator[subprocess.Popen[str]]:
 
 
 def open_unprivileged(path: Path) -> str:
-    """What `Store.open(path)` says in a child process running as an unprivileged user."""
+    """What `open_store(path)` says in a child process running as an unprivileged user."""
     result = subprocess.run(
         [sys.executable, "-c", OPEN_UNPRIVILEGED, str(path), str(NOBODY)],
         cwd=REPO,
@@ -121,7 +123,7 @@ def shared_dir() -> Iterator[Path]:
 
 
 async def make_database(path: Path) -> None:
-    store = await Store.open(path)
+    store = await open_store(path)
     await store.set_channel_settings(1, 2, reactions=True)
     await store.close()
 
@@ -133,21 +135,21 @@ async def test_a_second_store_on_the_same_file_is_refused_while_another_process_
     path = tmp_path / "bot.db"
     with held_by_another_process(path) as holder:
         with pytest.raises(StoreError) as refused:
-            await Store.open(path)
+            await open_store(path)
         message = str(refused.value)
         assert str(path) in message and "another moodring" in message and f"PID {holder.pid}" in message
     # The holder closed its store and exited: the lock went with it.
-    async with await Store.open(path) as store:
+    async with await open_store(path) as store:
         assert (await store.channel_settings(1, 2)).analysis
 
 
 async def test_the_lock_is_released_when_the_store_closes_in_the_same_process(tmp_path: Path) -> None:
     path = tmp_path / "bot.db"
-    first = await Store.open(path)
+    first = await open_store(path)
     with pytest.raises(StoreError, match="another moodring"):
-        await Store.open(path)
+        await open_store(path)
     await first.close()
-    await (await Store.open(path)).close()
+    await (await open_store(path)).close()
 
 
 async def test_a_second_moodring_run_exits_with_one_line_naming_the_file(
@@ -169,7 +171,7 @@ async def test_a_corrupt_file_says_so_and_what_to_do(tmp_path: Path) -> None:
     path = tmp_path / "bot.db"
     path.write_bytes(b"this is not a database\n" * 400)
     with pytest.raises(StoreError) as refused:
-        await Store.open(path)
+        await open_store(path)
     message = str(refused.value)
     assert str(path) in message and "not a moodring database or is damaged" in message and "backup" in message
 
@@ -181,7 +183,7 @@ async def test_a_damaged_schema_page_says_so(tmp_path: Path) -> None:
         file.seek(100)
         file.write(b"\xff" * 3000)
     with pytest.raises(StoreError, match="not a moodring database or is damaged") as refused:
-        await Store.open(path)
+        await open_store(path)
     assert str(path) in str(refused.value)
 
 
@@ -192,20 +194,20 @@ async def test_a_database_locked_by_another_program_says_so(tmp_path: Path) -> N
     blocker.execute("BEGIN IMMEDIATE")  # e.g. a sqlite3 shell in the middle of a write
     try:
         with pytest.raises(StoreError) as refused:
-            await Store.open(path, busy_timeout_ms=100)
+            await open_store(path, busy_timeout_ms=100)
     finally:
         blocker.execute("ROLLBACK")
         blocker.close()
     message = str(refused.value)
     assert str(path) in message and "locked by another program" in message
-    await (await Store.open(path)).close()  # nothing was left half-open
+    await (await open_store(path)).close()  # nothing was left half-open
 
 
 async def test_a_directory_that_cannot_be_created_says_so(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     path = tmp_path / "a-file" / "data" / "bot.db"
     with pytest.raises(StoreError) as refused:
-        await Store.open(path)
+        await open_store(path)
     message = str(refused.value)
     assert str(path.parent) in message and "MOODRING_DATABASE" in message
 

@@ -137,7 +137,8 @@ def _read_mapping(path: Path, labels: list[str]) -> dict[str, list[str]]:
 
 @dataclass
 class ExtraData:
-    """Another data set in GoEmotions' layout with the same labels (community corrections: bot/community_data.py).
+    """Another data set in GoEmotions' layout with the same labels (community corrections:
+    bot/learning/community_data.py).
 
     `train` or `dev` is None when its file has no rows (a few corrections may all land in one split).
     """

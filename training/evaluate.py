@@ -30,7 +30,7 @@ def evaluate(
     the backend's scores differ), so a test report never uses the test split for any decision. The
     report names the backend that served, and records what it was computed from (`data_dir`, and
     `checksums` of the model's files and of the data files), so that a reader can tell whether it still
-    holds (bot/retrain.py reuses a dev report only then). With `extra_data` (community corrections) the report
+    holds (bot/learning/retrain.py reuses a dev report only then). With `extra_data` (community corrections) the report
     also has `community_dev`: rows and micro/macro-F1 on its dev split with the same thresholds.
     """
     directory = Path(model_dir) if model_dir else default_model_dir()

@@ -14,10 +14,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import MoodringBot
-from bot.corrections import corrections_report
+from bot.learning.corrections import corrections_report
+from bot.learning.retrain import RetrainStatus, format_status
 from bot.privacy import privacy_statement
 from bot.render import model_description
-from bot.retrain import RetrainStatus, format_status
 from bot.store import ChannelSettings, Schedule
 from bot.utils import NO_MENTIONS, admin_only, owner_only, send_ephemeral
 

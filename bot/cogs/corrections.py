@@ -1,5 +1,5 @@
-"""**Not quite?**: a member corrects a reading. The button, the picker and the report are in bot/corrections.py;
-the admins' `/moodring corrections` is in bot/cogs/admin.py.
+"""**Not quite?**: a member corrects a reading. The button, the picker and the report are in
+bot/learning/corrections.py; the admins' `/moodring corrections` is in bot/cogs/admin.py.
 
 A press finds the reading from the answer the button sits under, so the button keeps working after a restart:
 the embed's link names the message that was read (the "Analyze emotions" menu, reply-mentions), a plain-text
@@ -19,7 +19,7 @@ from discord.ext import commands
 
 from bot.app import MoodringBot
 from bot.cogs.emotions import NOTHING_TO_READ
-from bot.corrections import (
+from bot.learning.corrections import (
     ALREADY_CORRECTED,
     CORRECTIONS_OFF,
     EXPIRED,

@@ -16,8 +16,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import MoodringBot
-from bot.corrections import not_quite_view
 from bot.inference import InferenceBusy, InferenceFailed, NoModel
+from bot.learning.corrections import not_quite_view
 from bot.reactions import ReactionQueue
 from bot.render import emoji_for, emotion_embed, emotion_text
 from bot.text import prepare_text

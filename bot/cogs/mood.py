@@ -17,8 +17,8 @@ from discord.ext import commands, tasks
 from bot.app import MoodringBot
 from bot.backoff import Backoff
 from bot.charts import mood_chart
+from bot.cluster.sharding import owns_guild, runs_cluster_work
 from bot.render import emoji_for
-from bot.sharding import owns_guild, runs_cluster_work
 from bot.store import Schedule, StoreError
 from bot.utils import NO_MENTIONS, InvalidArgument, send_ephemeral
 

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import asyncpg
 
-from bot.store import (
+from bot.store.interface import (
     CORRECTION_COLUMNS,
     DEFAULT_CHANNEL_SETTINGS,
     DEFAULT_FLUSH_INTERVAL,
@@ -55,7 +55,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 #: The advisory lock key that serialises migrations (any fixed 64-bit number; "moodring" in ASCII).
 MIGRATION_LOCK = 0x6D6F6F6472696E67
 
-# MIGRATIONS[i] upgrades a database from version i to i + 1: the same steps as bot.store_sqlite.MIGRATIONS, in
+# MIGRATIONS[i] upgrades a database from version i to i + 1: the same steps as bot.store.sqlite.MIGRATIONS, in
 # PostgreSQL's types (BIGINT ids, BOOLEAN flags, DOUBLE PRECISION times and sums). Append only, in both lists.
 MIGRATIONS: list[str] = [
     # 1: per-channel settings.

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.store import Correction, Store, is_postgres_url
+from bot.store import Correction, Store, is_postgres_url, open_store
 from model.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ async def export_database(database: Path | str, out: Path, model_dir: Path) -> E
         raise ExportError(
             f"cannot read the label names from the model in {model_dir} ({error}); pass --model with a trained model"
         ) from None
-    store = await Store.open(database, exclusive=False)
+    store = await open_store(database, exclusive=False)
     try:
         corrections = await store.corrections(contributing=True)
     finally:

@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from bot.community_data import ExportSummary
 from bot.config import split_retrain_args
 from bot.inference import InferenceService
+from bot.learning.community_data import ExportSummary
 from model.metadata import METADATA_FILE
 from model.parent_watch import PARENT_FD_ENV
 from model.storage import file_sha256, model_checksums, replace_directory
@@ -52,7 +52,7 @@ DEFAULT_COMMUNITY_MIN_ROWS = 50
 #: Writes the corrections for a retrain into a directory; None when there are none to use.
 ExportCorrections = Callable[[Path], Awaitable[ExportSummary | None]]
 #: Called once a swap is complete (the new model on disk and serving), e.g. to tell the other processes of a cluster
-#: (bot/model_sync.py). It must not raise.
+#: (bot/cluster/model_sync.py). It must not raise.
 AfterSwap = Callable[[], Awaitable[object]]
 
 

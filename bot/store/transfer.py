@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.store_postgres import PostgresStore
-from bot.store_sqlite import SqliteStore
+from bot.store.postgres import PostgresStore
+from bot.store.sqlite import SqliteStore
 
 __all__ = ["TableCheck", "copy_sqlite_to_postgres"]
 

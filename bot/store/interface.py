@@ -1,8 +1,8 @@
 """The bot's store: channel/guild settings, hourly emotion statistics, summary schedules and corrections.
 
-One interface, two engines, chosen by ``MOODRING_DATABASE`` (``open_store``): a file path is SQLite
-(``bot.store_sqlite``, the default: one bot process per file), a ``postgresql://`` URL is PostgreSQL through an
-asyncpg pool (``bot.store_postgres``: several bot processes may share one database). This module holds what both
+One interface, two engines, chosen by ``MOODRING_DATABASE`` (``bot.store.open_store``): a file path is SQLite
+(``bot.store.sqlite``, the default: one bot process per file), a ``postgresql://`` URL is PostgreSQL through an
+asyncpg pool (``bot.store.postgres``: several bot processes may share one database). This module holds what both
 share: the data classes, the statistics buffer with its background flusher and crash bound, the in-memory channel
 settings, and the argument checks. Each engine module holds its schema migrations and its SQL.
 
@@ -60,7 +60,6 @@ __all__ = [
     "Store",
     "StoreError",
     "is_postgres_url",
-    "open_store",
     "redact_url",
 ]
 
@@ -166,17 +165,6 @@ def redact_url(url: str) -> str:
         return "the MOODRING_DATABASE URL"
 
 
-async def open_store(database: str | os.PathLike[str], **options: Any) -> Store:
-    """Open the store that ``database`` names: a ``postgresql://`` URL or a SQLite file path (see ``Store.open``)."""
-    if is_postgres_url(database):
-        from bot.store_postgres import PostgresStore
-
-        return await PostgresStore.open(str(database), **options)
-    from bot.store_sqlite import SqliteStore
-
-    return await SqliteStore.open(database, **options)
-
-
 def schedule_from_row(row: Sequence[Any]) -> Schedule:
     """A ``Schedule`` from a row of ``SCHEDULE_COLUMNS``."""
     return Schedule(
@@ -260,8 +248,8 @@ def _aggregate(entries: Sequence[_Entry]) -> tuple[ChannelRows, EmotionRows]:
 
 
 class Store(abc.ABC):
-    """The store interface and what both engines share. Open with ``await Store.open(database)`` (or
-    ``open_store``), close with ``await close()``.
+    """The store interface and what both engines share. Open with ``await bot.store.open_store(database)``
+    (or an engine's own ``open``), close with ``await close()``.
 
     Attributes for observability: ``pending`` (recorded, not yet committed), ``recorded_total``,
     ``flushed_total`` (committed), ``dropped`` (lost to the buffer bound), ``forgotten`` (buffered
@@ -307,15 +295,6 @@ class Store(abc.ABC):
         return self._flush_backoff.total_failures
 
     # ------------------------------------------------------------------ lifecycle
-
-    @classmethod
-    async def open(cls, database: str | os.PathLike[str], **options: Any) -> Store:
-        """Open and migrate the database, start the flusher. ``Store.open`` chooses the engine by ``database``
-        (``open_store``); an engine class opens its own. Options: ``flush_interval`` and ``max_pending`` for both,
-        and each engine's own (see ``SqliteStore.open``, ``PostgresStore.open``)."""
-        if cls is Store:
-            return await open_store(database, **options)
-        raise NotImplementedError
 
     def _start(self) -> None:
         self._flusher = asyncio.create_task(self._flush_loop(), name=f"store-flusher:{self.name}")

@@ -2,7 +2,7 @@
 
 The shard count comes from `--shard-count`, MOODRING_SHARD_COUNT, or Discord's recommendation (GET /gateway/bot's
 `shards`); the shards (MOODRING_SHARD_IDS, default all) are dealt to the processes in contiguous runs
-(bot/sharding.py). Each child is a `moodring run` with MOODRING_SHARD_IDS and MOODRING_SHARD_COUNT set; only the
+(bot/cluster/sharding.py). Each child is a `moodring run` with MOODRING_SHARD_IDS and MOODRING_SHARD_COUNT set; only the
 first may train a first model (MOODRING_TRAIN_ON_START), so that N processes don't train N models into one folder.
 
 A child that exits without being asked to is restarted with back-off (bot/backoff.py: 1, 2, 4 ... `restart_cap`
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from bot.backoff import Backoff
 from bot.cli import EXIT_UNREACHABLE, add_shard_count_option, positive_whole_number
-from bot.sharding import ShardSpecError, check_cluster_database, format_shard_ids, split_shards
+from bot.cluster.sharding import ShardSpecError, check_cluster_database, format_shard_ids, split_shards
 
 log = logging.getLogger(__name__)
 

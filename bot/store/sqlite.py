@@ -24,7 +24,7 @@ from typing import ClassVar
 
 import aiosqlite
 
-from bot.store import (
+from bot.store.interface import (
     CORRECTION_COLUMNS,
     DEFAULT_CHANNEL_SETTINGS,
     DEFAULT_FLUSH_INTERVAL,
@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 DEFAULT_BUSY_TIMEOUT_MS = 5_000
 
 # Ordered schema migrations; MIGRATIONS[i] upgrades a file from user_version i to i + 1. Append only: never
-# edit a migration that has shipped, and add each new one to bot.store_postgres.MIGRATIONS too (same number).
+# edit a migration that has shipped, and add each new one to bot.store.postgres.MIGRATIONS too (same number).
 MIGRATIONS: list[str] = [
     # 1: per-channel settings, the first thing the bot needs.
     """

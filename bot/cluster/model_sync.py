@@ -2,8 +2,8 @@
 
 Only with PostgreSQL (with SQLite there is one process, and nothing here runs). The contract:
 
-- **Announcing.** The process that swapped a new model in (a retrain: bot/retrain.py) calls `announce()` once the
-  model is in `model_dir`. It reads the SHA-256 of every model file there (`model_checksums`, off the event loop)
+- **Announcing.** The process that swapped a new model in (a retrain: bot/learning/retrain.py) calls `announce()` once
+  the model is in `model_dir`. It reads the SHA-256 of every model file there (`model_checksums`, off the event loop)
   and sends them with `NOTIFY` on `CHANNEL`, over a connection of its own. It never raises: a failed announcement is
   one log line, and the other processes keep their model until the next swap, their next reconnect or restart.
 - **Receiving.** Every process listens on a dedicated connection, from `start` to `close` (with the bot). On an
