@@ -1,7 +1,7 @@
 """``DiscordStandIn``: a local Discord (gateway + REST) that the real, unmodified discord.py client runs against.
 
 This module is the server: its lifecycle, addresses, REST plumbing and posting messages as members (what the
-sandbox page needs too). What only tests use to watch and steer it is in control.py; interactions in
+sandbox page needs too). What tests and benchmarks use to watch and steer it is in control.py; interactions in
 interactions.py.
 """
 
