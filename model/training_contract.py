@@ -164,7 +164,8 @@ def write_report(report: Mapping[str, object], model_dir: Path, split: str) -> P
 
     The fields the bot reads: `macro_f1`; `community_dev` ({`rows`, `micro_f1`, `macro_f1`}) with community
     corrections; `backend`; `data_dir` (None for data from the hub); `checksums`: {`model`: `model_checksums` of
-    the directory, `data`: {file name: `file_sha256`} of every data file read, relative to `data_dir`}.
+    the directory, `data`: {name: `file_sha256`} of every data file read (GoEmotions' files by their name in
+    `data_dir`, community corrections' as `extra/<name>`)}.
     """
     path = report_path(model_dir, split)
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -175,9 +175,9 @@ class DevEvaluation(Callback):
 
 
 class ProgressLog(Callback):
-    """The training's progress for the bot's retrainer: a `step` event at most every `interval` seconds (and at the
-    last step), a `dev` event after each epoch (`dev`, given to `DevEvaluation`), in model/training_contract.py's
-    format."""
+    """The training's progress for the bot's retrainer, through model/training_contract.py's `ProgressWriter`: a
+    `step` event at most every `interval` seconds (and at the last step), `dev` after each epoch (the method is
+    `DevEvaluation`'s `on_evaluated`) and `done` after the export."""
 
     def __init__(self, path: Path, num_epochs: int, interval: float = 2.0) -> None:
         self.writer = ProgressWriter(path)
