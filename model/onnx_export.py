@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.storage import file_sha256
+from model.training_contract import file_sha256
 
 if TYPE_CHECKING:
     from model.network import SqueezeBertForEmotions

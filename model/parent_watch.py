@@ -5,8 +5,8 @@ The parent makes a pipe, passes its read end to the child (`pass_fds`) with the 
 `watch_parent()`: a daemon thread blocks reading the pipe. The parent never writes, so the read returns
 only at end-of-file, when the write end closes: the parent closed it, or died (even by SIGKILL, since the
 kernel closes a dead process's descriptors). The child then sends itself SIGTERM, and ends outright after
-`grace_s` if it is still there. Used by `moodring train` and `moodring evaluate`; the parent is the bot's
-retrainer (bot/learning/retrain.py). Standard library only.
+`grace_s` if it is still there. Called by `moodring train`, `moodring evaluate` and `moodring run`; the parent's
+side is model/child_process.py (the retrainer, the cluster's supervisor, `moodring sandbox`). Standard library only.
 """
 
 from __future__ import annotations

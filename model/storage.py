@@ -7,7 +7,6 @@ written), `incoming` (complete, about to become the target) and `retired` (the t
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -17,8 +16,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SIBLING_KINDS = ("staging", "incoming", "retired")
-#: Reports that `moodring evaluate` writes into a model directory; they are not part of the model.
-REPORT_PREFIX = "eval-"
 
 
 def sibling_directory(target: Path, kind: str, pid: int | None = None) -> Path:
@@ -89,24 +86,6 @@ def recover_directory(target: Path) -> bool:
         log.info("removing %s, left by an interrupted replace", path)
         shutil.rmtree(path, ignore_errors=True)
     return restored
-
-
-def model_checksums(directory: Path) -> dict[str, str]:
-    """SHA-256 of every file of the model in `directory` (all files in it, less the `eval-*` reports)."""
-    directory = Path(directory)
-    return {
-        path.name: file_sha256(path)
-        for path in sorted(directory.iterdir())
-        if path.is_file() and not path.name.startswith(REPORT_PREFIX)
-    }
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _process_exists(pid: int) -> bool:

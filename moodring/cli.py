@@ -1,6 +1,7 @@
 """`moodring train | evaluate | classify | run | sync-commands | corrections | db | sandbox`.
 
-Each package registers its own subcommands and imports its heavy modules only when one runs.
+Each package registers its own subcommands (`sandbox` is this package's own: moodring/sandbox_command.py) and
+imports its heavy modules only when one runs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dotenv import load_dotenv
 def build_parser() -> argparse.ArgumentParser:
     from bot import cli as bot_cli
     from model import cli as model_cli
-    from sandbox import cli as sandbox_cli
+    from moodring import sandbox_command
     from training import cli as training_cli
 
     parser = argparse.ArgumentParser(prog="moodring", description="Emotion-aware Discord bot and its GoEmotions model.")
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     training_cli.register(commands)
     model_cli.register(commands)
     bot_cli.register(commands)
-    sandbox_cli.register(commands)
+    sandbox_command.register(commands)
     return parser
 
 

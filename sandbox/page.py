@@ -25,7 +25,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import WSMsgType, web
 
@@ -34,7 +34,8 @@ from .payloads import JSON
 from .records import RecordedRequest
 
 if TYPE_CHECKING:
-    from .server import DiscordStandIn
+    from .gateway import Gateway
+    from .world import World
 
 STATIC_DIR = Path(__file__).with_name("static")
 MESSAGES_SHOWN = 100
@@ -42,6 +43,25 @@ _MENTION_RE = re.compile(r"<@!?(\d+)>")
 _ADMIN = p.PERM_ADMINISTRATOR | p.PERM_MANAGE_GUILD
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class PageHost(Protocol):
+    """What the page needs of the stand-in that serves it (:class:`sandbox.server.DiscordStandIn`)."""
+
+    world: World
+    gateway: Gateway
+    guild_id: int
+    channel_id: int
+    request_listeners: list[Callable[[RecordedRequest], None]]
+    dispatch_message: Callable[..., Awaitable[JSON]]
+    dispatch_slash_command: Callable[..., Awaitable[JSON]]
+    dispatch_context_menu: Callable[..., Awaitable[JSON]]
+    dispatch_component: Callable[..., Awaitable[JSON]]
+
+    @property
+    def bot_user_id(self) -> int: ...
+
+    def message(self, message_id: int | str) -> JSON | None: ...
 
 
 class PageError(ValueError):
@@ -74,9 +94,9 @@ def _int(body: Mapping[str, Any], key: str) -> int:
 
 
 class SandboxPage:
-    """Serves the page and its API for one :class:`DiscordStandIn`, and tells open pages when something changed."""
+    """Serves the page and its API for one stand-in, and tells open pages when something changed."""
 
-    def __init__(self, standin: DiscordStandIn) -> None:
+    def __init__(self, standin: PageHost) -> None:
         self.standin = standin
         self._sockets: set[web.WebSocketResponse] = set()
         self._announcing: asyncio.Task[None] | None = None

@@ -19,8 +19,8 @@ import pytest
 from bot_fixtures import BotFactory, wait_until
 from process_guard import process_alive, wait_until_gone
 
-from bot.learning.retrain import stop_process_group
 from model import EmotionClassifier, ModelMetadata
+from model.child_process import stop_child
 from model.storage import recover_directory
 from sandbox import DiscordStandIn
 
@@ -150,7 +150,7 @@ async def test_a_child_that_ignores_sigterm_is_killed_after_the_grace_period(tmp
     grandchild = int((await process.stdout.readline()).decode())
     try:
         started = asyncio.get_running_loop().time()
-        await asyncio.wait_for(stop_process_group(process, grace_s=0.5), 30)
+        await asyncio.wait_for(stop_child(process, grace_s=0.5), 30)
         assert asyncio.get_running_loop().time() - started >= 0.5  # SIGTERM first, SIGKILL only after the grace
         assert process.returncode == -signal.SIGKILL
         assert wait_until_gone(grandchild, timeout=5), "the child's own child was left running"

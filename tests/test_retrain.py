@@ -17,15 +17,11 @@ from safetensors.torch import load_file, save_file
 import bot.learning.retrain
 from bot.config import split_retrain_args
 from bot.inference import InferenceService
-from bot.learning.retrain import (
-    Retrainer,
-    RetrainStatus,
-    _ProgressReader,
-    format_status,
-    reusable_dev_f1,
-    should_swap,
-)
+from bot.learning.progress_text import format_status
+from bot.learning.retrain import Retrainer, RetrainStatus, should_swap
+from bot.learning.training_child import child_environment
 from model import EmotionClassifier, ModelMetadata
+from model.training_contract import ProgressReader, reusable_dev_f1
 
 TINY_ARGS = "--epochs 1 --train-limit 64 --dev-limit 64 --max-length 16 --batch-size 16 --learning-rate 1e-3"
 #: Training that runs until it is stopped (for tests that need a running child, not a result).
@@ -136,7 +132,7 @@ async def test_failed_training_keeps_the_current_model_and_posts_only_a_short_re
     old = service.classifier
     retrainer = make_retrainer(service, model_dir, tmp_path, tiny_backbone_dir, tmp_path / "no-such-data")
     retrainer.start()
-    with caplog.at_level(logging.WARNING, logger="bot.learning.retrain"):
+    with caplog.at_level(logging.WARNING, logger="bot.learning.training_child"):
         status = await asyncio.wait_for(retrainer.wait(), 120)
     assert status.outcome == "failed"
     assert service.classifier is old and (model_dir / "moodring.json").is_file()
@@ -265,7 +261,7 @@ def test_training_progress_and_dev_reports_are_read_as_they_are_written(
     """The files `moodring train` and `moodring evaluate` write, read by the bot's side of the contract."""
     status = RetrainStatus()
     # The session's tiny model was trained with work_dir=<its parent>/run: this is its real progress.jsonl.
-    _ProgressReader(tiny_model_dir.parent / "run" / "progress.jsonl").update(status)
+    status.follow(ProgressReader(tiny_model_dir.parent / "run" / "progress.jsonl").read())
     history = ModelMetadata.load(tiny_model_dir).dev_metrics["history"]
     assert status.phase == "training" and (status.epoch, status.epochs) == (1, 1)
     assert status.total_steps > 0 and status.step == status.total_steps and status.percent == 100
@@ -308,13 +304,10 @@ def test_retrain_args_that_only_tune_training_are_accepted() -> None:
         split_retrain_args("--backbone 'unclosed")
 
 
-def test_children_run_with_passive_openmp_threads_and_leave_the_bot_a_core(tmp_path: Path) -> None:
-    retrainer = Retrainer(
-        InferenceService(backend="onnx-int8"), tmp_path / "m", tmp_path / "runs", backbone="minilm", data_dir=None
-    )
-    env = retrainer.child_environment(cores=2)
+def test_children_run_with_passive_openmp_threads_and_leave_the_bot_a_core() -> None:
+    env = child_environment(cores=2)
     assert env["OMP_WAIT_POLICY"] == "PASSIVE"  # OpenMP threads sleep instead of spinning against the bot's
     assert env["MOODRING_THREADS"] == env["OMP_NUM_THREADS"] == "1"
-    assert retrainer.child_environment(cores=8)["MOODRING_THREADS"] == "7"
-    assert retrainer.child_environment(cores=1)["MOODRING_THREADS"] == "1"
+    assert child_environment(cores=8)["MOODRING_THREADS"] == "7"
+    assert child_environment(cores=1)["MOODRING_THREADS"] == "1"
     assert env["DISCORD_TOKEN"] == ""

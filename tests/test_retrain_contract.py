@@ -1,9 +1,10 @@
 """The files that cross the process boundary between `moodring train`/`evaluate` and the bot's retrainer.
 
-`bot/learning/retrain.py` never imports the training code's writers: it reads `progress.jsonl` (written by
-`training.callbacks.ProgressLog` during a real Tez run) and `eval-dev.json` (written by `moodring evaluate`).
-These tests feed the real files of a real tiny training and a real `moodring evaluate` child through the
-retrainer's readers and its gate, so a renamed key fails here instead of in a slow retrain test or in Discord.
+Both sides import model/training_contract.py, and the bot never imports the training code: the retrainer reads
+`progress.jsonl` (written through the contract's `ProgressWriter` by `training.callbacks.ProgressLog` during a
+real Tez run) and `eval-dev.json` (written by `moodring evaluate`). These tests feed the real files of a real
+tiny training and a real `moodring evaluate` child through the contract's readers into the retrainer's status and
+its gate, so a renamed file or key fails here instead of in a slow retrain test or in Discord.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bot.learning.retrain import RetrainStatus, _ProgressReader, _read_scores, reusable_dev_f1, should_swap
+from bot.learning.retrain import RetrainStatus, should_swap
+from model.training_contract import ProgressReader, read_dev_scores, reusable_dev_f1
 
 
 def test_the_progress_reader_understands_a_real_training_log(tiny_model_dir: Path) -> None:
@@ -22,7 +24,7 @@ def test_the_progress_reader_understands_a_real_training_log(tiny_model_dir: Pat
     history = json.loads((tiny_model_dir / "moodring.json").read_text())["dev_metrics"]["history"]
     status = RetrainStatus()
 
-    _ProgressReader(progress).update(status)
+    status.follow(ProgressReader(progress).read())
 
     assert status.phase == "training"
     assert (status.epoch, status.epochs) == (1, 1)
@@ -64,7 +66,7 @@ def test_the_gate_reads_what_a_real_evaluate_child_writes(
 
     report = evaluate_child(model, goemotions_dir, "--extra-data", str(extra))
 
-    macro_f1, community_micro_f1 = _read_scores(model / "eval-dev.json")
+    macro_f1, community_micro_f1 = read_dev_scores(model / "eval-dev.json")
     assert macro_f1 == report["macro_f1"] and 0.0 <= macro_f1 <= 1.0
     assert community_micro_f1 == report["community_dev"]["micro_f1"] and report["community_dev"]["rows"] == 3
     # The gate takes exactly these numbers; a model scored against itself is never worse.

@@ -11,10 +11,12 @@ from pathlib import Path
 from test_retrain import TINY_ARGS, make_retrainer, serving  # noqa: F401 (`serving` is a fixture)
 
 from bot.learning.community_data import export_store
-from bot.learning.retrain import RetrainStatus, _ProgressReader, format_status, should_swap
+from bot.learning.progress_text import format_status
+from bot.learning.retrain import RetrainStatus, should_swap
 from bot.store import Correction, Store, open_store
 from bot.text import prepare_text
 from model import EmotionClassifier
+from model.training_contract import ProgressReader
 
 GATE = {"tolerance": 0.005, "min_community_rows": 50}
 
@@ -43,7 +45,7 @@ def test_the_progress_message_shows_both_numbers_for_both_models(tmp_path: Path)
         '{"event": "dev", "epoch": 2, "macro_f1": 0.42, "community_dev_rows": 60, "community_dev_micro_f1": 0.35}\n'
     )
     status = RetrainStatus(community_rows=60)
-    _ProgressReader(progress).update(status)
+    status.follow(ProgressReader(progress).read())
     assert status.dev_f1 == [0.41, 0.42] and status.community_f1 == [0.25, 0.35]
     assert "Community dev micro-F1 by epoch (60 rows): 0.250, 0.350" in format_status(status)
 

@@ -20,8 +20,8 @@ from process_guard import process_alive, wait_until_gone
 
 from bot.config import BotConfig, ConfigError
 from bot.store import open_store
+from moodring.sandbox_command import furnish
 from sandbox import DiscordStandIn, state
-from sandbox.cli import furnish
 
 #: What README promises: SIGTERM to `moodring run` ends it within this many seconds, statistics flushed.
 STOP_WITHIN_S = 10.0

@@ -15,8 +15,8 @@ from playwright.async_api import Page, async_playwright, expect
 from test_bot_emotions import reacting_text
 
 from model import EmotionClassifier
+from moodring.sandbox_command import furnish
 from sandbox import DiscordStandIn
-from sandbox.cli import furnish
 
 CHROMIUM = os.environ.get("MOODRING_CHROMIUM", "/usr/bin/chromium")
 #: The bot answers within a second or two; a loaded 2-core machine gets more.

@@ -8,7 +8,6 @@ on a patience. `ProgressLog` writes machine-readable progress for the bot's retr
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -23,6 +22,7 @@ from tez.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from model.storage import replace_directory, staging_directory
+from model.training_contract import ProgressWriter
 from training.metrics import PAPER_THRESHOLD, community_summary, cross_fit_macro_f1, f1_scores, tune_thresholds
 
 log = logging.getLogger(__name__)
@@ -175,20 +175,16 @@ class DevEvaluation(Callback):
 
 
 class ProgressLog(Callback):
-    """Append JSON lines (`step` at most every `interval` seconds, `dev` after each epoch) to a file."""
+    """The training's progress for the bot's retrainer, through model/training_contract.py's `ProgressWriter`: a
+    `step` event at most every `interval` seconds (and at the last step), `dev` after each epoch (the method is
+    `DevEvaluation`'s `on_evaluated`) and `done` after the export."""
 
     def __init__(self, path: Path, num_epochs: int, interval: float = 2.0) -> None:
-        self.path = Path(path)
+        self.writer = ProgressWriter(path)
         self.num_epochs = num_epochs
         self.interval = interval
         self.started = time.monotonic()
         self.last_write = 0.0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("", encoding="utf-8")
-
-    def write(self, event: str, **fields) -> None:
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"event": event, "time": time.time(), **fields}) + "\n")
 
     def on_train_step_end(self, tez_trainer, **kwargs) -> None:
         now = time.monotonic()
@@ -199,8 +195,7 @@ class ProgressLog(Callback):
         elapsed = now - self.started
         eta = elapsed / step * (total - step) if step else None
         loss = tez_trainer.metrics["train"].get("loss")
-        self.write(
-            "step",
+        self.writer.step(
             epoch=tez_trainer.current_epoch + 1,
             epochs=self.num_epochs,
             step=step,
@@ -211,4 +206,7 @@ class ProgressLog(Callback):
         )
 
     def dev(self, epoch: int, summary: dict) -> None:
-        self.write("dev", epoch=epoch, **summary)
+        self.writer.dev(epoch, summary)
+
+    def done(self, out: Path, dev_macro_f1: float) -> None:
+        self.writer.done(out, dev_macro_f1)

@@ -10,7 +10,6 @@ read from the Hugging Face hub, with the Ekman and sentiment mappings from the p
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -23,6 +22,8 @@ from pathlib import Path
 import datasets
 import torch
 from torch.utils.data import Sampler
+
+from model.training_contract import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _load_from_directory(directory: Path, splits: Sequence[str]) -> GoEmotions:
     mappings = {name: _read_mapping(directory / file, labels) for name, file in MAPPING_FILES.items()}
     loaded = {split: _read_split(directory / f"{split}.tsv", len(labels)) for split in splits}
     files = ["emotions.txt", *MAPPING_FILES.values(), *(f"{split}.tsv" for split in splits)]
-    checksums = {name: _sha256(directory / name) for name in files}
+    checksums = {name: file_sha256(directory / name) for name in files}
     for split, rows in loaded.items():
         log.info("%s: %d rows from %s", split, len(rows), directory / f"{split}.tsv")
     return GoEmotions(
@@ -165,7 +166,7 @@ def load_extra_data(directory: str | Path, labels: Sequence[str]) -> ExtraData:
         rows = _read_split(directory / f"{split}.tsv", len(names), allow_empty=True)
         splits[split] = datasets.Dataset.from_list(rows) if rows else None
         log.info("extra %s: %d rows from %s", split, len(rows), directory / f"{split}.tsv")
-    checksums = {f"extra/{name}": _sha256(directory / name) for name in ("emotions.txt", "train.tsv", "dev.tsv")}
+    checksums = {f"extra/{name}": file_sha256(directory / name) for name in ("emotions.txt", "train.tsv", "dev.tsv")}
     return ExtraData(splits["train"], splits["dev"], str(directory.resolve()), checksums)
 
 
@@ -202,10 +203,6 @@ def _parse_labels(field_text: str, num_labels: int, where: str) -> list[int]:
         if not 0 <= label_id < num_labels:
             raise DataError(f"{where}: label id {label_id} outside 0..{num_labels - 1}")
     return sorted(set(ids))
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _load_from_hub(splits: Sequence[str]) -> GoEmotions:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from model.classifier import EmotionClassifier, ModelError, default_model_dir
-from model.storage import model_checksums
+from model.training_contract import model_checksums, report_chart_path, write_report
 from training.data import load_extra_data, load_goemotions, resolve_data_dir
 from training.metrics import PAPER_THRESHOLD, classification_report, community_summary, group_matrix
 
@@ -30,8 +29,9 @@ def evaluate(
     the backend's scores differ), so a test report never uses the test split for any decision. The
     report names the backend that served, and records what it was computed from (`data_dir`, and
     `checksums` of the model's files and of the data files), so that a reader can tell whether it still
-    holds (bot/learning/retrain.py reuses a dev report only then). With `extra_data` (community corrections) the report
-    also has `community_dev`: rows and micro/macro-F1 on its dev split with the same thresholds.
+    holds (the retrainer reuses a dev report only then: model/training_contract.py). With `extra_data` (community
+    corrections) the report also has `community_dev`: rows and micro/macro-F1 on its dev split with the same
+    thresholds.
     """
     directory = Path(model_dir) if model_dir else default_model_dir()
     classifier = EmotionClassifier.load(directory, backend=backend, threads=threads)
@@ -85,9 +85,8 @@ def evaluate(
         report["community_dev"] = _community_dev(classifier, extra.dev)
         report["checksums"]["data"].update(extra.checksums)
 
-    json_path = directory / f"eval-{split}.json"
-    json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    chart_path = directory / f"eval-{split}.png"
+    json_path = write_report(report, directory, split)
+    chart_path = report_chart_path(directory, split)
     write_f1_chart(per_label["per_label"], chart_path, title=f"Per-label F1 on {split} ({len(rows)} rows)")
     report["files"] = {"json": str(json_path), "chart": str(chart_path)}
     log.info("wrote %s and %s", json_path, chart_path)

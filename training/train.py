@@ -25,6 +25,7 @@ from model.classifier import default_model_dir
 from model.metadata import ModelMetadata
 from model.network import SqueezeBertForEmotions
 from model.threads import apply_torch_threads, available_cores, resolve_threads
+from model.training_contract import checkpoint_dir, progress_path
 from training.backbones import load_backbone
 from training.callbacks import DevEvaluation, EveryProcessTez, ProgressLog, read_checkpoint
 from training.config import TrainArgs
@@ -77,7 +78,7 @@ def train(args: TrainArgs) -> Path:
     """
     out = Path(args.out) if args.out else default_model_dir()
     work_dir = Path(args.work_dir) if args.work_dir else Path("runs") / out.name
-    checkpoint_dir = work_dir / "best"
+    best_dir = checkpoint_dir(work_dir)
     commit = git_commit()  # of the code that trains, before anything can change under us
     # One process, or the group `accelerate launch` started. Without a GPU its processes meet over gloo on the CPU.
     processes = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
@@ -136,10 +137,10 @@ def train(args: TrainArgs) -> Path:
         num_train_steps=num_train_steps,
         loss=args.loss,
     )
-    progress = ProgressLog(work_dir / "progress.jsonl", num_epochs=args.epochs) if main else None
+    progress = ProgressLog(progress_path(work_dir), num_epochs=args.epochs) if main else None
     dev_evaluation = DevEvaluation(
         dev_loader,
-        checkpoint_dir,
+        best_dir,
         patience=args.patience,
         on_evaluated=progress.dev if progress else None,
         community_loader=community_loader,
@@ -174,8 +175,8 @@ def train(args: TrainArgs) -> Path:
         raise TrainingError("no epoch finished, so there is no checkpoint to export")
 
     # The weights and the dev predictions they make come from one checkpoint, so the thresholds match the weights.
-    network = SqueezeBertForEmotions.from_pretrained(checkpoint_dir)
-    scores, truth, best_epoch = read_checkpoint(checkpoint_dir)
+    network = SqueezeBertForEmotions.from_pretrained(best_dir)
+    scores, truth, best_epoch = read_checkpoint(best_dir)
     thresholds = tune_thresholds(truth, scores)
     global_threshold = tune_global_threshold(truth, scores)
     report = classification_report(truth, scores >= thresholds, data.labels)
@@ -213,7 +214,7 @@ def train(args: TrainArgs) -> Path:
         created_at=now_iso(),
     )
     export_model(network, tokenizer, metadata, out, onnx=args.onnx, dev=DevSet(list(dev_split["text"]), truth))
-    progress.write("done", out=str(out), dev_macro_f1=report["macro_f1"])
+    progress.done(out, report["macro_f1"])
     log.info("exported %s", out)
     processes.wait_for_everyone()
     return out

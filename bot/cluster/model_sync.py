@@ -36,7 +36,7 @@ from bot.inference import InferenceService
 from bot.store import redact_url
 from model import EmotionClassifier
 from model.metadata import METADATA_FILE
-from model.storage import model_checksums
+from model.training_contract import model_checksums
 
 __all__ = ["CHANNEL", "ModelSync", "announcement", "read_checksums"]
 

@@ -8,10 +8,10 @@ first may train a first model (MOODRING_TRAIN_ON_START), so that N processes don
 A child that exits without being asked to is restarted with back-off (bot/backoff.py: 1, 2, 4 ... `restart_cap`
 times `restart_base_s`; back to 1 once it has stayed up `stable_after_s`). A child that exits with status 2 (a
 setting to fix) is not restarted: it would fail the same way, so the cluster stops with status 2. On SIGTERM or
-SIGINT every child gets SIGTERM, SIGKILL if it has not exited within `stop_timeout_s`, and is waited for; then each
-child's process group is checked to be empty (a child's own children included). Children run in sessions of
-their own, so Ctrl-C reaches only the supervisor, which stops them once; and they watch the supervisor
-(model/parent_watch.py), so they stop by themselves if it dies without warning.
+SIGINT every child's process group gets SIGTERM, SIGKILL if the child has not exited within `stop_timeout_s`, and
+is waited for until it is empty (a child's own children included). Children are started and stopped the one way
+moodring runs children (model/child_process.py): in sessions of their own, so Ctrl-C reaches only the supervisor,
+which stops them once; and watching the supervisor, so they stop by themselves if it dies without warning.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,11 +30,10 @@ from dataclasses import dataclass
 from bot.backoff import Backoff
 from bot.cli import EXIT_UNREACHABLE, add_shard_count_option, positive_whole_number
 from bot.cluster.sharding import ShardSpecError, check_cluster_database, format_shard_ids, split_shards
+from model.child_process import Lifeline, start_child, stop_child
 
 log = logging.getLogger(__name__)
 
-#: model/parent_watch.py's variable (named here so that the supervisor need not import the model package).
-PARENT_FD_ENV = "MOODRING_PARENT_FD"
 #: Exit status of a child (and of the cluster) for a setting to fix: restarting cannot help.
 EXIT_CONFIG = 2
 DISCORD_API = "https://discord.com/api/v10"
@@ -111,8 +109,8 @@ class Supervisor:
 
         Returns 0; `EXIT_CONFIG` when a child exited with it, 1 when a child could not be started at all.
         """
-        lifeline_read, lifeline = os.pipe()  # the children's parent_watch pipe: closes when we end, however
-        keepers = [asyncio.create_task(self._keep_running(m, lifeline_read)) for m in self.members]
+        lifeline = Lifeline()  # the children watch it: it closes when we end, however we end
+        keepers = [asyncio.create_task(self._keep_running(m, lifeline)) for m in self.members]
         stopped = asyncio.create_task(stop.wait())
         try:
             await asyncio.wait({stopped, *keepers}, return_when=asyncio.FIRST_COMPLETED)
@@ -125,20 +123,18 @@ class Supervisor:
             try:
                 await self.stop_all()
             finally:
-                os.close(lifeline_read)
-                os.close(lifeline)
+                lifeline.close()
         return self._fatal or 0
 
-    async def _keep_running(self, member: ClusterMember, lifeline_read: int) -> None:
+    async def _keep_running(self, member: ClusterMember, lifeline: Lifeline) -> None:
         what = member.describe(self.shard_count)
         backoff = Backoff(what, log, cap=self.restart_cap, expected=(ChildExited,))
         while not self._stopping.is_set():
             try:
-                child = await asyncio.create_subprocess_exec(
-                    *self.command(member, self.shard_count),
-                    env={**child_environment(self.env, member, self.shard_count), PARENT_FD_ENV: str(lifeline_read)},
-                    pass_fds=(lifeline_read,),
-                    start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops the children, once
+                child = await start_child(
+                    self.command(member, self.shard_count),
+                    lifeline=lifeline,
+                    env=child_environment(self.env, member, self.shard_count),
                 )
             except OSError as error:  # the command itself cannot run: restarting cannot help
                 log.error("cannot start %s: %s; stopping the cluster", what, error)
@@ -153,7 +149,7 @@ class Supervisor:
             status = await exited
             if self._stopping.is_set():
                 return
-            await self._kill_group(child.pid)  # what the child started and left behind
+            await self._stop(child)  # it has exited: what it started and left behind
             if status == EXIT_CONFIG:
                 log.error("%s exited with status %d (a setting to fix): stopping the cluster", what, status)
                 self._fatal = EXIT_CONFIG
@@ -165,50 +161,16 @@ class Supervisor:
                 await asyncio.wait_for(self._stopping.wait(), wait)
 
     async def stop_all(self) -> None:
-        """SIGTERM every child, SIGKILL those still there after `stop_timeout_s`; wait for all; empty their
-        process groups."""
-        children = [c for c in self.processes.values() if c.returncode is None]
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                child.send_signal(signal.SIGTERM)
-        if children:
-            waits = [asyncio.create_task(c.wait()) for c in children]
-            _, pending = await asyncio.wait(waits, timeout=self.stop_timeout_s)
-            if pending:
-                for child in children:
-                    if child.returncode is None:
-                        log.warning("pid %d did not stop within %.0f s: killing it", child.pid, self.stop_timeout_s)
-                        with contextlib.suppress(ProcessLookupError):
-                            child.kill()
-                await asyncio.wait(pending)
-        for child in self.processes.values():
-            await self._kill_group(child.pid)
+        """Stop every child at once: SIGTERM to its process group, SIGKILL if it is still there after
+        `stop_timeout_s`; returns once every child has exited and every group is empty."""
+        await asyncio.gather(*(self._stop(child) for child in self.processes.values()))
         log.info("all %d processes stopped", len(self.processes))
 
-    async def _kill_group(self, pgid: int) -> None:
-        """Kill whatever is left in a child's process group (it was the group's leader), and wait until it is empty."""
-        if not _group_alive(pgid):
-            return
-        self.left_behind.append(pgid)
-        log.warning("process group %d outlived its leader: killing it", pgid)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while _group_alive(pgid):
-            if time.monotonic() > deadline:
-                log.error("process group %d is still there 5 s after SIGKILL (a process stuck in the kernel?)", pgid)
-                return
-            await asyncio.sleep(0.05)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # the group id was reused by someone else's processes: not ours
-        return False
-    return True
+    async def _stop(self, child: asyncio.subprocess.Process) -> None:
+        """Stop a child, or only empty the group of one that has exited; a group that outlived its child is
+        counted in `left_behind`."""
+        if await stop_child(child, self.stop_timeout_s):
+            self.left_behind.append(child.pid)
 
 
 # --------------------------------------------------------------------------------------------- the command

@@ -15,7 +15,8 @@ from discord.ext import commands
 
 from bot.app import MoodringBot
 from bot.learning.corrections import corrections_report
-from bot.learning.retrain import RetrainStatus, format_status
+from bot.learning.progress_text import format_status
+from bot.learning.retrain import RetrainStatus
 from bot.privacy import privacy_statement
 from bot.render import model_description
 from bot.store import ChannelSettings, Schedule

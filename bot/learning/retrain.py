@@ -1,10 +1,11 @@
-"""Retraining from Discord, without ever training in the bot's process.
+"""Retraining from Discord, without ever training in the bot's process: the orchestration and the swap gate.
 
-`moodring train` runs as a child process writing a candidate model; its `progress.jsonl` is read
-for progress. When it finishes, `moodring evaluate --split dev --json` scores the candidate and the
-serving model the same way, and the candidate replaces the serving model only if it passes the gate
-(`should_swap`): at least as good on GoEmotions dev within a tolerance and, once there are enough members'
-corrections to tell, at least as good on "community dev". Whatever goes wrong, the serving model keeps serving.
+`moodring train` runs as a child process writing a candidate model; its progress file is read for progress.
+When it finishes, `moodring evaluate --split dev --json` scores the candidate and the serving model the same
+way (the files both children write, and how they are read: model/training_contract.py), and the candidate
+replaces the serving model only if it passes the gate (`should_swap`): at least as good on GoEmotions dev within
+a tolerance and, once there are enough members' corrections to tell, at least as good on "community dev".
+Whatever goes wrong, the serving model keeps serving.
 
 Before training, the corrections of the servers that collect them are exported from the bot's own database
 (`export_corrections`) and passed as `--extra-data`; the export is deleted when the run ends, since message text
@@ -12,40 +13,40 @@ is kept only in the database.
 
 Children never outlive the run: a cancel or the bot's shutdown stops the child (SIGTERM to its process
 group, SIGKILL after a grace period), and a child whose bot dies without warning stops by itself
-(model/parent_watch.py). Once the swap has begun it is finished, so that memory and disk agree; file
-work runs off the event loop. What is posted to Discord is a short reason; the rest goes to the log.
+(bot/learning/training_child.py). Once the swap has begun it is finished, so that memory and disk agree; file
+work runs off the event loop. What is posted to Discord is a short reason (the message itself:
+bot/learning/progress_text.py); the rest goes to the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import shutil
-import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from bot.config import split_retrain_args
 from bot.inference import InferenceService
 from bot.learning.community_data import ExportSummary
+from bot.learning.training_child import TrainingChild, child_threads, failure_reason, finish_despite_cancel
 from model.metadata import METADATA_FILE
-from model.parent_watch import PARENT_FD_ENV
-from model.storage import file_sha256, model_checksums, replace_directory
-from model.threads import THREADS_ENV, available_cores
+from model.storage import replace_directory
+from model.training_contract import (
+    ProgressReader,
+    TrainingProgress,
+    checkpoint_dir,
+    progress_path,
+    read_dev_scores,
+    report_path,
+    reusable_dev_f1,
+)
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-#: The report `moodring evaluate --split dev` writes into the model directory it scores.
-DEV_REPORT = "eval-dev.json"
 #: Community-dev rows needed before the gate compares models on them (fewer say little): BotConfig's default.
 DEFAULT_COMMUNITY_MIN_ROWS = 50
 
@@ -91,6 +92,16 @@ class RetrainStatus:
     def finished(self) -> bool:
         return self.outcome is not None
 
+    def follow(self, progress: TrainingProgress) -> None:
+        """Show the training child's progress so far; a run still starting is training once a step is reported."""
+        if progress.training:
+            if self.phase == "starting":
+                self.phase = "training"
+            self.epoch, self.epochs = progress.epoch, progress.epochs
+            self.step, self.total_steps, self.eta_s = progress.step, progress.total_steps, progress.eta_s
+        self.dev_f1 = list(progress.dev_f1)
+        self.community_f1 = list(progress.community_f1)
+
 
 ProgressCallback = Callable[[RetrainStatus], Awaitable[None]]
 
@@ -122,13 +133,12 @@ class Retrainer:
         self.extra_args = split_retrain_args(extra_args)
         self.tolerance = tolerance
         self.progress_interval = progress_interval
-        self.stop_grace_s = stop_grace_s
         self.export_corrections = export_corrections
         self.community_min_rows = community_min_rows
         self.after_swap = after_swap
         self.status: RetrainStatus | None = None
         self._task: asyncio.Task | None = None
-        self._process: asyncio.subprocess.Process | None = None
+        self._child = TrainingChild(stop_grace_s)
         self._cancel_reason: str | None = None
 
     @property
@@ -138,7 +148,7 @@ class Retrainer:
     @property
     def child_pid(self) -> int | None:
         """The pid of the child process running now (training or evaluating), if any."""
-        return self._process.pid if self._process is not None else None
+        return self._child.pid
 
     def start(self, on_progress: ProgressCallback | None = None) -> bool:
         if self.running:
@@ -169,15 +179,15 @@ class Retrainer:
     async def _run(self, status: RetrainStatus, on_progress: ProgressCallback | None) -> RetrainStatus:
         run_dir = self.work_root / time.strftime("retrain-%Y%m%d-%H%M%S")
         candidate = run_dir / "model"
-        progress = _ProgressReader(run_dir / "work" / "progress.jsonl")
+        progress = ProgressReader(progress_path(self._work_dir(run_dir)))
         finished = asyncio.Event()
         reporter = asyncio.create_task(self._report(status, progress, on_progress, finished))
         try:
-            await self.inference.reserve_cores(self.child_threads())
+            await self.inference.reserve_cores(child_threads())
             await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
             extra = await self._export(run_dir / "corrections", status)
             await self._train(candidate, run_dir, extra)
-            await asyncio.to_thread(progress.update, status)
+            status.follow(await asyncio.to_thread(progress.read))
             status.phase = "evaluating"  # the reporter task shows it
             status.candidate_f1, status.candidate_community_f1 = await self._dev_scores(
                 candidate, run_dir / "eval-candidate.log", extra
@@ -195,7 +205,7 @@ class Retrainer:
                 community_rows=status.community_rows,
                 min_community_rows=self.community_min_rows,
             ):
-                _, stopped_meanwhile = await _finish_despite_cancel(self._swap_in(candidate))
+                _, stopped_meanwhile = await finish_despite_cancel(self._swap_in(candidate))
                 status.outcome = "swapped"
                 if stopped_meanwhile:
                     status.detail = f"The stop ({self._stop_reason}) came during the swap, so the swap was finished."
@@ -210,12 +220,17 @@ class Retrainer:
             status.outcome, status.detail = "failed", "An unexpected error; the details are in the bot's log."
         finally:
             # A second cancel (an impatient shutdown) must not leave a half-deleted run or a silent message.
-            await _finish_despite_cancel(self._finish(status, on_progress, reporter, finished, run_dir, candidate))
+            await finish_despite_cancel(self._finish(status, on_progress, reporter, finished, run_dir, candidate))
         return status
 
     @property
     def _stop_reason(self) -> str:
         return self._cancel_reason or "the bot is shutting down"
+
+    @staticmethod
+    def _work_dir(run_dir: Path) -> Path:
+        """`moodring train`'s work directory in a run: its progress file and its checkpoint."""
+        return run_dir / "work"
 
     async def _finish(
         self,
@@ -231,71 +246,10 @@ class Retrainer:
         status.phase = status.outcome or "cancelled"
         # Keep the logs for whoever investigates; the checkpoint and the candidate are large, and the corrections'
         # text is kept in the database only.
-        for heavy in (candidate, run_dir / "work" / "best", run_dir / "corrections"):
+        for heavy in (candidate, checkpoint_dir(self._work_dir(run_dir)), run_dir / "corrections"):
             await asyncio.to_thread(shutil.rmtree, heavy, ignore_errors=True)
         await self.inference.reserve_cores(0)
         await self._notify(status, on_progress)
-
-    @staticmethod
-    def child_threads(cores: int | None = None) -> int:
-        """Threads for a training or scoring child: all usable cores but one, which stays the bot's."""
-        return max(1, (cores or available_cores()) - 1)
-
-    def child_environment(self, cores: int | None = None) -> dict[str, str]:
-        """The environment of a child: the bot's, less its secret, with the child's thread counts.
-
-        OMP_WAIT_POLICY=PASSIVE: OpenMP threads that spin-wait for work take the cores the bot answers on
-        (on two shared cores that made inference 40x slower).
-        """
-        threads = str(self.child_threads(cores))
-        # The child never needs the bot's secret; an empty value also stops it re-reading one from .env.
-        return {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "DISCORD_TOKEN": "",
-            "OMP_WAIT_POLICY": "PASSIVE",
-            THREADS_ENV: threads,
-            "OMP_NUM_THREADS": threads,
-        }
-
-    def _command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "moodring", *args]
-
-    async def _spawn(self, command: list[str], log_path: Path) -> int:
-        """Run a child process with its output in `log_path`; returns its exit code.
-
-        Cancelled, it stops the child before returning. The child gets the read end of a pipe whose write
-        end this process holds until the child has exited: if the bot dies first, the child sees the pipe
-        close and stops itself (model/parent_watch.py).
-        """
-        lifeline_child_end, lifeline = os.pipe()
-        env = {**self.child_environment(), PARENT_FD_ENV: str(lifeline_child_end)}
-        try:
-            output = await asyncio.to_thread(log_path.open, "wb")
-            with output:
-                process = await asyncio.create_subprocess_exec(
-                    *command,
-                    stdout=output,
-                    stderr=asyncio.subprocess.STDOUT,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    env=env,
-                    pass_fds=(lifeline_child_end,),
-                    start_new_session=True,  # a Ctrl-C meant for the bot reaches it, which then stops the child
-                )
-        except BaseException:
-            os.close(lifeline)
-            raise
-        finally:
-            os.close(lifeline_child_end)
-        self._process = process
-        try:
-            return await process.wait()
-        except asyncio.CancelledError:
-            await _finish_despite_cancel(stop_process_group(process, self.stop_grace_s))
-            raise
-        finally:
-            self._process = None
-            os.close(lifeline)
 
     async def _export(self, directory: Path, status: RetrainStatus) -> Path | None:
         """The members' corrections as `--extra-data`, or None without any; a failed export is a failed run."""
@@ -319,15 +273,16 @@ class Retrainer:
         return directory
 
     async def _train(self, candidate: Path, run_dir: Path, extra: Path | None = None) -> None:
-        args = ["train", "--backbone", self.backbone, "--out", str(candidate), "--work-dir", str(run_dir / "work")]
+        work_dir = self._work_dir(run_dir)
+        args = ["train", "--backbone", self.backbone, "--out", str(candidate), "--work-dir", str(work_dir)]
         if self.data_dir:
             args += ["--data-dir", self.data_dir]
         if extra is not None:
             args += ["--extra-data", str(extra)]
         log_path = run_dir / "train.log"
-        code = await self._spawn(self._command(*args, *self.extra_args), log_path)
+        code = await self._child.run([*args, *self.extra_args], log_path)
         if code != 0:
-            raise await _child_failed("training", code, log_path)
+            raise RetrainFailed(await failure_reason("training", code, log_path))
         if not await asyncio.to_thread((candidate / METADATA_FILE).is_file):
             raise RetrainFailed("Training finished without exporting a model.")
 
@@ -338,23 +293,23 @@ class Retrainer:
         Without `extra`, the report already there is reused if it was computed from exactly the files now in the
         model directory and the data directory (`reusable_dev_f1`); otherwise the model is scored again.
         """
-        report = model_dir / DEV_REPORT
+        report = report_path(model_dir, "dev")
         served = self.inference.classifier
         backend = served.backend if served is not None and model_dir == self.model_dir else self.inference.backend
         reused = None if extra is not None else await asyncio.to_thread(reusable_dev_f1, report, self.data_dir, backend)
         if reused is not None:
-            log.info("reusing the dev score of %s from its %s", model_dir, DEV_REPORT)
+            log.info("reusing the dev score of %s from its %s", model_dir, report.name)
             return reused, None
         args = ["evaluate", "--model", str(model_dir), "--split", "dev", "--backend", self.inference.backend]
         if self.data_dir:
             args += ["--data-dir", self.data_dir]
         if extra is not None:
             args += ["--extra-data", str(extra)]
-        code = await self._spawn(self._command(*args), log_path)
+        code = await self._child.run(args, log_path)
         if code != 0:
             which = "the current model" if model_dir == self.model_dir else "the new model"
-            raise await _child_failed(f"scoring {which} on dev", code, log_path)
-        return await asyncio.to_thread(_read_scores, report)
+            raise RetrainFailed(await failure_reason(f"scoring {which} on dev", code, log_path))
+        return await asyncio.to_thread(read_dev_scores, report)
 
     async def _swap_in(self, candidate: Path) -> None:
         """Load the candidate fully, put it where the serving model lives on disk, serve it, then `after_swap`."""
@@ -369,14 +324,14 @@ class Retrainer:
     async def _report(
         self,
         status: RetrainStatus,
-        progress: _ProgressReader,
+        progress: ProgressReader,
         on_progress: ProgressCallback | None,
         finished: asyncio.Event,
     ) -> None:
         """Show progress every `progress_interval` until `finished`; never interrupted mid-message."""
         while not finished.is_set():
             if status.phase in ("starting", "training"):
-                await asyncio.to_thread(progress.update, status)
+                status.follow(await asyncio.to_thread(progress.read))
             await self._notify(status, on_progress)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), self.progress_interval)
@@ -389,132 +344,6 @@ class Retrainer:
             await on_progress(status)
         except Exception as error:
             log.warning("could not report retrain progress: %s", error)
-
-
-async def stop_process_group(process: asyncio.subprocess.Process, grace_s: float) -> None:
-    """Stop a child that leads its own process group (`start_new_session`), and whatever it started.
-
-    SIGTERM to the group; if the child is still there after `grace_s`, SIGKILL. Then SIGKILL for any
-    of its own children that ignored the SIGTERM. Returns once the child has exited.
-    """
-    if process.returncode is None:
-        _signal_group(process.pid, signal.SIGTERM)
-        try:
-            await asyncio.wait_for(process.wait(), grace_s)
-        except TimeoutError:
-            log.warning("child %d ignored SIGTERM for %.0f s: killing it", process.pid, grace_s)
-            _signal_group(process.pid, signal.SIGKILL)
-            await process.wait()
-    _signal_group(process.pid, signal.SIGKILL)
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
-
-
-async def _finish_despite_cancel(step: Awaitable[T]) -> tuple[T, bool]:
-    """Run `step` to its end even if the caller is cancelled meanwhile (once or more).
-
-    Returns its result and whether a cancel arrived; the cancel is then absorbed: the caller decides
-    what it means. For steps that must not stop half-way: stopping a child, the swap, the clean-up.
-    """
-    task = asyncio.ensure_future(step)
-    cancelled = False
-    while True:
-        try:
-            return await asyncio.shield(task), cancelled
-        except asyncio.CancelledError:
-            if task.done():  # the step itself was cancelled (the event loop is closing)
-                raise
-            cancelled = True
-
-
-async def _child_failed(what: str, code: int, log_path: Path) -> RetrainFailed:
-    """Log a failed child's last output line (paths, tracebacks: for the host only); a short reason for Discord."""
-    how = _exit_description(code)
-    last_line = await asyncio.to_thread(_last_line, log_path)
-    log.warning("%s %s; its last output: %s (full output in %s)", what, how, last_line, log_path)
-    return RetrainFailed(f"{what.capitalize()} {how}; the details are in the bot's log.")
-
-
-def _exit_description(code: int) -> str:
-    if code >= 0:
-        return f"exited with code {code}"
-    try:
-        return f"was stopped by {signal.Signals(-code).name}"
-    except ValueError:
-        return f"was stopped by signal {-code}"
-
-
-def reusable_dev_f1(report_path: Path, data_dir: str | None, backend: str | None = None) -> float | None:
-    """The macro-F1 in a dev report, if it was computed from exactly the files now in use; else None.
-
-    The report (written by `moodring evaluate`, training/evaluate.py) records the data directory and
-    checksums of the model's files and of the data files it read. It is trusted only if that is still
-    `data_dir` and every checksum still matches. Never for data from the hub (`data_dir` None), which
-    has no files here to check, nor for a report of another `backend` than the one named. Blocking file
-    work: run it off the event loop.
-    """
-    if data_dir is None:
-        return None
-    report_path = Path(report_path)
-    data = Path(data_dir).expanduser().resolve()
-    try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-        recorded = report["checksums"]
-        if backend is not None and report.get("backend") != backend:
-            return None
-        if report.get("data_dir") is None or Path(report["data_dir"]).resolve() != data or not recorded["data"]:
-            return None
-        if recorded["model"] != model_checksums(report_path.parent):
-            return None
-        if any(file_sha256(data / name) != digest for name, digest in recorded["data"].items()):
-            return None
-        return float(report["macro_f1"])
-    except (OSError, ValueError, KeyError, TypeError):  # no report, an old one, or not one at all
-        return None
-
-
-def _read_scores(report_path: Path) -> tuple[float, float | None]:
-    """(GoEmotions dev macro-F1, community dev micro-F1 or None) from a dev report."""
-    report = json.loads(Path(report_path).read_text(encoding="utf-8"))
-    community = (report.get("community_dev") or {}).get("micro_f1")
-    return float(report["macro_f1"]), None if community is None else float(community)
-
-
-class _ProgressReader:
-    """Reads the lines `moodring train` appends to its progress.jsonl, from where it stopped last time."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.dev_f1: list[float] = []
-        self.community_f1: list[float] = []
-
-    def update(self, status: RetrainStatus) -> None:
-        if not self.path.is_file():
-            return
-        with self.path.open("rb") as handle:
-            handle.seek(self.offset)
-            chunk = handle.read()
-        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits for the next read
-        self.offset += len(complete)
-        for line in complete.decode("utf-8", errors="replace").splitlines():
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if event.get("event") == "step":
-                status.phase = "training"
-                status.epoch, status.epochs = event["epoch"], event["epochs"]
-                status.step, status.total_steps, status.eta_s = event["step"], event["total_steps"], event["eta_s"]
-            elif event.get("event") == "dev":
-                self.dev_f1.append(event["macro_f1"])
-                if event.get("community_dev_micro_f1") is not None:
-                    self.community_f1.append(event["community_dev_micro_f1"])
-        status.dev_f1 = list(self.dev_f1)
-        status.community_f1 = list(self.community_f1)
 
 
 def should_swap(
@@ -540,75 +369,3 @@ def should_swap(
     if community_rows < min_community_rows or candidate_community is None or current_community is None:
         return True
     return candidate_community >= current_community
-
-
-def _last_line(log_path: Path) -> str:
-    """The last non-empty line of a child's log (its error message, usually), read from the file's end."""
-    try:
-        with log_path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(handle.tell() - 4000, 0))
-            text = handle.read().decode("utf-8", errors="replace")
-    except OSError as error:
-        return f"(no output: {error})"
-    lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
-    return lines[-1][-300:] if lines else "(no output)"
-
-
-def format_status(status: RetrainStatus) -> str:
-    """One progress message, edited in place while the retrain runs."""
-    elapsed = time.time() - status.started_at
-    lines = ["**Retraining the emotion model**"]
-    if status.phase == "starting":
-        lines.append("Starting `moodring train`…")
-    elif status.phase == "training":
-        eta = f", about {_duration(status.eta_s)} left" if status.eta_s is not None else ""
-        lines.append(
-            f"Epoch {status.epoch}/{status.epochs} · step {status.step}/{status.total_steps} ({status.percent}%){eta}"
-        )
-    elif status.phase == "evaluating":
-        lines.append("Training done. Scoring the new model on the dev split…")
-    if status.dev_f1:
-        lines.append("Dev macro-F1 by epoch: " + ", ".join(f"{f:.3f}" for f in status.dev_f1))
-    if status.community_f1:
-        lines.append(
-            f"Community dev micro-F1 by epoch ({status.community_rows} rows): "
-            + ", ".join(f"{f:.3f}" for f in status.community_f1)
-        )
-    if status.outcome == "swapped":
-        before = f" (was {status.current_f1:.3f})" if status.current_f1 is not None else ""
-        served = f"✅ New model is now serving: dev macro-F1 {status.candidate_f1:.3f}{before}."
-        lines.append(f"{served} {status.detail}" if status.detail else served)
-        lines.extend(_community_line(status))
-    elif status.outcome == "kept":
-        lines.append(
-            f"↩️ Kept the current model: new dev macro-F1 {status.candidate_f1:.3f} vs current "
-            f"{status.current_f1:.3f} (a new model must be within its tolerance of the current one, and at least as "
-            "good on community dev once there are enough corrections)."
-        )
-        lines.extend(_community_line(status))
-    elif status.outcome == "failed":
-        lines.append(f"❌ Retraining failed; the current model keeps serving. {status.detail[:900]}")
-    elif status.outcome == "cancelled":
-        lines.append(f"⏹️ Retraining cancelled ({status.detail}); the current model keeps serving.")
-    if status.finished:  # while running, the message changes only when progress does
-        lines.append(f"Took {_duration(elapsed)}.")
-    return "\n".join(lines)
-
-
-def _community_line(status: RetrainStatus) -> list[str]:
-    """Both models' community-dev micro-F1, when there was community dev to score."""
-    if status.candidate_community_f1 is None:
-        return []
-    current = f"{status.current_community_f1:.3f}" if status.current_community_f1 is not None else "—"
-    return [
-        f"Community dev micro-F1 ({status.community_rows} rows): new {status.candidate_community_f1:.3f} vs current "
-        f"{current}."
-    ]
-
-
-def _duration(seconds: float | None) -> str:
-    seconds = int(seconds or 0)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"

@@ -1,11 +1,13 @@
 """`moodring sandbox`: a local Discord with a web page, and the real bot connected to it as a child `moodring run`.
 
-The bot child is started exactly as on a server, with `MOODRING_DISCORD_API` / `MOODRING_DISCORD_GATEWAY` pointing
-it here instead of at Discord, the stand-in's token and guild, and a database of its own. The world is kept in
-memory and the database in a temporary directory, both gone when the sandbox stops, unless `--state FILE` keeps
-them (sandbox/state.py). On Ctrl-C or SIGTERM the child gets SIGTERM (it flushes its statistics and stops a running
-training), SIGKILL if it has not exited within `BOT_STOP_TIMEOUT`, and is waited for. If the sandbox dies without
-warning, the child stops itself (model/parent_watch.py's lifeline), so it never outlives the sandbox.
+The local Discord is the stand-in (sandbox/, which imports nothing of moodring); this command puts the two
+together. The bot child is started exactly as on a server, with `MOODRING_DISCORD_API` / `MOODRING_DISCORD_GATEWAY`
+pointing it here instead of at Discord, the stand-in's token and guild, and a database of its own. The world is
+kept in memory and the database in a temporary directory, both gone when the sandbox stops, unless `--state FILE`
+keeps them (sandbox/state.py). The child is started and stopped as moodring runs every child
+(model/child_process.py): on Ctrl-C or SIGTERM its process group gets SIGTERM (it flushes its statistics and stops
+a running training), SIGKILL if it has not exited within `BOT_STOP_TIMEOUT`, and is waited for; if the sandbox dies
+without warning, the child stops itself (its lifeline closes), so it never outlives the sandbox.
 """
 
 from __future__ import annotations
@@ -23,17 +25,15 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import payloads as p
-from . import state
-from .server import DiscordStandIn
+from model.child_process import Lifeline, start_child, stop_child
+from sandbox import DiscordStandIn, state
+from sandbox import payloads as p
 
 DEFAULT_PORT = 8765
 #: Seconds the bot child gets to shut down cleanly after SIGTERM (it flushes statistics, stops a training child).
 BOT_STOP_TIMEOUT = 30.0
 #: Seconds to wait for the bot to connect and register its commands before seeding history.
 BOT_READY_TIMEOUT = 300.0
-#: model/parent_watch.py's variable (named here, not imported: the sandbox imports nothing of the bot or the model).
-PARENT_FD_ENV = "MOODRING_PARENT_FD"
 
 
 @dataclass(frozen=True)
@@ -129,11 +129,10 @@ def dev_texts(data_dir: str | None, count: int) -> list[str]:
         return [row[0] for row in itertools.islice(rows, count) if row and row[0].strip()]
 
 
-def bot_environment(standin: DiscordStandIn, database: Path, lifeline: int) -> dict[str, str]:
+def bot_environment(standin: DiscordStandIn, database: Path) -> dict[str, str]:
     """The environment of the bot child: this process's, pointed at the stand-in, with a database of its own."""
     return {
         **os.environ,
-        PARENT_FD_ENV: str(lifeline),
         "DISCORD_TOKEN": standin.token,
         "MOODRING_DISCORD_API": standin.api_base,
         "MOODRING_DISCORD_GATEWAY": standin.gateway_url,
@@ -169,25 +168,15 @@ async def serve(host: str, port: int, seed: list[str], state_file: Path | None =
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    # The bot's lifeline (model/parent_watch.py): it stops itself when this end closes, even if we are SIGKILLed.
-    lifeline_read, lifeline = os.pipe()
+    lifeline = Lifeline()  # the bot stops itself when this closes, even if we are SIGKILLed
     try:
         with tempfile.TemporaryDirectory(prefix="moodring-sandbox-") as scratch:
             database = Path(scratch) / "moodring.sqlite3"
             if state_file is not None:
                 database = state_file.with_name(state_file.name + ".bot.sqlite3")
-            try:
-                bot = await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "moodring",
-                    "run",
-                    env=bot_environment(standin, database, lifeline_read),
-                    pass_fds=(lifeline_read,),
-                    start_new_session=True,  # Ctrl-C reaches the sandbox only; it stops the bot, once
-                )
-            finally:
-                os.close(lifeline_read)
+            bot = await start_child(
+                [sys.executable, "-m", "moodring", "run"], lifeline=lifeline, env=bot_environment(standin, database)
+            )
             print(f"Sandbox at http://{host}:{standin.port}", flush=True)
             print(f"Bot: moodring run (pid {bot.pid}), connecting to it. Stop both with Ctrl-C.", flush=True)
             seeding = asyncio.create_task(seed_history(standin, cast, seed)) if seed else None
@@ -211,25 +200,20 @@ async def serve(host: str, port: int, seed: list[str], state_file: Path | None =
                 print(f"Sandbox saved in {state_file}.", flush=True)
             except OSError as error:
                 print(f"moodring: could not save the sandbox in {state_file}: {error}", file=sys.stderr)
-        os.close(lifeline)
+        lifeline.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await standin.stop()
 
 
 async def stop_bot(bot: asyncio.subprocess.Process) -> None:
-    """SIGTERM, then SIGKILL after `BOT_STOP_TIMEOUT`; returns once the child has exited and been reaped."""
-    if bot.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            bot.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(bot.wait(), BOT_STOP_TIMEOUT)
-        except TimeoutError:
-            print(f"moodring: the bot did not stop within {BOT_STOP_TIMEOUT:.0f} s; killing it", file=sys.stderr)
-            with contextlib.suppress(ProcessLookupError):
-                bot.kill()
-            await bot.wait()
+    """SIGTERM, then SIGKILL after `BOT_STOP_TIMEOUT`; returns once the child has exited and its group is empty."""
+    await stop_child(bot, BOT_STOP_TIMEOUT, on_kill=_say_killing)
     print(f"Bot stopped (exit status {bot.returncode}).", flush=True)
+
+
+def _say_killing() -> None:
+    print(f"moodring: the bot did not stop within {BOT_STOP_TIMEOUT:.0f} s; killing it", file=sys.stderr)
 
 
 async def seed_history(standin: DiscordStandIn, cast: Cast, texts: list[str]) -> None:
