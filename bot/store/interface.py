@@ -239,6 +239,10 @@ class Store(abc.ABC):
     """The store interface and what both engines share. Open with ``await bot.store.open_store(database)``
     (or an engine's own ``open``), close with ``await close()``.
 
+    Errors: every public method (``open`` and ``close`` too) raises only ``StoreError``s for a database that cannot
+    be used (``TransientStoreError`` for an outage, ``PermanentStoreError`` for a setting to fix or a closed store;
+    bot/store/errors.py), and ``ValueError`` for a bad argument. Each engine turns its driver's errors into them.
+
     Attributes for observability: ``pending`` (recorded, not yet committed), ``recorded_total``,
     ``flushed_total`` (committed), ``dropped`` (lost to the buffer bound), ``forgotten`` (buffered
     entries discarded by ``forget_guild`` or ``remove_guild``) and ``failed_flushes``; always

@@ -10,7 +10,7 @@ or unwritable directory, a read-only, locked or damaged file) are ``StoreError``
 
 Every ``sqlite3.Error`` leaves the store as a ``StoreError`` (bot/store/errors.py): transient for a lock held past
 ``busy_timeout`` and a full, read-only or failing disk; permanent for the rest (a damaged file, a missing table, a
-constraint). The migrations are bot/store/migrations/sqlite/*.sql; the schema version is SQLite's ``user_version``.
+constraint). The migrations are bot/store/migrations/sqlite/*.sql.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import logging
 import os
 import sqlite3
 import time
@@ -52,8 +51,6 @@ from bot.store.migrate import MigrationTarget, load_scripts, migrate
 from bot.store.schema import CORRECTION_COLUMNS, SCHEDULE_COLUMNS, STATISTICS_TABLES
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
-
-log = logging.getLogger(__name__)
 
 DEFAULT_BUSY_TIMEOUT_MS = 5_000
 
