@@ -1,5 +1,8 @@
 """The real bot on PostgreSQL through the stand-in: a message is analysed, its statistics reach the database and a
-scheduled summary counts it; and `moodring run` with credentials PostgreSQL refuses exits with one line."""
+scheduled summary counts it; and `moodring run` with credentials PostgreSQL refuses exits with one line. Outages of a
+real server that the tests stop and start: a removal from a server during one is retried and deletes every row of
+that server once PostgreSQL is back; the summary and retention loops log one line per outage; `moodring run` exits
+75 (try again later) while the server is down, and 2 for a database it must not use."""
 
 from __future__ import annotations
 
