@@ -208,12 +208,13 @@ def run_bot(args: argparse.Namespace) -> int:
 async def _serve(bot, sync_and_exit: bool = False) -> int:
     """Run `bot` (or publish its commands and exit); a fault that ends it is one line on stderr, not a traceback.
 
-    Returns 0 after a clean shutdown, 2 for a setting to fix, `EXIT_UNREACHABLE` when Discord can't be reached.
+    Returns 0 after a clean shutdown, 2 for a setting to fix, `EXIT_UNREACHABLE` when Discord or the database can't
+    be reached now (an outage: a supervisor restarts it with back-off).
     """
     import aiohttp
     import discord
 
-    from bot.store import StoreError
+    from bot.store import StoreError, TransientStoreError
 
     loop = asyncio.get_running_loop()
     closing: set[asyncio.Future] = set()  # a signal's close; `bot.start` returns before it has finished
@@ -258,7 +259,7 @@ async def _serve(bot, sync_and_exit: bool = False) -> int:
         return 2
     except StoreError as error:  # the database cannot be used: the message names it and says what to do
         print(f"moodring: {error}", file=sys.stderr)
-        return 2
+        return EXIT_UNREACHABLE if isinstance(error, TransientStoreError) else 2
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)

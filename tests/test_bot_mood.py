@@ -16,7 +16,7 @@ from test_retrain import TINY_ARGS
 
 from bot.app import MoodringBot
 from bot.cogs.mood import latest_slot, parse_period
-from bot.store import ChannelSettings, Schedule
+from bot.store import ChannelSettings, Schedule, StoreError, TransientStoreError
 from sandbox import DiscordStandIn, payloads
 
 CALLBACK = "/interactions/{interaction_id}/{interaction_token}/callback"
@@ -281,7 +281,7 @@ async def test_a_slot_whose_post_cannot_be_recorded_is_posted_once(
         blocker = sqlite3.connect(moodring_bot.config.database, isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")
     try:
-        with contextlib.suppress(sqlite3.Error):  # the tick may end in the store's error: the loop handles it
+        with contextlib.suppress(StoreError):  # the tick may end in the store's error: the loop handles it
             await mood.post_due_summaries(NOW)
     finally:
         if blocker is not None:
@@ -326,7 +326,7 @@ async def test_the_summary_loop_survives_a_store_error(
     async def fail_once(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
-            raise sqlite3.OperationalError("disk I/O error")
+            raise TransientStoreError("disk I/O error")
         return await schedules(*args, **kwargs)
 
     monkeypatch.setattr(store, "schedules", fail_once)
@@ -350,15 +350,15 @@ async def test_the_retention_loop_survives_a_failed_prune(
     async def fail_once(*args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
-            raise sqlite3.OperationalError("database or disk is full")
+            raise TransientStoreError("database or disk is full")
         return await prune(*args, **kwargs)
 
     monkeypatch.setattr(store, "prune", fail_once)
-    mood = moodring_bot.get_cog("Mood")
-    mood.retention.change_interval(seconds=0.05)
+    housekeeping = moodring_bot.get_cog("Housekeeping")
+    housekeeping.retention.change_interval(seconds=0.05)
     await wait_until(lambda: len(calls) >= 2, timeout=20, what="a prune after the failed one")
     await wait_until(lambda: len(calls) >= 3, timeout=20, what="the prune after it")  # the second one finished
-    assert (await store.mood(guild, None, 0, NOW)).messages == 0 and mood.retention.is_running()
+    assert (await store.mood(guild, None, 0, NOW)).messages == 0 and housekeeping.retention.is_running()
 
 
 # ---------------------------------------------------------------- the bot is removed from a server
@@ -405,16 +405,16 @@ async def test_a_removal_that_the_store_refused_is_retried_on_the_next_tick(
 ) -> None:
     guild, channel = discord_standin.guild_id, discord_standin.channel_id
     store = moodring_bot.store
-    mood = moodring_bot.get_cog("Mood")
+    housekeeping = moodring_bot.get_cog("Housekeeping")
     await store.set_channel_settings(guild, channel, reactions=True)
     await store.upsert_schedule(guild, channel, "daily", hour=9)
     await store._db.execute("PRAGMA query_only = ON")  # the file turned read-only
     try:
         await discord_standin.dispatch("GUILD_DELETE", {"id": str(guild)}, guild_id=guild)
-        await wait_until(lambda: guild in mood.removals_due, what="the failed removal noted")
+        await wait_until(lambda: guild in housekeeping.removals_due, what="the failed removal noted")
     finally:
         await store._db.execute("PRAGMA query_only = OFF")
     assert len(await store.schedules(guild)) == 1  # nothing was deleted yet
-    mood.summaries.change_interval(seconds=0.05)  # the next tick comes at once
-    await wait_until(lambda: not mood.removals_due, timeout=20, what="the removal retried")
+    housekeeping.removals.change_interval(seconds=0.05)  # the next tick comes at once
+    await wait_until(lambda: not housekeeping.removals_due, timeout=20, what="the removal retried")
     assert await store.schedules(guild) == [] and await store.guild_channel_settings(guild) == {}

@@ -97,5 +97,5 @@ async def test_the_daily_prune_runs_only_where_shard_zero_runs(
             return await real_prune(now)
 
         bot.store.prune = prune
-        await bot.get_cog("Mood").retention()
+        await bot.get_cog("Housekeeping").retention()
     assert len(calls) == prunes

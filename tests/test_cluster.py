@@ -20,6 +20,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from bot_fixtures import threshold_marks
+from postgres_fixtures import PostgresServer
 from process_guard import process_alive
 from test_retrain import TINY_ARGS
 
@@ -167,6 +168,57 @@ def test_children_get_their_shards_and_only_the_first_may_train_a_first_model() 
     keys = ("MOODRING_SHARD_IDS", "MOODRING_SHARD_COUNT", "MOODRING_TRAIN_ON_START", "OTHER")
     assert [first[k] for k in keys] == ["0-2", "6", "true", "kept"]
     assert [second[k] for k in keys] == ["3-5", "6", "false", "kept"]
+
+
+async def test_a_cluster_started_while_postgresql_is_down_comes_up_once_it_starts(
+    discord_standin: DiscordStandIn, postgres_server: PostgresServer, postgres_url: str, tmp_path: Path
+) -> None:
+    """`moodring cluster` whose database cannot be reached yet: its `moodring run` exits 75 (one line, no traceback)
+    and is restarted with back-off, not taken for a setting to fix; once PostgreSQL runs, the process comes up."""
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "DISCORD_TOKEN": discord_standin.token,
+        "MOODRING_DISCORD_API": discord_standin.api_base,
+        "MOODRING_DISCORD_GATEWAY": discord_standin.gateway_url,
+        "MOODRING_MODEL_DIR": str(tmp_path / "no-model"),  # no model to load: the bot answers without one
+        "MOODRING_WORK_DIR": str(tmp_path / "runs"),
+        "MOODRING_DATABASE": postgres_url,
+        "MOODRING_TRAIN_ON_START": "false",
+    }
+    log_file = tmp_path / "stderr.log"
+    postgres_server.stop()
+    try:
+        with open(log_file, "wb") as stderr:
+            cluster = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "moodring", "cluster", "--processes", "1", env=env, stderr=stderr
+            )
+    except BaseException:
+        postgres_server.start()
+        raise
+    try:
+        await until(
+            lambda: "restarting process 0" in log_file.read_text() or cluster.returncode is not None,
+            120,
+            "the first start refused and a restart scheduled",
+        )
+        assert cluster.returncode is None, log_file.read_text()
+        postgres_server.start()
+        await discord_standin.wait_until_identified(1, timeout=120)
+        cluster.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(cluster.wait(), 60) == 0
+    finally:
+        if postgres_server.pid is None:
+            postgres_server.start()
+        if cluster.returncode is None:
+            cluster.kill()  # its process stops by itself (parent watch)
+            await cluster.wait()
+    log = log_file.read_text()
+    assert "Traceback" not in log, log
+    refusals = [line for line in log.splitlines() if line.startswith("moodring: ")]
+    assert refusals and all("cannot connect to PostgreSQL" in line for line in refusals), log
+    assert "exited with status 75" in log and "a setting to fix" not in log, log
+    assert "all 1 processes stopped" in log
 
 
 @pytest.fixture

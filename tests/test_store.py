@@ -20,7 +20,15 @@ import asyncpg
 import pytest
 
 import bot.store.sqlite as store_module
-from bot.store import ChannelSettings, Store, StoreError, is_postgres_url, open_store
+from bot.store import (
+    ChannelSettings,
+    PermanentStoreError,
+    Store,
+    StoreError,
+    TransientStoreError,
+    is_postgres_url,
+    open_store,
+)
 from bot.store.interface import DEFAULT_FLUSH_INTERVAL, bucket_start
 from bot.store.sqlite import MIGRATIONS
 
@@ -148,7 +156,7 @@ async def test_a_failing_migration_is_rolled_back_whole(tmp_path: Path, monkeypa
     path = tmp_path / "bot.db"
     broken = "CREATE TABLE extra (x INTEGER);\nINSERT INTO missing_table VALUES (1);"
     monkeypatch.setattr(store_module, "MIGRATIONS", [*MIGRATIONS, broken])
-    with pytest.raises(sqlite3.OperationalError, match="missing_table"):
+    with pytest.raises(PermanentStoreError, match="missing_table"):
         await open_store(path)
     # The earlier migrations committed; the broken one left nothing behind.
     assert _user_version(path) == len(MIGRATIONS)
@@ -309,7 +317,7 @@ async def test_a_stuck_disk_keeps_the_records_for_the_next_flush(tmp_path: Path)
         try:
             for i in range(3):
                 store.record(1, 2, [("joy", 0.5)], at=T0 + i)
-            with pytest.raises(sqlite3.OperationalError, match="locked"):
+            with pytest.raises(TransientStoreError, match="locked"):
                 await store.flush()
             assert (store.pending, store.flushed_total) == (3, 0)
             store.record(1, 2, [("joy", 0.5)], at=T0 + 10)

@@ -20,7 +20,7 @@ import pytest
 from postgres_fixtures import PostgresServer
 
 import bot.store.postgres as store_postgres
-from bot.store import ChannelSettings, StoreError, open_store
+from bot.store import ChannelSettings, StoreError, TransientStoreError, open_store
 from bot.store.interface import bucket_start
 from bot.store.postgres import MIGRATIONS, PostgresStore
 from bot.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
@@ -222,7 +222,7 @@ async def test_a_server_that_stops_mid_run_costs_no_analysis(
                 assert (store.pending, store.flushed_total, store.dropped) == (5, 1, 0)
                 with pytest.raises(Exception) as failure:  # an explicit flush says why, and keeps the entries
                     await store.flush()
-                assert isinstance(failure.value, PostgresStore.expected_errors)
+                assert isinstance(failure.value, TransientStoreError)
                 assert store.pending == 5
                 assert (await store.channel_settings(1, 2)) == ChannelSettings()  # from memory: still answers
             finally:
@@ -243,7 +243,7 @@ async def test_a_store_closed_while_the_server_is_down_says_what_was_lost(
     store.record(1, 2, [("joy", 0.5)], at=T0)
     postgres_server.stop("immediate")
     try:
-        with caplog.at_level(logging.ERROR, logger="bot.store"), pytest.raises(PostgresStore.expected_errors):
+        with caplog.at_level(logging.ERROR, logger="bot.store"), pytest.raises(TransientStoreError):
             await asyncio.wait_for(store.close(), 60)  # returns: the pool does not hang on a dead server
         (lost,) = [r for r in caplog.records if "1 analyses lost" in r.getMessage()]
         assert lost.exc_info is None  # an outage is a line, not a traceback

@@ -4,7 +4,8 @@ Only with PostgreSQL (with SQLite there is one process, and nothing here runs). 
 
 - **Announcing.** The process that swapped a new model in (a retrain: bot/learning/retrain.py) calls `announce()` once
   the model is in `model_dir`. It reads the SHA-256 of every model file there (`model_checksums`, off the event loop)
-  and sends them with `NOTIFY` on `CHANNEL`, over a connection of its own. It never raises: a failed announcement is
+  and sends them with `NOTIFY` on `CHANNEL`, over a connection of its own (`bot.store.postgres.notify`: the
+  database's side, and its errors, stay in the store). It never raises: a failed announcement is
   one log line, and the other processes keep their model until the next swap, their next reconnect or restart.
 - **Receiving.** Every process listens on a dedicated connection, from `start` to `close` (with the bot). On an
   announcement from another process it loads the model in `model_dir` off the event loop, checks that the
@@ -29,11 +30,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-import asyncpg
-
 from bot.backoff import Backoff
 from bot.inference import InferenceService
-from bot.store import redact_url
+from bot.store import StoreError, redact_url
+from bot.store.postgres import listen, notify
 from model import EmotionClassifier
 from model.metadata import METADATA_FILE
 from model.training_contract import model_checksums
@@ -117,7 +117,7 @@ class ModelSync:
             f"listening for model swaps on {redact_url(url)}",
             log,
             cap=RETRY_CAP,
-            expected=(asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError, ConnectionError),
+            expected=(StoreError,),
         )
         self._listener: asyncio.Task | None = None
         self._loader: asyncio.Task | None = None
@@ -164,12 +164,7 @@ class ModelSync:
             if checksums is None:
                 raise ModelMismatch(f"no model in {self.model_dir}")
             self.seen = self.serving = checksums
-            payload = announcement(self.sender, checksums)
-            connection = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT)
-            try:
-                await connection.execute("SELECT pg_notify($1, $2)", CHANNEL, payload, timeout=CONNECT_TIMEOUT)
-            finally:
-                await connection.close(timeout=CONNECT_TIMEOUT)
+            await notify(self.url, CHANNEL, announcement(self.sender, checksums), timeout=CONNECT_TIMEOUT)
         except Exception as error:
             log.error(
                 "could not tell the other processes about the new model (%s: %s); they keep theirs until they "
@@ -196,27 +191,17 @@ class ModelSync:
 
     async def _listen_once(self) -> None:
         """One connection's life: connect, LISTEN, catch up, ping until it is lost; raises why it ended."""
-        connection = await asyncpg.connect(self.url, timeout=CONNECT_TIMEOUT)
-        lost = asyncio.Event()
-        try:
-            connection.add_termination_listener(lambda _: lost.set())
-            await connection.add_listener(CHANNEL, self._on_notification)
+        async with listen(self.url, CHANNEL, self._on_notification, timeout=CONNECT_TIMEOUT) as listener:
             self.listening = True
-            self.connections += 1
-            self._backoff.succeeded(" (announcements sent meanwhile: the directory is checked for a new model)")
-            self._request(catch_up=True)
-            while not lost.is_set() and not connection.is_closed():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(lost.wait(), self.ping_interval)
-                    break
-                await connection.execute("SELECT 1", timeout=CONNECT_TIMEOUT)
-            raise ConnectionError("the listening connection was closed")
-        finally:
-            self.listening = False
-            if not connection.is_closed():
-                connection.terminate()
+            try:
+                self.connections += 1
+                self._backoff.succeeded(" (announcements sent meanwhile: the directory is checked for a new model)")
+                self._request(catch_up=True)
+                await listener.until_lost(self.ping_interval)
+            finally:
+                self.listening = False
 
-    def _on_notification(self, connection: object, pid: int, channel: str, payload: str) -> None:
+    def _on_notification(self, payload: str) -> None:
         try:
             message = json.loads(payload)
             sender, checksums = message["sender"], message["checksums"]

@@ -1,5 +1,5 @@
-"""Channel mood: `/mood`, scheduled summaries, the daily retention prune, and deleting a server's data when the
-bot is removed from it."""
+"""Channel mood: `/mood` and the scheduled summaries. (The retention prune and deleting a removed server's data are
+housekeeping: bot/cogs/housekeeping.py.)"""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import asyncio
 import io
 import logging
 import re
-import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import discord
@@ -17,7 +16,7 @@ from discord.ext import commands, tasks
 from bot.app import MoodringBot
 from bot.backoff import Backoff
 from bot.charts import mood_chart
-from bot.cluster.sharding import owns_guild, runs_cluster_work
+from bot.cluster.sharding import owns_guild
 from bot.render import emoji_for
 from bot.store import Schedule, StoreError
 from bot.utils import NO_MENTIONS, InvalidArgument, send_ephemeral
@@ -29,8 +28,6 @@ PERIOD_UNITS = {"h": 3600, "d": 86400, "w": 7 * 86400}
 _PERIOD = re.compile(r"^\s*(\d+)\s*(h|hours?|d|days?|w|weeks?)\s*$", re.IGNORECASE)
 SUMMARY_PERIODS = {"daily": 86400, "weekly": 7 * 86400}
 TOP_EMOTIONS = 5
-#: Errors of the database itself: they abort a whole tick (the loop backs off), not just one schedule.
-STORE_ERRORS = (sqlite3.Error, StoreError)
 SUMMARY_BACKOFF_CAP = 8  # ticks of the summary loop (minutes): a summary is at most that late after an outage
 
 
@@ -87,17 +84,12 @@ class Mood(commands.Cog):
     def __init__(self, bot: MoodringBot) -> None:
         self.bot = bot
         self.summary_backoff = Backoff(
-            "posting scheduled summaries", log, cap=SUMMARY_BACKOFF_CAP, expected=STORE_ERRORS
+            "posting scheduled summaries", log, cap=SUMMARY_BACKOFF_CAP, expected=(StoreError,)
         )
-        # Daily: the next day's run is the back-off; the Backoff keeps a long outage to one warning.
-        self.retention_backoff = Backoff("the retention prune", log, cap=1, expected=STORE_ERRORS)
-        self.removals_due: set[int] = set()  # servers that removed the bot while the store was failing
         self.summaries.start()
-        self.retention.start()
 
     async def cog_unload(self) -> None:
         self.summaries.cancel()
-        self.retention.cancel()
 
     # ------------------------------------------------------------------ /mood
 
@@ -170,7 +162,6 @@ class Mood(commands.Cog):
         if self.summary_backoff.skip():
             return
         try:
-            await self.retry_removals()
             await self.post_due_summaries(self.bot.clock())
         except Exception as error:
             self.summary_backoff.failed(error)
@@ -194,7 +185,7 @@ class Mood(commands.Cog):
                 continue
             try:
                 posted += await self.post_summary(schedule, now)
-            except STORE_ERRORS:
+            except StoreError:  # the database itself: it ends the whole tick (the loop backs off)
                 raise
             except Exception:
                 log.exception("summary schedule %s failed; will retry", schedule.id)
@@ -258,45 +249,6 @@ class Mood(commands.Cog):
                 await owner.send(f"[{guild.name}] {notice}", allowed_mentions=NO_MENTIONS)
         except discord.HTTPException:
             log.warning("could not tell guild %s that a summary schedule was disabled", guild.id)
-
-    # ------------------------------------------------------------------ retention
-
-    @tasks.loop(hours=24)
-    async def retention(self) -> None:
-        """Never raises: a failed prune is logged (once per outage) and the next run prunes what it missed.
-        In a cluster only the process that runs shard 0 prunes (the prune covers every guild)."""
-        if not runs_cluster_work(self.bot.shard_ids):
-            return
-        try:
-            deleted = await self.bot.store.prune(self.bot.clock())
-        except Exception as error:
-            self.retention_backoff.failed(error)
-            return
-        self.retention_backoff.succeeded()
-        log.info("retention prune removed %d statistics rows; since start: %s", deleted, dict(self.bot.counters))
-
-    # ------------------------------------------------------------------ the bot leaves a server
-
-    @commands.Cog.listener()
-    async def on_guild_remove(self, guild: discord.Guild) -> None:
-        """The bot was removed from a server (an outage is not a removal: discord.py reports it as
-        `on_guild_unavailable`): delete its statistics, settings and schedules. Discord sends the removal only to
-        the guild's shard, so in a cluster exactly one process deletes."""
-        try:
-            deleted = await self.bot.store.remove_guild(guild.id)
-        except STORE_ERRORS as error:
-            log.warning("removed from guild %s, but could not delete its data yet (%s); will retry", guild.id, error)
-            self.removals_due.add(guild.id)
-            return
-        log.info("removed from guild %s: deleted its statistics, settings and schedules (%d rows)", guild.id, deleted)
-
-    async def retry_removals(self) -> None:
-        """Delete the data of servers whose removal failed; a store error ends the summary tick (back-off)."""
-        for guild_id in sorted(self.removals_due):
-            if self.bot.get_guild(guild_id) is None:  # not added back meanwhile
-                deleted = await self.bot.store.remove_guild(guild_id)
-                log.info("deleted the data of guild %s, which removed the bot (%d rows)", guild_id, deleted)
-            self.removals_due.discard(guild_id)
 
 
 async def setup(bot: MoodringBot) -> None:

@@ -1,9 +1,10 @@
 """The bot's store: settings, hourly statistics, summary schedules and corrections, in SQLite or PostgreSQL.
 
 ``interface`` holds the engine-independent part (data classes, the write buffer, the contract every engine keeps);
-``sqlite`` and ``postgres`` are the engines; ``transfer`` copies a SQLite file into PostgreSQL. ``open_store`` picks
-the engine from ``MOODRING_DATABASE``; the engines are imported only when chosen, so reading the settings never
-imports a database driver.
+``sqlite`` and ``postgres`` are the engines; ``schema`` declares the tables, which the numbered scripts in
+``migrations/`` create (run by ``migrate``); ``errors`` holds the only exceptions a store raises; ``transfer`` copies
+a SQLite file into PostgreSQL. ``open_store`` picks the engine from ``MOODRING_DATABASE``; the engines are imported
+only when chosen, so reading the settings never imports a database driver.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from bot.store.errors import PermanentStoreError, StoreError, TransientStoreError
 from bot.store.interface import (
     DEFAULT_RETENTION_DAYS,
     ChannelSettings,
@@ -20,7 +22,6 @@ from bot.store.interface import (
     Schedule,
     ScheduleKind,
     Store,
-    StoreError,
     is_postgres_url,
     redact_url,
 )
@@ -31,10 +32,12 @@ __all__ = [
     "Correction",
     "CorrectionOutcome",
     "MoodSummary",
+    "PermanentStoreError",
     "Schedule",
     "ScheduleKind",
     "Store",
     "StoreError",
+    "TransientStoreError",
     "is_postgres_url",
     "open_store",
     "redact_url",

@@ -4,7 +4,9 @@ One interface, two engines, chosen by ``MOODRING_DATABASE`` (``bot.store.open_st
 (``bot.store.sqlite``, the default: one bot process per file), a ``postgresql://`` URL is PostgreSQL through an
 asyncpg pool (``bot.store.postgres``: several bot processes may share one database). This module holds what both
 share: the data classes, the statistics buffer with its background flusher and crash bound, the in-memory channel
-settings, and the argument checks. Each engine module holds its schema migrations and its SQL.
+settings, and the argument checks. Each engine module holds its SQL; the tables are declared in ``bot.store.schema``,
+created by the migrations in bot/store/migrations/ (run by ``bot.store.migrate``), and every error a store raises is
+one of ``bot.store.errors`` (transient: an outage; permanent: a setting to fix).
 
 Statistics are written in groups. ``Store.record`` only appends to an in-memory buffer, so the message hot
 path never waits on the database; a background flusher writes the whole buffer every ``flush_interval`` seconds
@@ -44,10 +46,12 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 from bot.backoff import Backoff
+from bot.store.errors import PermanentStoreError, StoreError
+from bot.store.schema import CORRECTION_TABLES, SETTINGS_TABLES, STATISTICS_TABLES
 
 __all__ = [
     "DEFAULT_RETENTION_DAYS",
@@ -58,7 +62,6 @@ __all__ = [
     "Schedule",
     "ScheduleKind",
     "Store",
-    "StoreError",
     "is_postgres_url",
     "redact_url",
 ]
@@ -76,14 +79,6 @@ ScheduleKind = Literal["daily", "weekly", "every"]
 #: What became of a correction: kept, refused as the member's second one for that message, or refused because the
 #: server does not collect corrections (checked in the same transaction as the write).
 CorrectionOutcome = Literal["stored", "duplicate", "disabled"]
-
-# Children before parents (emotion_buckets references channel_buckets).
-STATISTICS_TABLES = ("emotion_buckets", "channel_buckets")
-SETTINGS_TABLES = ("channel_settings", "summary_schedules", "guild_settings")
-
-
-class StoreError(Exception):
-    """The database cannot be used (the message names it and says what to do), or the store is closed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +161,7 @@ def redact_url(url: str) -> str:
 
 
 def schedule_from_row(row: Sequence[Any]) -> Schedule:
-    """A ``Schedule`` from a row of ``SCHEDULE_COLUMNS``."""
+    """A ``Schedule`` from a row of ``bot.store.schema.SCHEDULE_COLUMNS``."""
     return Schedule(
         id=row[0],
         guild_id=row[1],
@@ -182,15 +177,8 @@ def schedule_from_row(row: Sequence[Any]) -> Schedule:
     )
 
 
-SCHEDULE_COLUMNS = (
-    "id, guild_id, channel_id, kind, hour, weekday, every_hours, source_channel_id, last_posted_at, enabled, "
-    "disabled_reason"
-)
-CORRECTION_COLUMNS = "guild_id, channel_id, text, labels, model_labels, model_version, created_at"
-
-
 def correction_from_row(row: Sequence[Any]) -> Correction:
-    """A ``Correction`` from a row of ``CORRECTION_COLUMNS`` (labels stored comma-separated)."""
+    """A ``Correction`` from a row of ``bot.store.schema.CORRECTION_COLUMNS`` (labels stored comma-separated)."""
     guild_id, channel_id, text, labels, model_labels, version, at = row
     return Correction(
         guild_id=guild_id,
@@ -251,14 +239,15 @@ class Store(abc.ABC):
     """The store interface and what both engines share. Open with ``await bot.store.open_store(database)``
     (or an engine's own ``open``), close with ``await close()``.
 
+    Errors: every public method (``open`` and ``close`` too) raises only ``StoreError``s for a database that cannot
+    be used (``TransientStoreError`` for an outage, ``PermanentStoreError`` for a setting to fix or a closed store;
+    bot/store/errors.py), and ``ValueError`` for a bad argument. Each engine turns its driver's errors into them.
+
     Attributes for observability: ``pending`` (recorded, not yet committed), ``recorded_total``,
     ``flushed_total`` (committed), ``dropped`` (lost to the buffer bound), ``forgotten`` (buffered
     entries discarded by ``forget_guild`` or ``remove_guild``) and ``failed_flushes``; always
     ``recorded_total == flushed_total + pending + dropped + forgotten``.
     """
-
-    #: The errors of an outage (logged as one line, not a traceback).
-    expected_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
     def __init__(
         self, name: str, *, flush_interval: float, max_pending: int, settings: dict[tuple[int, int], ChannelSettings]
@@ -286,7 +275,7 @@ class Store(abc.ABC):
         self.flushed_total = 0
         self.dropped = 0
         self.forgotten = 0
-        self._flush_backoff = Backoff("writing statistics", log, cap=FLUSH_BACKOFF_CAP, expected=self.expected_errors)
+        self._flush_backoff = Backoff("writing statistics", log, cap=FLUSH_BACKOFF_CAP, expected=(StoreError,))
         self._dropped_before_outage = 0
 
     @property
@@ -316,7 +305,7 @@ class Store(abc.ABC):
                 await asyncio.wait([self._flusher])  # does not raise if someone cancelled the flusher
             await self._flush()
         except BaseException as error:
-            expected = isinstance(error, self.expected_errors)  # an outage: one line; anything else: the traceback
+            expected = isinstance(error, StoreError)  # the database's fault: one line; anything else: the traceback
             log.error(
                 "final flush failed: %d analyses lost (%s)", self.pending, error, exc_info=None if expected else error
             )
@@ -340,7 +329,7 @@ class Store(abc.ABC):
         # Calls that were already waiting for the lock when close() began still run before the connection
         # closes; later ones get a clear error instead of the driver's.
         if self._db_closed:
-            raise StoreError("store is closed")
+            raise PermanentStoreError("store is closed")
 
     # ------------------------------------------------------------------ settings
 
@@ -358,7 +347,7 @@ class Store(abc.ABC):
                 if key in self._settings_unknown:
                     try:
                         found = await self._read_channel_settings(key)
-                    except self.expected_errors as error:
+                    except StoreError as error:
                         log.warning("could not read back the settings of channel %s: %s", channel_id, error)
                     else:
                         self._cache_settings(key, found)
@@ -472,7 +461,7 @@ class Store(abc.ABC):
         (and for ever breaking) a flush transaction.
         """
         if self._closed:
-            raise StoreError("store is closed")
+            raise PermanentStoreError("store is closed")
         labels = tuple((str(label), float(score)) for label, score in labels_with_scores)
         if any(not math.isfinite(score) for _, score in labels):
             raise ValueError("scores must be finite")
@@ -498,7 +487,7 @@ class Store(abc.ABC):
     async def flush(self) -> int:
         """Write the buffer now, in one transaction; returns the number of analyses written."""
         if self._closed:
-            raise StoreError("store is closed")
+            raise PermanentStoreError("store is closed")
         return await self._flush()
 
     async def _flush(self) -> int:
@@ -640,12 +629,12 @@ class Store(abc.ABC):
     async def forget_guild(self, guild_id: int) -> int:
         """Delete every statistics row of one guild, buffered ones included, and its corrections; returns the rows
         deleted."""
-        return await self._delete_guild(guild_id, (*STATISTICS_TABLES, "corrections"))
+        return await self._delete_guild(guild_id, (*STATISTICS_TABLES, *CORRECTION_TABLES))
 
     async def remove_guild(self, guild_id: int) -> int:
         """Delete everything kept about a guild (the bot was removed from it): statistics, buffered ones
         included, corrections, channel and guild settings and summary schedules; returns the rows deleted."""
-        return await self._delete_guild(guild_id, (*STATISTICS_TABLES, "corrections", *SETTINGS_TABLES))
+        return await self._delete_guild(guild_id, (*STATISTICS_TABLES, *CORRECTION_TABLES, *SETTINGS_TABLES))
 
     async def _delete_guild(self, guild_id: int, tables: Sequence[str]) -> int:
         settings = "channel_settings" in tables
@@ -688,7 +677,7 @@ def make_directory(path: str) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise StoreError(
+        raise PermanentStoreError(
             f"cannot create the directory {directory} for the database {path}: {error.strerror or error}. "
             "Create it, writable by the user that runs the bot, or set MOODRING_DATABASE to a writable place."
         ) from error

@@ -7,6 +7,10 @@ The schema version is SQLite's ``user_version``.
 One bot per file: ``open`` takes an advisory lock (``flock``) on ``<file>.lock`` for the store's lifetime,
 so a second bot on the same file is refused with a ``StoreError`` naming it. Start-up problems (a missing
 or unwritable directory, a read-only, locked or damaged file) are ``StoreError``s that say what to do.
+
+Every ``sqlite3.Error`` leaves the store as a ``StoreError`` (bot/store/errors.py): transient for a lock held past
+``busy_timeout`` and a full, read-only or failing disk; permanent for the rest (a damaged file, a missing table, a
+constraint). The migrations are bot/store/migrations/sqlite/*.sql.
 """
 
 from __future__ import annotations
@@ -14,23 +18,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
-from typing import ClassVar
 
 import aiosqlite
 
+from bot.store.errors import PermanentStoreError, StoreError, TransientStoreError
 from bot.store.interface import (
-    CORRECTION_COLUMNS,
     DEFAULT_CHANNEL_SETTINGS,
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING,
     DEFAULT_RETENTION_DAYS,
-    SCHEDULE_COLUMNS,
     ChannelRows,
     ChannelSettings,
     Correction,
@@ -40,104 +41,25 @@ from bot.store.interface import (
     Schedule,
     ScheduleKind,
     Store,
-    StoreError,
     check_correction,
     correction_from_row,
     make_directory,
     member_digest,
     schedule_from_row,
 )
+from bot.store.migrate import MigrationTarget, load_scripts, migrate
+from bot.store.schema import CORRECTION_COLUMNS, SCHEDULE_COLUMNS, STATISTICS_TABLES
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
 
-log = logging.getLogger(__name__)
-
 DEFAULT_BUSY_TIMEOUT_MS = 5_000
 
-# Ordered schema migrations; MIGRATIONS[i] upgrades a file from user_version i to i + 1. Append only: never
-# edit a migration that has shipped, and add each new one to bot.store.postgres.MIGRATIONS too (same number).
-MIGRATIONS: list[str] = [
-    # 1: per-channel settings, the first thing the bot needs.
-    """
-    CREATE TABLE channel_settings (
-        guild_id INTEGER NOT NULL,
-        channel_id INTEGER NOT NULL,
-        analysis INTEGER NOT NULL DEFAULT 1,
-        reactions INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (guild_id, channel_id)
-    );
-    """,
-    # 2: hourly statistics, summary schedules and guild settings.
-    """
-    CREATE TABLE channel_buckets (
-        guild_id INTEGER NOT NULL,
-        channel_id INTEGER NOT NULL,
-        bucket_start INTEGER NOT NULL,
-        messages INTEGER NOT NULL DEFAULT 0,
-        PRIMARY KEY (guild_id, channel_id, bucket_start)
-    ) WITHOUT ROWID;
-    CREATE INDEX channel_buckets_guild_time ON channel_buckets (guild_id, bucket_start);
-
-    CREATE TABLE emotion_buckets (
-        guild_id INTEGER NOT NULL,
-        channel_id INTEGER NOT NULL,
-        bucket_start INTEGER NOT NULL,
-        label TEXT NOT NULL,
-        count INTEGER NOT NULL DEFAULT 0,
-        score_sum REAL NOT NULL DEFAULT 0,
-        PRIMARY KEY (guild_id, channel_id, bucket_start, label),
-        FOREIGN KEY (guild_id, channel_id, bucket_start)
-            REFERENCES channel_buckets (guild_id, channel_id, bucket_start) ON DELETE CASCADE
-    ) WITHOUT ROWID;
-    CREATE INDEX emotion_buckets_guild_time ON emotion_buckets (guild_id, bucket_start);
-
-    CREATE TABLE summary_schedules (
-        id INTEGER PRIMARY KEY,
-        guild_id INTEGER NOT NULL,
-        channel_id INTEGER NOT NULL,
-        kind TEXT NOT NULL CHECK (kind IN ('daily', 'weekly', 'every')),
-        hour INTEGER CHECK (hour IS NULL OR hour BETWEEN 0 AND 23),
-        weekday INTEGER CHECK (weekday IS NULL OR weekday BETWEEN 0 AND 6),
-        every_hours INTEGER CHECK (every_hours IS NULL OR every_hours >= 1),
-        source_channel_id INTEGER NULL,
-        last_posted_at REAL NULL,
-        enabled INTEGER NOT NULL DEFAULT 1,
-        disabled_reason TEXT NULL,
-        UNIQUE (guild_id, channel_id),
-        CHECK (kind <> 'daily' OR hour IS NOT NULL),
-        CHECK (kind <> 'weekly' OR (hour IS NOT NULL AND weekday IS NOT NULL)),
-        CHECK (kind <> 'every' OR every_hours IS NOT NULL)
-    );
-
-    CREATE TABLE guild_settings (
-        guild_id INTEGER PRIMARY KEY,
-        retention_days INTEGER NOT NULL DEFAULT 90 CHECK (retention_days >= 1)
-    );
-    """,
-    # 3: community corrections (opt-in per guild), the only table with message text, and the salt of their hashes.
-    """
-    ALTER TABLE guild_settings ADD COLUMN corrections INTEGER NOT NULL DEFAULT 0;
-
-    CREATE TABLE corrections (
-        id INTEGER PRIMARY KEY,
-        guild_id INTEGER NOT NULL,
-        channel_id INTEGER NOT NULL,
-        text TEXT NOT NULL,
-        labels TEXT NOT NULL,
-        model_labels TEXT NOT NULL,
-        model_version TEXT NOT NULL,
-        created_at REAL NOT NULL,
-        dedup_hash TEXT NULL UNIQUE
-    );
-    CREATE INDEX corrections_guild_time ON corrections (guild_id, created_at);
-
-    CREATE TABLE store_secrets (
-        name TEXT PRIMARY KEY,
-        value BLOB NOT NULL
-    );
-    INSERT INTO store_secrets (name, value) VALUES ('corrections_salt', randomblob(32));
-    """,
-]
+#: MIGRATIONS[i] upgrades a file from user_version i to i + 1 (bot/store/migrations/sqlite/, see bot.store.migrate).
+MIGRATIONS: list[str] = load_scripts("sqlite")
+#: SQLite's primary result codes of an outage: a lock held past busy_timeout, a full, read-only or failing disk.
+TRANSIENT_CODES = frozenset(
+    {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR}
+)
 
 
 _UPSERT_CHANNEL_BUCKET = """
@@ -168,6 +90,15 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
+def _code(error: sqlite3.Error) -> int:
+    """The primary result code of an error (0 when SQLite gave none)."""
+    return getattr(error, "sqlite_errorcode", 0) & 0xFF
+
+
+def _kind(error: sqlite3.Error) -> type[StoreError]:
+    return TransientStoreError if _code(error) in TRANSIENT_CODES else PermanentStoreError
+
+
 def _filter(guild_id: int, channel_id: int | None, since: float, until: float) -> tuple[str, list[object]]:
     """WHERE clause and parameters for one guild (or one of its channels) and buckets in [since, until)."""
     if channel_id is None:
@@ -180,8 +111,6 @@ def _filter(guild_id: int, channel_id: int | None, since: float, until: float) -
 
 class SqliteStore(Store):
     """The store in one SQLite file, through one aiosqlite connection (every statement holds ``_lock``)."""
-
-    expected_errors: ClassVar[tuple[type[BaseException], ...]] = (sqlite3.Error,)
 
     def __init__(
         self,
@@ -237,11 +166,20 @@ class SqliteStore(Store):
 
     async def _disconnect(self) -> None:
         try:
-            await self._db.close()
+            with self._driver_errors():
+                await self._db.close()
         finally:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # releases the lock
                 self._lock_fd = None
+
+    @contextlib.contextmanager
+    def _driver_errors(self) -> Iterator[None]:
+        """SQLite's errors in the block leave as the store's (the engine's boundary: every statement runs in one)."""
+        try:
+            yield
+        except sqlite3.Error as error:
+            raise _kind(error)(f"{self.name}: {error}") from error
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -249,37 +187,41 @@ class SqliteStore(Store):
         busy_timeout instead of failing when it upgrades a read transaction."""
         async with self._lock:
             self._check_open()
-            async with _transaction(self._db, "BEGIN IMMEDIATE") as db:
-                yield db
+            with self._driver_errors():
+                async with _transaction(self._db, "BEGIN IMMEDIATE") as db:
+                    yield db
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[aiosqlite.Connection]:
         """A read transaction: one consistent snapshot across the queries inside it."""
         async with self._lock:
             self._check_open()
-            async with _transaction(self._db, "BEGIN") as db:
-                yield db
+            with self._driver_errors():
+                async with _transaction(self._db, "BEGIN") as db:
+                    yield db
 
     async def _write_returning(self, sql: str, params: Sequence[object] | dict[str, object]) -> tuple:
         """Run one ``... RETURNING`` statement in its own write transaction; its single row."""
         async with self._write() as db, db.execute(sql, params) as cursor:
             row = await cursor.fetchone()
         if row is None:
-            raise StoreError("statement returned no row")
+            raise PermanentStoreError(f"{self.name}: the statement returned no row")
         return tuple(row)
 
     async def _fetchall(self, sql: str, params: Sequence[object]) -> list[tuple]:
         """One SELECT: atomic by itself, so no explicit transaction."""
         async with self._lock:
             self._check_open()
-            return [tuple(row) for row in await self._db.execute_fetchall(sql, params)]
+            with self._driver_errors():
+                return [tuple(row) for row in await self._db.execute_fetchall(sql, params)]
 
     # ------------------------------------------------------------------ settings
 
     async def _read_channel_settings(self, key: tuple[int, int]) -> ChannelSettings | None:
-        rows = await self._db.execute_fetchall(
-            "SELECT analysis, reactions FROM channel_settings WHERE guild_id = ? AND channel_id = ?", key
-        )
+        with self._driver_errors():
+            rows = await self._db.execute_fetchall(
+                "SELECT analysis, reactions FROM channel_settings WHERE guild_id = ? AND channel_id = ?", key
+            )
         return ChannelSettings(bool(rows[0][0]), bool(rows[0][1])) if rows else None
 
     async def _upsert_channel_settings(
@@ -301,8 +243,9 @@ class SqliteStore(Store):
                 analysis = COALESCE(:analysis, analysis), reactions = COALESCE(:reactions, reactions)
             RETURNING analysis, reactions
         """
-        async with _transaction(self._db, "BEGIN IMMEDIATE") as db, db.execute(sql, params) as cursor:
-            row = await cursor.fetchone()
+        with self._driver_errors():
+            async with _transaction(self._db, "BEGIN IMMEDIATE") as db, db.execute(sql, params) as cursor:
+                row = await cursor.fetchone()
         return ChannelSettings(bool(row[0]), bool(row[1]))
 
     async def guild_channel_settings(self, guild_id: int) -> dict[int, ChannelSettings]:
@@ -381,18 +324,19 @@ class SqliteStore(Store):
     async def _write_buckets(self, channel_rows: ChannelRows, emotion_rows: EmotionRows) -> None:
         db = self._db
         committing = False
-        try:
-            await db.execute("BEGIN IMMEDIATE")
-            # Parents first: emotion_buckets references channel_buckets.
-            await db.executemany(_UPSERT_CHANNEL_BUCKET, [(*k, n) for k, n in channel_rows.items()])
-            await db.executemany(_UPSERT_EMOTION_BUCKET, [(*k, c, s) for k, (c, s) in emotion_rows.items()])
-            committing = True
-            await db.execute("COMMIT")
-        except BaseException as error:
-            rolled_back = await _rollback(db)
-            # Cancelled while aiosqlite's thread ran COMMIT: it did commit.
-            self._flush_committed = committing and not rolled_back and not isinstance(error, sqlite3.Error)
-            raise
+        with self._driver_errors():
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                # Parents first: emotion_buckets references channel_buckets.
+                await db.executemany(_UPSERT_CHANNEL_BUCKET, [(*k, n) for k, n in channel_rows.items()])
+                await db.executemany(_UPSERT_EMOTION_BUCKET, [(*k, c, s) for k, (c, s) in emotion_rows.items()])
+                committing = True
+                await db.execute("COMMIT")
+            except BaseException as error:
+                rolled_back = await _rollback(db)
+                # Cancelled while aiosqlite's thread ran COMMIT: it did commit.
+                self._flush_committed = committing and not rolled_back and not isinstance(error, sqlite3.Error)
+                raise
 
     async def mood(self, guild_id: int, channel_id: int | None, since: float, until: float) -> MoodSummary:
         where, params = _filter(guild_id, channel_id, since, until)
@@ -499,13 +443,14 @@ class SqliteStore(Store):
     # ------------------------------------------------------------------ privacy
 
     async def _delete_rows(self, guild_id: int, tables: Sequence[str]) -> int:
-        async with _transaction(self._db, "BEGIN IMMEDIATE") as db:
-            self._forget_buffered(guild_id)
-            # Children first and explicitly: rows removed by ON DELETE CASCADE are not counted in rowcount.
-            deleted = 0
-            for table in tables:
-                async with db.execute(f"DELETE FROM {table} WHERE guild_id = ?", (guild_id,)) as cursor:
-                    deleted += cursor.rowcount
+        with self._driver_errors():
+            async with _transaction(self._db, "BEGIN IMMEDIATE") as db:
+                self._forget_buffered(guild_id)
+                # Children first and explicitly: rows removed by ON DELETE CASCADE are not counted in rowcount.
+                deleted = 0
+                for table in tables:
+                    async with db.execute(f"DELETE FROM {table} WHERE guild_id = ?", (guild_id,)) as cursor:
+                        deleted += cursor.rowcount
         return deleted
 
     async def prune(self, now: float | None = None) -> int:
@@ -521,7 +466,7 @@ class SqliteStore(Store):
                 {"now": now, "default_days": DEFAULT_RETENTION_DAYS},
             ) as cursor:
                 deleted += cursor.rowcount
-            for table in ("emotion_buckets", "channel_buckets"):
+            for table in STATISTICS_TABLES:
                 async with db.execute(
                     f"""
                     DELETE FROM {table} WHERE bucket_start < :now - 86400 * COALESCE(
@@ -558,14 +503,16 @@ def _lock(path: str) -> int:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
         os.close(fd)
-        raise StoreError(
+        raise PermanentStoreError(
             f"{path} is in use by another moodring process{f' (PID {holder})' if holder.isdigit() else ''}: "
             "one database serves one bot. Stop the other bot first, or set MOODRING_DATABASE to another file "
             f"(the lock is {lock_path})."
         ) from None
     except OSError as error:
         os.close(fd)
-        raise StoreError(f"cannot lock {lock_path} for the database {path}: {error.strerror or error}.") from error
+        raise PermanentStoreError(
+            f"cannot lock {lock_path} for the database {path}: {error.strerror or error}."
+        ) from error
     with contextlib.suppress(OSError):  # only informative
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -573,7 +520,7 @@ def _lock(path: str) -> int:
 
 
 def _unwritable_directory(path: str, lock_path: str, error: OSError) -> StoreError:
-    return StoreError(
+    return PermanentStoreError(
         f"cannot create {lock_path} beside the database {path}: {error.strerror or error}. The user that runs "
         f"the bot needs write access to the directory {Path(path).parent}, or set MOODRING_DATABASE to a "
         "writable place."
@@ -583,7 +530,7 @@ def _unwritable_directory(path: str, lock_path: str, error: OSError) -> StoreErr
 async def _connect(path: str, busy_timeout_ms: int) -> tuple[aiosqlite.Connection, dict]:
     """Connect, configure and migrate; the connection and every channel settings row.
 
-    SQLite's errors about the file itself become ``StoreError``s that say what to do.
+    SQLite's errors become ``StoreError``s; those about the file itself say what to do.
     """
     try:
         # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
@@ -595,7 +542,7 @@ async def _connect(path: str, busy_timeout_ms: int) -> tuple[aiosqlite.Connectio
         await _enable_wal(db, path, busy_timeout_ms)
         await db.execute("PRAGMA foreign_keys = ON")
         await db.execute("PRAGMA synchronous = NORMAL")
-        await _migrate(db, path)
+        await migrate(_SqliteSchema(db, path), MIGRATIONS)
         rows = await db.execute_fetchall("SELECT guild_id, channel_id, analysis, reactions FROM channel_settings")
     except BaseException as error:
         await db.close()
@@ -605,35 +552,35 @@ async def _connect(path: str, busy_timeout_ms: int) -> tuple[aiosqlite.Connectio
     return db, {(g, c): ChannelSettings(bool(a), bool(r)) for g, c, a, r in rows}
 
 
-def _open_error(path: str, error: sqlite3.Error) -> Exception:
-    """What to tell the operator when SQLite cannot use the file; other errors (a bug) are returned as they are."""
-    code = getattr(error, "sqlite_errorcode", 0) & 0xFF
+def _open_error(path: str, error: sqlite3.Error) -> StoreError:
+    """What to tell the operator when SQLite cannot use the file."""
+    code = _code(error)
     directory, name = Path(path).parent, Path(path).name
     if code == sqlite3.SQLITE_READONLY:
-        return StoreError(
+        return TransientStoreError(
             f"{path} is read-only: give the user that runs the bot write access to it and to its directory "
             f"{directory} (SQLite keeps {name}-wal and {name}-shm beside it)."
         )
     if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-        return StoreError(
+        return TransientStoreError(
             f"{path} is locked by another program (a sqlite3 shell, a backup, a file sync?): close it and start "
             "the bot again."
         )
     if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-        return StoreError(
+        return PermanentStoreError(
             f"{path} is not a moodring database or is damaged ({error}): move it away to start with an empty "
             f"one, or restore a backup (`sqlite3 {path} .recover` may save what is left)."
         )
     if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH):
-        return StoreError(
+        return PermanentStoreError(
             f"cannot open {path} ({error}): it and its directory {directory} must be readable and writable by "
             "the user that runs the bot."
         )
     if code == sqlite3.SQLITE_FULL:
-        return StoreError(f"the disk holding {path} is full: free some space and start the bot again.")
+        return TransientStoreError(f"the disk holding {path} is full: free some space and start the bot again.")
     if code == sqlite3.SQLITE_IOERR:
-        return StoreError(f"reading or writing {path} failed ({error}): check the disk.")
-    return error
+        return TransientStoreError(f"reading or writing {path} failed ({error}): check the disk.")
+    return _kind(error)(f"cannot use {path}: {error}")
 
 
 async def _enable_wal(db: aiosqlite.Connection, path: str, busy_timeout_ms: int) -> None:
@@ -654,34 +601,37 @@ async def _enable_wal(db: aiosqlite.Connection, path: str, busy_timeout_ms: int)
             delay = min(delay * 2, 0.1)
     mode = str(row[0]).lower() if row else None
     if path != ":memory:" and mode != "wal":
-        raise StoreError(f"could not switch {path} to WAL mode (journal_mode is {mode!r})")
+        raise PermanentStoreError(f"could not switch {path} to WAL mode (journal_mode is {mode!r})")
 
 
-async def _migrate(db: aiosqlite.Connection, path: str) -> None:
-    """Apply the missing migrations, each in its own transaction together with its user_version bump.
+class _SqliteSchema(MigrationTarget):
+    """The file as the migration runner sees it: the version is ``user_version``, and each step is a ``BEGIN
+    IMMEDIATE`` transaction, whose write lock makes two processes opening the file at once take turns."""
 
-    The version is re-read once the write lock is held, so two processes opening the same file at once
-    apply each migration exactly once.
-    """
-    latest = len(MIGRATIONS)
-    while True:
-        async with _transaction(db, "BEGIN IMMEDIATE"):
-            async with db.execute("PRAGMA user_version") as cursor:
-                row = await cursor.fetchone()
-            version = int(row[0]) if row else 0
-            if version > latest:
-                raise StoreError(
-                    f"{path} has schema version {version}, newer than this bot supports ({latest}); "
-                    "upgrade the bot or use another database file"
-                )
-            if version == latest:
-                # A write, so that a read-only file is found now rather than by the first flush.
-                await db.execute(f"PRAGMA user_version = {latest}")
-                return
-            for statement in _statements(MIGRATIONS[version]):
-                await db.execute(statement)
-            await db.execute(f"PRAGMA user_version = {version + 1}")
-        log.info("migrated %s to schema version %d", path, version + 1)
+    noun = "database file"
+
+    def __init__(self, db: aiosqlite.Connection, path: str) -> None:
+        super().__init__(path)
+        self.db = db
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[aiosqlite.Connection]:
+        return _transaction(self.db, "BEGIN IMMEDIATE")
+
+    async def version(self) -> int:
+        async with self.db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def set_version(self, version: int) -> None:
+        await self.db.execute(f"PRAGMA user_version = {int(version)}")
+
+    async def run(self, script: str) -> None:
+        for statement in _statements(script):
+            await self.db.execute(statement)
+
+    async def up_to_date(self, version: int) -> None:
+        # A write, so that a read-only file is found now rather than by the first flush.
+        await self.set_version(version)
 
 
 @contextlib.asynccontextmanager

@@ -19,53 +19,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.store.postgres import PostgresStore
+from bot.store.schema import TABLES, Table
 from bot.store.sqlite import SqliteStore
 
 __all__ = ["TableCheck", "copy_sqlite_to_postgres"]
 
 
-@dataclass(frozen=True, slots=True)
-class _Table:
-    name: str
-    columns: tuple[str, ...]
-    key: tuple[str, ...]
-    booleans: tuple[str, ...] = ()  # 0/1 in SQLite, BOOLEAN in PostgreSQL
-    totals: tuple[str, ...] = ()  # summed and compared after the copy
-    identity: bool = False  # an id column whose sequence must move past the copied ids
-
-    def for_postgres(self, row: tuple) -> tuple:
-        """A SQLite row as PostgreSQL takes it (its 0/1 flags as booleans)."""
-        pairs = zip(self.columns, row, strict=True)
-        return tuple(bool(value) if column in self.booleans else value for column, value in pairs)
-
-    def upsert(self) -> str:
-        placeholders = ", ".join(f"${i}" for i in range(1, len(self.columns) + 1))
-        updates = ", ".join(f"{c} = excluded.{c}" for c in self.columns if c not in self.key)
-        return (
-            f"INSERT INTO {self.name} ({', '.join(self.columns)}) VALUES ({placeholders}) "
-            f"ON CONFLICT ({', '.join(self.key)}) DO UPDATE SET {updates}"
-        )
+def _for_postgres(table: Table, row: tuple) -> tuple:
+    """A SQLite row as PostgreSQL takes it (its 0/1 flags as booleans)."""
+    pairs = zip(table.columns, row, strict=True)
+    return tuple(bool(value) if column in table.booleans else value for column, value in pairs)
 
 
-# Parents before children (emotion_buckets references channel_buckets).
-TABLES = (
-    _Table("channel_settings", ("guild_id", "channel_id", "analysis", "reactions"), ("guild_id", "channel_id"),
-           booleans=("analysis", "reactions")),
-    _Table("guild_settings", ("guild_id", "retention_days", "corrections"), ("guild_id",), booleans=("corrections",)),
-    _Table("summary_schedules",
-           ("id", "guild_id", "channel_id", "kind", "hour", "weekday", "every_hours", "source_channel_id",
-            "last_posted_at", "enabled", "disabled_reason"),
-           ("id",), booleans=("enabled",), identity=True),
-    _Table("channel_buckets", ("guild_id", "channel_id", "bucket_start", "messages"),
-           ("guild_id", "channel_id", "bucket_start"), totals=("messages",)),
-    _Table("emotion_buckets", ("guild_id", "channel_id", "bucket_start", "label", "count", "score_sum"),
-           ("guild_id", "channel_id", "bucket_start", "label"), totals=("count", "score_sum")),
-    _Table("corrections",
-           ("id", "guild_id", "channel_id", "text", "labels", "model_labels", "model_version", "created_at",
-            "dedup_hash"),
-           ("id",), identity=True),
-    _Table("store_secrets", ("name", "value"), ("name",)),
-)  # fmt: skip
+def _upsert(table: Table) -> str:
+    placeholders = ", ".join(f"${i}" for i in range(1, len(table.columns) + 1))
+    updates = ", ".join(f"{c} = excluded.{c}" for c in table.columns if c not in table.key)
+    return (
+        f"INSERT INTO {table.name} ({', '.join(table.columns)}) VALUES ({placeholders}) "
+        f"ON CONFLICT ({', '.join(table.key)}) DO UPDATE SET {updates}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +63,8 @@ class TableCheck:
         return "; ".join(words) + ("" if self.matches else "  <- MISMATCH")
 
 
-def _summary_sql(table: _Table) -> str:
-    sums = "".join(f", COALESCE(SUM({c}), 0)" for c in table.totals)
+def _summary_sql(table: Table) -> str:
+    sums = "".join(f", COALESCE(SUM({c}), 0)" for c in table.counters)
     return f"SELECT COUNT(*){sums} FROM {table.name}"
 
 
@@ -104,12 +76,12 @@ async def copy_sqlite_to_postgres(sqlite_path: Path, url: str) -> list[TableChec
     try:
         target = await PostgresStore.open(url)
         try:
-            async with target._pool.acquire() as connection, connection.transaction():
+            async with target._connection() as connection, connection.transaction():
                 for table in TABLES:
                     rows = await source._fetchall(f"SELECT {', '.join(table.columns)} FROM {table.name}", ())
-                    rows = [table.for_postgres(row) for row in rows]
+                    rows = [_for_postgres(table, row) for row in rows]
                     if rows:
-                        await connection.executemany(table.upsert(), rows)
+                        await connection.executemany(_upsert(table), rows)
                     if table.identity:
                         await connection.execute(
                             f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
@@ -118,14 +90,14 @@ async def copy_sqlite_to_postgres(sqlite_path: Path, url: str) -> list[TableChec
             checks = []
             for table in TABLES:
                 (mine,) = await source._fetchall(_summary_sql(table), ())
-                theirs = await target._pool.fetchrow(_summary_sql(table))
+                theirs = await target._fetchrow(_summary_sql(table))
                 checks.append(
                     TableCheck(
                         table.name,
                         int(mine[0]),
                         int(theirs[0]),
-                        {c: float(v) for c, v in zip(table.totals, mine[1:], strict=True)},
-                        {c: float(v) for c, v in zip(table.totals, theirs[1:], strict=True)},
+                        {c: float(v) for c, v in zip(table.counters, mine[1:], strict=True)},
+                        {c: float(v) for c, v in zip(table.counters, theirs[1:], strict=True)},
                     )
                 )
             return checks
