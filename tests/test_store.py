@@ -446,7 +446,7 @@ async def test_concurrent_writers_through_two_connections_are_exact(store_databa
 # The bot's own flush interval: the child opens the store with the defaults, as `moodring run` does.
 CRASH_FLUSH_INTERVAL = DEFAULT_FLUSH_INTERVAL
 # Time allowed on top of flush_interval for the one in-flight transaction and the event loop's latency on a
-# loaded machine. The bound this test proves, and the README states: whatever was recorded more than
+# loaded machine. The bound this test proves, and docs/operations.md states: whatever was recorded more than
 # CRASH_FLUSH_INTERVAL + CRASH_TRANSACTION_ALLOWANCE (0.5 s) before the SIGKILL is on disk.
 CRASH_TRANSACTION_ALLOWANCE = 0.25
 
