@@ -469,6 +469,7 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
 """
 
 
+@pytest.mark.timing
 def test_a_killed_process_loses_at_most_one_flush_interval(store_database: str) -> None:
     """SIGKILL mid-stream at the default 250 ms interval: everything recorded 0.5 s before the kill is stored."""
     path = store_database
@@ -627,6 +628,7 @@ OUTAGE_INTERVALS = 40  # the issue's 10 s outage at the default interval
 
 
 @pytest.mark.parametrize("fault", ["locked", "read-only"])
+@pytest.mark.timing
 async def test_an_outage_logs_one_warning_counts_the_drops_and_one_line_on_recovery(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, fault: str
 ) -> None:
