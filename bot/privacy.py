@@ -1,7 +1,7 @@
-"""The privacy statement: one text, answered by `/privacy` and printed in the README (a test keeps them equal).
+"""The privacy statement: one text, answered by `/privacy` and printed in docs/privacy.md (a test keeps them equal).
 
 Red-DiscordBot's idea of a data statement: what is stored, for how long, and how it is deleted. Add a kind of
-data by adding a section; the README must then be updated with `privacy_statement(DEFAULT_RETENTION_DAYS)`.
+data by adding a section; docs/privacy.md must then be updated with `privacy_statement(DEFAULT_RETENTION_DAYS)`.
 """
 
 from __future__ import annotations

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-# Fixtures for driving the real discord.py client against a local Discord stand-in (the `sandbox` package;
-# tests/standin_fixtures.py), for running the real MoodringBot against it (tests/bot_fixtures.py), and the
-# end-of-run check that no process the tests started is still alive (tests/process_guard.py).
-pytest_plugins = ("standin_fixtures", "bot_fixtures", "process_guard", "postgres_fixtures")
+# How the tests share the machine on several pytest-xdist workers (tests/parallel_run.py; first, so that a worker's
+# one-thread settings are in place before bot_fixtures imports torch), fixtures for driving the real discord.py
+# client against a local Discord stand-in (the `sandbox` package; tests/standin_fixtures.py), for running the real
+# MoodringBot against it (tests/bot_fixtures.py), the end-of-run check that no process the tests started is still
+# alive (tests/process_guard.py), and a real PostgreSQL server (tests/postgres_fixtures.py).
+pytest_plugins = ("parallel_run", "standin_fixtures", "bot_fixtures", "process_guard", "postgres_fixtures")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("GOEMOTIONS_DIR") or REPO.parent / "shared" / "data" / "goemotions")

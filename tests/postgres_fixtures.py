@@ -1,13 +1,15 @@
 """A real PostgreSQL server for the tests, from the Debian binaries (`apt-get install postgresql`).
 
-One server per test session (`postgres_server`): `initdb` and `pg_ctl` into a temporary directory, on a free port,
-listening on 127.0.0.1 only, with password authentication over TCP. `initdb` refuses to run as root, so as root
+One server per test session (`postgres_server`), and so one per pytest-xdist worker, each worker being a session of
+its own: `initdb` and `pg_ctl` into a temporary directory, on a free port, listening on 127.0.0.1 only, with
+password authentication over TCP. `initdb` refuses to run as root, so as root
 the server runs as the unprivileged `nobody` (through util-linux's `runuser`), in a directory it owns. Each test
 gets a database of its own (`postgres_url`). At the end the server is stopped and checked to be gone.
 
 `store_database` parametrizes a store test over both engines: a SQLite file, and a fresh PostgreSQL database.
 Without the binaries the PostgreSQL tests are left out of the run, and the run's summary says so in one line with
-how to enable them (skipping each would print a line per test file).
+how to enable them (skipping each would print a line per test file); under xdist each worker tells the
+controller how many it left out, and the controller prints the line.
 Registered in tests/conftest.py via `pytest_plugins`.
 """
 
@@ -30,6 +32,7 @@ from process_guard import process_alive, wait_until_gone
 
 SKIP_REASON = "no pg_ctl found; enable them with `apt-get install postgresql`"
 _LEFT_OUT = pytest.StashKey[int]()
+WORKER_OUTPUT_KEY = "postgres_tests_left_out"
 USER = "moodring"
 PASSWORD = "moodring-tests"  # a throwaway server on 127.0.0.1 that lives as long as the test run
 
@@ -110,6 +113,17 @@ class PostgresServer:
             options,
         )
 
+    def start_first(self, attempts: int = 3) -> None:
+        """The first start: on another free port if a process took this one since it was chosen (with several
+        test workers, another worker's server or stand-in may). Later starts keep the port: URLs are out."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self.start()
+            except RuntimeError:
+                if attempt == attempts or "Address already in use" not in self.log.read_text(errors="replace"):
+                    raise
+                self.port = _free_port()
+
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (`immediate`: as abruptly as a crash) and wait until its postmaster is gone."""
         pid = self.pid
@@ -165,6 +179,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(items=left_out)
         items[:] = [item for item in items if not _needs_postgres(item)]
         config.stash[_LEFT_OUT] = len(left_out)
+        if hasattr(config, "workeroutput"):  # an xdist worker: its controller prints the run's summary
+            config.workeroutput[WORKER_OUTPUT_KEY] = len(left_out)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """In xdist's controller, as each worker ends: how many PostgreSQL tests it left out (each collects them all)."""
+    if left_out := getattr(node, "workeroutput", {}).get(WORKER_OUTPUT_KEY):
+        node.config.stash[_LEFT_OUT] = left_out
 
 
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
@@ -181,7 +204,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     server = PostgresServer(binaries, directory)
     try:
         server.init()
-        server.start()
+        server.start_first()
         yield server
     finally:
         pid = server.pid

@@ -4,6 +4,11 @@ At start-up the run puts `MOODRING_TEST_RUN=<pytest's pid>` into its own environ
 tests start (and every process those start) carries it, including children that start a new session or
 outlive their parent and are re-parented to PID 1. At the end of the run `/proc/*/environ` is scanned for
 that marker; whatever still carries it (other than pytest itself) is reported, killed, and the run fails.
+
+Under pytest-xdist the controller sets the marker and its workers inherit it unchanged, so what any worker's
+tests start carries the one marker of the run, even after that worker has ended or crashed. Only the
+controller checks, once every session hook has run (xdist's stops the workers), so the workers themselves,
+which carry the marker too, are gone by then and are never reported.
 Registered in tests/conftest.py via `pytest_plugins`; `process_alive` and `wait_until_gone` serve the tests.
 """
 
@@ -13,6 +18,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
@@ -22,12 +28,25 @@ MARKER = "MOODRING_TEST_RUN"
 EXIT_GRACE_S = 3.0
 
 
+def is_xdist_worker(config: pytest.Config) -> bool:
+    """Whether this process is a pytest-xdist worker (the controller and a plain run are not)."""
+    return hasattr(config, "workerinput")
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    os.environ[MARKER] = str(os.getpid())
+    if not is_xdist_worker(config):
+        os.environ[MARKER] = str(os.getpid())
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> Generator[None, None, None]:
+    yield  # after the other session-finish hooks, among them xdist's, which stops the workers
+    if not is_xdist_worker(session.config):
+        fail_on_processes_left_behind(session)
+
+
+def fail_on_processes_left_behind(session: pytest.Session) -> None:
+    """Report and kill what still carries this run's marker, and fail the run if there was any."""
     deadline = time.monotonic() + EXIT_GRACE_S
     while (left := processes_left_behind()) and time.monotonic() < deadline:
         time.sleep(0.1)

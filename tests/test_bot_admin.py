@@ -15,7 +15,7 @@ from bot.render import model_description
 from bot.store import DEFAULT_RETENTION_DAYS
 from sandbox import DiscordStandIn, payloads
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PRIVACY_PAGE = Path(__file__).resolve().parents[1] / "docs" / "privacy.md"
 EPHEMERAL = payloads.MESSAGE_FLAG_EPHEMERAL
 SYNC = "/applications/{application_id}/guilds/{guild_id}/commands"
 FOLLOWUP = "/webhooks/{application_id}/{interaction_token}"
@@ -74,12 +74,12 @@ async def test_every_admin_subcommand_still_checks_when_it_runs(
     assert not moodring_bot.retrainer.running
 
 
-async def test_privacy_is_one_statement_for_every_member_and_the_readme(
+async def test_privacy_is_one_statement_for_every_member_and_the_privacy_page(
     moodring_bot: MoodringBot, discord_standin: DiscordStandIn
 ) -> None:
     standin = discord_standin
     statement = privacy_statement(DEFAULT_RETENTION_DAYS)
-    assert statement in README.read_text(encoding="utf-8")
+    assert statement in PRIVACY_PAGE.read_text(encoding="utf-8")
     assert "removed from a server" in statement and "never stores" in statement
     assert len(privacy_statement(3650)) <= 2000  # one Discord message, whatever the retention
 

@@ -456,6 +456,7 @@ async def test_gateway_drop_resumes_and_keeps_answering(
     assert fields(callback.json["data"]["embeds"][0])["Top emotions"]
 
 
+@pytest.mark.timing
 async def test_burst_of_messages_is_accounted_for_and_the_loop_stays_responsive(
     moodring_bot: MoodringBot, discord_standin: DiscordStandIn, tiny_classifier: EmotionClassifier
 ) -> None:
@@ -680,6 +681,7 @@ async def flood_of_mentions(
     return flood
 
 
+@pytest.mark.timing
 async def test_a_member_flooding_mentions_gets_a_few_readings_and_one_slow_down(
     moodring_bot: MoodringBot, discord_standin: DiscordStandIn
 ) -> None:
@@ -712,6 +714,7 @@ async def test_a_member_flooding_mentions_gets_a_few_readings_and_one_slow_down(
     assert answered(replies_to(standin, again, since)) == expected_answers(again, limit)
 
 
+@pytest.mark.timing
 async def test_a_channel_flooded_by_many_members_gets_one_slow_down(
     moodring_bot: MoodringBot, discord_standin: DiscordStandIn
 ) -> None:
@@ -734,6 +737,7 @@ async def test_a_channel_flooded_by_many_members_gets_one_slow_down(
     assert bot.inference.served == limit + 1
 
 
+@pytest.mark.timing
 async def test_a_member_flooding_emotion_gets_a_few_readings_and_one_slow_down(
     moodring_bot: MoodringBot, discord_standin: DiscordStandIn
 ) -> None:

@@ -152,6 +152,7 @@ async def test_a_batcher_killed_mid_burst_fails_its_batch_and_serves_the_rest(cl
     assert service.restarts == 1
 
 
+@pytest.mark.timing
 async def test_classify_gives_up_after_its_timeout(classifier: EmotionClassifier) -> None:
     """A model call that hangs (a stuck worker thread) never leaves a caller waiting past the timeout."""
     release = threading.Event()

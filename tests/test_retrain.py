@@ -175,6 +175,7 @@ async def test_cancel_stops_the_child_and_keeps_the_model(
     assert "keeps serving" in format_status(status)
 
 
+@pytest.mark.timing
 async def test_clean_up_after_a_retrain_does_not_block_the_event_loop(
     serving, tmp_path: Path, tiny_backbone_dir: Path, goemotions_dir: Path
 ) -> None:

@@ -23,7 +23,7 @@ from bot.store import open_store
 from moodring.sandbox_command import furnish
 from sandbox import DiscordStandIn, state
 
-#: What README promises: SIGTERM to `moodring run` ends it within this many seconds, statistics flushed.
+#: What docs/operations.md promises: SIGTERM to `moodring run` ends it within this many seconds, statistics flushed.
 STOP_WITHIN_S = 10.0
 
 

@@ -454,7 +454,7 @@ async def test_concurrent_writers_through_two_connections_are_exact(store_databa
 # The bot's own flush interval: the child opens the store with the defaults, as `moodring run` does.
 CRASH_FLUSH_INTERVAL = DEFAULT_FLUSH_INTERVAL
 # Time allowed on top of flush_interval for the one in-flight transaction and the event loop's latency on a
-# loaded machine. The bound this test proves, and the README states: whatever was recorded more than
+# loaded machine. The bound this test proves, and docs/operations.md states: whatever was recorded more than
 # CRASH_FLUSH_INTERVAL + CRASH_TRANSACTION_ALLOWANCE (0.5 s) before the SIGKILL is on disk.
 CRASH_TRANSACTION_ALLOWANCE = 0.25
 
@@ -477,6 +477,7 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), float(sys.argv[3])))
 """
 
 
+@pytest.mark.timing
 def test_a_killed_process_loses_at_most_one_flush_interval(store_database: str) -> None:
     """SIGKILL mid-stream at the default 250 ms interval: everything recorded 0.5 s before the kill is stored."""
     path = store_database
@@ -635,6 +636,7 @@ OUTAGE_INTERVALS = 40  # the issue's 10 s outage at the default interval
 
 
 @pytest.mark.parametrize("fault", ["locked", "read-only"])
+@pytest.mark.timing
 async def test_an_outage_logs_one_warning_counts_the_drops_and_one_line_on_recovery(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, fault: str
 ) -> None:
