@@ -64,13 +64,7 @@ class MoodringBot(commands.AutoShardedBot):
             **options,
         )
         self.config = config
-        self.inference = InferenceService(
-            max_batch=config.batch_size,
-            max_wait=config.batch_wait_ms / 1000,
-            queue_size=config.queue_size,
-            backend=config.backend,
-            threads=config.threads,
-        )
+        self.inference = InferenceService.from_config(config)
         self.retrainer = Retrainer(
             self.inference,
             config.model_dir,

@@ -21,17 +21,17 @@ LONG_TRAINING = "--epochs 50 --patience 50 --train-limit 256 --dev-limit 32 --ma
 
 
 async def retrainer_parent(root: Path, backbone: str, data_dir: str) -> None:
-    from bot.inference import InferenceService
+    from bot_defaults import RETRAIN_SETTINGS, inference_service
+
     from bot.learning.retrain import Retrainer, RetrainStatus
 
     retrainer = Retrainer(
-        InferenceService(),
+        inference_service(),
         root / "model",
         root / "runs",
         backbone=backbone,
         data_dir=data_dir,
-        extra_args=LONG_TRAINING,
-        progress_interval=0.2,
+        **RETRAIN_SETTINGS | {"extra_args": LONG_TRAINING, "progress_interval": 0.2},
     )
     training = asyncio.Event()
 

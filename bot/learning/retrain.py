@@ -46,8 +46,6 @@ T = TypeVar("T")
 
 #: The report `moodring evaluate --split dev` writes into the model directory it scores.
 DEV_REPORT = "eval-dev.json"
-#: Community-dev rows needed before the gate compares models on them (fewer say little): BotConfig's default.
-DEFAULT_COMMUNITY_MIN_ROWS = 50
 
 #: Writes the corrections for a retrain into a directory; None when there are none to use.
 ExportCorrections = Callable[[Path], Awaitable[ExportSummary | None]]
@@ -96,7 +94,11 @@ ProgressCallback = Callable[[RetrainStatus], Awaitable[None]]
 
 
 class Retrainer:
-    """Runs one retrain at a time. `start` returns False if one is already running."""
+    """Runs one retrain at a time. `start` returns False if one is already running.
+
+    The settings come from the caller (bot/app.py passes BotConfig's): `extra_args` (MOODRING_RETRAIN_ARGS),
+    `tolerance` and `community_min_rows` (the gate, `should_swap`), `progress_interval` (seconds between updates).
+    """
 
     def __init__(
         self,
@@ -106,12 +108,12 @@ class Retrainer:
         *,
         backbone: str,
         data_dir: str | None,
-        extra_args: str = "",
-        tolerance: float = 0.005,
-        progress_interval: float = 5.0,
+        extra_args: str,
+        tolerance: float,
+        progress_interval: float,
+        community_min_rows: int,
         stop_grace_s: float = 10.0,
         export_corrections: ExportCorrections | None = None,
-        community_min_rows: int = DEFAULT_COMMUNITY_MIN_ROWS,
         after_swap: AfterSwap | None = None,
     ) -> None:
         self.inference = inference
@@ -522,10 +524,10 @@ def should_swap(
     current_f1: float | None,
     tolerance: float,
     *,
+    min_community_rows: int,
     candidate_community: float | None = None,
     current_community: float | None = None,
     community_rows: int = 0,
-    min_community_rows: int = DEFAULT_COMMUNITY_MIN_ROWS,
 ) -> bool:
     """The retrain gate. Serve the candidate when there is no current model; otherwise only if both hold:
 
