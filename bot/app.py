@@ -19,8 +19,8 @@ from bot.config import BotConfig
 from bot.inference import InferenceService
 from bot.learning.community_data import export_store
 from bot.learning.retrain import Retrainer
+from bot.replies import NO_MENTIONS, SOMETHING_WENT_WRONG, InvalidArgument, send_ephemeral
 from bot.store import Store, is_postgres_url, open_store
-from bot.utils import NO_MENTIONS, SOMETHING_WENT_WRONG, InvalidArgument, send_ephemeral
 from model import ModelError, ModelNotFoundError
 from model.storage import recover_directory
 
