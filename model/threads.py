@@ -52,6 +52,7 @@ def resolve_threads(explicit: int | None = None, environ: Mapping[str, str] | No
 
 
 def _count(environ: Mapping[str, str], name: str) -> int | None:
+    """The thread count in variable `name`, None when it is unset; ValueError, naming it, when it is not one."""
     raw = environ.get(name, "").strip()
     if not raw:
         return None
