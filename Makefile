@@ -17,9 +17,9 @@ $(BIN)/moodring: pyproject.toml constraints.txt
 
 install: $(BIN)/moodring
 
-## Fine-tune SqueezeBERT (offline MiniLM start) on GoEmotions, then report on the test split.
+## Fine-tune SqueezeBERT (from the default, offline MiniLM start) on GoEmotions, then report on the test split.
 train: install
-	$(BIN)/moodring train --backbone minilm
+	$(BIN)/moodring train
 	$(BIN)/moodring evaluate --split test
 
 lint: install

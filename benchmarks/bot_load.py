@@ -20,8 +20,8 @@ Where each part runs, and why. Two processes, so that what is measured is the bo
 * this process runs the bot's event loop and nothing else but the measurement: a loop-lag probe (sleeps 10 ms,
   records the oversleep), a poll of the bot's counters every 10 ms while a step drains, and the JSON-lines link to
   the stand-in. Its RSS (/proc/self/status VmRSS, VmHWM) is the bot's RSS; it does not import the stand-in (which
-  would bring pytest, about 10 MB), and points discord.py at it with the same two class attributes the stand-in's
-  own `point_discord_at` patches (`point_discord_at` below);
+  would bring pytest, about 10 MB), and points discord.py at it with the bot's own `point_discord_at` (bot/cli.py),
+  as `moodring run` does with MOODRING_DISCORD_API and MOODRING_DISCORD_GATEWAY;
 * a child process (this file with `--standin-child`) runs the stand-in and the load generator. In one process, the
   stand-in's work (building, compressing and sending gateway frames, answering REST) would be charged to the bot's
   loop lag and RSS; in a thread it would still hold the same GIL. The two processes share the machine's cores, as a
@@ -90,7 +90,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Callable
     from types import ModuleType
 
     from bot.app import MoodringBot
@@ -448,21 +448,6 @@ class BotChild(Child):
         return await self.receive("snapshot")
 
 
-@contextlib.contextmanager
-def point_discord_at(api_base: str, gateway_url: str) -> Iterator[None]:
-    """discord.py's REST base and gateway URL, as `MOODRING_DISCORD_API` and `MOODRING_DISCORD_GATEWAY` set them."""
-    import yarl
-    from discord.gateway import DiscordWebSocket
-    from discord.http import Route
-
-    saved = Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY
-    Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = api_base, yarl.URL(gateway_url)
-    try:
-        yield
-    finally:
-        Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
-
-
 def bot_config(args: argparse.Namespace, workdir: Path) -> BotConfig:
     """THE place the benchmarked bot's settings are made: `BotConfig.from_env` as `moodring run` calls it, with the
     command line's `BOT_SETTINGS` passed as their environment variables, a fresh database and work directory, and no
@@ -596,6 +581,7 @@ async def serve_shard(args: argparse.Namespace, out: Any) -> int:
     `bot_config` like this script's own, say `ready`, answer `snapshot` requests until `quit` or end of file (this
     script's process has gone), then close the bot and say `bye`. A failure is one `failed` event, and status 1."""
     from bot.app import MoodringBot
+    from bot.cli import point_discord_at
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)  # type: ignore[union-attr]
     requests = await stdin_reader()
@@ -839,7 +825,7 @@ async def wait_for(predicate: Callable[[], bool], timeout: float, poll: float = 
 async def run_step(bots: Bots, standin: StandIn, args: argparse.Namespace, rate: float) -> Step:
     """One rate: offer it, wait until every message sent is accounted for (by all the bot's processes together),
     flush the stores, measure."""
-    from bot.cogs.emotions import BUSY
+    from bot.replies import BUSY
 
     step = Step(rate)
     before = await bots.snapshots(reset_peak=True)
@@ -1139,6 +1125,7 @@ def summarise(steps: list[Step], total_sent: int, total_analysed: int, stored: i
 
 async def benchmark(args: argparse.Namespace) -> int:
     from bot.app import MoodringBot
+    from bot.cli import point_discord_at
     from bot.cluster.sharding import format_shard_ids
 
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)  # clean up too

@@ -19,8 +19,8 @@ from bot.config import BotConfig
 from bot.inference import InferenceService
 from bot.learning.community_data import export_store
 from bot.learning.retrain import Retrainer
+from bot.replies import NO_MENTIONS, SOMETHING_WENT_WRONG, InvalidArgument, send_ephemeral
 from bot.store import Store, is_postgres_url, open_store
-from bot.utils import NO_MENTIONS, SOMETHING_WENT_WRONG, InvalidArgument, send_ephemeral
 from model import ModelError, ModelNotFoundError
 from model.storage import recover_directory
 
@@ -64,13 +64,7 @@ class MoodringBot(commands.AutoShardedBot):
             **options,
         )
         self.config = config
-        self.inference = InferenceService(
-            max_batch=config.batch_size,
-            max_wait=config.batch_wait_ms / 1000,
-            queue_size=config.queue_size,
-            backend=config.backend,
-            threads=config.threads,
-        )
+        self.inference = InferenceService.from_config(config)
         self.retrainer = Retrainer(
             self.inference,
             config.model_dir,

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
+from bot.cluster.options import EXIT_UNREACHABLE, add_shard_count_option
 from bot.cluster.sharding import ShardSpecError, check_cluster_database, format_shard_ids, parse_shard_ids
 
 log = logging.getLogger(__name__)
-
-#: Exit status when Discord cannot be reached (sysexits.h EX_TEMPFAIL: try again later).
-EXIT_UNREACHABLE = 75
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -65,22 +65,6 @@ def _shard_ids_argument(value: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def add_shard_count_option(parser: argparse.ArgumentParser) -> None:
-    """`--shard-count N`, as `moodring run` and `moodring cluster` both take it."""
-    parser.add_argument(
-        "--shard-count",
-        type=positive_whole_number,
-        metavar="N",
-        help="the total number of shards (MOODRING_SHARD_COUNT; default: Discord's recommendation)",
-    )
-
-
-def positive_whole_number(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {value!r}")
-    return int(value)
-
-
 def shard_overrides(args: argparse.Namespace) -> dict[str, object]:
     """The BotConfig fields that `--shards` and `--shard-count` set (they win over the environment)."""
     overrides: dict[str, object] = {}
@@ -109,7 +93,6 @@ def _bot(check_cluster: bool = False, **overrides):
         log.info("running shards %s of %d", format_shard_ids(config.shard_ids), config.shard_count)
     from bot.app import MoodringBot  # torch, transformers and discord.py: only once the settings are good
 
-    point_discord_at(config)
     return MoodringBot(config)
 
 
@@ -172,27 +155,38 @@ def migrate_database(args: argparse.Namespace) -> int:
     return 1
 
 
-def point_discord_at(config) -> None:
-    """Send discord.py's REST calls and gateway connection to MOODRING_DISCORD_API / MOODRING_DISCORD_GATEWAY.
+@contextlib.contextmanager
+def point_discord_at(api_base: str, gateway_url: str) -> Iterator[None]:
+    """Send discord.py's REST calls to `api_base` and its gateway connection to `gateway_url` within the block (a
+    Discord-compatible server: `moodring sandbox`, the tests' stand-in, the load benchmark's); restored after it.
 
     discord.py builds every REST URL (interaction callbacks and webhooks too) from `Route.BASE` and connects to
-    `DiscordWebSocket.DEFAULT_GATEWAY`; setting those two class attributes is all it takes. Says so loudly: a bot
-    that silently talks to something other than Discord would be a nasty surprise.
+    `DiscordWebSocket.DEFAULT_GATEWAY`; setting those two class attributes is all it takes.
     """
-    if config.discord_api is None:
-        return
     import yarl
     from discord.gateway import DiscordWebSocket
     from discord.http import Route
 
-    Route.BASE = config.discord_api
-    DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(config.discord_gateway)
+    saved = Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY
+    Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = api_base, yarl.URL(gateway_url)
+    try:
+        yield
+    finally:
+        Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+def _discord_of(config) -> contextlib.AbstractContextManager[None]:
+    """Discord, or the server MOODRING_DISCORD_API / MOODRING_DISCORD_GATEWAY name (`point_discord_at`). Says so
+    loudly: a bot that silently talks to something other than Discord would be a nasty surprise."""
+    if config.discord_api is None:
+        return contextlib.nullcontext()
     log.warning(
         "NOT CONNECTING TO DISCORD: MOODRING_DISCORD_API=%s and MOODRING_DISCORD_GATEWAY=%s are set "
         "(a Discord-compatible server such as `moodring sandbox`). Unset them to run on Discord.",
         config.discord_api,
         config.discord_gateway,
     )
+    return point_discord_at(config.discord_api, config.discord_gateway)
 
 
 def run_bot(args: argparse.Namespace) -> int:
@@ -202,7 +196,8 @@ def run_bot(args: argparse.Namespace) -> int:
     from model.parent_watch import watch_parent
 
     watch_parent()  # when `moodring sandbox` or `cluster` started it: a clean stop (SIGTERM) if that dies
-    return asyncio.run(_serve(bot))
+    with _discord_of(bot.config):
+        return asyncio.run(_serve(bot))
 
 
 async def _serve(bot, sync_and_exit: bool = False) -> int:
@@ -296,4 +291,5 @@ def sync_commands(args: argparse.Namespace) -> int:
     bot = _bot(train_on_start=False)  # publishing commands must not start a first training
     if bot is None:
         return 2
-    return asyncio.run(_serve(bot, sync_and_exit=True))
+    with _discord_of(bot.config):
+        return asyncio.run(_serve(bot, sync_and_exit=True))

@@ -5,19 +5,23 @@ from __future__ import annotations
 import math
 import os
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from bot.cluster.sharding import ShardSpecError, check_shard_ids, parse_shard_ids
-from model.onnx_export import BACKEND_CHOICES
+from model.backends import BACKEND_CHOICES
+from model.threads import threads_setting
 
 #: Training options that MOODRING_RETRAIN_ARGS may not set: the retrainer chooses where the candidate model and its
 #: run go, and serves the candidate only once it passes the gate; `--out` would overwrite the serving model directly.
 RETRAIN_PATH_FLAGS = ("--out", "--work-dir")
 #: Discord ids (snowflakes) are positive 64-bit integers.
 MAX_SNOWFLAKE = 2**64 - 1
+
+T = TypeVar("T")
 
 
 class DatabaseURL(str):
@@ -33,11 +37,11 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message says which and how to fix it."""
 
 
-def _default_model_dir() -> Path:
-    """`model.default_model_dir()`, imported on first use: reading the settings must not load torch."""
+def _default_model_dir(env: Mapping[str, str] | None = None) -> Path:
+    """`model.default_model_dir(env)`, imported on first use: reading the settings must not load torch."""
     from model import default_model_dir
 
-    return default_model_dir()
+    return default_model_dir(env)
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,8 @@ class BotConfig:
     corrections_window_s: float = 600.0
     community_dev_min_rows: int = 50  # the retrain gate compares community-dev F1 only with at least this many rows
     backend: str = "auto"  # auto: int8 ONNX when the model has it and onnxruntime imports, else torch
-    threads: int | None = None  # inference intra-op threads; None: the cores this process may use
+    # Inference intra-op threads (MOODRING_THREADS); None: OMP_NUM_THREADS, else the cores this process may use.
+    threads: int | None = None
     # A Discord-compatible server instead of Discord (`moodring sandbox`): discord.py's REST base and gateway URL.
     discord_api: str | None = None
     discord_gateway: str | None = None
@@ -102,7 +107,7 @@ class BotConfig:
             retrain_tolerance=_float(env, "MOODRING_RETRAIN_TOLERANCE", cls.retrain_tolerance),
             progress_interval=_at_least(0.1, env, "MOODRING_PROGRESS_INTERVAL_S", cls.progress_interval),
             backend=_choice(env, "MOODRING_BACKEND", BACKEND_CHOICES, cls.backend),
-            threads=_at_least(1, env, "MOODRING_THREADS", cls.threads),
+            threads=_parsed(threads_setting, env),
             readings_per_user=_at_least(1, env, "MOODRING_READINGS_PER_USER", cls.readings_per_user),
             readings_per_channel=_at_least(1, env, "MOODRING_READINGS_PER_CHANNEL", cls.readings_per_channel),
             reading_window_s=_at_least(1.0, env, "MOODRING_READING_WINDOW_S", cls.reading_window_s),
@@ -114,7 +119,7 @@ class BotConfig:
             shard_count=_at_least(1, env, "MOODRING_SHARD_COUNT", cls.shard_count),
             shard_ids=_shard_ids(env, "MOODRING_SHARD_IDS"),
             # Last: the default imports torch, which a bad setting above should not wait for.
-            model_dir=Path(env.get("MOODRING_MODEL_DIR") or _default_model_dir()),
+            model_dir=_default_model_dir(env),
         )
 
     def __post_init__(self) -> None:
@@ -261,6 +266,14 @@ def split_retrain_args(value: str, name: str = "MOODRING_RETRAIN_ARGS") -> list[
                     "MOODRING_WORK_DIR instead."
                 )
     return tokens
+
+
+def _parsed(read: Callable[[Mapping[str, str]], T], env: Mapping[str, str]) -> T:
+    """`read(env)`, a setting's own reader; its ValueError (which names the setting) becomes a ConfigError."""
+    try:
+        return read(env)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _checked(check, env: Mapping[str, str], name: str) -> str:

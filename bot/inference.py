@@ -19,15 +19,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot.backoff import Backoff
 from model import EmotionClassifier, Prediction
 from model.threads import resolve_threads
 
+if TYPE_CHECKING:
+    from bot.config import BotConfig
+
 log = logging.getLogger(__name__)
 
 # Seconds a caller waits for its reading unless it asks for less (on_message does not): far beyond a full
-# queue's worth of batches, so only a stuck model call or a dead worker thread ever reaches it.
+# queue's worth of batches, so only a stuck model call or a dead worker thread ever reaches it (tests shorten
+# `InferenceService.timeout`).
 DEFAULT_TIMEOUT = 10.0
 #: After a failed batch or a dead batcher: wait RETRY_INTERVAL, doubling up to RETRY_CAP intervals (2 s).
 RETRY_INTERVAL = 0.05
@@ -54,22 +59,16 @@ class _Request:
 
 
 class InferenceService:
-    def __init__(
-        self,
-        max_batch: int = 16,
-        max_wait: float = 0.01,
-        queue_size: int = 256,
-        timeout: float = DEFAULT_TIMEOUT,
-        *,
-        backend: str = "auto",
-        threads: int | None = None,
-    ) -> None:
+    """The bot's reader (see the module docstring). It defines no settings of its own: BotConfig holds their
+    defaults, and `from_config` passes them."""
+
+    def __init__(self, *, max_batch: int, max_wait: float, queue_size: int, backend: str, threads: int | None) -> None:
         self.backend = backend
-        self.threads = threads  # None: the cores this process may use
+        self.threads = threads  # None: MOODRING_THREADS, else OMP_NUM_THREADS, else the usable cores
         self._reserved_cores = 0  # taken by a running retrain child
         self.max_batch = max_batch
-        self.max_wait = max_wait
-        self.timeout = timeout
+        self.max_wait = max_wait  # seconds
+        self.timeout = DEFAULT_TIMEOUT
         self.classifier: EmotionClassifier | None = None
         self._queue: asyncio.Queue[_Request] = asyncio.Queue(maxsize=queue_size)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moodring-model")
@@ -84,6 +83,17 @@ class InferenceService:
         self.rejected = 0
         self.timed_out = 0
         self.restarts = 0
+
+    @classmethod
+    def from_config(cls, config: BotConfig) -> InferenceService:
+        """The service the bot's settings describe: their batch, wait, queue, backend and threads."""
+        return cls(
+            max_batch=config.batch_size,
+            max_wait=config.batch_wait_ms / 1000,
+            queue_size=config.queue_size,
+            backend=config.backend,
+            threads=config.threads,
+        )
 
     @property
     def ready(self) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
+from model.backends import BACKEND_CHOICES, FILE_OF_BACKEND, INPUT_NAMES, OUTPUT_NAME
 from model.metadata import METADATA_FILE, ModelMetadata
 from model.network import SqueezeBertForEmotions
-from model.onnx_export import BACKEND_CHOICES, FILE_OF_BACKEND, INPUT_NAMES, OUTPUT_NAME
 from model.threads import apply_torch_threads, ort_session_options, resolve_threads
 from model.training_contract import file_sha256
 
@@ -31,9 +31,13 @@ class ModelNotFoundError(ModelError, FileNotFoundError):
     """No exported model where one was expected; the message says how to make one."""
 
 
-def default_model_dir() -> Path:
-    """`MOODRING_MODEL_DIR` if set, else `models/moodring-goemotions`."""
-    return Path(os.environ.get("MOODRING_MODEL_DIR") or DEFAULT_MODEL_DIR)
+def default_model_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """`MOODRING_MODEL_DIR` in `environ` (default: the process's environment) if set, else `models/moodring-goemotions`.
+
+    The one reader of MOODRING_MODEL_DIR: the bot's settings (bot/config.py) and every command's `--model` default.
+    """
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("MOODRING_MODEL_DIR") or DEFAULT_MODEL_DIR)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ through `LinearView`: the same function in [batch, sequence, channels] layout, w
 file then quantizes `MatMul`/`Gemm` only, with `onnxruntime.quantization.quantize_dynamic` (see `quantization_for`).
 
 Both graphs take `input_ids` and `attention_mask` (int64, [batch, sequence], both axes dynamic) and return
-`scores` (float32 sigmoid scores, [batch, num_labels]).
+`scores` (float32 sigmoid scores, [batch, num_labels]); the file and graph names are model/backends.py's.
 
-torch, onnx and onnxruntime are imported inside the functions that need them (the CLI imports this module).
+torch, onnx and onnxruntime are imported inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -20,19 +20,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from model.backends import INPUT_NAMES, INT8_FILE, ONNX_FILE, OUTPUT_NAME
 from model.training_contract import file_sha256
 
 if TYPE_CHECKING:
     from model.network import SqueezeBertForEmotions
 
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-FILE_OF_BACKEND = {"onnx": ONNX_FILE, "onnx-int8": INT8_FILE}
-#: What `EmotionClassifier.load(backend=...)`, `--backend` and MOODRING_BACKEND accept; "auto" picks one.
-BACKENDS = ("torch", *FILE_OF_BACKEND)
-BACKEND_CHOICES = ("auto", *BACKENDS)
-INPUT_NAMES = ("input_ids", "attention_mask")
-OUTPUT_NAME = "scores"
 OPSET = 17  # the first with LayerNormalization
 QUANTIZED_OPS = ("MatMul", "Gemm")
 # Measured on a 1-epoch MiniLM (GoEmotions dev and test, 5.4k rows each; AVX2 without VNNI, one thread):

@@ -25,6 +25,15 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def threads_setting(environ: Mapping[str, str] | None = None) -> int | None:
+    """`MOODRING_THREADS` from `environ` (default: the process's environment), None when it is unset.
+
+    The one reader of the variable (the bot's settings and `resolve_threads` both ask here). Raises ValueError,
+    with a message naming it, for a count below 1 or a non-number.
+    """
+    return _count(os.environ if environ is None else environ, THREADS_ENV)
+
+
 def resolve_threads(explicit: int | None = None, environ: Mapping[str, str] | None = None) -> int:
     """The intra-op thread count: `explicit` if given, else `MOODRING_THREADS`, else `OMP_NUM_THREADS` (a
     count the user already chose for every OpenMP program), else `available_cores()`.
@@ -36,17 +45,24 @@ def resolve_threads(explicit: int | None = None, environ: Mapping[str, str] | No
             raise ValueError(f"threads must be at least 1, got {explicit}")
         return explicit
     environ = os.environ if environ is None else environ
-    for name in (THREADS_ENV, "OMP_NUM_THREADS"):
-        raw = environ.get(name, "").strip()
-        if raw:
-            try:
-                value = int(raw)
-            except ValueError:
-                value = 0
-            if value < 1:
-                raise ValueError(f"{name} must be a whole number of at least 1, got {raw!r}")
-            return value
-    return available_cores()
+    chosen = threads_setting(environ)
+    if chosen is None:
+        chosen = _count(environ, "OMP_NUM_THREADS")
+    return chosen or available_cores()
+
+
+def _count(environ: Mapping[str, str], name: str) -> int | None:
+    """The thread count in variable `name`, None when it is unset; ValueError, naming it, when it is not one."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {raw!r}")
+    return value
 
 
 def apply_torch_threads(threads: int) -> None:

@@ -21,17 +21,17 @@ LONG_TRAINING = "--epochs 50 --patience 50 --train-limit 256 --dev-limit 32 --ma
 
 
 async def retrainer_parent(root: Path, backbone: str, data_dir: str) -> None:
-    from bot.inference import InferenceService
+    from bot_defaults import RETRAIN_SETTINGS, inference_service
+
     from bot.learning.retrain import Retrainer, RetrainStatus
 
     retrainer = Retrainer(
-        InferenceService(),
+        inference_service(),
         root / "model",
         root / "runs",
         backbone=backbone,
         data_dir=data_dir,
-        extra_args=LONG_TRAINING,
-        progress_interval=0.2,
+        **RETRAIN_SETTINGS | {"extra_args": LONG_TRAINING, "progress_interval": 0.2},
     )
     training = asyncio.Event()
 
@@ -47,14 +47,13 @@ async def retrainer_parent(root: Path, backbone: str, data_dir: str) -> None:
 
 async def bot_parent(root: Path, backbone: str, data_dir: str) -> int:
     from bot_fixtures import moodring_config
-    from standin_fixtures import point_discord_at
 
     from bot.app import MoodringBot
-    from bot.cli import _serve
+    from bot.cli import _serve, point_discord_at
     from sandbox import DiscordStandIn
 
     async with DiscordStandIn() as standin:
-        with point_discord_at(standin):
+        with point_discord_at(standin.api_base, standin.gateway_url):
             config = moodring_config(
                 standin,
                 root / "model",  # no model there: the bot trains its first one at start-up

@@ -1,9 +1,8 @@
-"""Point the unmodified discord.py client at a :class:`sandbox.DiscordStandIn`: the ``discord_standin`` fixture,
-``point_discord_at`` and ``running_bot``.
+"""Point the unmodified discord.py client at a :class:`sandbox.DiscordStandIn`: the ``discord_standin`` fixture
+and ``running_bot``.
 
-Nothing in the bot needs a test-only branch: discord.py builds every REST URL (including
-interaction callbacks and webhook follow-ups) from ``discord.http.Route.BASE`` and connects to
-``DiscordWebSocket.DEFAULT_GATEWAY``; those two class attributes are all that is patched.
+Nothing in the bot needs a test-only branch: the fixture points discord.py at the stand-in with the bot's own
+``bot.cli.point_discord_at`` (what ``moodring run`` does with MOODRING_DISCORD_API / MOODRING_DISCORD_GATEWAY).
 Registered in tests/conftest.py via ``pytest_plugins``.
 """
 
@@ -12,44 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import discord
 import pytest
-import yarl
-from discord.gateway import DiscordWebSocket
-from discord.http import Route
 
+from bot.cli import point_discord_at
 from sandbox import DiscordStandIn
 
 _log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def point_discord_at(standin: DiscordStandIn, monkeypatch: pytest.MonkeyPatch | None = None) -> Iterator[None]:
-    """Route discord.py's REST and gateway traffic to ``standin`` for the duration of the block.
-
-    With ``monkeypatch`` the patches are registered there (undone at test teardown); without it
-    they are restored when the block exits.
-    """
-    patches: list[tuple[Any, str, Any]] = [
-        (Route, "BASE", standin.api_base),
-        (DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(standin.gateway_url)),
-    ]
-    if monkeypatch is not None:
-        for target, name, value in patches:
-            monkeypatch.setattr(target, name, value)
-        yield
-        return
-    saved = [(target, name, getattr(target, name)) for target, name, _ in patches]
-    try:
-        for target, name, value in patches:
-            setattr(target, name, value)
-        yield
-    finally:
-        for target, name, value in saved:
-            setattr(target, name, value)
 
 
 async def stop_bot(bot: discord.Client, task: asyncio.Task[None] | None, *, timeout: float = 5.0) -> None:
@@ -112,9 +82,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture
-async def discord_standin(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[DiscordStandIn]:
+async def discord_standin(request: pytest.FixtureRequest) -> AsyncIterator[DiscordStandIn]:
     """A running :class:`DiscordStandIn` with discord.py pointed at it (undone after the test).
 
     Configure it with ``@pytest.mark.discord_standin(heartbeat_interval=1000, ...)``. The test
@@ -126,7 +94,7 @@ async def discord_standin(
     options = {"identify_window_s": 0.0, **(marker.kwargs if marker is not None else {})}
     standin = DiscordStandIn(**options)
     async with standin:
-        with point_discord_at(standin, monkeypatch):
+        with point_discord_at(standin.api_base, standin.gateway_url):
             yield standin
     if standin.errors:
         pytest.fail("the Discord stand-in had internal errors:\n" + "\n".join(standin.errors), pytrace=False)

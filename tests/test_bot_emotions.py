@@ -27,9 +27,9 @@ from bot.app import NO_MODEL, MoodringBot
 from bot.cogs.emotions import NOTHING_TO_READ
 from bot.inference import DEFAULT_TIMEOUT
 from bot.render import EMOJI
+from bot.replies import SOMETHING_WENT_WRONG
 from bot.store import ChannelSettings
 from bot.text import prepare_text
-from bot.utils import SOMETHING_WENT_WRONG
 from model import EmotionClassifier, Prediction
 from sandbox import DiscordStandIn, RecordedRequest, payloads
 

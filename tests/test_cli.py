@@ -115,3 +115,14 @@ def test_model_package_names_resolve_to_their_homes() -> None:
         assert getattr(model, name) is getattr(importlib.import_module(model._HOMES[name]), name)
     with pytest.raises(AttributeError):
         model.NoSuchName  # noqa: B018
+
+
+def test_a_plain_train_uses_trainargs_offline_backbone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`moodring train` with no --backbone trains from TrainArgs' default, the offline `minilm` (the one every
+    published figure was measured with; a hub-only default made a plain `moodring train` fail offline)."""
+    from training.config import TrainArgs
+
+    monkeypatch.delenv("MOODRING_BACKBONE", raising=False)
+    assert build_parser().parse_args(["train"]).backbone == TrainArgs().backbone == "minilm"
+    monkeypatch.setenv("MOODRING_BACKBONE", "./my-backbone")  # the environment's choice wins over the default
+    assert build_parser().parse_args(["train"]).backbone == "./my-backbone"

@@ -6,6 +6,7 @@ import asyncio
 import threading
 
 import pytest
+from bot_defaults import inference_service
 
 from bot.inference import InferenceBusy, InferenceFailed, InferenceService, NoModel
 from model import EmotionClassifier
@@ -16,8 +17,20 @@ def classifier(tiny_model_dir) -> EmotionClassifier:
     return EmotionClassifier.load(tiny_model_dir)
 
 
+async def test_the_service_takes_every_setting_from_botconfig() -> None:
+    """BotConfig is the one home of the batch, wait, queue, backend and threads defaults: the service has none."""
+    service = inference_service(batch_size=3, batch_wait_ms=25.0, queue_size=7, backend="torch", threads=2)
+    try:
+        assert (service.max_batch, service.max_wait, service.backend, service.threads) == (3, 0.025, "torch", 2)
+        assert service._queue.maxsize == 7
+    finally:
+        await service.close()
+    with pytest.raises(TypeError, match="max_batch"):
+        InferenceService()  # type: ignore[call-arg]
+
+
 async def test_no_model_is_a_clear_error() -> None:
-    service = InferenceService()
+    service = inference_service()
     service.start()
     with pytest.raises(NoModel):
         await service.classify("hello")
@@ -25,7 +38,7 @@ async def test_no_model_is_a_clear_error() -> None:
 
 
 async def test_requests_are_micro_batched_off_the_loop(classifier: EmotionClassifier) -> None:
-    service = InferenceService(max_batch=8, max_wait=0.05)
+    service = inference_service(batch_size=8, batch_wait_ms=50.0)
     service.swap(classifier)
     threads: set[str] = set()
     original = classifier.predict
@@ -48,7 +61,7 @@ async def test_requests_are_micro_batched_off_the_loop(classifier: EmotionClassi
 
 
 async def test_full_queue_answers_busy_instead_of_growing(classifier: EmotionClassifier) -> None:
-    service = InferenceService(queue_size=4)
+    service = inference_service(queue_size=4)
     service.swap(classifier)  # not started: nothing drains the queue
     waiting = [asyncio.ensure_future(service.classify(f"text {i}")) for i in range(4)]
     await asyncio.sleep(0)
@@ -62,7 +75,7 @@ async def test_full_queue_answers_busy_instead_of_growing(classifier: EmotionCla
 
 
 async def test_swap_serves_the_new_model(classifier: EmotionClassifier, tiny_model_dir) -> None:
-    service = InferenceService()
+    service = inference_service()
     service.start()
     service.swap(classifier)
     first = await service.classify("swap me")
@@ -96,7 +109,7 @@ def faulty(classifier: EmotionClassifier, fault, calls: set[int]):
 async def test_the_batcher_survives_an_error_outside_the_model_call(classifier: EmotionClassifier) -> None:
     """A model that answers one prediction short breaks the batcher's own bookkeeping (not `predict`, whose
     errors were always caught): that batch's callers get an error, and the next batch is served."""
-    service = InferenceService(max_batch=1, max_wait=0)
+    service = inference_service(batch_size=1, batch_wait_ms=0.0)
     service.swap(classifier)
     classifier.predict = faulty(classifier, lambda texts, top_k: [], {1})
     service.start()
@@ -112,7 +125,7 @@ async def test_the_batcher_survives_an_error_outside_the_model_call(classifier: 
 
 
 async def test_a_cancelled_batcher_is_restarted(classifier: EmotionClassifier) -> None:
-    service = InferenceService()
+    service = inference_service()
     service.swap(classifier)
     service.start()
     try:
@@ -133,7 +146,7 @@ async def test_a_batcher_killed_mid_burst_fails_its_batch_and_serves_the_rest(cl
     def kill(texts, top_k):
         raise BatcherKilled
 
-    service = InferenceService(max_batch=4, max_wait=0.01)
+    service = inference_service(batch_size=4, batch_wait_ms=10.0)
     service.swap(classifier)
     classifier.predict = faulty(classifier, kill, {2})
     service.start()
@@ -156,7 +169,8 @@ async def test_a_batcher_killed_mid_burst_fails_its_batch_and_serves_the_rest(cl
 async def test_classify_gives_up_after_its_timeout(classifier: EmotionClassifier) -> None:
     """A model call that hangs (a stuck worker thread) never leaves a caller waiting past the timeout."""
     release = threading.Event()
-    service = InferenceService(max_batch=1, max_wait=0, timeout=0.3)
+    service = inference_service(batch_size=1, batch_wait_ms=0.0)
+    service.timeout = 0.3
     service.swap(classifier)
     original = classifier.predict
     classifier.predict = faulty(classifier, lambda texts, top_k: release.wait(30) and original(texts, top_k), {1})
@@ -182,17 +196,17 @@ async def test_the_service_loads_models_through_its_configured_backend_and_threa
     onnx_model_dir, tiny_model_dir
 ) -> None:
     """MOODRING_BACKEND and MOODRING_THREADS reach the classifier the bot serves, for every load."""
-    service = InferenceService(backend="onnx-int8", threads=1)
+    service = inference_service(backend="onnx-int8", threads=1)
     service.start()
     try:
         served = await service.load(onnx_model_dir)
         assert (served.backend, served.threads) == ("onnx-int8", 1)
         assert (await service.classify("thank you so much!")).top
-        torch_service = InferenceService(backend="torch", threads=1)
+        torch_service = inference_service(backend="torch", threads=1)
         assert (await torch_service.load(onnx_model_dir)).backend == "torch"
         await torch_service.close()
         # `auto` serves int8 ONNX where the model has it, torch where it doesn't (the tiny model has no ONNX files).
-        auto = InferenceService(backend="auto", threads=1)
+        auto = inference_service(backend="auto", threads=1)
         assert (await auto.load(onnx_model_dir)).backend == "onnx-int8"
         assert (await auto.load(tiny_model_dir)).backend == "torch"
         await auto.close()
@@ -203,7 +217,7 @@ async def test_the_service_loads_models_through_its_configured_backend_and_threa
 async def test_the_worker_gives_up_the_cores_a_retrain_takes_and_gets_them_back(onnx_model_dir, tiny_model_dir) -> None:
     """While a retrain child runs, the served model uses the cores that are left (at least one), then all again."""
     for directory in (onnx_model_dir, tiny_model_dir):  # int8 ONNX and torch
-        service = InferenceService(backend="auto", threads=2)
+        service = inference_service(backend="auto", threads=2)
         service.start()
         try:
             served = await service.load(directory)

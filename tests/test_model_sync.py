@@ -12,12 +12,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from bot_defaults import inference_service
 from bot_fixtures import BotFactory, moodring_config, second_model, threshold_marks, wait_until
 
 from bot.app import MoodringBot
 from bot.cluster.model_sync import CHANNEL, ModelSync, announcement, read_checksums
 from bot.cluster.sharding import shard_of
-from bot.inference import InferenceService
 from bot.text import prepare_text
 from model import EmotionClassifier
 from model.storage import replace_directory
@@ -93,7 +93,7 @@ async def test_with_sqlite_there_is_nothing_to_synchronise(discord_standin: Disc
 @pytest.fixture
 async def receiver(postgres_url: str, shared_model_dir: Path) -> AsyncIterator[ModelSync]:
     """A process's serving side, listening: the tiny model loaded from the shared directory."""
-    service = InferenceService()
+    service = inference_service()
     service.start()
     sync = ModelSync(postgres_url, shared_model_dir, service, retry_interval=2.0)
     try:
@@ -120,7 +120,7 @@ async def test_an_announced_model_whose_files_differ_here_is_not_served_and_says
 ) -> None:
     serving = receiver.inference.classifier
     # The sender's model directory is not the one this process reads (another machine, a copy not synchronised).
-    sender_service = InferenceService()
+    sender_service = inference_service()
     sender = ModelSync(postgres_url, second_model(tiny_model_dir, tmp_path / "elsewhere" / "model"), sender_service)
     try:
         assert await sender.announce()
@@ -181,7 +181,7 @@ async def test_a_dropped_listener_reconnects_and_catches_up_on_the_swap_it_misse
     await wait_until(lambda: not receiver.listening, 10, "the dropped connection noticed")
     # A swap while this process is not listening (it reconnects after 2 s): its announcement is lost.
     await asyncio.to_thread(replace_directory, new, receiver.model_dir)
-    sender_service = InferenceService()
+    sender_service = inference_service()
     try:
         assert await ModelSync(postgres_url, receiver.model_dir, sender_service).announce()
     finally:
@@ -198,7 +198,7 @@ async def test_a_dropped_listener_reconnects_and_catches_up_on_the_swap_it_misse
 async def test_an_announcement_that_cannot_be_sent_is_one_line_and_never_an_error(
     shared_model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    service = InferenceService()
+    service = inference_service()
     unreachable = "postgresql://moodring:secret-pw@127.0.0.1:9/moodring"  # the discard port: refused
     try:
         assert await ModelSync(unreachable, shared_model_dir, service).announce() is False

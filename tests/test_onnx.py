@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from model import EmotionClassifier, ModelError, ModelMetadata
+from model.backends import INT8_FILE, ONNX_FILE
 from model.linear_view import LinearView
-from model.onnx_export import INT8_FILE, ONNX_FILE, graph_operators
+from model.onnx_export import graph_operators
 from model.threads import THREADS_ENV, available_cores, resolve_threads
 from training.config import TrainArgs
 from training.evaluate import evaluate

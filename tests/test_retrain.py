@@ -10,29 +10,31 @@ import threading
 from pathlib import Path
 
 import pytest
+from bot_defaults import BOT_DEFAULTS, RETRAIN_SETTINGS, inference_service
 from bot_fixtures import wait_until
 from process_guard import process_alive
 from safetensors.torch import load_file, save_file
 
 import bot.learning.retrain
 from bot.config import split_retrain_args
-from bot.inference import InferenceService
 from bot.learning.progress_text import format_status
 from bot.learning.retrain import Retrainer, RetrainStatus, should_swap
 from bot.learning.training_child import child_environment
 from model import EmotionClassifier, ModelMetadata
 from model.training_contract import ProgressReader, reusable_dev_f1
 
+#: The gate's community-dev minimum, BotConfig's (the swap-rule tests below compare GoEmotions dev only).
+MIN_ROWS = BOT_DEFAULTS.community_dev_min_rows
 TINY_ARGS = "--epochs 1 --train-limit 64 --dev-limit 64 --max-length 16 --batch-size 16 --learning-rate 1e-3"
 #: Training that runs until it is stopped (for tests that need a running child, not a result).
 LONG_ARGS = "--epochs 50 --patience 50 --train-limit 256 --dev-limit 32 --max-length 16"
 
 
 def test_swap_rule() -> None:
-    assert should_swap(0.40, None, 0.005)  # no current model: anything trained is better than nothing
-    assert should_swap(0.50, 0.50, 0.005)
-    assert should_swap(0.496, 0.50, 0.005)
-    assert not should_swap(0.494, 0.50, 0.005)
+    assert should_swap(0.40, None, 0.005, min_community_rows=MIN_ROWS)  # no model yet: anything trained is better
+    assert should_swap(0.50, 0.50, 0.005, min_community_rows=MIN_ROWS)
+    assert should_swap(0.496, 0.50, 0.005, min_community_rows=MIN_ROWS)
+    assert not should_swap(0.494, 0.50, 0.005, min_community_rows=MIN_ROWS)
 
 
 @pytest.fixture
@@ -40,7 +42,7 @@ async def serving(tmp_path: Path, tiny_model_dir: Path, tiny_dev_report: dict):
     """An inference service serving a copy of the tiny model (with its dev report) from `tmp_path/model`."""
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model_dir)
-    service = InferenceService()
+    service = inference_service()
     service.start()
     await service.load(model_dir)
     yield service, model_dir
@@ -48,7 +50,7 @@ async def serving(tmp_path: Path, tiny_model_dir: Path, tiny_dev_report: dict):
 
 
 def make_retrainer(service, model_dir: Path, tmp_path: Path, backbone: Path, data_dir: Path, **kwargs) -> Retrainer:
-    options = {"extra_args": TINY_ARGS, "tolerance": 0.005, "progress_interval": 0.2} | kwargs
+    options = RETRAIN_SETTINGS | {"extra_args": TINY_ARGS, "tolerance": 0.005, "progress_interval": 0.2} | kwargs
     return Retrainer(service, model_dir, tmp_path / "runs", backbone=str(backbone), data_dir=str(data_dir), **options)
 
 
@@ -270,7 +272,8 @@ def test_training_progress_and_dev_reports_are_read_as_they_are_written(
     # eval-dev.json as `moodring evaluate --split dev` wrote it beside the model: read, trusted, gated.
     f1 = reusable_dev_f1(tiny_model_dir / "eval-dev.json", str(goemotions_dir))
     assert f1 == tiny_dev_report["macro_f1"]
-    assert should_swap(f1, f1, tolerance=0.0) and not should_swap(f1 - 0.01, f1, tolerance=0.005)
+    assert should_swap(f1, f1, tolerance=0.0, min_community_rows=MIN_ROWS)
+    assert not should_swap(f1 - 0.01, f1, tolerance=0.005, min_community_rows=MIN_ROWS)
 
 
 @pytest.mark.parametrize(
@@ -290,7 +293,12 @@ def test_retrain_args_may_not_choose_where_the_candidate_goes(args: str, flag: s
         split_retrain_args(args)
     with pytest.raises(ValueError, match=flag):
         Retrainer(
-            InferenceService(), tmp_path / "model", tmp_path / "runs", backbone="minilm", data_dir=None, extra_args=args
+            inference_service(),
+            tmp_path / "model",
+            tmp_path / "runs",
+            backbone="minilm",
+            data_dir=None,
+            **RETRAIN_SETTINGS | {"extra_args": args},
         )
 
 

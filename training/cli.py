@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 
@@ -23,8 +24,9 @@ def register(commands: argparse._SubParsersAction) -> None:
             train.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip: " + help_text)
         elif spec.metadata["choices"]:
             train.add_argument(flag, choices=spec.metadata["choices"], default=spec.default, help=help_text)
-        elif spec.name == "backbone":  # None: the environment's choice is read when the command runs
-            train.add_argument(flag, default=None, help=help_text)
+        elif spec.name == "backbone":  # the environment's choice, else TrainArgs'
+            help_text += f" (default: $MOODRING_BACKBONE, else {spec.default})"
+            train.add_argument(flag, default=os.environ.get("MOODRING_BACKBONE") or spec.default, help=help_text)
         elif check is None:
             train.add_argument(flag, default=spec.default, help=help_text)
         else:  # every numeric option is range-checked here, so a bad value is a usage error, not a traceback
@@ -51,19 +53,16 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import os
-
     from model.parent_watch import watch_parent
 
     watch_parent()  # started by the bot's retrainer: stop if the bot dies
     from training.backbones import BackboneError
-    from training.config import DEFAULT_BACKBONE, TrainArgs
+    from training.config import TrainArgs
     from training.data import DataError
     from training.train import TrainingError, train
 
     names = {f.name for f in fields(TrainArgs)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    values["backbone"] = args.backbone or os.environ.get("MOODRING_BACKBONE") or DEFAULT_BACKBONE
     if serving_threads("train", args) is None:
         return 2
     try:

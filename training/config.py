@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from model.cli import finite_number, positive_int, whole_number
+from model.arguments import finite_number, positive_int, whole_number
 
-DEFAULT_BACKBONE = "squeezebert/squeezebert-uncased"
 MAX_POSITIONS = 512  # in every SqueezeBERT and BERT checkpoint
 
 
@@ -25,10 +24,10 @@ def option(default, help: str, check=None, choices: tuple[str, ...] | None = Non
 @dataclass
 class TrainArgs:
     data_dir: str | None = option(None, "GoEmotions directory in the original TSV layout (default: $GOEMOTIONS_DIR)")
+    # minilm: the offline start every published figure was measured with (the hub's squeezebert/squeezebert-uncased
+    # needs the network, so a plain `moodring train` failed offline).
     backbone: str = option(
-        DEFAULT_BACKBONE,
-        "hub id, local directory, or `minilm` (offline pretrained start; needs .[offline]); "
-        "default: $MOODRING_BACKBONE, else the hub's squeezebert/squeezebert-uncased",
+        "minilm", "hub id, local directory, or `minilm` (offline pretrained start; needs .[offline])"
     )
     out: str | None = option(
         None, "where to export the model (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"

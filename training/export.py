@@ -110,7 +110,7 @@ def export_model(
 
 def drop_onnx(directory: Path, metadata: ModelMetadata) -> None:
     """Remove the ONNX files and everything recorded about them."""
-    from model.onnx_export import FILE_OF_BACKEND
+    from model.backends import FILE_OF_BACKEND
 
     for name in FILE_OF_BACKEND.values():
         (Path(directory) / name).unlink(missing_ok=True)

@@ -28,14 +28,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bot.backoff import Backoff
-from bot.cli import EXIT_UNREACHABLE, add_shard_count_option, positive_whole_number
+from bot.cluster.options import EXIT_CONFIG, EXIT_UNREACHABLE, add_shard_count_option
 from bot.cluster.sharding import ShardSpecError, check_cluster_database, format_shard_ids, split_shards
+from model.arguments import positive_int
 from model.child_process import Lifeline, start_child, stop_child
 
 log = logging.getLogger(__name__)
-
-#: Exit status of a child (and of the cluster) for a setting to fix: restarting cannot help.
-EXIT_CONFIG = 2
 DISCORD_API = "https://discord.com/api/v10"
 
 
@@ -183,9 +181,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         description="Start N `moodring run` processes over the shards, restart one that crashes (with back-off), "
         "and stop them all on Ctrl-C or SIGTERM. Settings as for `moodring run`.",
     )
-    cluster.add_argument(
-        "--processes", type=positive_whole_number, required=True, metavar="N", help="how many processes"
-    )
+    cluster.add_argument("--processes", type=positive_int, required=True, metavar="N", help="how many processes")
     add_shard_count_option(cluster)
     cluster.set_defaults(handler=run_cluster)
 

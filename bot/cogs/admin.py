@@ -14,13 +14,14 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.app import MoodringBot
+from bot.checks import admin_only, owner_only
 from bot.learning.corrections import corrections_report
 from bot.learning.progress_text import format_status
 from bot.learning.retrain import RetrainStatus
 from bot.privacy import privacy_statement
 from bot.render import model_description
+from bot.replies import NO_MENTIONS, send_ephemeral
 from bot.store import ChannelSettings, Schedule
-from bot.utils import NO_MENTIONS, admin_only, owner_only, send_ephemeral
 
 log = logging.getLogger(__name__)
 

@@ -26,14 +26,14 @@ from bot.learning.corrections import (
     PICK,
     SLOW_DOWN,
     CorrectionPicker,
-    MemberLimit,
     NotQuiteView,
     PendingCorrection,
     model_version,
 )
+from bot.limits import RateLimits
+from bot.replies import NO_MENTIONS, reading_or_apology, send_ephemeral
 from bot.store import Correction, CorrectionOutcome
 from bot.text import prepare_text
-from bot.utils import NO_MENTIONS, reading_or_apology, send_ephemeral
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class Corrections(commands.Cog):
     def __init__(self, bot: MoodringBot) -> None:
         self.bot = bot
         config = bot.config
-        self.limit = MemberLimit(config.corrections_per_member, config.corrections_window_s, clock=lambda: bot.clock())
+        self.limit = RateLimits(config.corrections_window_s, lambda: bot.clock(), member=config.corrections_per_member)
         self.button = NotQuiteView(self.not_quite)
 
     async def cog_load(self) -> None:
@@ -75,10 +75,10 @@ class Corrections(commands.Cog):
         if self.bot.clock() - answer.created_at.timestamp() > 86400 * await store.retention_days(guild_id):
             await send_ephemeral(interaction, EXPIRED)
             return
-        retry_after = self.limit.retry_after(interaction.user.id)
-        if retry_after is not None:
+        refusal = self.limit.check(member=interaction.user.id)
+        if refusal is not None:  # every refusal is told (warn or not): the press must be answered anyway
             self.bot.counters["corrections_refused"] += 1
-            await send_ephemeral(interaction, SLOW_DOWN.format(seconds=math.ceil(retry_after)))
+            await send_ephemeral(interaction, SLOW_DOWN.format(seconds=math.ceil(refusal.retry_after)))
             return
         await interaction.response.defer(ephemeral=True, thinking=True)  # fetching and reading take a moment
         try:

@@ -18,10 +18,11 @@ from discord.ext import commands
 from bot.app import MoodringBot
 from bot.inference import InferenceBusy, InferenceFailed, NoModel
 from bot.learning.corrections import not_quite_view
+from bot.limits import RateLimits
 from bot.reactions import ReactionQueue
 from bot.render import emoji_for, emotion_embed, emotion_text
+from bot.replies import BUSY, NO_MENTIONS, SOMETHING_WENT_WRONG, reading_or_apology, send_ephemeral
 from bot.text import prepare_text
-from bot.utils import BUSY, NO_MENTIONS, SOMETHING_WENT_WRONG, FloodLimits, reading_or_apology, send_ephemeral
 from model import Prediction
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,11 @@ class Emotions(commands.Cog):
         self.bot = bot
         self.reactions = ReactionQueue(bot.counters)
         config = bot.config
-        self.flood_limits = FloodLimits(
-            config.readings_per_user, config.readings_per_channel, config.reading_window_s, clock=lambda: bot.clock()
+        self.flood_limits = RateLimits(
+            config.reading_window_s,
+            lambda: bot.clock(),
+            user=config.readings_per_user,
+            channel=config.readings_per_channel,
         )
         self.context_menu = app_commands.ContextMenu(name="Analyze emotions", callback=self.analyze_message)
         self.bot.tree.add_command(self.context_menu)
@@ -55,7 +59,7 @@ class Emotions(commands.Cog):
     async def within_flood_limits(self, user_id: int, channel_id: int, warn: Callable[[str], Awaitable[None]]) -> bool:
         """True (and counted against the limits) when this reading may go ahead; otherwise `warn` is awaited
         with a "slow down" once per window, and later refusals in that window stay silent."""
-        refusal = self.flood_limits.check(user_id, channel_id)
+        refusal = self.flood_limits.check(user=user_id, channel=channel_id)
         if refusal is None:
             return True
         self.bot.counters["readings_refused"] += 1

@@ -18,8 +18,8 @@ from bot.backoff import Backoff
 from bot.charts import mood_chart
 from bot.cluster.sharding import owns_guild
 from bot.render import emoji_for
+from bot.replies import NO_MENTIONS, InvalidArgument, send_ephemeral
 from bot.store import Schedule, StoreError
-from bot.utils import NO_MENTIONS, InvalidArgument, send_ephemeral
 
 log = logging.getLogger(__name__)
 

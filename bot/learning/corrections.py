@@ -1,5 +1,5 @@
 """Community corrections, the parts the cogs share: the **Not quite?** button under every reading, the emotion
-picker it opens, the per-member limit, and the admins' report.
+picker it opens, and the admins' report (the per-member limit is bot/limits.py's).
 
 The button is one persistent component (`NOT_QUITE_ID`, registered once with `bot.add_view` by
 bot/cogs/corrections.py), so it works on answers sent before a restart. It carries no state: a press finds the
@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import discord
-from discord.ext import commands
 
 from bot.render import emoji_for
+from bot.replies import SOMETHING_WENT_WRONG, send_ephemeral
 from bot.store import Correction, CorrectionOutcome
-from bot.utils import SOMETHING_WENT_WRONG, send_ephemeral
 
 if TYPE_CHECKING:
     from model import EmotionClassifier, EmotionScore
@@ -87,18 +86,6 @@ def not_quite_view() -> discord.ui.View:
 async def _failed(interaction: discord.Interaction, error: Exception) -> None:
     log.error("a correction failed", exc_info=error)
     await send_ephemeral(interaction, SOMETHING_WENT_WRONG)
-
-
-class MemberLimit:
-    """At most `rate` corrections started per member per `window` seconds (a discord.py cooldown bucket)."""
-
-    def __init__(self, rate: int, window: float, clock: Callable[[], float]) -> None:
-        self.clock = clock
-        self.members = commands.CooldownMapping.from_cooldown(rate, window, lambda member_id: member_id)
-
-    def retry_after(self, member_id: int) -> float | None:
-        """None when the member may go ahead (and it is counted), else the seconds until they may."""
-        return self.members.update_rate_limit(member_id, self.clock())
 
 
 @dataclass(frozen=True)

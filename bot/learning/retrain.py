@@ -47,8 +47,6 @@ from model.training_contract import (
 
 log = logging.getLogger(__name__)
 
-#: Community-dev rows needed before the gate compares models on them (fewer say little): BotConfig's default.
-DEFAULT_COMMUNITY_MIN_ROWS = 50
 
 #: Writes the corrections for a retrain into a directory; None when there are none to use.
 ExportCorrections = Callable[[Path], Awaitable[ExportSummary | None]]
@@ -107,7 +105,11 @@ ProgressCallback = Callable[[RetrainStatus], Awaitable[None]]
 
 
 class Retrainer:
-    """Runs one retrain at a time. `start` returns False if one is already running."""
+    """Runs one retrain at a time. `start` returns False if one is already running.
+
+    The settings come from the caller (bot/app.py passes BotConfig's): `extra_args` (MOODRING_RETRAIN_ARGS),
+    `tolerance` and `community_min_rows` (the gate, `should_swap`), `progress_interval` (seconds between updates).
+    """
 
     def __init__(
         self,
@@ -117,12 +119,11 @@ class Retrainer:
         *,
         backbone: str,
         data_dir: str | None,
-        extra_args: str = "",
-        tolerance: float = 0.005,
-        progress_interval: float = 5.0,
-        stop_grace_s: float = 10.0,
+        extra_args: str,
+        tolerance: float,
+        progress_interval: float,
+        community_min_rows: int,
         export_corrections: ExportCorrections | None = None,
-        community_min_rows: int = DEFAULT_COMMUNITY_MIN_ROWS,
         after_swap: AfterSwap | None = None,
     ) -> None:
         self.inference = inference
@@ -138,7 +139,7 @@ class Retrainer:
         self.after_swap = after_swap
         self.status: RetrainStatus | None = None
         self._task: asyncio.Task | None = None
-        self._child = TrainingChild(stop_grace_s)
+        self._child = TrainingChild()
         self._cancel_reason: str | None = None
 
     @property
@@ -351,10 +352,10 @@ def should_swap(
     current_f1: float | None,
     tolerance: float,
     *,
+    min_community_rows: int,
     candidate_community: float | None = None,
     current_community: float | None = None,
     community_rows: int = 0,
-    min_community_rows: int = DEFAULT_COMMUNITY_MIN_ROWS,
 ) -> bool:
     """The retrain gate. Serve the candidate when there is no current model; otherwise only if both hold:
 

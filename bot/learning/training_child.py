@@ -25,12 +25,15 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Seconds a stopped child (a cancel, the bot's shutdown) has to exit after SIGTERM before it is killed.
+STOP_GRACE_S = 10.0
+
 
 class TrainingChild:
     """Runs the retrainer's `moodring` children, one at a time; `pid` is the one running now, if any."""
 
-    def __init__(self, stop_grace_s: float) -> None:
-        self.stop_grace_s = stop_grace_s
+    def __init__(self) -> None:
+        self.stop_grace_s = STOP_GRACE_S
         self._process: asyncio.subprocess.Process | None = None
 
     @property
