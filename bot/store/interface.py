@@ -191,6 +191,26 @@ def correction_from_row(row: Sequence[Any]) -> Correction:
     )
 
 
+def summary_from_rows(messages: int, label_rows: Sequence[Sequence[Any]]) -> MoodSummary:
+    """A ``MoodSummary`` from the message total and ``(label, SUM(count), SUM(score_sum))`` rows."""
+    summary = MoodSummary(messages=int(messages))
+    for label, count, score_sum in label_rows:
+        summary.label_counts[label] = int(count)
+        summary.label_score_sums[label] = float(score_sum)
+    return summary
+
+
+def timeline_from_rows(
+    bucket_rows: Sequence[Sequence[Any]], label_rows: Sequence[Sequence[Any]]
+) -> list[tuple[int, int, dict[str, int]]]:
+    """``Store.timeline``'s result from ``(bucket_start, SUM(messages))`` and ``(bucket_start, label, SUM(count))``
+    rows."""
+    labels: dict[int, dict[str, int]] = {}
+    for start, label, count in label_rows:
+        labels.setdefault(int(start), {})[label] = int(count)
+    return [(int(start), int(messages), labels.get(int(start), {})) for start, messages in bucket_rows]
+
+
 def check_correction(correction: Correction) -> None:
     if not correction.text or not 1 <= len(correction.labels) <= 3:
         raise ValueError("a correction needs its text and one to three labels")

@@ -46,6 +46,8 @@ from bot.store.interface import (
     make_directory,
     member_digest,
     schedule_from_row,
+    summary_from_rows,
+    timeline_from_rows,
 )
 from bot.store.migrate import MigrationTarget, load_scripts, migrate
 from bot.store.schema import CORRECTION_COLUMNS, SCHEDULE_COLUMNS, STATISTICS_TABLES
@@ -349,11 +351,7 @@ class SqliteStore(Store):
                 "GROUP BY label ORDER BY label",
                 params,
             )
-        summary = MoodSummary(messages=int(next(iter(messages_row))[0]))
-        for label, count, score_sum in label_rows:
-            summary.label_counts[label] = int(count)
-            summary.label_score_sums[label] = float(score_sum)
-        return summary
+        return summary_from_rows(int(next(iter(messages_row))[0]), label_rows)
 
     async def timeline(
         self, guild_id: int, channel_id: int | None, since: float, until: float
@@ -370,10 +368,7 @@ class SqliteStore(Store):
                 "GROUP BY bucket_start, label ORDER BY bucket_start, label",
                 params,
             )
-        labels: dict[int, dict[str, int]] = {}
-        for start, label, count in label_rows:
-            labels.setdefault(int(start), {})[label] = int(count)
-        return [(int(start), int(messages), labels.get(int(start), {})) for start, messages in bucket_rows]
+        return timeline_from_rows(bucket_rows, label_rows)
 
     # ------------------------------------------------------------------ schedules
 
