@@ -55,6 +55,9 @@ _EVENT_INTENTS: dict[str, tuple[int, int]] = {
     "PRESENCE_UPDATE": (p.INTENT_GUILD_PRESENCES, p.INTENT_GUILD_PRESENCES),
 }
 _CONTENT_FIELDS = {"content": "", "embeds": [], "attachments": [], "components": []}
+#: The largest payload the gateway reads from a client (a bigger one closes the connection with 1009). What a bot
+#: sends is small: IDENTIFY, heartbeats, presence, member requests of at most 100 ids.
+MAX_CLIENT_PAYLOAD = 16 * 1024
 
 
 class _Compressor(Protocol):
@@ -281,7 +284,7 @@ class Gateway:
         """aiohttp handler for gateway (and resume-gateway) connections."""
         self.connect_urls.append(str(request.rel_url))
         compression = request.query.get("compress")
-        ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
+        ws = web.WebSocketResponse(max_msg_size=MAX_CLIENT_PAYLOAD, autoping=True)
         await ws.prepare(request)
         if compression is not None and compression not in SUPPORTED_COMPRESSION:
             await ws.close(code=CLOSE_DECODE_ERROR, message=b"Unsupported compression")

@@ -1,15 +1,45 @@
-"""What the stand-in records (REST requests, gateway frames) and how faults are described."""
+"""What the stand-in records (REST requests, gateway frames), how much of it it keeps, and how faults are described.
+
+Everything the stand-in records is kept in a :class:`RecordLog` with a stated bound (the constants below): the
+oldest record goes when a new one comes, so a sandbox that runs for days holds as much as one that runs for minutes.
+"""
 
 from __future__ import annotations
 
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 from urllib.parse import unquote
 
 from .payloads import JSON
+
+T = TypeVar("T")
+
+#: Requests the guard refused (sandbox/guard.py).
+REFUSALS_KEPT = 100
+
+
+class RecordLog(deque[T]):
+    """The last ``maxlen`` records, oldest first: a deque that also takes slices, as the list it replaces did.
+
+    Positions count from the oldest record kept, so a ``since = len(log)`` taken earlier still points at the first
+    record after it as long as none was dropped meanwhile: while fewer than ``maxlen`` records came since.
+    """
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        return super().__getitem__(index)
+
 
 #: A user reference accepted by the dispatch helpers: an id, a user payload, or ``None`` (the default user).
 UserRef = int | Mapping[str, Any] | None

@@ -24,6 +24,7 @@ from aiohttp import web
 from . import payloads as p
 from .control import StandInControl
 from .gateway import Gateway
+from .guard import SameOriginGuard
 from .interactions import InteractionDispatch
 from .page import SandboxPage
 from .payloads import JSON
@@ -63,6 +64,8 @@ class DiscordStandIn(InteractionDispatch, StandInControl):
     Discord (403 50001/50013), and the bot's own actions are echoed as gateway events, like Discord.
     The same server serves the sandbox page (:class:`sandbox.page.SandboxPage`) at ``/``. Tests watch and steer it
     through :class:`sandbox.control.StandInControl`'s methods (recorded requests, faults, the gateway, the world).
+    Every request passes :attr:`guard` first (:class:`sandbox.guard.SameOriginGuard`): another web page, or a name
+    rebound to this address, gets 403 and changes nothing.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class DiscordStandIn(InteractionDispatch, StandInControl):
         #: Called with every REST request once it is answered (the sandbox page pushes updates from here).
         self.request_listeners: list[Callable[[RecordedRequest], None]] = []
         self.page = SandboxPage(self)
+        self.guard = SameOriginGuard(host, port=lambda: self.port)
         self._request_waiters: list[tuple[Callable[[RecordedRequest], bool], asyncio.Future[RecordedRequest]]] = []
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -117,7 +121,7 @@ class DiscordStandIn(InteractionDispatch, StandInControl):
         """Bind ``port`` (0: an ephemeral one) on ``host`` and start serving."""
         if self._runner is not None:
             return self
-        app = web.Application(client_max_size=100 * 1024 * 1024)
+        app = web.Application(client_max_size=100 * 1024 * 1024, middlewares=[self.guard.middleware])
         app.router.add_route("GET", "/gateway", self.gateway.handle)
         app.router.add_route("GET", "/resume", self.gateway.handle)
         app.router.add_route("GET", "/attachments/{channel_id}/{attachment_id}/{filename}", self._serve_attachment)

@@ -133,7 +133,9 @@ async def test_the_page_api_refuses_bad_input_politely(discord_standin: DiscordS
         for path, body in cases:
             status, answer = await post(path, body)
             assert status == 400 and answer["error"], (path, body, answer)
-        async with http.post(api + "messages", data="{not json") as response:
+        async with http.post(
+            api + "messages", data="{not json", headers={"Content-Type": "application/json"}
+        ) as response:
             assert response.status == 400 and "JSON" in (await response.json())["error"]
     assert not standin.errors
 
