@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,7 +15,7 @@ import discord
 import pytest
 from standin_fixtures import running_bot
 
-from moodring.sandbox_command import Cast, furnish
+from moodring.sandbox_command import Cast, bot_environment, furnish
 from sandbox import DiscordStandIn, payloads
 from sandbox.guard import SameOriginGuard
 
@@ -213,3 +214,45 @@ def test_own_addresses_are_those_the_server_is_reached_at_on_its_port(
 
 def _json(body: object) -> str:
     return json.dumps(body)
+
+
+#: Settings an operator may have in their environment (or .env) for their real bot.
+OPERATOR_SETTINGS = {
+    "MOODRING_MODEL_DIR": "/srv/moodring/models/production",
+    "MOODRING_DATABASE": "postgresql://moodring:hunter2@db.internal:5432/moodring",
+    "MOODRING_RETRAIN_ARGS": "--epochs 40 --patience 5",
+    "MOODRING_WORK_DIR": "/srv/moodring/runs",
+    "MOODRING_BACKBONE": "squeezebert/squeezebert-uncased",
+    "MOODRING_OWNER_IDS": "123456789012345678",
+    "MOODRING_DISCORD_API": "https://discord.example/api/v10",
+    "DISCORD_TOKEN": "the-real-bots-token",
+    "PGPASSWORD": "hunter2",
+    "AWS_SECRET_ACCESS_KEY": "another secret of the operator's",
+}
+
+
+async def test_the_bot_child_gets_only_what_the_sandbox_chose(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The operator's settings for their real bot (its model, its database, its retraining, its token) do not reach
+    the sandbox's bot; what a Python program needs to run does."""
+    needed = {
+        "PATH": "/usr/local/bin:/usr/bin",
+        "HOME": str(tmp_path),
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TMPDIR": str(tmp_path),
+        "PYTHONPATH": "/work/checkout",
+        "GOEMOTIONS_DIR": "/data/goemotions",
+        "MOODRING_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    for name, value in {**OPERATOR_SETTINGS, **needed}.items():
+        monkeypatch.setenv(name, value)
+    async with DiscordStandIn(token="made-for-this-run") as standin:
+        env = bot_environment(standin, tmp_path / "bot.sqlite3", tmp_path / "model")
+    leaked = {name: env[name] for name in OPERATOR_SETTINGS if env.get(name) == OPERATOR_SETTINGS[name]}
+    assert leaked == {}
+    assert {name: env.get(name) for name in needed} == needed
+    assert env["MOODRING_MODEL_DIR"] == str(tmp_path / "model")
+    assert env["MOODRING_DATABASE"] == str(tmp_path / "bot.sqlite3")
+    assert env["DISCORD_TOKEN"] == "made-for-this-run"
+    assert env["PYTHON_DOTENV_DISABLED"] == "1", "the child would read the operator's settings from .env"
