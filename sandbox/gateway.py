@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 
 from . import payloads as p
 from .payloads import JSON
-from .records import GatewayFrame
+from .records import CONNECT_URLS_KEPT, FRAMES_KEPT, SESSION_EVENTS_KEPT, GatewayFrame, RecordLog
 from .world import World
 
 try:  # discord.py asks for zstd-stream whenever it can import a zstd decompressor
@@ -96,14 +96,17 @@ if _zstd is not None:
 
 @dataclass
 class GatewaySession:
-    """A gateway session: survives disconnects until RESUMEd, superseded, or closed with 1000/1001."""
+    """A gateway session: survives disconnects until RESUMEd, superseded, or closed with 1000/1001.
+
+    ``events`` are the last dispatches, for RESUME to replay (``SESSION_EVENTS_KEPT``).
+    """
 
     session_id: str
     shard: tuple[int, int]
     intents: int
     identify: JSON
     seq: int = 0
-    events: list[JSON] = field(default_factory=list)
+    events: RecordLog[JSON] = field(default_factory=lambda: RecordLog(maxlen=SESSION_EVENTS_KEPT))
     connection: GatewayConnection | None = None
     ended: bool = False
 
@@ -192,10 +195,10 @@ class Gateway:
         self.clock = clock
         self._identified_at: dict[int, float] = {}  # bucket -> when it last accepted an IDENTIFY
         self.identify_refused = 0  # IDENTIFYs answered with INVALID_SESSION for coming too soon
-        self.sessions: dict[str, GatewaySession] = {}
+        self.sessions: dict[str, GatewaySession] = {}  # live ones, and those ended since the last IDENTIFY
         self.connections: list[GatewayConnection] = []
-        self.frames: list[GatewayFrame] = []
-        self.connect_urls: list[str] = []
+        self.frames: RecordLog[GatewayFrame] = RecordLog(maxlen=FRAMES_KEPT)
+        self.connect_urls: RecordLog[str] = RecordLog(maxlen=CONNECT_URLS_KEPT)
         self.identify_count = 0
         self.resume_count = 0
         self.heartbeat_count = 0
@@ -384,6 +387,8 @@ class Gateway:
         for old in self.live_sessions():
             if old.shard == shard_t:
                 old.ended = True  # a fresh IDENTIFY supersedes the shard's old session
+        # An ended session can never be resumed: forget it, and the events it kept.
+        self.sessions = {sid: s for sid, s in self.sessions.items() if not s.ended}
         session = GatewaySession(
             session_id=secrets.token_hex(16), shard=shard_t, intents=intents, identify=copy.deepcopy(data)
         )
@@ -419,7 +424,13 @@ class Gateway:
             return
         session = self.sessions.get(str(data.get("session_id")))
         seq = data.get("seq")
-        if session is None or session.ended or not isinstance(seq, int) or seq > session.seq:
+        if (
+            session is None
+            or session.ended
+            or not isinstance(seq, int)
+            or seq > session.seq
+            or (session.events and session.events[0]["s"] > seq + 1)  # missed more than the session kept
+        ):
             await self._send(conn, {"op": p.OP_INVALID_SESSION, "d": False, "s": None, "t": None})
             return
         previous = session.connection

@@ -29,11 +29,14 @@ from .interactions import InteractionDispatch
 from .page import SandboxPage
 from .payloads import JSON
 from .records import (
+    REQUESTS_KEPT,
+    UNKNOWN_REQUESTS_KEPT,
     AttachmentRef,
     FaultRule,
     MessageRef,
     RecordedFile,
     RecordedRequest,
+    RecordLog,
     RouteEntry,
     UserRef,
     strip_auth,
@@ -44,6 +47,8 @@ from .world import World
 _log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v10"
+#: The token a stand-in accepts unless it is given one: for tests, which run it for themselves. Anyone can read it here,
+#: so `moodring sandbox` makes a token of its own each run.
 DEFAULT_TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAw.StandIn.discord-standin-test-token"
 
 
@@ -104,7 +109,8 @@ class DiscordStandIn(InteractionDispatch, StandInControl):
         self.rest = RestApi(
             self.world, self.gateway, base_url=lambda: self.base_url, gateway_url=lambda: self.gateway_url
         )
-        self.requests: list[RecordedRequest] = []
+        self.requests: RecordLog[RecordedRequest] = RecordLog(maxlen=REQUESTS_KEPT)
+        self.unknown: RecordLog[RecordedRequest] = RecordLog(maxlen=UNKNOWN_REQUESTS_KEPT)
         self.faults: list[FaultRule] = []
         self.errors: list[str] = []
         #: Called with every REST request once it is answered (the sandbox page pushes updates from here).
@@ -317,6 +323,8 @@ class DiscordStandIn(InteractionDispatch, StandInControl):
 
     def _finish(self, rec: RecordedRequest, status: int, body: Any, headers: dict[str, str]) -> web.StreamResponse:
         self.requests.append(rec)
+        if rec.route is None:
+            self.unknown.append(rec)
         for predicate, fut in list(self._request_waiters):
             if not fut.done() and predicate(rec):
                 fut.set_result(rec)
