@@ -15,12 +15,11 @@ from transformers import AutoTokenizer
 from model.backends import BACKEND_CHOICES, FILE_OF_BACKEND, INPUT_NAMES, OUTPUT_NAME
 from model.metadata import METADATA_FILE, ModelMetadata
 from model.network import SqueezeBertForEmotions
+from model.storage import DEFAULT_MODEL_DIR
 from model.threads import apply_torch_threads, ort_session_options, resolve_threads
 from model.training_contract import file_sha256
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MODEL_DIR = Path("models/moodring-goemotions")
 
 
 class ModelError(Exception):

@@ -13,6 +13,11 @@ import re
 import shutil
 from pathlib import Path
 
+#: Where `moodring train` writes the model and the bot and `moodring classify` read it, relative to the working
+#: directory, unless MOODRING_MODEL_DIR (or --model) says otherwise. Here, not in model/classifier.py, so that
+#: `moodring sandbox` can name it without importing torch.
+DEFAULT_MODEL_DIR = Path("models/moodring-goemotions")
+
 log = logging.getLogger(__name__)
 
 SIBLING_KINDS = ("staging", "incoming", "retired")

@@ -2,7 +2,10 @@
 
 The local Discord is the stand-in (sandbox/, which imports nothing of moodring); this command puts the two
 together. The bot child is started exactly as on a server, with `MOODRING_DISCORD_API` / `MOODRING_DISCORD_GATEWAY`
-pointing it here instead of at Discord, the stand-in's token and guild, and a database of its own. The world is
+pointing it here instead of at Discord, the stand-in's guild, a token made for this run, a database of its own and
+the sandbox's model directory (`--model`, by default the checkout's models/moodring-goemotions, where `make demo`
+trains one when there is none). Of this process's environment it gets only what a Python program needs
+(`PASSED_TO_BOT`), never the operator's settings for their real bot, and it does not read .env. The world is
 kept in memory and the database in a temporary directory, both gone when the sandbox stops, unless `--state FILE`
 keeps them (sandbox/state.py). The child is started and stopped as moodring runs every child
 (model/child_process.py): on Ctrl-C or SIGTERM its process group gets SIGTERM (it flushes its statistics and stops
@@ -16,9 +19,9 @@ import argparse
 import asyncio
 import contextlib
 import csv
-import ipaddress
 import itertools
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -26,14 +29,48 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from model.child_process import Lifeline, start_child, stop_child
+from model.storage import DEFAULT_MODEL_DIR
 from sandbox import DiscordStandIn, state
 from sandbox import payloads as p
+from sandbox.guard import is_loopback
 
 DEFAULT_PORT = 8765
 #: Seconds the bot child gets to shut down cleanly after SIGTERM (it flushes statistics, stops a training child).
 BOT_STOP_TIMEOUT = 30.0
 #: Seconds to wait for the bot to connect and register its commands before seeding history.
 BOT_READY_TIMEOUT = 300.0
+#: The model the sandbox's bot uses unless --model says otherwise: this checkout's, wherever the sandbox is started.
+CHECKOUT_MODEL_DIR = Path(__file__).resolve().parents[1] / DEFAULT_MODEL_DIR
+
+#: All the bot child takes from this process's environment (and every `LC_*`); the sandbox sets the rest itself
+#: (`bot_environment`). Settings an operator keeps for their real bot (its MOODRING_MODEL_DIR, MOODRING_DATABASE,
+#: MOODRING_RETRAIN_ARGS, DISCORD_TOKEN, ...) and anything else (other programs' secrets) never reach it.
+PASSED_TO_BOT = frozenset(
+    {
+        # to run Python and its libraries at all
+        "PATH",
+        "LD_LIBRARY_PATH",
+        "HOME",
+        "TMPDIR",
+        "LANG",
+        "TZ",
+        "PYTHONPATH",
+        "PYTHONUNBUFFERED",
+        # how many threads inference uses (model/threads.py), and OpenMP's own settings
+        "MOODRING_THREADS",
+        "OMP_NUM_THREADS",
+        "OMP_WAIT_POLICY",
+        "MKL_NUM_THREADS",
+        # to train the first model when the model directory has none: the data, and Hugging Face's cache and switches
+        "GOEMOTIONS_DIR",
+        "HF_HOME",
+        "HF_HUB_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        # tests/process_guard.py's mark on every process a test run starts (to find any left behind)
+        "MOODRING_TEST_RUN",
+    }
+)
+PASSED_PREFIXES = ("LC_",)
 
 
 @dataclass(frozen=True)
@@ -79,6 +116,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="post N GoEmotions dev texts in #general once the bot is up, for it to analyse (needs GOEMOTIONS_DIR)",
     )
     sandbox.add_argument(
+        "--model",
+        type=Path,
+        default=CHECKOUT_MODEL_DIR,
+        metavar="DIR",
+        help=f"the model directory of the sandbox's bot (default: this checkout's {DEFAULT_MODEL_DIR}; the bot trains "
+        "one there first when there is none); MOODRING_MODEL_DIR is not used",
+    )
+    sandbox.add_argument(
         "--state",
         type=Path,
         metavar="FILE",
@@ -102,22 +147,13 @@ def run_sandbox(args: argparse.Namespace) -> int:
         except OSError as error:
             print(f"moodring: --seed-history needs GoEmotions' dev.tsv ({error}); set GOEMOTIONS_DIR", file=sys.stderr)
             return 2
-    if not _is_loopback(args.host):
+    if not is_loopback(args.host):
         print(
             f"moodring: warning: --host {args.host} is not a loopback address. The sandbox has no login: anyone who "
             "can reach it can post as any member and drive the bot.",
             file=sys.stderr,
         )
-    return asyncio.run(serve(args.host, args.port, texts, args.state))
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return asyncio.run(serve(args.host, args.port, texts, args.model.absolute(), args.state))
 
 
 def dev_texts(data_dir: str | None, count: int) -> list[str]:
@@ -129,26 +165,40 @@ def dev_texts(data_dir: str | None, count: int) -> list[str]:
         return [row[0] for row in itertools.islice(rows, count) if row and row[0].strip()]
 
 
-def bot_environment(standin: DiscordStandIn, database: Path) -> dict[str, str]:
-    """The environment of the bot child: this process's, pointed at the stand-in, with a database of its own."""
+def bot_environment(standin: DiscordStandIn, database: Path, model_dir: Path) -> dict[str, str]:
+    """The bot child's whole environment: `PASSED_TO_BOT` of this process's, and the sandbox's own settings.
+
+    The token is the stand-in's (made for this run: it travels only here, never in argv or a log).
+    """
+    passed = {
+        name: value for name, value in os.environ.items() if name in PASSED_TO_BOT or name.startswith(PASSED_PREFIXES)
+    }
     return {
-        **os.environ,
+        **passed,
+        "PYTHON_DOTENV_DISABLED": "1",  # the child's `moodring` would read .env: the operator's settings
         "DISCORD_TOKEN": standin.token,
         "MOODRING_DISCORD_API": standin.api_base,
         "MOODRING_DISCORD_GATEWAY": standin.gateway_url,
         "MOODRING_DEV_GUILD_ID": str(standin.guild_id),
         "MOODRING_OWNER_IDS": "",  # the application's owner: the sandbox's owner member
         "MOODRING_DATABASE": str(database),
+        "MOODRING_MODEL_DIR": str(model_dir),
     }
 
 
-async def serve(host: str, port: int, seed: list[str], state_file: Path | None = None) -> int:
+async def serve(host: str, port: int, seed: list[str], model_dir: Path, state_file: Path | None = None) -> int:
     """Run the sandbox until a signal or the bot's exit; returns 0, or the bot's exit status if it ended first.
 
-    With `state_file`, the world is loaded from it (if it exists) and saved to it once the bot has stopped.
+    With `state_file`, the world is loaded from it (if it exists) and saved to it once the bot has stopped. The bot
+    uses the model in `model_dir`. The stand-in's token is made for this run: the public `DEFAULT_TOKEN` opens nothing.
     """
     standin = DiscordStandIn(
-        guild_name="moodring sandbox", owner_name=("olivia", "Olivia"), user_name=("sam", "Sam"), host=host, port=port
+        token=secrets.token_urlsafe(32),
+        guild_name="moodring sandbox",
+        owner_name=("olivia", "Olivia"),
+        user_name=("sam", "Sam"),
+        host=host,
+        port=port,
     )
     if state_file is not None and state_file.exists():
         try:
@@ -175,7 +225,9 @@ async def serve(host: str, port: int, seed: list[str], state_file: Path | None =
             if state_file is not None:
                 database = state_file.with_name(state_file.name + ".bot.sqlite3")
             bot = await start_child(
-                [sys.executable, "-m", "moodring", "run"], lifeline=lifeline, env=bot_environment(standin, database)
+                [sys.executable, "-m", "moodring", "run"],
+                lifeline=lifeline,
+                env=bot_environment(standin, database, model_dir),
             )
             print(f"Sandbox at http://{host}:{standin.port}", flush=True)
             print(f"Bot: moodring run (pid {bot.pid}), connecting to it. Stop both with Ctrl-C.", flush=True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from . import payloads as p
 from .payloads import JSON
-from .records import FaultRule, GatewayFrame, RecordedRequest
+from .records import FaultRule, GatewayFrame, RecordedRequest, RecordLog
 from .world import InteractionRecord
 
 if TYPE_CHECKING:
@@ -27,7 +27,8 @@ class StandInControl:
 
     world: World
     gateway: Gateway
-    requests: list[RecordedRequest]
+    requests: RecordLog[RecordedRequest]
+    unknown: RecordLog[RecordedRequest]
     faults: list[FaultRule]
     guild_id: int
     user_id: int
@@ -39,8 +40,8 @@ class StandInControl:
 
     @property
     def unknown_requests(self) -> list[RecordedRequest]:
-        """Requests no route matched (the stand-in does not implement them, or the client is wrong)."""
-        return [r for r in self.requests if r.route is None]
+        """The last requests no route matched (the stand-in does not implement them, or the client is wrong)."""
+        return list(self.unknown)
 
     def requests_to(self, method: str, path_substring: str = "") -> list[RecordedRequest]:
         """Recorded requests with that method whose decoded path contains ``path_substring``."""
@@ -144,8 +145,8 @@ class StandInControl:
         return self.gateway.heartbeat_count
 
     @property
-    def gateway_frames(self) -> list[GatewayFrame]:
-        """Every gateway payload sent and received, in order."""
+    def gateway_frames(self) -> RecordLog[GatewayFrame]:
+        """The last gateway payloads sent and received, in order."""
         return self.gateway.frames
 
     @property

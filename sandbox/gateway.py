@@ -18,7 +18,7 @@ from aiohttp import WSMsgType, web
 
 from . import payloads as p
 from .payloads import JSON
-from .records import GatewayFrame
+from .records import CONNECT_URLS_KEPT, FRAMES_KEPT, SESSION_EVENTS_KEPT, GatewayFrame, RecordLog
 from .world import World
 
 try:  # discord.py asks for zstd-stream whenever it can import a zstd decompressor
@@ -55,6 +55,9 @@ _EVENT_INTENTS: dict[str, tuple[int, int]] = {
     "PRESENCE_UPDATE": (p.INTENT_GUILD_PRESENCES, p.INTENT_GUILD_PRESENCES),
 }
 _CONTENT_FIELDS = {"content": "", "embeds": [], "attachments": [], "components": []}
+#: The largest payload the gateway reads from a client (a bigger one closes the connection with 1009). What a bot
+#: sends is small: IDENTIFY, heartbeats, presence, member requests of at most 100 ids.
+MAX_CLIENT_PAYLOAD = 16 * 1024
 
 
 class _Compressor(Protocol):
@@ -93,14 +96,17 @@ if _zstd is not None:
 
 @dataclass
 class GatewaySession:
-    """A gateway session: survives disconnects until RESUMEd, superseded, or closed with 1000/1001."""
+    """A gateway session: survives disconnects until RESUMEd, superseded, or closed with 1000/1001.
+
+    ``events`` are the last dispatches, for RESUME to replay (``SESSION_EVENTS_KEPT``).
+    """
 
     session_id: str
     shard: tuple[int, int]
     intents: int
     identify: JSON
     seq: int = 0
-    events: list[JSON] = field(default_factory=list)
+    events: RecordLog[JSON] = field(default_factory=lambda: RecordLog(maxlen=SESSION_EVENTS_KEPT))
     connection: GatewayConnection | None = None
     ended: bool = False
 
@@ -189,10 +195,10 @@ class Gateway:
         self.clock = clock
         self._identified_at: dict[int, float] = {}  # bucket -> when it last accepted an IDENTIFY
         self.identify_refused = 0  # IDENTIFYs answered with INVALID_SESSION for coming too soon
-        self.sessions: dict[str, GatewaySession] = {}
+        self.sessions: dict[str, GatewaySession] = {}  # live ones, and those ended since the last IDENTIFY
         self.connections: list[GatewayConnection] = []
-        self.frames: list[GatewayFrame] = []
-        self.connect_urls: list[str] = []
+        self.frames: RecordLog[GatewayFrame] = RecordLog(maxlen=FRAMES_KEPT)
+        self.connect_urls: RecordLog[str] = RecordLog(maxlen=CONNECT_URLS_KEPT)
         self.identify_count = 0
         self.resume_count = 0
         self.heartbeat_count = 0
@@ -281,7 +287,7 @@ class Gateway:
         """aiohttp handler for gateway (and resume-gateway) connections."""
         self.connect_urls.append(str(request.rel_url))
         compression = request.query.get("compress")
-        ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
+        ws = web.WebSocketResponse(max_msg_size=MAX_CLIENT_PAYLOAD, autoping=True)
         await ws.prepare(request)
         if compression is not None and compression not in SUPPORTED_COMPRESSION:
             await ws.close(code=CLOSE_DECODE_ERROR, message=b"Unsupported compression")
@@ -381,6 +387,8 @@ class Gateway:
         for old in self.live_sessions():
             if old.shard == shard_t:
                 old.ended = True  # a fresh IDENTIFY supersedes the shard's old session
+        # An ended session can never be resumed: forget it, and the events it kept.
+        self.sessions = {sid: s for sid, s in self.sessions.items() if not s.ended}
         session = GatewaySession(
             session_id=secrets.token_hex(16), shard=shard_t, intents=intents, identify=copy.deepcopy(data)
         )
@@ -416,7 +424,13 @@ class Gateway:
             return
         session = self.sessions.get(str(data.get("session_id")))
         seq = data.get("seq")
-        if session is None or session.ended or not isinstance(seq, int) or seq > session.seq:
+        if (
+            session is None
+            or session.ended
+            or not isinstance(seq, int)
+            or seq > session.seq
+            or (session.events and session.events[0]["s"] > seq + 1)  # missed more than the session kept
+        ):
             await self._send(conn, {"op": p.OP_INVALID_SESSION, "d": False, "s": None, "t": None})
             return
         previous = session.connection

@@ -6,7 +6,8 @@ ordinary gateway events; what the bot does arrives as REST requests that change 
 (a non-GET request from the bot, or an action from the page) ``/sandbox/ws`` sends ``{"type": "changed"}`` and
 the page reads again what it shows.
 
-API (JSON; errors are ``{"error": "..."}`` with status 400):
+API (JSON; errors are ``{"error": "..."}`` with status 400; every POST must be ``Content-Type: application/json``,
+415 otherwise; only the page's own origin may use it, 403 otherwise: sandbox/guard.py):
 
 * ``GET /sandbox/api/state``: guild, channels, members (with their role in the story), the bot, its synced commands
 * ``GET /sandbox/api/channels/{channel_id}/messages?viewer=ID``: the last 100 messages member ID can see, oldest first
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
 
 STATIC_DIR = Path(__file__).with_name("static")
 MESSAGES_SHOWN = 100
+#: The largest message ``/sandbox/ws`` reads (the page sends none; a bigger one closes the socket with 1009).
+SOCKET_MAX_MESSAGE = 1024
 _MENTION_RE = re.compile(r"<@!?(\d+)>")
 _ADMIN = p.PERM_ADMINISTRATOR | p.PERM_MANAGE_GUILD
 
@@ -69,9 +72,15 @@ class PageError(ValueError):
 
 
 def _json_handler(action: Callable[[JSON], Awaitable[JSON]]) -> Handler:
-    """A POST handler: parse the JSON body, run ``action``, answer its result (or the error as 400)."""
+    """A POST handler: parse the JSON body, run ``action``, answer its result (or the error as 400).
+
+    The body must be declared ``application/json``: a type that another site's page cannot send without a CORS
+    preflight (``text/plain`` and the form types it can send are refused with 415 before the body is read).
+    """
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        if request.content_type != "application/json":
+            return web.json_response({"error": "the body must be sent as Content-Type: application/json"}, status=415)
         try:
             try:
                 body = await request.json()
@@ -139,7 +148,7 @@ class SandboxPage:
                 await ws.send_str(json.dumps({"type": "changed"}))
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(heartbeat=30)
+        ws = web.WebSocketResponse(heartbeat=30, max_msg_size=SOCKET_MAX_MESSAGE)
         await ws.prepare(request)
         self._sockets.add(ws)
         try:

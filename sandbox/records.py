@@ -1,15 +1,83 @@
-"""What the stand-in records (REST requests, gateway frames) and how faults are described."""
+"""What the stand-in records (REST requests, gateway frames), how much of it it keeps, and how faults are described.
+
+Everything the stand-in records or accumulates is bounded, by the constants below: recorded requests, gateway frames
+and a session's events in a :class:`RecordLog`, the world's messages, files, reactions and interactions in a
+:class:`RecentDict`. The oldest goes when a new one comes, so a sandbox that runs for days holds no more than one that
+runs for minutes. The bounds are far above what a test makes (tests index the records: see :class:`RecordLog`).
+"""
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 from urllib.parse import unquote
 
 from .payloads import JSON
+
+T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
+
+#: REST requests recorded, with their bodies and files (``DiscordStandIn.requests``); and apart, those no route
+#: matched (``unknown_requests``), so that a long run still shows any it made.
+REQUESTS_KEPT = 2_000
+UNKNOWN_REQUESTS_KEPT = 100
+#: Gateway payloads recorded, sent and received (``Gateway.frames``), and connection URLs (``Gateway.connect_urls``).
+FRAMES_KEPT = 5_000
+CONNECT_URLS_KEPT = 100
+#: Events a gateway session keeps for RESUME to replay; a client further behind is told to identify afresh.
+SESSION_EVENTS_KEPT = 1_000
+#: Messages the world keeps, all channels together; an older one is gone, as if deleted (the page shows 100).
+MESSAGES_KEPT = 5_000
+#: Attachment files served; an older one answers 404, like an expired link.
+FILES_KEPT = 200
+#: Reactions kept, one per message and emoji.
+REACTIONS_KEPT = 5_000
+#: Interactions kept; an older one is unknown to REST, as Discord's are after 15 minutes.
+INTERACTIONS_KEPT = 1_000
+#: Requests the guard refused (sandbox/guard.py).
+REFUSALS_KEPT = 100
+
+
+class RecordLog(deque[T]):
+    """The last ``maxlen`` records, oldest first: a deque that also takes slices, as the list it replaces did.
+
+    Positions count from the oldest record kept, so a ``since = len(log)`` taken earlier still points at the first
+    record after it as long as none was dropped meanwhile: while fewer than ``maxlen`` records came since.
+    """
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | list[T]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        return super().__getitem__(index)
+
+
+class RecentDict(OrderedDict[K, V]):
+    """A dict of the last ``maxlen`` keys added: adding one more drops the oldest (a new value keeps a key's place)."""
+
+    def __init__(self, maxlen: int, items: Mapping[K, V] | Iterable[tuple[K, V]] = ()) -> None:
+        super().__init__()
+        self.maxlen = maxlen
+        self.update(items)
+
+    def __setitem__(self, key: K, value: V) -> None:
+        if key not in self and len(self) >= self.maxlen:
+            self.popitem(last=False)
+        super().__setitem__(key, value)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.maxlen, list(self.items()))
+
 
 #: A user reference accepted by the dispatch helpers: an id, a user payload, or ``None`` (the default user).
 UserRef = int | Mapping[str, Any] | None

@@ -24,15 +24,19 @@ from aiohttp import web
 from . import payloads as p
 from .control import StandInControl
 from .gateway import Gateway
+from .guard import SameOriginGuard
 from .interactions import InteractionDispatch
 from .page import SandboxPage
 from .payloads import JSON
 from .records import (
+    REQUESTS_KEPT,
+    UNKNOWN_REQUESTS_KEPT,
     AttachmentRef,
     FaultRule,
     MessageRef,
     RecordedFile,
     RecordedRequest,
+    RecordLog,
     RouteEntry,
     UserRef,
     strip_auth,
@@ -43,6 +47,8 @@ from .world import World
 _log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v10"
+#: The token a stand-in accepts unless it is given one: for tests, which run it for themselves. Anyone can read it here,
+#: so `moodring sandbox` makes a token of its own each run.
 DEFAULT_TOKEN = "MTAwMDAwMDAwMDAwMDAwMDAw.StandIn.discord-standin-test-token"
 
 
@@ -63,6 +69,8 @@ class DiscordStandIn(InteractionDispatch, StandInControl):
     Discord (403 50001/50013), and the bot's own actions are echoed as gateway events, like Discord.
     The same server serves the sandbox page (:class:`sandbox.page.SandboxPage`) at ``/``. Tests watch and steer it
     through :class:`sandbox.control.StandInControl`'s methods (recorded requests, faults, the gateway, the world).
+    Every request passes :attr:`guard` first (:class:`sandbox.guard.SameOriginGuard`): another web page, or a name
+    rebound to this address, gets 403 and changes nothing.
     """
 
     def __init__(
@@ -101,12 +109,14 @@ class DiscordStandIn(InteractionDispatch, StandInControl):
         self.rest = RestApi(
             self.world, self.gateway, base_url=lambda: self.base_url, gateway_url=lambda: self.gateway_url
         )
-        self.requests: list[RecordedRequest] = []
+        self.requests: RecordLog[RecordedRequest] = RecordLog(maxlen=REQUESTS_KEPT)
+        self.unknown: RecordLog[RecordedRequest] = RecordLog(maxlen=UNKNOWN_REQUESTS_KEPT)
         self.faults: list[FaultRule] = []
         self.errors: list[str] = []
         #: Called with every REST request once it is answered (the sandbox page pushes updates from here).
         self.request_listeners: list[Callable[[RecordedRequest], None]] = []
         self.page = SandboxPage(self)
+        self.guard = SameOriginGuard(host, port=lambda: self.port)
         self._request_waiters: list[tuple[Callable[[RecordedRequest], bool], asyncio.Future[RecordedRequest]]] = []
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
@@ -117,7 +127,7 @@ class DiscordStandIn(InteractionDispatch, StandInControl):
         """Bind ``port`` (0: an ephemeral one) on ``host`` and start serving."""
         if self._runner is not None:
             return self
-        app = web.Application(client_max_size=100 * 1024 * 1024)
+        app = web.Application(client_max_size=100 * 1024 * 1024, middlewares=[self.guard.middleware])
         app.router.add_route("GET", "/gateway", self.gateway.handle)
         app.router.add_route("GET", "/resume", self.gateway.handle)
         app.router.add_route("GET", "/attachments/{channel_id}/{attachment_id}/{filename}", self._serve_attachment)
@@ -313,6 +323,8 @@ class DiscordStandIn(InteractionDispatch, StandInControl):
 
     def _finish(self, rec: RecordedRequest, status: int, body: Any, headers: dict[str, str]) -> web.StreamResponse:
         self.requests.append(rec)
+        if rec.route is None:
+            self.unknown.append(rec)
         for predicate, fut in list(self._request_waiters):
             if not fut.done() and predicate(rec):
                 fut.set_result(rec)

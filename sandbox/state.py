@@ -109,12 +109,13 @@ def _restore(standin: DiscordStandIn, data: JSON, base_url: str) -> None:
     }
     old_base = data["base_url"]
     repointed = json.dumps(data["messages"]).replace(old_base + "/attachments/", base_url + "/attachments/")
-    world.messages = _ints(json.loads(repointed))
-    world.files = {
-        int(aid): StoredFile(f["filename"], base64.b64decode(f["data"]), f["content_type"])
+    # Into the world's own (bounded) tables: a file saved with more keeps the newest.
+    world.messages.update(_ints(json.loads(repointed)))
+    world.files.update(
+        (int(aid), StoredFile(f["filename"], base64.b64decode(f["data"]), f["content_type"]))
         for aid, f in data["files"].items()
-    }
-    world.reactors = {(int(mid), emoji): [int(u) for u in users] for mid, emoji, users in data["reactors"]}
+    )
+    world.reactors.update(((int(mid), emoji), [int(u) for u in users]) for mid, emoji, users in data["reactors"])
     world.global_commands = _ints(data["global_commands"])
     world.guild_commands = {int(gid): _ints(table) for gid, table in data["guild_commands"].items()}
     ids = data["ids"]

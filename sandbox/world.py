@@ -10,6 +10,7 @@ from typing import Any
 
 from . import payloads as p
 from .payloads import JSON
+from .records import FILES_KEPT, INTERACTIONS_KEPT, MESSAGES_KEPT, REACTIONS_KEPT, RecentDict
 
 
 @dataclass
@@ -68,7 +69,10 @@ class StoredFile:
 
 
 class World:
-    """Mutable Discord-side state. All ids are ints here; payloads carry strings."""
+    """Mutable Discord-side state. All ids are ints here; payloads carry strings.
+
+    Messages, files, reactions and interactions are the most recent ones (bounds in sandbox/records.py).
+    """
 
     def __init__(self, *, token: str, bot_name: str, owner_name: tuple[str, str]) -> None:
         self.token = token
@@ -80,12 +84,12 @@ class World:
         self.users: dict[int, JSON] = {self.bot_user_id: p.user(self.bot_user_id, bot_name, bot=True)}
         self.guilds: dict[int, GuildRecord] = {}
         self.dm_channels: dict[int, JSON] = {}
-        self.messages: dict[int, JSON] = {}
-        self.files: dict[int, StoredFile] = {}
-        self.reactors: dict[tuple[int, str], list[int]] = {}
+        self.messages: RecentDict[int, JSON] = RecentDict(MESSAGES_KEPT)
+        self.files: RecentDict[int, StoredFile] = RecentDict(FILES_KEPT)
+        self.reactors: RecentDict[tuple[int, str], list[int]] = RecentDict(REACTIONS_KEPT)
         self.global_commands: dict[int, JSON] = {}
         self.guild_commands: dict[int, dict[int, JSON]] = {}
-        self.interactions: dict[str, InteractionRecord] = {}
+        self.interactions: RecentDict[str, InteractionRecord] = RecentDict(INTERACTIONS_KEPT)
         self.command_version = 0
         owner_id = p.snowflake()
         self.owner_id = owner_id

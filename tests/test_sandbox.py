@@ -17,11 +17,13 @@ import aiohttp
 import pytest
 from bot_fixtures import BotFactory
 from process_guard import process_alive, wait_until_gone
+from test_sandbox_safety import OPERATOR_SETTINGS
 
 from bot.config import BotConfig, ConfigError
 from bot.store import open_store
 from moodring.sandbox_command import furnish
-from sandbox import DiscordStandIn, state
+from sandbox import DEFAULT_TOKEN, DiscordStandIn, payloads, state
+from sandbox.gateway import CLOSE_AUTHENTICATION_FAILED
 
 #: What docs/operations.md promises: SIGTERM to `moodring run` ends it within this many seconds, statistics flushed.
 STOP_WITHIN_S = 10.0
@@ -133,7 +135,9 @@ async def test_the_page_api_refuses_bad_input_politely(discord_standin: DiscordS
         for path, body in cases:
             status, answer = await post(path, body)
             assert status == 400 and answer["error"], (path, body, answer)
-        async with http.post(api + "messages", data="{not json") as response:
+        async with http.post(
+            api + "messages", data="{not json", headers={"Content-Type": "application/json"}
+        ) as response:
             assert response.status == 400 and "JSON" in (await response.json())["error"]
     assert not standin.errors
 
@@ -164,11 +168,16 @@ async def test_moodring_sandbox_runs_the_real_bot_and_leaves_nothing_behind(
     tiny_model_dir: Path, goemotions_dir: Path, tmp_path: Path
 ) -> None:
     """`moodring sandbox --seed-history 12`: the page is served, the bot child connects and analyses the seeded
-    messages (`/mood` counts them), and SIGTERM stops the sandbox (exit 0) and its bot child (gone)."""
+    messages (`/mood` counts them), and SIGTERM stops the sandbox (exit 0) and its bot child (gone).
+
+    The child gets the sandbox's model, database and a token made for this run, not the settings the operator's
+    environment holds for their real bot; the public `DEFAULT_TOKEN` opens nothing; another site's page is refused."""
     port = free_port()
     env = bot_env(tmp_path, tiny_model_dir, GOEMOTIONS_DIR=str(goemotions_dir))
     env.pop("DISCORD_TOKEN", None)  # none needed
-    async with child("sandbox", "--port", str(port), "--seed-history", "12", env=env, cwd=tmp_path) as sandbox:
+    env.update(OPERATOR_SETTINGS)  # the operator's real bot's
+    args = ["--port", str(port), "--seed-history", "12", "--model", str(tiny_model_dir)]
+    async with child("sandbox", *args, env=env, cwd=tmp_path) as sandbox:
 
         async def line(containing: str) -> str:
             while True:
@@ -180,8 +189,19 @@ async def test_moodring_sandbox_runs_the_real_bot_and_leaves_nothing_behind(
         assert line_is(await line("Sandbox at"), f"Sandbox at http://127.0.0.1:{port}")
         bot_pid = int((await line("Bot: moodring run (pid ")).split("(pid ")[1].split(")")[0])
         await line("Seeded #general with 12")
+        bot_env_seen = process_environment(bot_pid)
+        token = bot_env_seen["DISCORD_TOKEN"]
+        assert token != DEFAULT_TOKEN and token.encode() not in Path(f"/proc/{bot_pid}/cmdline").read_bytes()
+        assert bot_env_seen["MOODRING_MODEL_DIR"] == str(tiny_model_dir)
+        leaked = {name for name, value in OPERATOR_SETTINGS.items() if bot_env_seen.get(name) == value}
+        assert not leaked, leaked
+        assert bot_env_seen["PYTHON_DOTENV_DISABLED"] == "1"
         api = f"http://127.0.0.1:{port}/sandbox/api/"
         async with aiohttp.ClientSession() as http:
+            await the_public_token_opens_nothing(http, f"http://127.0.0.1:{port}")
+            foreign = {"Origin": "http://evil.example", "Content-Type": "text/plain"}
+            async with http.post(api + "commands", data="{}", headers=foreign) as response:
+                assert response.status == 403
             state = await (await http.get(api + "state")).json()
             assert state["bot"]["online"] and {c["name"] for c in state["commands"]} >= {"emotion", "mood", "moodring"}
             member = next(m["id"] for m in state["members"] if m["role"] == "member")
@@ -194,7 +214,8 @@ async def test_moodring_sandbox_runs_the_real_bot_and_leaves_nothing_behind(
                 """Run /name as the member; the bot's answer (a new message with an embed, no longer loading)."""
                 before = int((await messages())[-1]["id"])
                 body = {"channel_id": general, "user_id": member, "name": name, "options": options}
-                async with http.post(api + "commands", json=body) as response:
+                own = {"Origin": f"http://localhost:{port}"}  # the page, opened at http://localhost:PORT
+                async with http.post(api + "commands", json=body, headers=own) as response:
                     assert response.status == 200, await response.text()
                 deadline = asyncio.get_running_loop().time() + 30
                 while asyncio.get_running_loop().time() < deadline:
@@ -216,8 +237,27 @@ async def test_moodring_sandbox_runs_the_real_bot_and_leaves_nothing_behind(
     err = (tmp_path / "stderr.log").read_text()
     assert code == 0, err
     assert "Bot stopped (exit status 0)." in out, out
+    assert token not in out and token not in err
     assert wait_until_gone(bot_pid, 5)
     assert "Traceback" not in err
+
+
+def process_environment(pid: int) -> dict[str, str]:
+    """The environment a running process was started with."""
+    entries = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+    return dict(entry.split("=", 1) for entry in entries if "=" in entry)
+
+
+async def the_public_token_opens_nothing(http: aiohttp.ClientSession, base_url: str) -> None:
+    """`DEFAULT_TOKEN` is in the source for anyone to read: the sandbox's gateway and REST refuse it."""
+    async with http.ws_connect(base_url.replace("http", "ws") + "/gateway?v=10&encoding=json") as ws:
+        assert (await ws.receive_json(timeout=10))["op"] == payloads.OP_HELLO
+        identify = {"token": DEFAULT_TOKEN, "intents": 513, "properties": {}}
+        await ws.send_json({"op": payloads.OP_IDENTIFY, "d": identify})
+        closing = await ws.receive(timeout=10)
+        assert closing.type is aiohttp.WSMsgType.CLOSE and closing.data == CLOSE_AUTHENTICATION_FAILED, closing
+    async with http.get(base_url + "/api/v10/users/@me", headers={"Authorization": f"Bot {DEFAULT_TOKEN}"}) as answer:
+        assert answer.status == 401
 
 
 def line_is(text: str, expected: str) -> bool:
@@ -229,7 +269,7 @@ async def test_the_bot_child_stops_itself_when_the_sandbox_is_killed(tiny_model_
     (instead of retrying a vanished server for ever, as discord.py would)."""
     port = free_port()
     env = bot_env(tmp_path, tiny_model_dir)
-    async with child("sandbox", "--port", str(port), env=env, cwd=tmp_path) as sandbox:
+    async with child("sandbox", "--port", str(port), "--model", str(tiny_model_dir), env=env, cwd=tmp_path) as sandbox:
         bot_pid = None
         while bot_pid is None:
             text = (await asyncio.wait_for(sandbox.stdout.readline(), 60)).decode()

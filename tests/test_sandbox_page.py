@@ -1,15 +1,18 @@
 """The sandbox page in a real browser: Playwright drives Debian's Chromium (`.ci/run` installs the `chromium`
 package; Playwright's own browser download cannot work here) against the stand-in and the real `MoodringBot`.
 
-Screenshots of each step are saved in the test's tmp_path; docs/sandbox.png is one of them.
+Screenshots of each step are saved in the test's tmp_path; docs/sandbox.png is one of them. A second test opens a
+page of another site (another local port) that tries to drive the sandbox, and a name rebound to it (DNS rebinding).
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from bot_fixtures import BotFactory
 from playwright.async_api import Page, async_playwright, expect
 from test_bot_emotions import reacting_text
@@ -124,4 +127,95 @@ async def test_a_newcomer_tries_the_bot_in_a_browser(
         finally:
             await browser.close()
     assert not errors, errors
+    assert not standin.errors
+
+
+#: A page of another site that tries what any page a person opens could: post as the sandbox's owner with no-cors
+#: fetches, a text/plain form (whose body is JSON, the classic trick), read the world, and open both WebSockets.
+ATTACK_PAGE = """<!doctype html><title>Another site</title>
+<form id="form" method="post" enctype="text/plain" target="sink"><input id="field"></form>
+<iframe name="sink" id="sink"></iframe>
+<script>
+window.attempts = (async () => {
+  const query = new URLSearchParams(location.search);
+  const sandbox = query.get("sandbox"), channel = query.get("channel"), owner = query.get("owner");
+  const api = sandbox + "/sandbox/api/";
+  const message = {channel_id: channel, author_id: owner, content: "posted by another site"};
+  const command = {channel_id: channel, user_id: owner, name: "moodring retention", options: {days: 1}};
+  const post = (path, body, init) => fetch(api + path, {method: "POST", body: JSON.stringify(body), ...init})
+    .then(answer => `${answer.type} ${answer.status}`, error => `failed: ${error}`);
+  const socket = url => new Promise(resolve => {
+    const ws = new WebSocket(url);
+    ws.onopen = () => { ws.close(); resolve("open"); };
+    ws.onerror = () => resolve("refused");
+  });
+  const attempts = {};
+  attempts.message = await post("messages", message, {mode: "no-cors"});
+  attempts.command = await post("commands", command, {mode: "no-cors"});
+  attempts.plain = await post("messages", message, {mode: "no-cors", headers: {"Content-Type": "text/plain"}});
+  attempts.read = await fetch(api + "state").then(answer => `read ${answer.status}`, error => "not readable");
+  attempts.page_socket = await socket(sandbox.replace("http", "ws") + "/sandbox/ws");
+  attempts.gateway = await socket(sandbox.replace("http", "ws") + "/gateway?v=10&encoding=json");
+  attempts.form = await new Promise(resolve => {
+    const form = document.getElementById("form"), field = document.getElementById("field");
+    form.action = api + "messages";
+    field.name = JSON.stringify({...message, content: "posted by a form", pad: ""}).slice(0, -2);
+    field.value = '"}';
+    document.getElementById("sink").onload = () => resolve("submitted");
+    form.submit();
+  });
+  return attempts;
+})();
+</script>"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def test_another_site_open_in_the_browser_cannot_drive_the_sandbox(
+    discord_standin: DiscordStandIn, make_moodring_bot: BotFactory, tmp_path: Path
+) -> None:
+    """The page of the issue, for real: served from another local port, it changes nothing in the sandbox (no
+    message, no command, no socket), cannot read it, and a name rebound to the sandbox's address gets nothing."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no Chromium at {CHROMIUM}: `apt-get install chromium` (.ci/run does) or set MOODRING_CHROMIUM")
+    standin = discord_standin
+    cast = furnish(standin)
+    other_site = web.Application()
+    other_site.router.add_get("/", lambda request: web.Response(text=ATTACK_PAGE, content_type="text/html"))
+    runner = web.AppRunner(other_site, access_log=None)
+    await runner.setup()
+    other_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", other_port).start()
+    try:
+        async with make_moodring_bot(), async_playwright() as playwright:
+            browser = await playwright.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--host-resolver-rules=MAP rebound.test 127.0.0.1"],
+            )
+            try:
+                page = await browser.new_page()
+                before = (len(standin.world.messages), len(standin.world.interactions), standin.identify_count)
+                query = f"sandbox={standin.base_url}&channel={standin.channel_id}&owner={cast.owner}"
+                await page.goto(f"http://127.0.0.1:{other_port}/?{query}")
+                attempts = await page.evaluate("window.attempts")
+                await page.screenshot(path=tmp_path / "another-site.png")
+                rebound = [
+                    await page.goto(f"http://rebound.test:{standin.port}{path}") for path in ("/", "/sandbox/ws")
+                ]
+            finally:
+                await browser.close()
+    finally:
+        await runner.cleanup()
+    assert attempts["read"] == "not readable" and attempts["form"] == "submitted", attempts
+    assert (attempts["page_socket"], attempts["gateway"]) == ("refused", "refused"), attempts
+    after = (len(standin.world.messages), len(standin.world.interactions), standin.identify_count)
+    assert after == before, f"another site changed the sandbox: {attempts}"
+    assert [answer.status if answer else None for answer in rebound] == [403, 403]
+    refused = {(r.method, r.path) for r in standin.guard.refusals}
+    assert refused >= {("POST", "/sandbox/api/messages"), ("POST", "/sandbox/api/commands")}, refused
+    assert {("GET", "/sandbox/ws"), ("GET", "/gateway"), ("GET", "/sandbox/api/state")} <= refused, refused
     assert not standin.errors
