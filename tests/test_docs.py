@@ -27,6 +27,9 @@ INTERNAL = {
     # The pipe end a child (a training or scoring run, a cluster's or the sandbox's bot) inherits from its parent,
     # to notice that the parent died (model/parent_watch.py); the parent sets it for each child it starts.
     "MOODRING_PARENT_FD",
+    # The test run's mark on every process it starts (tests/process_guard.py); `moodring sandbox` passes it on to
+    # its bot so that the end-of-run check still sees that child.
+    "MOODRING_TEST_RUN",
 }
 #: Settings whose value in `.env.example` is not the default, each with why.
 NOT_THE_DEFAULT = {
