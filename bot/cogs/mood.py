@@ -8,6 +8,7 @@ import io
 import logging
 import re
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import discord
 from discord import app_commands
@@ -147,7 +148,11 @@ class Mood(commands.Cog):
         timeline = await store.timeline(guild_id, channel_id, now - seconds, now)
         bin_hours = 1 if seconds <= 2 * 86400 else 24
         png = await asyncio.to_thread(
-            mood_chart, timeline, [label for label, _ in ranked], f"{place}: last {span}", bin_hours
+            partial(mood_chart, since=now - seconds, until=now),
+            timeline,
+            [label for label, _ in ranked],
+            f"{place}: last {span}",
+            bin_hours,
         )
         embed.set_image(url="attachment://mood.png")
         embed.set_footer(text="Counts of emotions above threshold; no message text is stored.")
