@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import discord
@@ -92,6 +93,22 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def count_of(count: int, noun: str) -> str:
+    """'1 day', '30 days' (for nouns whose plural takes an s)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def readable_time(iso: str) -> str:
+    """An ISO 8601 time (the model metadata's `created_at`) as '4 Dec 2026, 18:33 UTC'; anything else as it is."""
+    try:
+        moment = datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return f"{moment.day} {moment:%b %Y, %H:%M} UTC"
+
+
 def model_description(classifier: EmotionClassifier | None) -> str:
     """Which model is serving: when it was trained, its dev macro-F1 and the backend. An admin can tell a swapped-in
     model from the one before it (each process of a cluster answers for its own)."""
@@ -99,7 +116,7 @@ def model_description(classifier: EmotionClassifier | None) -> str:
         return "not trained yet"
     metadata = classifier.metadata
     metrics = metadata.dev_metrics_by_backend.get(classifier.backend) or metadata.dev_metrics
-    parts = [f"trained {metadata.created_at or 'at an unknown time'}"]
+    parts = [f"trained {readable_time(metadata.created_at) if metadata.created_at else 'at an unknown time'}"]
     if isinstance(metrics.get("macro_f1"), int | float):
         parts.append(f"dev macro-F1 {metrics['macro_f1']:.3f}")
     parts.append(f"served with {classifier.backend}")

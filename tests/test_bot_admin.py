@@ -11,7 +11,7 @@ from discord import app_commands
 
 from bot.app import MoodringBot
 from bot.privacy import privacy_statement
-from bot.render import model_description
+from bot.render import model_description, readable_time
 from bot.store import DEFAULT_RETENTION_DAYS
 from sandbox import DiscordStandIn, payloads
 
@@ -150,6 +150,7 @@ async def test_settings_name_the_model_that_serves(moodring_bot: MoodringBot, di
     metadata = moodring_bot.inference.classifier.metadata
     assert (
         shown
-        == f"trained {metadata.created_at} · dev macro-F1 {metadata.dev_metrics['macro_f1']:.3f} · served with torch"
+        == f"trained {readable_time(metadata.created_at)} · dev macro-F1 {metadata.dev_metrics['macro_f1']:.3f} · "
+        "served with torch"
     )
     assert model_description(None) == "not trained yet"

@@ -19,7 +19,7 @@ from bot.learning.corrections import corrections_report
 from bot.learning.progress_text import format_status
 from bot.learning.retrain import RetrainStatus
 from bot.privacy import privacy_statement
-from bot.render import model_description
+from bot.render import count_of, model_description
 from bot.replies import NO_MENTIONS, send_ephemeral
 from bot.store import ChannelSettings, Schedule
 
@@ -142,7 +142,15 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
             or "None. Add one with `/moodring summary`.",
             inline=False,
         )
-        embed.add_field(name="Statistics kept for", value=f"{retention} days", inline=True)
+        embed.add_field(name="Statistics kept for", value=count_of(retention, "day"), inline=True)
+        corrections = await self.bot.store.corrections_enabled(guild_id)
+        embed.add_field(
+            name="Corrections",
+            value="on: members may correct readings (`/moodring corrections`)"
+            if corrections
+            else "off: members' corrections are not collected (`/moodring corrections action:enable`)",
+            inline=True,
+        )
         embed.add_field(name="Model", value=model_description(self.bot.inference.classifier), inline=False)
         await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
@@ -207,7 +215,7 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
     async def retention(self, interaction: discord.Interaction, days: app_commands.Range[int, 1, 3650]) -> None:
         await self.bot.store.set_retention_days(interaction.guild.id, days)
         await interaction.response.send_message(
-            f"Statistics older than {days} days are deleted by the daily prune.", ephemeral=True
+            f"Statistics older than {count_of(days, 'day')} are deleted by the daily prune.", ephemeral=True
         )
 
     # ------------------------------------------------------------------ forgetting
