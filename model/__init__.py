@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 _HOMES = {
     "EmotionClassifier": "model.classifier",
     "EmotionScore": "model.classifier",
-    "ModelError": "model.classifier",
-    "ModelNotFoundError": "model.classifier",
+    "ModelError": "model.storage",
+    "ModelNotFoundError": "model.storage",
     "Prediction": "model.classifier",
-    "default_model_dir": "model.classifier",
+    "default_model_dir": "model.storage",
     "ModelMetadata": "model.metadata",
     "SqueezeBertForEmotions": "model.network",
 }
@@ -32,16 +32,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from model.classifier import (
-        EmotionClassifier,
-        EmotionScore,
-        ModelError,
-        ModelNotFoundError,
-        Prediction,
-        default_model_dir,
-    )
+    from model.classifier import EmotionClassifier, EmotionScore, Prediction
     from model.metadata import ModelMetadata
     from model.network import SqueezeBertForEmotions
+    from model.storage import ModelError, ModelNotFoundError, default_model_dir
 
 
 def __getattr__(name: str) -> Any:

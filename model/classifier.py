@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,28 +14,11 @@ from transformers import AutoTokenizer
 from model.backends import BACKEND_CHOICES, FILE_OF_BACKEND, INPUT_NAMES, OUTPUT_NAME
 from model.metadata import METADATA_FILE, ModelMetadata
 from model.network import SqueezeBertForEmotions
-from model.storage import DEFAULT_MODEL_DIR
+from model.storage import ModelError, require_model_directory
 from model.threads import apply_torch_threads, ort_session_options, resolve_threads
 from model.training_contract import file_sha256
 
 log = logging.getLogger(__name__)
-
-
-class ModelError(Exception):
-    """An exported model is missing or unusable; the message says what to do."""
-
-
-class ModelNotFoundError(ModelError, FileNotFoundError):
-    """No exported model where one was expected; the message says how to make one."""
-
-
-def default_model_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """`MOODRING_MODEL_DIR` in `environ` (default: the process's environment) if set, else `models/moodring-goemotions`.
-
-    The one reader of MOODRING_MODEL_DIR: the bot's settings (bot/config.py) and every command's `--model` default.
-    """
-    environ = os.environ if environ is None else environ
-    return Path(environ.get("MOODRING_MODEL_DIR") or DEFAULT_MODEL_DIR)
 
 
 @dataclass(frozen=True)
@@ -124,13 +106,7 @@ class EmotionClassifier:
         onnxruntime imports, else torch; one log line says which and why). An explicit backend that cannot
         load raises ModelError. `threads`: intra-op threads, default `model.threads.resolve_threads()`.
         """
-        directory = Path(path) if path is not None else default_model_dir()
-        if not (directory / METADATA_FILE).is_file():
-            raise ModelNotFoundError(
-                f"No trained moodring model in {directory}/ (no {METADATA_FILE}). "
-                "Train one with `moodring train --backbone minilm`, or point --model / MOODRING_MODEL_DIR "
-                "at an exported model directory."
-            )
+        directory = require_model_directory(path)
         _check_model_files(directory)
         try:
             metadata = ModelMetadata.load(directory)

@@ -57,8 +57,13 @@ def serving_threads(command: str, args: argparse.Namespace) -> int | None:
 
 
 def run_classify(args: argparse.Namespace) -> int:
-    from model.classifier import EmotionClassifier, ModelError
+    from model.storage import ModelError, require_model_directory
 
+    try:  # before torch loads, and before waiting on stdin: a missing model is said at once
+        model_dir = require_model_directory(args.model)
+    except ModelError as error:
+        print(f"moodring classify: {error}", file=sys.stderr)
+        return 2
     if args.texts:
         texts = [_decode(os.fsencode(text), f"argument {number}") for number, text in enumerate(args.texts, start=1)]
     else:
@@ -70,8 +75,10 @@ def run_classify(args: argparse.Namespace) -> int:
     threads = serving_threads("classify", args)
     if threads is None:
         return 2
+    from model.classifier import EmotionClassifier
+
     try:
-        classifier = EmotionClassifier.load(args.model, backend=args.backend, threads=threads)
+        classifier = EmotionClassifier.load(model_dir, backend=args.backend, threads=threads)
     except ModelError as error:
         print(f"moodring classify: {error}", file=sys.stderr)
         return 2

@@ -1,4 +1,7 @@
-"""Replacing a model directory on disk so that a complete model is always there, or back there on failure.
+"""Where an exported model lives, and replacing its directory so that a complete model is always there.
+
+`default_model_dir` and `require_model_directory` name and check the model directory without importing torch, so a
+command can say at once that there is no model.
 
 Beside a target directory `<name>`, this module's own siblings are `.<name>.<kind>-<pid>`: `staging` (being
 written), `incoming` (complete, about to become the target) and `retired` (the target it replaces).
@@ -11,7 +14,10 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+
+from model.metadata import METADATA_FILE
 
 #: Where `moodring train` writes the model and the bot and `moodring classify` read it, relative to the working
 #: directory, unless MOODRING_MODEL_DIR (or --model) says otherwise. Here, not in model/classifier.py, so that
@@ -19,6 +25,40 @@ from pathlib import Path
 DEFAULT_MODEL_DIR = Path("models/moodring-goemotions")
 
 log = logging.getLogger(__name__)
+
+
+class ModelError(Exception):
+    """An exported model is missing or unusable; the message says what to do."""
+
+
+class ModelNotFoundError(ModelError, FileNotFoundError):
+    """No exported model where one was expected; the message says how to make one."""
+
+
+def default_model_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """`MOODRING_MODEL_DIR` in `environ` (default: the process's environment) if set, else `models/moodring-goemotions`.
+
+    The one reader of MOODRING_MODEL_DIR: the bot's settings (bot/config.py) and every command's `--model` default.
+    """
+    environ = os.environ if environ is None else environ
+    return Path(environ.get("MOODRING_MODEL_DIR") or DEFAULT_MODEL_DIR)
+
+
+def require_model_directory(path: str | Path | None = None) -> Path:
+    """The model directory (`path`, else `default_model_dir()`); ModelNotFoundError, naming it, without a model."""
+    directory = Path(path) if path is not None else default_model_dir()
+    if directory.is_file():
+        raise ModelNotFoundError(
+            f"{directory} is a file, not a model directory: point --model / MOODRING_MODEL_DIR at the directory "
+            "`moodring train` exported."
+        )
+    if not (directory / METADATA_FILE).is_file():
+        raise ModelNotFoundError(
+            f"No trained moodring model in {directory} (no {METADATA_FILE}). "
+            "Train one with `moodring train`, or point --model / MOODRING_MODEL_DIR at an exported model directory."
+        )
+    return directory
+
 
 SIBLING_KINDS = ("staging", "incoming", "retired")
 

@@ -27,14 +27,26 @@ def build_parser() -> argparse.ArgumentParser:
     model_cli.register(commands)
     bot_cli.register(commands)
     sandbox_command.register(commands)
+    _name_each_parser(parser)
     return parser
+
+
+def _name_each_parser(parser: argparse.ArgumentParser) -> None:
+    """Let every (sub)command's parser put itself in the namespace as `parser`, the innermost one winning, so that
+    an option no parser knows is reported with the usage of the command it was given to (`main`)."""
+    parser.set_defaults(parser=parser)
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        for subparser in action.choices.values():
+            _name_each_parser(subparser)
 
 
 def main(argv: list[str] | None = None) -> int:
     load_dotenv()
     # Weight-loading bars from transformers are noise here; training keeps its own Tez progress bar.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # argparse would blame the top-level parser and show its usage, not the subcommand's
+        args.parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -126,3 +126,57 @@ def test_a_plain_train_uses_trainargs_offline_backbone(monkeypatch: pytest.Monke
     assert build_parser().parse_args(["train"]).backbone == TrainArgs().backbone == "minilm"
     monkeypatch.setenv("MOODRING_BACKBONE", "./my-backbone")  # the environment's choice wins over the default
     assert build_parser().parse_args(["train"]).backbone == "./my-backbone"
+
+
+# A subcommand's own usage for its bad options, and a missing model named at once, before torch is imported.
+FAST_ANSWERS = textwrap.dedent(
+    """
+    import contextlib, io, json, sys
+
+    from moodring.cli import main
+
+    answers = {}
+    for argv in (["classify", "--jsn", "x"], ["db", "migrate-to", "--frobnicate", "x"], *CASES):
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exit:
+                code = exit.code
+        answers[" ".join(argv)] = {"code": code, "stderr": err.getvalue()}
+    print(json.dumps({"answers": answers, "torch": "torch" in sys.modules}))
+    """
+)
+
+
+def test_bad_options_get_their_subcommands_usage_and_a_missing_model_is_named_at_once(tmp_path) -> None:
+    not_a_model = tmp_path / "README.md"
+    not_a_model.write_text("# not a model\n")
+    cases = [["classify", "--model", str(not_a_model), "hi"], ["classify", "--model", str(tmp_path / "none"), "hi"]]
+    script = f"CASES = {cases!r}\n" + FAST_ANSWERS
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    answers = report["answers"]
+    classify = answers["classify --jsn x"]
+    assert classify["code"] == 2 and classify["stderr"].startswith("usage: moodring classify"), classify
+    assert "unrecognized arguments: --jsn" in classify["stderr"]
+    assert answers["db migrate-to --frobnicate x"]["stderr"].startswith("usage: moodring db migrate-to")
+    file_case, missing_case = (answers[" ".join(case)] for case in cases)
+    assert file_case["code"] == 2 and f"{not_a_model} is a file, not a model directory" in file_case["stderr"]
+    assert missing_case["code"] == 2 and f"No trained moodring model in {tmp_path / 'none'} " in missing_case["stderr"]
+    assert not report["torch"]  # named before the classifier (and torch) is imported
+
+
+def test_train_help_shows_every_default_and_reads_right() -> None:
+    from training.config import TrainArgs
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    for action in train._actions:
+        if action.dest in ("help", "onnx") or not action.option_strings:
+            continue
+        default = getattr(TrainArgs, action.dest, None)
+        if default is not None:
+            assert "(default: " in (action.help or ""), f"{action.option_strings[0]} does not show its default"
+    no_onnx = next(action for action in train._actions if "--no-onnx" in action.option_strings)
+    assert not no_onnx.help.startswith("skip: also"), no_onnx.help

@@ -21,8 +21,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     for spec in fields(TrainArgs):
         flag, help_text, check = "--" + spec.name.replace("_", "-"), spec.metadata["help"], spec.metadata["check"]
         if spec.name == "onnx":
-            train.add_argument("--no-onnx", dest="onnx", action="store_false", help="skip: " + help_text)
+            train.add_argument(
+                "--no-onnx", dest="onnx", action="store_false", help=f"do not export {help_text}; exported by default"
+            )
         elif spec.metadata["choices"]:
+            help_text += f" (default: {spec.default})"
             train.add_argument(flag, choices=spec.metadata["choices"], default=spec.default, help=help_text)
         elif spec.name == "backbone":  # the environment's choice, else TrainArgs'
             help_text += f" (default: $MOODRING_BACKBONE, else {spec.default})"
@@ -78,7 +81,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from model.parent_watch import watch_parent
 
     watch_parent()  # started by the bot's retrainer: stop if the bot dies
-    from model.classifier import ModelError
+    from model.storage import ModelError
     from training.data import DataError
     from training.evaluate import evaluate, format_report
 
@@ -107,7 +110,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
-    from model.classifier import ModelError
+    from model.storage import ModelError
     from training.data import DataError
     from training.export import export_onnx
 

@@ -61,7 +61,7 @@ class TrainArgs:
         None, "torch intra-op threads (default: $MOODRING_THREADS, else $OMP_NUM_THREADS, else the usable cores)",
         positive_int,
     )  # fmt: skip
-    onnx: bool = option(True, "also export model.onnx and model.int8.onnx (int8 thresholds tuned on dev)")
+    onnx: bool = option(True, "model.onnx and model.int8.onnx beside the model (int8 thresholds tuned on dev)")
     extra_data: str | None = option(
         None, "community corrections in GoEmotions' layout (`moodring corrections export`); its train split is "
         "mixed into GoEmotions' train and its dev split reported as community dev",

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.classifier import EmotionClassifier, ModelError, default_model_dir
+from model.classifier import EmotionClassifier
+from model.storage import ModelError, default_model_dir
 from model.training_contract import model_checksums, report_chart_path, write_report
 from training.data import load_extra_data, load_goemotions, resolve_data_dir
 from training.metrics import PAPER_THRESHOLD, classification_report, community_summary, group_matrix

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model.classifier import default_model_dir
 from model.metadata import ModelMetadata
 from model.network import SqueezeBertForEmotions
-from model.storage import replace_directory, staging_directory
+from model.storage import default_model_dir, replace_directory, staging_directory
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +182,8 @@ def add_onnx(
 def export_onnx(model_dir: str | Path | None, data_dir: str | Path | None = None) -> ModelMetadata:
     """`moodring export-onnx`: add the ONNX files to an exported model, with int8 thresholds tuned on the dev
     rows its training used (`dev_limit` included). Reads the data before writing anything."""
-    from model.classifier import EmotionClassifier, ModelError
+    from model.classifier import EmotionClassifier
+    from model.storage import ModelError
     from training.data import load_goemotions, resolve_data_dir
 
     classifier = EmotionClassifier.load(model_dir, backend="torch")

@@ -21,9 +21,9 @@ from tez import TezConfig
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from model.classifier import default_model_dir
 from model.metadata import ModelMetadata
 from model.network import SqueezeBertForEmotions
+from model.storage import default_model_dir
 from model.threads import apply_torch_threads, available_cores, resolve_threads
 from model.training_contract import checkpoint_dir, progress_path
 from training.backbones import load_backbone
