@@ -69,7 +69,7 @@ class MoodringBot(commands.AutoShardedBot):
             self.inference,
             config.model_dir,
             config.work_dir,
-            backbone=config.backbone,
+            backbone=None,  # `moodring train` chooses: $MOODRING_BACKBONE, else TrainArgs' default
             data_dir=config.data_dir,
             extra_args=config.retrain_args,
             tolerance=config.retrain_tolerance,

@@ -58,7 +58,6 @@ class BotConfig:
     queue_size: int = 256
     max_reactions: int = 3
     data_dir: str | None = None
-    backbone: str = "minilm"
     work_dir: Path = Path("runs")
     retrain_args: str = ""
     retrain_tolerance: float = 0.005
@@ -101,7 +100,6 @@ class BotConfig:
             queue_size=_at_least(1, env, "MOODRING_QUEUE_SIZE", cls.queue_size),
             max_reactions=_at_least(0, env, "MOODRING_MAX_REACTIONS", cls.max_reactions),
             data_dir=env.get("GOEMOTIONS_DIR") or None,
-            backbone=env.get("MOODRING_BACKBONE") or cls.backbone,
             work_dir=Path(env.get("MOODRING_WORK_DIR") or cls.work_dir),
             retrain_args=_checked(split_retrain_args, env, "MOODRING_RETRAIN_ARGS"),
             retrain_tolerance=_float(env, "MOODRING_RETRAIN_TOLERANCE", cls.retrain_tolerance),

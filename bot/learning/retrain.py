@@ -117,7 +117,7 @@ class Retrainer:
         model_dir: Path,
         work_root: Path,
         *,
-        backbone: str,
+        backbone: str | None,
         data_dir: str | None,
         extra_args: str,
         tolerance: float,
@@ -275,7 +275,9 @@ class Retrainer:
 
     async def _train(self, candidate: Path, run_dir: Path, extra: Path | None = None) -> None:
         work_dir = self._work_dir(run_dir)
-        args = ["train", "--backbone", self.backbone, "--out", str(candidate), "--work-dir", str(work_dir)]
+        args = ["train", "--out", str(candidate), "--work-dir", str(work_dir)]
+        if self.backbone is not None:
+            args += ["--backbone", self.backbone]
         if self.data_dir:
             args += ["--data-dir", self.data_dir]
         if extra is not None:
