@@ -1,13 +1,20 @@
-"""The project's argparse types: range-checked numbers, so that a bad value is a usage error, not a traceback.
+"""The project's argparse pieces: range-checked numbers (so that a bad value is a usage error, not a traceback) and
+the options every command that runs the classifier shares.
 
-`moodring classify`, `train` (training/config.py), `run` and `cluster` all check their numbers with these.
+`moodring classify`, `evaluate`, `train` (training/config.py), `run` and `cluster` all check their numbers with these.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable
+
+from model.storage import DEFAULT_MODEL_DIR
+
+#: `--model`'s help, for every command that reads an exported model.
+MODEL_HELP = f"exported model directory (default: $MOODRING_MODEL_DIR, else {DEFAULT_MODEL_DIR})"
 
 
 def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -61,3 +68,33 @@ def _range_words(minimum, maximum, above_minimum: bool = False, below_maximum: b
 
 
 positive_int = whole_number(1)
+
+
+def add_serving_options(command: argparse.ArgumentParser) -> None:
+    """`--backend` and `--threads`, shared by every command that runs the classifier."""
+    from model.backends import BACKEND_CHOICES
+
+    command.add_argument(
+        "--backend",
+        choices=BACKEND_CHOICES,
+        default="auto",
+        help="inference backend; auto: int8 ONNX when the model has it and onnxruntime is installed, else torch "
+        "(default: auto)",
+    )
+    command.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="intra-op threads (default: $MOODRING_THREADS, else $OMP_NUM_THREADS, else the usable cores)",
+    )
+
+
+def serving_threads(command: str, args: argparse.Namespace) -> int | None:
+    """The thread count for `args`, or None after printing why the environment's setting is unusable."""
+    from model.threads import resolve_threads
+
+    try:
+        return resolve_threads(args.threads)
+    except ValueError as error:
+        print(f"moodring {command}: {error}", file=sys.stderr)
+        return None

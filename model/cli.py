@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from model.arguments import positive_int
+from model.arguments import MODEL_HELP, add_serving_options, positive_int, serving_threads
 
 BAR_WIDTH = 20
 
@@ -17,43 +17,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     classify.add_argument(
         "texts", nargs="*", metavar="TEXT", help="texts to classify, UTF-8 (default: one per stdin line)"
     )
-    classify.add_argument(
-        "--model", help="exported model directory (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"
-    )
+    classify.add_argument("--model", help=MODEL_HELP)
     classify.add_argument("--top-k", type=positive_int, default=5, help="emotions to show per text (default: 5)")
     classify.add_argument("--json", action="store_true", help="print a JSON list, one object per text")
     add_serving_options(classify)
     classify.set_defaults(handler=run_classify)
-
-
-def add_serving_options(command: argparse.ArgumentParser) -> None:
-    """`--backend` and `--threads`, shared by every command that runs the classifier."""
-    from model.backends import BACKEND_CHOICES
-
-    command.add_argument(
-        "--backend",
-        choices=BACKEND_CHOICES,
-        default="auto",
-        help="inference backend; auto: int8 ONNX when the model has it and onnxruntime is installed, else torch "
-        "(default: auto)",
-    )
-    command.add_argument(
-        "--threads",
-        type=positive_int,
-        default=None,
-        help="intra-op threads (default: $MOODRING_THREADS, else $OMP_NUM_THREADS, else the usable cores)",
-    )
-
-
-def serving_threads(command: str, args: argparse.Namespace) -> int | None:
-    """The thread count for `args`, or None after printing why the environment's setting is unusable."""
-    from model.threads import resolve_threads
-
-    try:
-        return resolve_threads(args.threads)
-    except ValueError as error:
-        print(f"moodring {command}: {error}", file=sys.stderr)
-        return None
 
 
 def run_classify(args: argparse.Namespace) -> int:

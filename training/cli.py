@@ -7,11 +7,10 @@ import os
 import sys
 from dataclasses import fields
 
-from model.cli import add_serving_options, serving_threads
+from model.arguments import MODEL_HELP, add_serving_options, serving_threads
 
 DATA_HELP = "GoEmotions directory in the original TSV layout (default: $GOEMOTIONS_DIR, else the hub)"
 EXTRA_HELP = "community corrections in GoEmotions' layout (written by `moodring corrections export`)"
-MODEL_HELP = "exported model directory (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"
 
 
 def register(commands: argparse._SubParsersAction) -> None:

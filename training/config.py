@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from model.arguments import finite_number, positive_int, whole_number
+from model.storage import DEFAULT_MODEL_DIR
 
 MAX_POSITIONS = 512  # in every SqueezeBERT and BERT checkpoint
 
@@ -30,7 +31,7 @@ class TrainArgs:
         "minilm", "hub id, local directory, or `minilm` (offline pretrained start; needs .[offline])"
     )
     out: str | None = option(
-        None, "where to export the model (default: $MOODRING_MODEL_DIR or models/moodring-goemotions)"
+        None, f"where to export the model (default: $MOODRING_MODEL_DIR, else {DEFAULT_MODEL_DIR})"
     )
     work_dir: str | None = option(None, "best checkpoint and progress.jsonl (default: runs/<out name>)")
     epochs: int = option(2, "training epochs", positive_int)
