@@ -6,8 +6,9 @@ preflight), and a site whose name it rebinds to ``127.0.0.1`` may even read the 
 
 * ``Host``, when given, must name an address this server is reached at, with its port (:meth:`SameOriginGuard.is_own`);
   a rebound name is not one of them.
-* ``Origin``, when given, must be this server's own origin (``http``, one of its addresses, its port). Browsers send
-  it on every request that can change something (POST, WebSocket handshakes) and on cross-origin reads.
+* ``Origin``, when given, must be this server's own origin (``http``, one of its addresses, its port; bound to every
+  interface, an IP address only as the very address the request came to, its ``Host``). Browsers send it on every
+  request that can change something (POST, WebSocket handshakes) and on cross-origin reads.
 * Without an ``Origin``, a ``Referer``, when given, must be of this server too; the page itself (``/``, ``static/``)
   is exempt, so that a link to the sandbox from another page can be followed.
 
@@ -94,12 +95,19 @@ class SameOriginGuard:
         name = name.lower()
         return name in self._names or (self._any_address and _is_ip_literal(name))
 
-    def _is_own_url(self, url: str) -> bool:
+    def _is_own_url(self, url: str, host: str | None = None) -> bool:
+        """Whether ``url`` is of this server: ``http``, one of its addresses, its port. On every interface an IP
+        address counts only as the very address the request came to (its ``Host``): another machine's page on the
+        same port is not the sandbox's."""
         try:
             parsed = URL(url)
+            reached = URL(f"http://{host}").host if host is not None else None
         except ValueError:
             return False
-        return parsed.scheme == "http" and parsed.host is not None and self.is_own(parsed.host, parsed.port or 80)
+        name = (parsed.host or "").lower()
+        if parsed.scheme != "http" or not name or not self.is_own(name, parsed.port or 80):
+            return False
+        return name in self._names or reached is None or name == reached.lower()
 
     def refusal(self, request: web.Request) -> str | None:
         """Why ``request`` is refused, or ``None`` when it may go on."""
@@ -108,9 +116,9 @@ class SameOriginGuard:
             return f"this server does not answer for {host!r}"
         origin = request.headers.get(hdrs.ORIGIN)
         if origin is not None:
-            return None if self._is_own_url(origin) else f"requests from {origin!r} are not accepted"
+            return None if self._is_own_url(origin, host) else f"requests from {origin!r} are not accepted"
         referer = request.headers.get(hdrs.REFERER)
-        if referer is not None and not self._is_page(request) and not self._is_own_url(referer):
+        if referer is not None and not self._is_page(request) and not self._is_own_url(referer, host):
             return "requests from another page are not accepted"
         return None
 

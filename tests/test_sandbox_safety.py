@@ -212,6 +212,27 @@ def test_own_addresses_are_those_the_server_is_reached_at_on_its_port(
         assert not guard.is_own(name, 8765), name
 
 
+@pytest.mark.parametrize("bound_to", ["0.0.0.0", "::", "127.0.0.1"])
+def test_an_origin_must_be_the_address_the_request_came_to(bound_to: str) -> None:
+    """Bound to every interface, any IP address is one of the server's: a page served from another machine's address
+    on the same port must still not count as the sandbox's own page, so an IP address must be the Host the browser
+    sent."""
+    from aiohttp.test_utils import make_mocked_request
+
+    guard = SameOriginGuard(bound_to, port=lambda: 8765)
+
+    def refused(origin: str | None, host: str = "127.0.0.1:8765", referer: str | None = None) -> bool:
+        headers = {"Host": host, **({"Origin": origin} if origin else {}), **({"Referer": referer} if referer else {})}
+        return guard.refusal(make_mocked_request("POST", "/sandbox/api/messages", headers=headers)) is not None
+
+    assert not refused("http://127.0.0.1:8765")
+    assert not refused("http://localhost:8765", host="localhost:8765")
+    assert refused("http://203.0.113.9:8765")  # another machine's page, same port
+    assert not refused("http://localhost:8765")  # another of its own names: the sandbox's page all the same
+    assert refused(None, referer="http://203.0.113.9:8765/")
+    assert not refused(None, referer="http://127.0.0.1:8765/")
+
+
 def _json(body: object) -> str:
     return json.dumps(body)
 
