@@ -39,8 +39,11 @@ DEFAULT_PORT = 8765
 BOT_STOP_TIMEOUT = 30.0
 #: Seconds to wait for the bot to connect and register its commands before seeding history.
 BOT_READY_TIMEOUT = 300.0
-#: The model the sandbox's bot uses unless --model says otherwise: this checkout's, wherever the sandbox is started.
-CHECKOUT_MODEL_DIR = Path(__file__).resolve().parents[1] / DEFAULT_MODEL_DIR
+#: The model the sandbox's bot uses unless --model says otherwise: this checkout's, wherever the sandbox is started
+#: (`make demo` trains it there, where `moodring classify` finds it); installed from a wheel, not in a checkout, the
+#: working directory's.
+_CHECKOUT = Path(__file__).resolve().parents[1]
+CHECKOUT_MODEL_DIR = (_CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else Path.cwd()) / DEFAULT_MODEL_DIR
 
 #: All the bot child takes from this process's environment (and every `LC_*`); the sandbox sets the rest itself
 #: (`bot_environment`). Settings an operator keeps for their real bot (its MOODRING_MODEL_DIR, MOODRING_DATABASE,
