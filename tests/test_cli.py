@@ -152,7 +152,11 @@ FAST_ANSWERS = textwrap.dedent(
 def test_bad_options_get_their_subcommands_usage_and_a_missing_model_is_named_at_once(tmp_path) -> None:
     not_a_model = tmp_path / "README.md"
     not_a_model.write_text("# not a model\n")
-    cases = [["classify", "--model", str(not_a_model), "hi"], ["classify", "--model", str(tmp_path / "none"), "hi"]]
+    cases = [
+        ["classify", "--model", str(not_a_model), "hi"],
+        ["classify", "--model", str(tmp_path / "none"), "hi"],
+        ["evaluate", "--model", str(tmp_path / "none")],
+    ]
     script = f"CASES = {cases!r}\n" + FAST_ANSWERS
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -162,10 +166,12 @@ def test_bad_options_get_their_subcommands_usage_and_a_missing_model_is_named_at
     assert classify["code"] == 2 and classify["stderr"].startswith("usage: moodring classify"), classify
     assert "unrecognized arguments: --jsn" in classify["stderr"]
     assert answers["db migrate-to --frobnicate x"]["stderr"].startswith("usage: moodring db migrate-to")
-    file_case, missing_case = (answers[" ".join(case)] for case in cases)
+    file_case, missing_case, evaluate_case = (answers[" ".join(case)] for case in cases)
+    no_model = f"No trained moodring model in {tmp_path / 'none'} "
     assert file_case["code"] == 2 and f"{not_a_model} is a file, not a model directory" in file_case["stderr"]
-    assert missing_case["code"] == 2 and f"No trained moodring model in {tmp_path / 'none'} " in missing_case["stderr"]
-    assert not report["torch"]  # named before the classifier (and torch) is imported
+    assert missing_case["code"] == 2 and no_model in missing_case["stderr"]
+    assert evaluate_case["code"] == 2 and no_model in evaluate_case["stderr"]
+    assert not report["torch"]  # named before the classifier (and torch, and the data) is loaded
 
 
 def test_train_help_shows_every_default_and_reads_right() -> None:

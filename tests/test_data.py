@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,34 @@ def test_data_dir_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     assert resolve_data_dir(None) == tmp_path
     assert resolve_data_dir("elsewhere") == Path("elsewhere")
     monkeypatch.delenv("GOEMOTIONS_DIR")
+    monkeypatch.setattr(data_module, "CHECKOUT_DATA_DIR", tmp_path / "not-there")
     assert resolve_data_dir(None) is None
+
+
+def test_without_a_setting_a_checkout_finds_the_shared_copy(
+    monkeypatch: pytest.MonkeyPatch, goemotions_dir: Path
+) -> None:
+    """After `. .venv/bin/activate`, outside make: the checkout's ../shared/data/goemotions, when it is there."""
+    monkeypatch.delenv("GOEMOTIONS_DIR", raising=False)
+    monkeypatch.setattr(data_module, "CHECKOUT_DATA_DIR", goemotions_dir)
+    assert resolve_data_dir(None) == goemotions_dir
+    assert data_module.CHECKOUT_DATA_DIR.name == "goemotions"
+
+
+def test_an_unreachable_hub_fails_at_once_without_retrying(monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as probe:  # a port on this machine that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port}")
+    for proxy in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+
+    def retrying(*args, **kwargs):
+        raise AssertionError("the hub was tried although it cannot be reached")
+
+    monkeypatch.setattr(data_module.datasets, "load_dataset", retrying)
+    with pytest.raises(DataError, match=r"cannot reach the Hugging Face hub .*GOEMOTIONS_DIR"):
+        load_goemotions(None)
 
 
 def test_copied_real_directory_loads_with_checksums(tmp_path: Path, goemotions_dir: Path) -> None:

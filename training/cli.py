@@ -80,7 +80,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from model.parent_watch import watch_parent
 
     watch_parent()  # started by the bot's retrainer: stop if the bot dies
-    from model.storage import ModelError
+    from model.storage import ModelError, require_model_directory
+
+    try:  # before torch and the data load: a missing model is said at once
+        require_model_directory(args.model)
+    except ModelError as error:
+        print(f"moodring evaluate: {error}", file=sys.stderr)
+        return 2
     from training.data import DataError
     from training.evaluate import evaluate, format_report
 

@@ -14,10 +14,12 @@ import io
 import json
 import logging
 import os
+import socket
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import datasets
 import torch
@@ -30,6 +32,11 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "dev", "test")
 HUB_DATASET = "google-research-datasets/go_emotions"
 HUB_CONFIG = "simplified"
+#: Where a checkout keeps GoEmotions (the project's machines and CI lay `shared/` beside it): the default when neither
+#: --data-dir nor GOEMOTIONS_DIR says, so that `moodring evaluate` works after `. .venv/bin/activate` as under make.
+CHECKOUT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "goemotions"
+#: Seconds to wait for a connection to the hub before saying it cannot be reached (instead of retrying for long).
+HUB_PROBE_TIMEOUT_S = 3.0
 MAPPING_FILES = {"ekman": "ekman_mapping.json", "sentiment": "sentiment_mapping.json"}
 
 
@@ -50,9 +57,12 @@ class GoEmotions:
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
-    """`--data-dir`, else `GOEMOTIONS_DIR` (which may come from `.env`), else None for the hub."""
+    """`--data-dir`, else `GOEMOTIONS_DIR` (which may come from `.env`), else the checkout's `CHECKOUT_DATA_DIR` when
+    it holds GoEmotions, else None for the hub."""
     chosen = data_dir or os.environ.get("GOEMOTIONS_DIR")
-    return Path(chosen).expanduser() if chosen else None
+    if chosen:
+        return Path(chosen).expanduser()
+    return CHECKOUT_DATA_DIR if (CHECKOUT_DATA_DIR / "train.tsv").is_file() else None
 
 
 def load_goemotions(data_dir: str | Path | None, splits: Sequence[str] = SPLITS) -> GoEmotions:
@@ -205,7 +215,28 @@ def _parse_labels(field_text: str, num_labels: int, where: str) -> list[int]:
     return sorted(set(ids))
 
 
+def _hub_unreachable() -> str | None:
+    """Why the hub (`HF_ENDPOINT`, else huggingface.co) cannot be reached, or None: one connection attempt, so that an
+    offline machine hears it at once instead of after the hub client's retries. Behind a proxy, the client's own
+    connection decides."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return None
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "", port), timeout=HUB_PROBE_TIMEOUT_S):
+            return None
+    except OSError as error:
+        return f"{endpoint.hostname}:{port}: {error.strerror or error}"
+
+
 def _load_from_hub(splits: Sequence[str]) -> GoEmotions:
+    unreachable = _hub_unreachable()
+    if unreachable is not None:
+        raise DataError(
+            f"cannot reach the Hugging Face hub ({unreachable}) to load {HUB_DATASET}. "
+            "Pass --data-dir or set GOEMOTIONS_DIR to a local GoEmotions directory."
+        )
     try:
         hub = datasets.load_dataset(HUB_DATASET, HUB_CONFIG)
     except Exception as error:
