@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import unicodedata
 
 from model.arguments import MODEL_HELP, add_serving_options, positive_int, serving_threads
 
@@ -71,9 +72,26 @@ def _decode(data: bytes, where: str) -> str:
         return data.decode("utf-8", errors="replace")
 
 
+#: Characters that would act on the terminal, or reorder what it shows (Unicode's bidirectional overrides and
+#: isolates), when a text is printed back.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with control characters and bidirectional overrides written as escapes (`\\x1b`, `\\u202e`); emoji,
+    their joiners and every other printable character stay as they are."""
+    return "".join(
+        (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+        if unicodedata.category(char) == "Cc" or char in _BIDI_CONTROLS
+        else char
+        for char in text
+    )
+
+
 def format_prediction(prediction) -> str:
     """A small text table: label, score bar, score, and a check mark when above threshold."""
-    shown = prediction.text if len(prediction.text) <= 100 else prediction.text[:99] + "…"
+    text = terminal_safe(prediction.text)
+    shown = text if len(text) <= 100 else text[:99] + "…"
     lines = [f"“{shown}”"]
     if not prediction.top:
         lines.append("  (empty text: nothing to classify)")

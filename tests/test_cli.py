@@ -186,3 +186,14 @@ def test_train_help_shows_every_default_and_reads_right() -> None:
             assert "(default: " in (action.help or ""), f"{action.option_strings[0]} does not show its default"
     no_onnx = next(action for action in train._actions if "--no-onnx" in action.option_strings)
     assert not no_onnx.help.startswith("skip: also"), no_onnx.help
+
+
+def test_classify_shows_control_characters_escaped() -> None:
+    """Input text is printed back: escapes and control characters must not reach the terminal as themselves."""
+    from types import SimpleNamespace
+
+    from model.cli import format_prediction
+
+    shown = format_prediction(SimpleNamespace(text="so \x1b[31mred\x1b[0m\x07 \u202eevil 😂\u200d", top=[]))
+    assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
+    assert "so \\x1b[31mred\\x1b[0m\\x07 \\u202eevil 😂\u200d" in shown  # emoji (and their joiners) kept
