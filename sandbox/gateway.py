@@ -29,6 +29,11 @@ except ImportError:  # pragma: no cover - depends on the environment
 _log = logging.getLogger(__name__)
 
 # Close codes Discord uses (https://discord.com/developers/docs/topics/opcodes-and-status-codes).
+#: Seconds between a heartbeat and its ACK: a network round trip to Discord (tens of milliseconds). An ACK sent at
+#: once over loopback can be handled before discord.py's keep-alive thread has recorded the heartbeat's send time
+#: (it does so only after waking from the send), and discord.py then measures the latency from the previous beat, a
+#: whole interval, and warns "Can't keep up, shard ID 0 websocket is 41.3s behind" (tests/test_heartbeat_latency.py).
+HEARTBEAT_ACK_DELAY_S = 0.05
 CLOSE_UNKNOWN_ERROR = 4000
 CLOSE_UNKNOWN_OPCODE = 4001
 CLOSE_DECODE_ERROR = 4002
@@ -336,6 +341,7 @@ class Gateway:
         if op == p.OP_HEARTBEAT:
             conn.heartbeats += 1
             self.heartbeat_count += 1
+            await asyncio.sleep(HEARTBEAT_ACK_DELAY_S)  # the round trip (see HEARTBEAT_ACK_DELAY_S)
             await self._send(conn, {"op": p.OP_HEARTBEAT_ACK, "d": None, "s": None, "t": None})
         elif op == p.OP_IDENTIFY:
             await self._on_identify(conn, data)

@@ -1,0 +1,172 @@
+"""`MoodringBot`: start-up in `setup_hook`, one cog per concern, shared services on the bot."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.cluster.model_sync import ModelSync
+from bot.config import BotConfig
+from bot.inference import InferenceService
+from bot.learning.community_data import export_store
+from bot.learning.retrain import Retrainer
+from bot.replies import NO_MENTIONS, SOMETHING_WENT_WRONG, InvalidArgument, send_ephemeral
+from bot.store import Store, is_postgres_url, open_store
+from model import ModelError, ModelNotFoundError
+from model.storage import recover_directory
+
+log = logging.getLogger(__name__)
+
+COGS = ("bot.cogs.emotions", "bot.cogs.corrections", "bot.cogs.mood", "bot.cogs.housekeeping", "bot.cogs.admin")
+
+NO_MODEL = (
+    "I haven't been trained yet, so I can't read emotions. "
+    "The bot's owner can train me with `moodring train` or `/moodring retrain`."
+)
+
+
+def intents_for(config: BotConfig) -> discord.Intents:
+    """Guilds and guild messages; message content (privileged) only for automatic analysis."""
+    intents = discord.Intents.none()
+    intents.guilds = True
+    intents.guild_messages = True
+    intents.guild_reactions = False
+    intents.message_content = config.message_content
+    return intents
+
+
+class MoodringBot(commands.AutoShardedBot):
+    """Works with any number of shards: nothing here assumes a single gateway connection. Runs the
+    shards `config.shard_ids` of `config.shard_count` (bot/cluster/sharding.py), or all of Discord's recommended
+    count when unset.
+
+    Extra keyword arguments are discord.py client options (e.g. `guild_ready_timeout`).
+    """
+
+    def __init__(self, config: BotConfig, **options: Any) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents_for(config),
+            allowed_mentions=NO_MENTIONS,
+            owner_ids=set(config.owner_ids) or None,
+            help_command=None,
+            shard_count=config.shard_count,
+            shard_ids=list(config.shard_ids) if config.shard_ids is not None else None,
+            **options,
+        )
+        self.config = config
+        self.inference = InferenceService.from_config(config)
+        self.retrainer = Retrainer(
+            self.inference,
+            config.model_dir,
+            config.work_dir,
+            backbone=None,  # `moodring train` chooses: $MOODRING_BACKBONE, else TrainArgs' default
+            data_dir=config.data_dir,
+            extra_args=config.retrain_args,
+            tolerance=config.retrain_tolerance,
+            progress_interval=config.progress_interval,
+            export_corrections=lambda out: export_store(self.store, out, config.model_dir),
+            community_min_rows=config.community_dev_min_rows,
+            after_swap=self._announce_model,
+        )
+        self.store: Store | None = None
+        # Several processes share a PostgreSQL database: a swap in one reaches the others (bot/cluster/model_sync.py).
+        self.model_sync = (
+            ModelSync(config.database, config.model_dir, self.inference) if is_postgres_url(config.database) else None
+        )
+        self.counters: Counter[str] = Counter()
+        self.clock: Callable[[], float] = time.time  # one clock for schedules and statistics; tests move it
+
+    async def setup_hook(self) -> None:
+        self.store = await open_store(self.config.database)
+        self.inference.start()
+        loaded = await (self.model_sync.start(self.load_model) if self.model_sync else self.load_model())
+        if not loaded and self.config.train_on_start:
+            log.info("no model yet: training the first one in a child process (MOODRING_TRAIN_ON_START)")
+            self.retrainer.start()
+        for extension in COGS:
+            await self.load_extension(extension)
+        self.tree.on_error = self.on_app_command_error
+        # What is loaded by now (torch, transformers, the model, the cogs) lives as long as the bot. Keep it out of
+        # the cyclic garbage collector: a full collection over its ~450k objects blocks the event loop for a few
+        # hundred milliseconds whenever it happens to run. Collected once here, before the gateway connects.
+        gc.collect()
+        gc.freeze()
+        if self.config.dev_guild_id:
+            guild = discord.Object(id=self.config.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d commands to development guild %s", len(synced), self.config.dev_guild_id)
+
+    async def load_model(self) -> bool:
+        """Serve the exported model if there is one; the bot runs (and says so) without it."""
+        try:
+            await asyncio.to_thread(recover_directory, self.config.model_dir)  # after a crash mid-swap
+            await self.inference.load(self.config.model_dir)
+        except ModelNotFoundError as error:
+            log.warning("%s", error)
+            return False
+        except ModelError as error:  # says what is wrong and what to do: no traceback needed
+            log.error("%s Answering without a model meanwhile.", error)
+            return False
+        except Exception:
+            log.exception("could not load the model in %s; answering without one", self.config.model_dir)
+            return False
+        log.info("serving the model in %s", self.config.model_dir)
+        return True
+
+    async def _announce_model(self) -> None:
+        """After this process swapped in a retrained model: the cluster's other processes load it too."""
+        if self.model_sync is not None:
+            await self.model_sync.announce()
+
+    def no_model_message(self) -> str:
+        """What members are told while no model is serving."""
+        status = self.retrainer.status
+        if self.retrainer.running and status is not None:
+            return f"I'm still learning ({status.percent}% of my first training done). Please try again later."
+        return NO_MODEL
+
+    async def on_ready(self) -> None:
+        log.info("connected as %s (%s) to %d guilds", self.user, getattr(self.user, "id", "?"), len(self.guilds))
+
+    async def on_message(self, message: discord.Message) -> None:
+        """No prefix commands: a message mentioning the bot asks for a reading (bot/cogs/emotions.py), and handing
+        it to discord.py's command parser as well would log a `CommandNotFound` error for each one."""
+
+    async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        if isinstance(error, app_commands.MissingPermissions):
+            message = "You need the **Manage Server** permission to do that."
+        elif isinstance(error, app_commands.NoPrivateMessage):
+            message = "That only works in a server."
+        elif isinstance(error, app_commands.CheckFailure):
+            message = str(error) or "You can't use that command."
+        elif isinstance(error, InvalidArgument):
+            message = str(error)
+        elif self.is_closed():  # shutting down: Discord's session is gone, and so is the answer
+            log.info("shutting down: could not finish %r", interaction.command and interaction.command.qualified_name)
+            return
+        else:
+            log.error("command %r failed", interaction.command and interaction.command.qualified_name, exc_info=error)
+            message = SOMETHING_WENT_WRONG
+        await send_ephemeral(interaction, message)
+
+    async def close(self) -> None:
+        log.info("closing; message outcomes since start: %s", dict(self.counters))
+        if self.model_sync is not None:
+            await self.model_sync.close()
+        await self.retrainer.cancel("the bot is shutting down")
+        # Readings still waiting are answered "shutting down" while Discord can still be told.
+        await self.inference.close()
+        await super().close()
+        if self.store is not None:
+            await self.store.close()

@@ -1,0 +1,1 @@
+"""One cog per concern: emotions (analysis), admin (settings), mood (statistics and summaries)."""

@@ -1,0 +1,292 @@
+"""The bot's settings, read from the environment (and `.env`, loaded by the `moodring` command)."""
+
+from __future__ import annotations
+
+import math
+import os
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+from bot.cluster.sharding import ShardSpecError, check_shard_ids, parse_shard_ids
+from model.backends import BACKEND_CHOICES
+from model.threads import threads_setting
+
+#: Training options that MOODRING_RETRAIN_ARGS may not set: the retrainer chooses where the candidate model and its
+#: run go, and serves the candidate only once it passes the gate; `--out` would overwrite the serving model directly.
+RETRAIN_PATH_FLAGS = ("--out", "--work-dir")
+#: Discord ids (snowflakes) are positive 64-bit integers.
+MAX_SNOWFLAKE = 2**64 - 1
+
+T = TypeVar("T")
+
+
+class DatabaseURL(str):
+    """A PostgreSQL URL in MOODRING_DATABASE; its repr hides the password, so printing the settings never shows it."""
+
+    def __repr__(self) -> str:
+        from bot.store import redact_url
+
+        return repr(redact_url(self))
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+def _default_model_dir(env: Mapping[str, str] | None = None) -> Path:
+    """`model.default_model_dir(env)`, imported on first use: reading the settings must not load torch."""
+    from model import default_model_dir
+
+    return default_model_dir(env)
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    token: str = field(repr=False)  # never printed or logged
+    model_dir: Path = field(default_factory=_default_model_dir)
+    database: Path | DatabaseURL = Path("data/moodring.sqlite3")  # a SQLite file, or a postgresql:// URL
+    dev_guild_id: int | None = None
+    owner_ids: frozenset[int] = frozenset()
+    message_content: bool = True
+    train_on_start: bool = True
+    batch_size: int = 16
+    batch_wait_ms: float = 10.0
+    queue_size: int = 256
+    max_reactions: int = 3
+    data_dir: str | None = None
+    work_dir: Path = Path("runs")
+    retrain_args: str = ""
+    retrain_tolerance: float = 0.005
+    progress_interval: float = 5.0
+    readings_per_user: int = 5  # on-demand readings (/emotion, reply-mentions) per member per window
+    readings_per_channel: int = 15  # ... and per channel
+    reading_window_s: float = 60.0
+    corrections_per_member: int = 5  # "Not quite?" corrections a member may start per window
+    corrections_window_s: float = 600.0
+    community_dev_min_rows: int = 50  # the retrain gate compares community-dev F1 only with at least this many rows
+    backend: str = "auto"  # auto: int8 ONNX when the model has it and onnxruntime imports, else torch
+    # Inference intra-op threads (MOODRING_THREADS); None: OMP_NUM_THREADS, else the cores this process may use.
+    threads: int | None = None
+    # A Discord-compatible server instead of Discord (`moodring sandbox`): discord.py's REST base and gateway URL.
+    discord_api: str | None = None
+    discord_gateway: str | None = None
+    # Sharding (bot/cluster/sharding.py): None and None is one process with Discord's recommended count of shards.
+    shard_count: int | None = None
+    shard_ids: tuple[int, ...] | None = None  # which of the shard_count shards this process runs; None: all
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, require_token: bool = True) -> BotConfig:
+        env = os.environ if env is None else env
+        token = env.get("DISCORD_TOKEN", "").strip()
+        if require_token and not token:
+            raise ConfigError(
+                "DISCORD_TOKEN is not set. Create a bot in the Discord developer portal "
+                "(https://discord.com/developers/applications -> your app -> Bot -> Reset Token), "
+                "then put DISCORD_TOKEN=... in .env (see .env.example)."
+            )
+        return cls(
+            token=token,
+            database=database_setting(env, cls.database),
+            dev_guild_id=_snowflake(env, "MOODRING_DEV_GUILD_ID"),
+            owner_ids=frozenset(_int_list(env, "MOODRING_OWNER_IDS")),
+            message_content=_bool(env, "MOODRING_MESSAGE_CONTENT", True),
+            train_on_start=_bool(env, "MOODRING_TRAIN_ON_START", True),
+            batch_size=_at_least(1, env, "MOODRING_BATCH_SIZE", cls.batch_size),
+            batch_wait_ms=_at_least(0.0, env, "MOODRING_BATCH_WAIT_MS", cls.batch_wait_ms),
+            queue_size=_at_least(1, env, "MOODRING_QUEUE_SIZE", cls.queue_size),
+            max_reactions=_at_least(0, env, "MOODRING_MAX_REACTIONS", cls.max_reactions),
+            data_dir=env.get("GOEMOTIONS_DIR") or None,
+            work_dir=Path(env.get("MOODRING_WORK_DIR") or cls.work_dir),
+            retrain_args=_checked(split_retrain_args, env, "MOODRING_RETRAIN_ARGS"),
+            retrain_tolerance=_float(env, "MOODRING_RETRAIN_TOLERANCE", cls.retrain_tolerance),
+            progress_interval=_at_least(0.1, env, "MOODRING_PROGRESS_INTERVAL_S", cls.progress_interval),
+            backend=_choice(env, "MOODRING_BACKEND", BACKEND_CHOICES, cls.backend),
+            threads=_parsed(threads_setting, env),
+            readings_per_user=_at_least(1, env, "MOODRING_READINGS_PER_USER", cls.readings_per_user),
+            readings_per_channel=_at_least(1, env, "MOODRING_READINGS_PER_CHANNEL", cls.readings_per_channel),
+            reading_window_s=_at_least(1.0, env, "MOODRING_READING_WINDOW_S", cls.reading_window_s),
+            corrections_per_member=_at_least(1, env, "MOODRING_CORRECTIONS_PER_MEMBER", cls.corrections_per_member),
+            corrections_window_s=_at_least(1.0, env, "MOODRING_CORRECTIONS_WINDOW_S", cls.corrections_window_s),
+            community_dev_min_rows=_at_least(1, env, "MOODRING_COMMUNITY_DEV_MIN_ROWS", cls.community_dev_min_rows),
+            discord_api=_url(env, "MOODRING_DISCORD_API", ("http", "https")),
+            discord_gateway=_url(env, "MOODRING_DISCORD_GATEWAY", ("ws", "wss")),
+            shard_count=_at_least(1, env, "MOODRING_SHARD_COUNT", cls.shard_count),
+            shard_ids=_shard_ids(env, "MOODRING_SHARD_IDS"),
+            # Last: the default imports torch, which a bad setting above should not wait for.
+            model_dir=_default_model_dir(env),
+        )
+
+    def __post_init__(self) -> None:
+        if (self.discord_api is None) != (self.discord_gateway is None):
+            raise ConfigError(
+                "MOODRING_DISCORD_API and MOODRING_DISCORD_GATEWAY go together: set both (`moodring sandbox` serves "
+                "http://127.0.0.1:8765/api/v10 and ws://127.0.0.1:8765/gateway) or neither (Discord itself)."
+            )
+        if self.shard_ids is not None:
+            if self.shard_count is None:
+                raise ConfigError(
+                    "MOODRING_SHARD_IDS (--shards) needs MOODRING_SHARD_COUNT (--shard-count): the ids are "
+                    "numbered out of the total count of shards"
+                )
+            try:
+                check_shard_ids(self.shard_ids, self.shard_count)
+            except ShardSpecError as error:
+                raise ConfigError(f"MOODRING_SHARD_IDS (--shards): {error}") from None
+
+
+def _number(env: Mapping[str, str], name: str, kind: type, default):
+    """`name` parsed as `kind` (int or float); `default` when unset or empty (0 is a value, not unset).
+
+    nan and infinities are refused: every comparison with nan is false, so it would pass any range check.
+    """
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a {'whole ' if kind is int else ''}number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{name} must be a finite number, got {value!r}")
+    return number
+
+
+def database_setting(env: Mapping[str, str], default: Path) -> Path | DatabaseURL:
+    """MOODRING_DATABASE: a file path (SQLite), or a postgresql:// URL naming at least a host."""
+    value = env.get("MOODRING_DATABASE", "").strip()
+    if not value:
+        return default
+    if "://" not in value:
+        return Path(value)
+    from bot.store import is_postgres_url, redact_url
+
+    shown = redact_url(value)
+    if not is_postgres_url(value):
+        raise ConfigError(
+            f"MOODRING_DATABASE must be a file path (SQLite) or a postgresql://user:password@host:port/database "
+            f"URL, got {shown!r}"
+        )
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 (parsed only to check it)
+    except ValueError as error:
+        raise ConfigError(f"MOODRING_DATABASE is not a valid URL ({error}): {shown!r}") from None
+    if not parts.hostname and not parse_qs(parts.query).get("host"):  # ?host=/run/postgresql: a Unix socket
+        raise ConfigError(f"MOODRING_DATABASE must name the PostgreSQL host, got {shown!r}")
+    return DatabaseURL(value)
+
+
+def _snowflake(env: Mapping[str, str], name: str) -> int | None:
+    """A Discord id (server, channel or user), or None when unset."""
+    number = _number(env, name, int, None)
+    if number is not None and not 0 < number <= MAX_SNOWFLAKE:
+        raise ConfigError(
+            f"{name} must be a Discord id (a positive whole number; copy it with Developer Mode on), "
+            f"got {env.get(name)!r}"
+        )
+    return number
+
+
+def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str | None:
+    """A URL with one of `schemes` and a host, or None when unset."""
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ConfigError(f"{name} must be a {' or '.join(schemes)} URL with a host, got {value!r}")
+    return value.rstrip("/") if parts.scheme.startswith("http") else value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    return _number(env, name, float, default)
+
+
+def _at_least(minimum, env: Mapping[str, str], name: str, default):
+    """Like `_number` with `minimum`'s type, refusing values below `minimum`."""
+    number = _number(env, name, type(minimum), default)
+    if number is not None and number < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {env.get(name)!r}")
+    return number
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _int_list(env: Mapping[str, str], name: str) -> list[int]:
+    parts = [p.strip() for p in env.get(name, "").replace(";", ",").split(",") if p.strip()]
+    try:
+        ids = [int(p) for p in parts]
+    except ValueError:
+        ids = []
+    if len(ids) != len(parts) or not all(0 < i <= MAX_SNOWFLAKE for i in ids):
+        raise ConfigError(f"{name} must be comma-separated Discord user ids, got {env.get(name)!r}")
+    return ids
+
+
+def _shard_ids(env: Mapping[str, str], name: str) -> tuple[int, ...] | None:
+    value = env.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return parse_shard_ids(value)
+    except ShardSpecError as error:
+        raise ConfigError(f"{name}: {error}") from None
+
+
+def split_retrain_args(value: str, name: str = "MOODRING_RETRAIN_ARGS") -> list[str]:
+    """Extra `moodring train` options for retraining, split like a shell; ConfigError if one is a `RETRAIN_PATH_FLAGS`.
+
+    argparse also accepts an unambiguous prefix (`--wo`, `--work-d`) and `--flag=value`, so any option that could
+    be read as one of those flags is refused.
+    """
+    try:
+        tokens = shlex.split(value)
+    except ValueError as error:
+        raise ConfigError(f"{name} is not a valid shell-quoted list of `moodring train` options ({error})") from None
+    for token in tokens:
+        option = token.split("=", 1)[0]
+        for flag in RETRAIN_PATH_FLAGS:
+            if len(option) > 2 and option.startswith("--") and flag.startswith(option):
+                raise ConfigError(
+                    f"{name} may not set {flag} (given as {token!r}): the retrainer chooses where the candidate "
+                    "goes and serves it only if it passes the retrain gate. Remove it; set MOODRING_MODEL_DIR or "
+                    "MOODRING_WORK_DIR instead."
+                )
+    return tokens
+
+
+def _parsed(read: Callable[[Mapping[str, str]], T], env: Mapping[str, str]) -> T:
+    """`read(env)`, a setting's own reader; its ValueError (which names the setting) becomes a ConfigError."""
+    try:
+        return read(env)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def _checked(check, env: Mapping[str, str], name: str) -> str:
+    """The raw value of `name`, once `check(value, name)` has accepted it."""
+    value = env.get(name, "")
+    check(value, name)
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {value!r}")

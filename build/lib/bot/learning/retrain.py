@@ -1,0 +1,374 @@
+"""Retraining from Discord, without ever training in the bot's process: the orchestration and the swap gate.
+
+`moodring train` runs as a child process writing a candidate model; its progress file is read for progress.
+When it finishes, `moodring evaluate --split dev --json` scores the candidate and the serving model the same
+way (the files both children write, and how they are read: model/training_contract.py), and the candidate
+replaces the serving model only if it passes the gate (`should_swap`): at least as good on GoEmotions dev within
+a tolerance and, once there are enough members' corrections to tell, at least as good on "community dev".
+Whatever goes wrong, the serving model keeps serving.
+
+Before training, the corrections of the servers that collect them are exported from the bot's own database
+(`export_corrections`) and passed as `--extra-data`; the export is deleted when the run ends, since message text
+is kept only in the database.
+
+Children never outlive the run: a cancel or the bot's shutdown stops the child (SIGTERM to its process
+group, SIGKILL after a grace period), and a child whose bot dies without warning stops by itself
+(bot/learning/training_child.py). Once the swap has begun it is finished, so that memory and disk agree; file
+work runs off the event loop. What is posted to Discord is a short reason (the message itself:
+bot/learning/progress_text.py); the rest goes to the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.config import split_retrain_args
+from bot.inference import InferenceService
+from bot.learning.community_data import ExportSummary
+from bot.learning.training_child import TrainingChild, child_threads, failure_reason, finish_despite_cancel
+from model.metadata import METADATA_FILE
+from model.storage import replace_directory
+from model.training_contract import (
+    ProgressReader,
+    TrainingProgress,
+    checkpoint_dir,
+    progress_path,
+    read_dev_scores,
+    report_path,
+    reusable_dev_f1,
+)
+
+log = logging.getLogger(__name__)
+
+
+#: Writes the corrections for a retrain into a directory; None when there are none to use.
+ExportCorrections = Callable[[Path], Awaitable[ExportSummary | None]]
+#: Called once a swap is complete (the new model on disk and serving), e.g. to tell the other processes of a cluster
+#: (bot/cluster/model_sync.py). It must not raise.
+AfterSwap = Callable[[], Awaitable[object]]
+
+
+class RetrainFailed(RuntimeError):
+    """A retrain step failed; the message is short, has no host paths, and may be shown in Discord."""
+
+
+@dataclass
+class RetrainStatus:
+    """What a progress message shows; `phase` is starting, training, evaluating, or a final phase."""
+
+    phase: str = "starting"
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    total_steps: int = 0
+    eta_s: float | None = None
+    dev_f1: list[float] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+    # Set when the run ends:
+    outcome: str | None = None  # swapped, kept, failed, cancelled
+    candidate_f1: float | None = None
+    current_f1: float | None = None
+    # Community dev (members' corrections): its size, micro-F1 by epoch and of each model.
+    community_rows: int = 0
+    community_f1: list[float] = field(default_factory=list)
+    candidate_community_f1: float | None = None
+    current_community_f1: float | None = None
+    detail: str = ""  # shown in Discord: never a host path or a child's output
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.step / self.total_steps) if self.total_steps else 0
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome is not None
+
+    def follow(self, progress: TrainingProgress) -> None:
+        """Show the training child's progress so far; a run still starting is training once a step is reported."""
+        if progress.training:
+            if self.phase == "starting":
+                self.phase = "training"
+            self.epoch, self.epochs = progress.epoch, progress.epochs
+            self.step, self.total_steps, self.eta_s = progress.step, progress.total_steps, progress.eta_s
+        self.dev_f1 = list(progress.dev_f1)
+        self.community_f1 = list(progress.community_f1)
+
+
+ProgressCallback = Callable[[RetrainStatus], Awaitable[None]]
+
+
+class Retrainer:
+    """Runs one retrain at a time. `start` returns False if one is already running.
+
+    The settings come from the caller (bot/app.py passes BotConfig's): `extra_args` (MOODRING_RETRAIN_ARGS),
+    `tolerance` and `community_min_rows` (the gate, `should_swap`), `progress_interval` (seconds between updates).
+    """
+
+    def __init__(
+        self,
+        inference: InferenceService,
+        model_dir: Path,
+        work_root: Path,
+        *,
+        backbone: str | None,
+        data_dir: str | None,
+        extra_args: str,
+        tolerance: float,
+        progress_interval: float,
+        community_min_rows: int,
+        export_corrections: ExportCorrections | None = None,
+        after_swap: AfterSwap | None = None,
+    ) -> None:
+        self.inference = inference
+        self.model_dir = Path(model_dir)
+        self.work_root = Path(work_root)
+        self.backbone = backbone
+        self.data_dir = data_dir
+        self.extra_args = split_retrain_args(extra_args)
+        self.tolerance = tolerance
+        self.progress_interval = progress_interval
+        self.export_corrections = export_corrections
+        self.community_min_rows = community_min_rows
+        self.after_swap = after_swap
+        self.status: RetrainStatus | None = None
+        self._task: asyncio.Task | None = None
+        self._child = TrainingChild()
+        self._cancel_reason: str | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def child_pid(self) -> int | None:
+        """The pid of the child process running now (training or evaluating), if any."""
+        return self._child.pid
+
+    def start(self, on_progress: ProgressCallback | None = None) -> bool:
+        if self.running:
+            return False
+        self.status = RetrainStatus()
+        self._cancel_reason = None
+        self._task = asyncio.create_task(self._run(self.status, on_progress), name="moodring-retrain")
+        return True
+
+    async def wait(self) -> RetrainStatus:
+        """The final status of the last retrain started, once it has finished."""
+        assert self._task is not None and self.status is not None, "no retrain started"
+        await asyncio.wait({self._task})
+        return self.status
+
+    async def cancel(self, reason: str = "cancelled by an owner") -> RetrainStatus | None:
+        """Stop the running retrain and return its final status; None if none was running.
+
+        Returns once the child has exited. A retrain already swapping models finishes the swap (its
+        status then says so): the serving model is then the new one, on disk and in memory.
+        """
+        if not self.running:
+            return None
+        self._cancel_reason = reason
+        self._task.cancel()
+        return await self.wait()
+
+    async def _run(self, status: RetrainStatus, on_progress: ProgressCallback | None) -> RetrainStatus:
+        run_dir = self.work_root / time.strftime("retrain-%Y%m%d-%H%M%S")
+        candidate = run_dir / "model"
+        progress = ProgressReader(progress_path(self._work_dir(run_dir)))
+        finished = asyncio.Event()
+        reporter = asyncio.create_task(self._report(status, progress, on_progress, finished))
+        try:
+            await self.inference.reserve_cores(child_threads())
+            await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
+            extra = await self._export(run_dir / "corrections", status)
+            await self._train(candidate, run_dir, extra)
+            status.follow(await asyncio.to_thread(progress.read))
+            status.phase = "evaluating"  # the reporter task shows it
+            status.candidate_f1, status.candidate_community_f1 = await self._dev_scores(
+                candidate, run_dir / "eval-candidate.log", extra
+            )
+            if self.inference.ready and await asyncio.to_thread((self.model_dir / METADATA_FILE).is_file):
+                status.current_f1, status.current_community_f1 = await self._dev_scores(
+                    self.model_dir, run_dir / "eval-current.log", extra
+                )
+            if should_swap(
+                status.candidate_f1,
+                status.current_f1,
+                self.tolerance,
+                candidate_community=status.candidate_community_f1,
+                current_community=status.current_community_f1,
+                community_rows=status.community_rows,
+                min_community_rows=self.community_min_rows,
+            ):
+                _, stopped_meanwhile = await finish_despite_cancel(self._swap_in(candidate))
+                status.outcome = "swapped"
+                if stopped_meanwhile:
+                    status.detail = f"The stop ({self._stop_reason}) came during the swap, so the swap was finished."
+            else:
+                status.outcome = "kept"
+        except asyncio.CancelledError:  # only `cancel()` and the bot's shutdown cancel this task
+            status.outcome, status.detail = "cancelled", self._stop_reason
+        except RetrainFailed as failure:
+            status.outcome, status.detail = "failed", str(failure)
+        except Exception:
+            log.exception("retrain failed")
+            status.outcome, status.detail = "failed", "An unexpected error; the details are in the bot's log."
+        finally:
+            # A second cancel (an impatient shutdown) must not leave a half-deleted run or a silent message.
+            await finish_despite_cancel(self._finish(status, on_progress, reporter, finished, run_dir, candidate))
+        return status
+
+    @property
+    def _stop_reason(self) -> str:
+        return self._cancel_reason or "the bot is shutting down"
+
+    @staticmethod
+    def _work_dir(run_dir: Path) -> Path:
+        """`moodring train`'s work directory in a run: its progress file and its checkpoint."""
+        return run_dir / "work"
+
+    async def _finish(
+        self,
+        status: RetrainStatus,
+        on_progress: ProgressCallback | None,
+        reporter: asyncio.Task,
+        finished: asyncio.Event,
+        run_dir: Path,
+        candidate: Path,
+    ) -> None:
+        finished.set()
+        await reporter
+        status.phase = status.outcome or "cancelled"
+        # Keep the logs for whoever investigates; the checkpoint and the candidate are large, and the corrections'
+        # text is kept in the database only.
+        for heavy in (candidate, checkpoint_dir(self._work_dir(run_dir)), run_dir / "corrections"):
+            await asyncio.to_thread(shutil.rmtree, heavy, ignore_errors=True)
+        await self.inference.reserve_cores(0)
+        await self._notify(status, on_progress)
+
+    async def _export(self, directory: Path, status: RetrainStatus) -> Path | None:
+        """The members' corrections as `--extra-data`, or None without any; a failed export is a failed run."""
+        if self.export_corrections is None:
+            return None
+        try:
+            summary = await self.export_corrections(directory)
+        except Exception as error:
+            log.exception("exporting the corrections for a retrain failed")
+            failure = "Exporting the members' corrections failed; the details are in the bot's log."
+            raise RetrainFailed(failure) from error
+        if summary is None or summary.rows == 0:
+            return None
+        status.community_rows = summary.dev_rows
+        log.info(
+            "retraining with %d corrections: %d train and %d community-dev rows",
+            summary.corrections,
+            summary.train_rows,
+            summary.dev_rows,
+        )
+        return directory
+
+    async def _train(self, candidate: Path, run_dir: Path, extra: Path | None = None) -> None:
+        work_dir = self._work_dir(run_dir)
+        args = ["train", "--out", str(candidate), "--work-dir", str(work_dir)]
+        if self.backbone is not None:
+            args += ["--backbone", self.backbone]
+        if self.data_dir:
+            args += ["--data-dir", self.data_dir]
+        if extra is not None:
+            args += ["--extra-data", str(extra)]
+        log_path = run_dir / "train.log"
+        code = await self._child.run([*args, *self.extra_args], log_path)
+        if code != 0:
+            raise RetrainFailed(await failure_reason("training", code, log_path))
+        if not await asyncio.to_thread((candidate / METADATA_FILE).is_file):
+            raise RetrainFailed("Training finished without exporting a model.")
+
+    async def _dev_scores(self, model_dir: Path, log_path: Path, extra: Path | None) -> tuple[float, float | None]:
+        """GoEmotions dev macro-F1, and community-dev micro-F1 with `extra` (else None), from the `eval-dev.json`
+        that `moodring evaluate --split dev` writes beside a model.
+
+        Without `extra`, the report already there is reused if it was computed from exactly the files now in the
+        model directory and the data directory (`reusable_dev_f1`); otherwise the model is scored again.
+        """
+        report = report_path(model_dir, "dev")
+        served = self.inference.classifier
+        backend = served.backend if served is not None and model_dir == self.model_dir else self.inference.backend
+        reused = None if extra is not None else await asyncio.to_thread(reusable_dev_f1, report, self.data_dir, backend)
+        if reused is not None:
+            log.info("reusing the dev score of %s from its %s", model_dir, report.name)
+            return reused, None
+        args = ["evaluate", "--model", str(model_dir), "--split", "dev", "--backend", self.inference.backend]
+        if self.data_dir:
+            args += ["--data-dir", self.data_dir]
+        if extra is not None:
+            args += ["--extra-data", str(extra)]
+        code = await self._child.run(args, log_path)
+        if code != 0:
+            which = "the current model" if model_dir == self.model_dir else "the new model"
+            raise RetrainFailed(await failure_reason(f"scoring {which} on dev", code, log_path))
+        return await asyncio.to_thread(read_dev_scores, report)
+
+    async def _swap_in(self, candidate: Path) -> None:
+        """Load the candidate fully, put it where the serving model lives on disk, serve it, then `after_swap`."""
+        classifier = await asyncio.to_thread(self.inference.open_model, candidate)
+        await asyncio.to_thread(replace_directory, candidate, self.model_dir)
+        classifier.relocate(self.model_dir)
+        self.inference.swap(classifier)
+        log.info("now serving the retrained model from %s", self.model_dir)
+        if self.after_swap is not None:
+            await self.after_swap()
+
+    async def _report(
+        self,
+        status: RetrainStatus,
+        progress: ProgressReader,
+        on_progress: ProgressCallback | None,
+        finished: asyncio.Event,
+    ) -> None:
+        """Show progress every `progress_interval` until `finished`; never interrupted mid-message."""
+        while not finished.is_set():
+            if status.phase in ("starting", "training"):
+                status.follow(await asyncio.to_thread(progress.read))
+            await self._notify(status, on_progress)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(finished.wait(), self.progress_interval)
+
+    @staticmethod
+    async def _notify(status: RetrainStatus, on_progress: ProgressCallback | None) -> None:
+        if on_progress is None:
+            return
+        try:
+            await on_progress(status)
+        except Exception as error:
+            log.warning("could not report retrain progress: %s", error)
+
+
+def should_swap(
+    candidate_f1: float,
+    current_f1: float | None,
+    tolerance: float,
+    *,
+    min_community_rows: int,
+    candidate_community: float | None = None,
+    current_community: float | None = None,
+    community_rows: int = 0,
+) -> bool:
+    """The retrain gate. Serve the candidate when there is no current model; otherwise only if both hold:
+
+    - GoEmotions dev macro-F1 >= the current model's minus `tolerance` (it has not forgotten GoEmotions);
+    - with at least `min_community_rows` community-dev rows, community-dev micro-F1 >= the current model's
+      (fewer rows, or no corrections at all, say too little to decide either way).
+    """
+    if current_f1 is None:
+        return True
+    if candidate_f1 < current_f1 - tolerance:
+        return False
+    if community_rows < min_community_rows or candidate_community is None or current_community is None:
+        return True
+    return candidate_community >= current_community

@@ -1,0 +1,51 @@
+"""The privacy statement: one text, answered by `/privacy` and printed in docs/privacy.md (a test keeps them equal).
+
+Red-DiscordBot's idea of a data statement: what is stored, for how long, and how it is deleted. Add a kind of
+data by adding a section; docs/privacy.md must then be updated with `privacy_statement(DEFAULT_RETENTION_DAYS)`.
+"""
+
+from __future__ import annotations
+
+
+def privacy_sections(retention_days: int) -> list[tuple[str, str]]:
+    """(heading, text) pairs, in order; `retention_days` is the server's statistics retention."""
+    return [
+        (
+            "What moodring stores",
+            "for each channel, whether analysis and auto-reactions are on, and mood-summary schedules; and mood "
+            "statistics: for each channel and hour, how many messages were analysed, how many showed each "
+            "emotion, and the sum of the model's scores. All of it is kept in the bot's own database (a SQLite "
+            "file on the bot's host, or its operator's PostgreSQL server).",
+        ),
+        (
+            "Corrections (only if an admin turns them on)",
+            "when a member answers **Not quite?** under a reading, moodring keeps the text the model read (with "
+            "mentions masked), the emotions the member chose, the model's top emotions and version, the server, "
+            "the channel and the time, and uses them to retrain the model. No user id: a salted hash stops a "
+            "member correcting the same message twice and is deleted after the retention period. This is the only "
+            "place message text is kept; it is off by default (`/moodring corrections`).",
+        ),
+        (
+            "What it never stores",
+            "user ids or names, or the text of messages nobody corrected. Messages are classified in memory and "
+            "forgotten. The flood limits remember who asked for a reading or sent a correction in memory only, "
+            "for one limit window.",
+        ),
+        (
+            "How long",
+            f"statistics older than {retention_days} days are deleted by a daily prune, and so are the "
+            "correction hashes (admins: `/moodring retention`); corrections stay until an admin deletes them.",
+        ),
+        (
+            "How to delete it",
+            "admins can delete all of this server's statistics and corrections with `/moodring forget`, the "
+            "corrections alone with `/moodring corrections action:clear`, or stop analysis in a channel with "
+            "`/moodring channel analysis:false`. When the bot is removed from a server, that server's "
+            "statistics, corrections, settings and schedules are deleted.",
+        ),
+    ]
+
+
+def privacy_statement(retention_days: int) -> str:
+    """The statement as Markdown that reads the same in Discord and on GitHub: one bullet per section."""
+    return "\n".join(f"- **{heading}**: {text}" for heading, text in privacy_sections(retention_days))

@@ -1,0 +1,333 @@
+"""`EmotionClassifier`: the one inference API used by the bot, the CLI and the benchmarks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from model.backends import BACKEND_CHOICES, FILE_OF_BACKEND, INPUT_NAMES, OUTPUT_NAME
+from model.metadata import METADATA_FILE, ModelMetadata
+from model.network import SqueezeBertForEmotions
+from model.storage import ModelError, require_model_directory
+from model.threads import apply_torch_threads, ort_session_options, resolve_threads
+from model.training_contract import file_sha256
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EmotionScore:
+    label: str
+    score: float
+    above_threshold: bool
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The classifier's reading of one text.
+
+    `top` is ranked by score; `labels` are those above their per-label thresholds, ranked.
+    `ekman` and `sentiment` are the groups of `labels`, or of the top label when none passes.
+    An empty or whitespace-only text gets empty lists.
+    """
+
+    text: str
+    top: list[EmotionScore]
+    labels: list[str]
+    ekman: list[str]
+    sentiment: list[str]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class EmotionClassifier:
+    """A trained GoEmotions classifier loaded from an exported model directory.
+
+    One class for every backend: a small scorer per backend turns token ids into sigmoid scores, and
+    everything after that (thresholds, ranking, groups) is shared. `backend` says which one serves.
+    """
+
+    def __init__(self, scorer: _Scorer, tokenizer, metadata: ModelMetadata) -> None:
+        self.scorer = scorer
+        self.backend = scorer.backend
+        self.tokenizer = tokenizer
+        self.metadata = metadata
+        self.labels = list(metadata.labels)
+        self.thresholds = np.asarray(metadata.thresholds_for(scorer.backend), dtype=np.float32)
+        self._ekman = metadata.group_of(metadata.ekman_mapping)
+        self._sentiment = metadata.group_of(metadata.sentiment_mapping)
+
+    @classmethod
+    def from_network(
+        cls,
+        network: torch.nn.Module,
+        tokenizer,
+        metadata: ModelMetadata,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+    ) -> EmotionClassifier:
+        """Serve any torch module with the network's interface (input_ids, attention_mask -> logits)."""
+        return cls(_TorchScorer(network, device, resolve_threads(threads)), tokenizer, metadata)
+
+    @property
+    def threads(self) -> int:
+        """The intra-op threads the scorer runs with."""
+        return self.scorer.threads
+
+    def relocate(self, directory: str | Path) -> None:
+        """The model's files were moved to `directory` (a retrain's swap): read them there from now on."""
+        self.scorer.path = Path(directory) / self.scorer.path.name if self.scorer.path else None
+
+    def set_threads(self, threads: int) -> None:
+        """Score with `threads` intra-op threads from the next call on. Blocking (ONNX opens a new session):
+        call it from the thread that predicts, never concurrently with `predict`."""
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.scorer.set_threads(threads)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        device: str = "cpu",
+        backend: str = "auto",
+        threads: int | None = None,
+    ) -> EmotionClassifier:
+        """Load an exported model; never touches the network.
+
+        `backend`: "torch", "onnx" (fp32), "onnx-int8", or "auto" (int8 ONNX when its file is there and
+        onnxruntime imports, else torch; one log line says which and why). An explicit backend that cannot
+        load raises ModelError. `threads`: intra-op threads, default `model.threads.resolve_threads()`.
+        """
+        directory = require_model_directory(path)
+        _check_model_files(directory)
+        try:
+            metadata = ModelMetadata.load(directory)
+            network = SqueezeBertForEmotions.from_pretrained(directory, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise ModelError(
+                f"The model in {directory}/ is incomplete or unreadable ({error}). Re-export it with `moodring train`."
+            ) from error
+        _check_vocabulary(directory, network.config.vocab_size, len(tokenizer))
+        scorer = _choose_scorer(directory, metadata, network, backend, device, resolve_threads(threads))
+        return cls(scorer, tokenizer, metadata)
+
+    def predict_scores(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Sigmoid scores, shape `[len(texts), num_labels]`, in the order of `texts`."""
+        scores = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        # Longest first, so each batch pads to similar lengths.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            batch = self.tokenizer(
+                [texts[i] for i in index],
+                padding=True,
+                truncation=True,
+                max_length=self.metadata.max_length,
+                return_tensors="np",
+            )
+            scores[index] = self.scorer.scores(batch["input_ids"], batch["attention_mask"])
+        return scores
+
+    def predict(self, texts: Sequence[str], top_k: int | None = 5, batch_size: int = 32) -> list[Prediction]:
+        """Rank the emotions of each text (`top_k` of them, all for None).
+
+        Empty or whitespace-only texts get an empty prediction.
+        """
+        texts = list(texts)
+        present = [i for i, text in enumerate(texts) if text and text.strip()]
+        scores = self.predict_scores([texts[i] for i in present], batch_size=batch_size)
+        predictions = [Prediction(text=text, top=[], labels=[], ekman=[], sentiment=[]) for text in texts]
+        for row, i in zip(scores, present, strict=True):
+            predictions[i] = self._prediction(texts[i], row, top_k)
+        return predictions
+
+    def _prediction(self, text: str, row: np.ndarray, top_k: int | None) -> Prediction:
+        ranked = np.argsort(-row, kind="stable")
+        above = row >= self.thresholds
+        top = [EmotionScore(self.labels[j], float(row[j]), bool(above[j])) for j in ranked[:top_k]]
+        labels = [self.labels[j] for j in ranked if above[j]]
+        grouped = labels or [self.labels[ranked[0]]]
+        return Prediction(
+            text=text,
+            top=top,
+            labels=labels,
+            ekman=_unique(self._ekman[label] for label in grouped),
+            sentiment=_unique(self._sentiment[label] for label in grouped),
+        )
+
+
+#: What `training.export.export_model` writes, all of which `load` needs: without the tokenizer files transformers
+#: quietly builds a 5-token vocabulary, and every word becomes [UNK].
+MODEL_FILES = (
+    "config.json",
+    "model.safetensors",
+    METADATA_FILE,
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+#: Rows by which a model's embedding may outnumber its tokenizer: some checkpoints pad it to a multiple of 64.
+VOCAB_PADDING = 64
+_REPAIR_HINT = "Copy the whole model directory again, or train a new one with `moodring train`."
+
+
+def _check_model_files(directory: Path) -> None:
+    """Raise `ModelError` unless every exported file is there and the weights file is a whole safetensors file."""
+    from safetensors import SafetensorError, safe_open
+
+    missing = [name for name in MODEL_FILES if not (directory / name).is_file()]
+    if missing:
+        raise ModelError(f"The model in {directory}/ is incomplete: {', '.join(missing)} missing. {_REPAIR_HINT}")
+    weights = directory / "model.safetensors"
+    try:
+        with safe_open(weights, framework="pt"):  # reads the header, which must describe the file to its last byte
+            pass
+    except (SafetensorError, OSError) as error:
+        raise ModelError(f"{weights} is truncated or corrupt ({error}). {_REPAIR_HINT}") from error
+
+
+def _check_vocabulary(directory: Path, model_size: int, tokenizer_size: int) -> None:
+    """Raise `ModelError` unless the tokenizer's ids are the rows of the model's embedding."""
+    if not model_size - VOCAB_PADDING < tokenizer_size <= model_size:
+        raise ModelError(
+            f"The model in {directory}/ does not match its tokenizer: the tokenizer has {tokenizer_size} tokens, "
+            f"the model's vocabulary (vocab_size in config.json) {model_size}. {_REPAIR_HINT}"
+        )
+
+
+def _unique(items) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+class _Unavailable(ModelError):
+    """The backend cannot run here (no onnxruntime, no file); not a fault in the model."""
+
+
+class _TorchScorer:
+    """Scores through the torch network (fp32, on any device)."""
+
+    backend = "torch"
+    path = None  # no file is read after loading
+
+    def __init__(self, network: torch.nn.Module, device: str | torch.device, threads: int) -> None:
+        self.device = torch.device(device)
+        self.network = network.eval().to(self.device)
+        self.threads = threads
+        apply_torch_threads(threads)
+
+    def set_threads(self, threads: int) -> None:
+        self.threads = threads  # applied by the next `scores` call, in whichever thread makes it
+
+    @torch.inference_mode()
+    def scores(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        apply_torch_threads(self.threads)  # per calling thread: the bot's worker may not be the loading thread
+        logits = self.network(
+            input_ids=torch.from_numpy(input_ids).to(self.device),
+            attention_mask=torch.from_numpy(attention_mask).to(self.device),
+        )
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+
+class _OnnxScorer:
+    """Scores through an ONNX Runtime session on the CPU (`model.onnx` or `model.int8.onnx`)."""
+
+    def __init__(self, session, backend: str, path: Path, threads: int) -> None:
+        self.session = session
+        self.backend = backend
+        self.path = path
+        self.threads = threads
+
+    @classmethod
+    def open(cls, directory: Path, metadata: ModelMetadata, backend: str, threads: int) -> _OnnxScorer:
+        """Open `backend`'s file after checking it against its SHA-256 in `moodring.json`; ModelError if unusable."""
+        path = directory / FILE_OF_BACKEND[backend]
+        export = f"`moodring export-onnx --model {directory}`"
+        redo = f"Re-export it with {export}."
+        try:
+            import onnxruntime  # noqa: F401 (is it installed? the session is opened below)
+        except ImportError as error:
+            raise _Unavailable(f"onnxruntime is not installed ({error}); `pip install onnxruntime`") from error
+        if not path.is_file():
+            raise _Unavailable(f"no {path.name} in {directory}/. Add it with {export}.")
+        record = metadata.onnx_files.get(path.name)
+        if record is None:
+            raise ModelError(f"{path} is not recorded in {METADATA_FILE}. {redo}")
+        try:
+            if file_sha256(path) != record.get("sha256"):
+                raise ModelError(f"{path} is corrupt: its SHA-256 differs from the one in {METADATA_FILE}. {redo}")
+            session = _cpu_session(path, threads)
+        except ModelError:
+            raise
+        except Exception as error:  # onnxruntime raises its own exception types for unreadable graphs
+            raise ModelError(f"{path} is corrupt or unreadable ({error}). {redo}") from error
+        inputs = {item.name for item in session.get_inputs()}
+        outputs = {item.name for item in session.get_outputs()}
+        if inputs != set(INPUT_NAMES) or OUTPUT_NAME not in outputs:
+            found = f"inputs {sorted(inputs)}, outputs {sorted(outputs)}"
+            raise ModelError(f"{path} is not a moodring graph ({found}). {redo}")
+        return cls(session, backend, path, threads)
+
+    def set_threads(self, threads: int) -> None:
+        """ONNX Runtime fixes a session's thread pool when it opens it, so open the same file again."""
+        if threads != self.threads:
+            self.session = _cpu_session(self.path, threads)
+            self.threads = threads
+
+    def scores(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feed = {
+            "input_ids": input_ids.astype(np.int64, copy=False),
+            "attention_mask": attention_mask.astype(np.int64, copy=False),
+        }
+        return self.session.run([OUTPUT_NAME], feed)[0]
+
+
+def _cpu_session(path: Path, threads: int):
+    """An ONNX Runtime session for `path` on the CPU, with `threads` intra-op threads that never spin."""
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(
+        str(path), sess_options=ort_session_options(threads), providers=["CPUExecutionProvider"]
+    )
+
+
+_Scorer = _TorchScorer | _OnnxScorer
+
+
+def _choose_scorer(
+    directory: Path,
+    metadata: ModelMetadata,
+    network: torch.nn.Module,
+    backend: str,
+    device: str,
+    threads: int,
+) -> _Scorer:
+    """The scorer for `backend`; for "auto", int8 ONNX when it loads on the CPU, else torch, logged in one line."""
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
+    on_cpu = torch.device(device).type == "cpu"
+    if backend == "torch":
+        return _TorchScorer(network, device, threads)
+    if backend != "auto":
+        if not on_cpu:
+            raise ModelError(f"the {backend} backend runs on the CPU only, not on {device}; use the torch backend")
+        return _OnnxScorer.open(directory, metadata, backend, threads)
+    level, reason = logging.INFO, f"device {device}"
+    if on_cpu:
+        try:
+            scorer = _OnnxScorer.open(directory, metadata, "onnx-int8", threads)
+        except ModelError as error:
+            level = logging.INFO if isinstance(error, _Unavailable) else logging.WARNING
+            reason = str(error)
+        else:
+            log.info("backend auto: onnx-int8 from %s, %d threads", scorer.path, threads)
+            return scorer
+    log.log(level, "backend auto: torch, %d threads (int8 ONNX not used: %s)", threads, reason)
+    return _TorchScorer(network, device, threads)

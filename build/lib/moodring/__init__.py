@@ -1,0 +1,1 @@
+"""moodring: the `moodring` command, which dispatches to `training`, `model` and `bot`."""

@@ -1,0 +1,3 @@
+from moodring.cli import main
+
+raise SystemExit(main())

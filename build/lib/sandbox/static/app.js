@@ -1,0 +1,359 @@
+// The moodring sandbox page: plays the members of a local Discord server (sandbox/page.py has the API).
+// State lives in `view`; every change announced on the websocket re-reads the server state and the messages.
+"use strict";
+
+const view = {
+  state: null, // GET /sandbox/api/state
+  channelId: null,
+  memberId: null,
+  replyTo: null, // message id the next message replies to
+  command: null, // {name, options} while the command form is open
+};
+
+const $ = (selector) => document.querySelector(selector);
+
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (value !== undefined && value !== null && value !== false) node.setAttribute(key, value);
+  }
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+// ------------------------------------------------------------------ talking to the server
+
+async function api(path, body) {
+  const response = await fetch("/sandbox/api/" + path, body === undefined ? {} : {
+    method: "POST",
+    headers: {"Content-Type": "application/json"},
+    body: JSON.stringify(body),
+  });
+  const data = await response.json();
+  if (!response.ok) throw new Error(data.error || response.statusText);
+  if (data.warning) notify(data.warning);
+  return data;
+}
+
+function notify(text) {
+  const notice = $("#notice");
+  notice.textContent = text;
+  notice.hidden = false;
+  clearTimeout(notify.timer);
+  notify.timer = setTimeout(() => { notice.hidden = true; }, 6000);
+}
+
+async function act(path, body) {
+  try {
+    return await api(path, body);
+  } catch (error) {
+    notify(error.message);
+    return null;
+  }
+}
+
+function listen() {
+  const socket = new WebSocket(`ws://${location.host}/sandbox/ws`);
+  socket.onmessage = () => refresh();
+  socket.onclose = () => setTimeout(listen, 1000);
+  socket.onopen = () => refresh();
+}
+
+async function refresh() {
+  view.state = await api("state");
+  view.channelId ??= view.state.channels[0]?.id;
+  view.memberId ??= view.state.members.find((m) => m.role === "member")?.id ?? view.state.members[0]?.id;
+  drawSidebar();
+  await drawMessages();
+}
+
+// ------------------------------------------------------------------ names and text
+
+function userName(user) {
+  if (!user) return "someone";
+  return user.global_name || user.username;
+}
+
+function nameOf(id) {
+  const state = view.state;
+  if (id === state.bot.id) return state.bot.name;
+  return state.members.find((m) => m.id === id)?.name ?? "unknown";
+}
+
+// Discord's markdown, the part the bot uses: **bold**, `code`, > quotes, <@mentions>, <#channels>.
+function renderMarkdown(text) {
+  const node = el("div", {class: "content"});
+  for (const [index, line] of (text || "").split("\n").entries()) {
+    if (index) node.append(el("br"));
+    const quoted = line.startsWith("> ");
+    const target = quoted ? el("blockquote") : node;
+    const parts = (quoted ? line.slice(2) : line).split(/(\*\*[^*]+\*\*|`[^`]+`|<@!?\d+>|<#\d+>)/);
+    for (const part of parts) {
+      if (/^\*\*.+\*\*$/.test(part)) target.append(el("b", {text: part.slice(2, -2)}));
+      else if (/^`.+`$/.test(part)) target.append(el("code", {text: part.slice(1, -1)}));
+      else if (/^<@!?\d+>$/.test(part)) target.append(el("span", {class: "mention", text: "@" + nameOf(part.replace(/\D/g, ""))}));
+      else if (/^<#\d+>$/.test(part)) {
+        const channel = view.state.channels.find((c) => c.id === part.replace(/\D/g, ""));
+        target.append(el("span", {class: "mention", text: "#" + (channel?.name ?? "unknown")}));
+      } else if (part) target.append(part);
+    }
+    if (quoted) node.append(target);
+  }
+  return node;
+}
+
+// A message's text with mentions as names, for one-line previews.
+function plainText(text) {
+  return (text || "").replace(/<@!?(\d+)>/g, (_, id) => "@" + nameOf(id));
+}
+
+// "@Name" typed in the composer becomes a real mention, <@id>, as Discord's client does.
+function withMentions(text) {
+  const people = [view.state.bot, ...view.state.members];
+  for (const person of people) text = text.split("@" + person.name).join(`<@${person.id}>`);
+  return text;
+}
+
+// ------------------------------------------------------------------ the sidebar
+
+function drawSidebar() {
+  const {state} = view;
+  $("#guild-name").textContent = state.guild.name;
+  const status = $("#bot-status");
+  status.className = state.bot.online ? "online" : "offline";
+  status.textContent = `${state.bot.name} ${state.bot.online ? "online" : "offline"} · ${state.commands.length} commands`;
+  const channels = $("#channels");
+  channels.replaceChildren(...state.channels.map((channel) => el("li", {},
+    el("button", {
+      class: channel.id === view.channelId ? "current" : "",
+      "data-channel-id": channel.id,
+      text: "# " + channel.name,
+      onclick: () => { view.channelId = channel.id; refresh(); },
+    }))));
+  const member = $("#member");
+  member.replaceChildren(...state.members.map((m) => el("option", {
+    value: m.id, selected: m.id === view.memberId, text: m.role === "member" ? m.name : `${m.name} (${m.role})`,
+  })));
+  $("#channel-header").textContent = "# " + (state.channels.find((c) => c.id === view.channelId)?.name ?? "");
+}
+
+// ------------------------------------------------------------------ messages
+
+async function drawMessages() {
+  const box = $("#messages");
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  const messages = await api(`channels/${view.channelId}/messages?viewer=${view.memberId}`);
+  box.replaceChildren(...messages.map(drawMessage));
+  if (atBottom) box.scrollTop = box.scrollHeight;
+}
+
+function drawMessage(message) {
+  const ephemeral = (message.flags & 64) !== 0;
+  const loading = (message.flags & 128) !== 0;
+  const isBot = message.author.bot;
+  const node = el("article", {class: "message" + (ephemeral ? " ephemeral" : ""), "data-id": message.id},
+    drawActions(message),
+    message.referenced_message ? el("div", {class: "reference",
+      text: `↪ ${userName(message.referenced_message.author)}: ${plainText(message.referenced_message.content).slice(0, 80)}`}) : null,
+    message.interaction_metadata ? el("div", {class: "used",
+      text: `${userName(message.interaction_metadata.user)} used ${message.interaction_metadata.name ? "/" + message.interaction_metadata.name : "a button"}`}) : null,
+    el("div", {class: "meta"},
+      el("span", {class: "author", text: userName(message.author)}),
+      isBot ? el("span", {class: "bot-tag", text: "APP"}) : null,
+      " ", el("time", {text: new Date(message.timestamp).toLocaleTimeString()})),
+    loading ? el("div", {class: "loading", text: `${userName(message.author)} is thinking…`}) : null,
+    message.content ? renderMarkdown(message.content) : null,
+    ...(message.embeds || []).map((embed) => drawEmbed(embed, message)),
+    ...imagesNotInEmbeds(message).map((a) => el("img", {class: "attachment", src: a.url, alt: a.filename})),
+    drawComponents(message),
+    drawReactions(message),
+    ephemeral ? el("div", {class: "ephemeral-note", text: "👁 Only you can see this"}) : null);
+  return node;
+}
+
+function drawActions(message) {
+  const menus = view.state.commands.filter((c) => c.type === 3);
+  return el("div", {class: "actions"},
+    el("button", {type: "button", class: "reply", text: "Reply", onclick: () => startReply(message)}),
+    ...menus.map((menu) => el("button", {type: "button", class: "menu", "data-menu": menu.name, text: menu.name,
+      onclick: () => act("menu", {message_id: message.id, user_id: view.memberId, name: menu.name})})));
+}
+
+function attachmentFor(message, url) {
+  if (!url?.startsWith("attachment://")) return null;
+  return (message.attachments || []).find((a) => a.filename === url.slice("attachment://".length));
+}
+
+function imagesNotInEmbeds(message) {
+  const used = new Set((message.embeds || []).map((e) => attachmentFor(message, e.image?.url)?.id));
+  return (message.attachments || []).filter((a) => !used.has(a.id) && (a.content_type || "").startsWith("image/"));
+}
+
+function drawEmbed(embed, message) {
+  const colour = embed.color !== undefined ? "#" + embed.color.toString(16).padStart(6, "0") : "#1e1f22";
+  const image = embed.image ? (attachmentFor(message, embed.image.url)?.url ?? embed.image.url) : null;
+  return el("div", {class: "embed", style: `border-left-color: ${colour}`},
+    embed.title ? el("div", {class: "embed-title", text: embed.title}) : null,
+    embed.description ? renderMarkdown(embed.description) : null,
+    embed.fields?.length ? el("div", {class: "embed-fields"}, ...embed.fields.map((field) =>
+      el("div", {class: "embed-field" + (field.inline ? " inline" : "")},
+        el("div", {class: "embed-field-name", text: field.name}),
+        el("div", {class: "embed-field-value"}, ...field.value.split("\n").map((line) =>
+          el("div", {class: "line"}, renderMarkdown(line))))))) : null,
+    image ? el("img", {class: "embed-image", src: image, alt: "chart"}) : null,
+    embed.footer ? el("div", {class: "embed-footer", text: embed.footer.text}) : null);
+}
+
+function drawComponents(message) {
+  const rows = message.components || [];
+  if (!rows.length) return null;
+  const use = (custom_id, values) =>
+    act("components", {message_id: message.id, user_id: view.memberId, custom_id, values});
+  return el("div", {class: "components"}, ...rows.flatMap((row) => (row.components || []).map((c) => {
+    if (c.type === 2) {
+      return el("button", {type: "button", class: `style-${c.style}`, disabled: c.disabled, "data-custom-id": c.custom_id,
+        text: c.label || c.emoji?.name || "…", onclick: () => use(c.custom_id)});
+    }
+    if (c.type === 3) {
+      return el("select", {"data-custom-id": c.custom_id, disabled: c.disabled,
+        onchange: (event) => use(c.custom_id, [event.target.value])},
+      el("option", {value: "", text: c.placeholder || "Choose…"}),
+      ...c.options.map((o) => el("option", {value: o.value, text: o.label})));
+    }
+    return null;
+  })));
+}
+
+function drawReactions(message) {
+  if (!message.reactions?.length) return null;
+  return el("div", {class: "reactions"}, ...message.reactions.map((r) =>
+    el("span", {class: "reaction", title: r.me ? "the bot reacted" : "", text: `${r.emoji.name} ${r.count}`})));
+}
+
+// ------------------------------------------------------------------ the composer: messages and replies
+
+function startReply(message) {
+  view.replyTo = message.id;
+  $("#replying-to").textContent = userName(message.author);
+  $("#replying").hidden = false;
+  $("#composer").focus();
+}
+
+function stopReply() {
+  view.replyTo = null;
+  $("#replying").hidden = true;
+}
+
+async function sendMessage(event) {
+  event.preventDefault();
+  const composer = $("#composer");
+  const text = composer.value.trim();
+  if (!text) return;
+  if (text.startsWith("/")) {
+    const match = commandPaths().find((c) => c.name === text.slice(1).trim());
+    if (match) openCommand(match);
+    else notify(`No command ${text}: pick one from the list.`);
+    return;
+  }
+  const body = {channel_id: view.channelId, author_id: view.memberId, content: withMentions(text)};
+  if (view.replyTo) body.reply_to = view.replyTo;
+  if (await act("messages", body)) {
+    composer.value = "";
+    stopReply();
+  }
+}
+
+// ------------------------------------------------------------------ slash commands, from what the bot registered
+
+// Every runnable command path ("emotion", "moodring channel", ...) with the options it takes.
+function commandPaths() {
+  const paths = [];
+  const walk = (prefix, description, options) => {
+    const subs = (options || []).filter((o) => o.type === 1 || o.type === 2);
+    if (!subs.length) paths.push({name: prefix, description, options: options || []});
+    for (const sub of subs) walk(`${prefix} ${sub.name}`, sub.description, sub.options);
+  };
+  for (const command of view.state.commands.filter((c) => c.type === 1)) walk(command.name, command.description, command.options);
+  return paths.sort((a, b) => a.name.localeCompare(b.name));
+}
+
+function showCommandList() {
+  const text = $("#composer").value;
+  const list = $("#command-list");
+  if (!text.startsWith("/") || view.command) {
+    list.hidden = true;
+    return;
+  }
+  const typed = text.slice(1).trim();
+  const matches = commandPaths().filter((c) => c.name.startsWith(typed) || typed.startsWith(c.name));
+  list.replaceChildren(...matches.map((command) => el("li", {},
+    el("button", {type: "button", "data-command": command.name, onclick: () => openCommand(command)},
+      "/" + command.name, el("span", {class: "description", text: command.description})))));
+  list.hidden = !matches.length;
+}
+
+function optionInput(option) {
+  const name = option.name;
+  if (option.choices?.length) {
+    return el("select", {name}, el("option", {value: "", text: ""}),
+      ...option.choices.map((c) => el("option", {value: JSON.stringify(c.value), text: c.name})));
+  }
+  if (option.type === 5) {
+    return el("select", {name}, el("option", {value: "", text: ""}),
+      el("option", {value: "true", text: "true"}), el("option", {value: "false", text: "false"}));
+  }
+  if (option.type === 7) {
+    return el("select", {name}, el("option", {value: "", text: ""}),
+      ...view.state.channels.map((c) => el("option", {value: c.id, text: "#" + c.name})));
+  }
+  const numeric = option.type === 4 || option.type === 10;
+  return el("input", {name, type: numeric ? "number" : "text", placeholder: option.description, required: option.required});
+}
+
+function openCommand(command) {
+  view.command = command;
+  $("#command-list").hidden = true;
+  const form = $("#command-form");
+  form.replaceChildren(
+    el("div", {class: "command-name", text: "/" + command.name},
+      el("span", {class: "option-description", text: command.description})),
+    ...command.options.map((option) => el("label", {},
+      option.name + (option.required ? " *" : ""), optionInput(option))),
+    el("button", {type: "submit", text: "Run"}),
+    el("button", {type: "button", text: "Cancel", onclick: closeCommand}));
+  form.hidden = false;
+  (form.querySelector("input, select") || form.querySelector("button")).focus();
+}
+
+function closeCommand() {
+  view.command = null;
+  $("#command-form").hidden = true;
+  $("#composer").value = "";
+}
+
+async function runCommand(event) {
+  event.preventDefault();
+  const options = {};
+  for (const option of view.command.options) {
+    const field = event.target.elements[option.name];
+    if (!field || field.value === "") continue;
+    options[option.name] = option.choices?.length ? JSON.parse(field.value) : field.value;
+  }
+  const body = {channel_id: view.channelId, user_id: view.memberId, name: view.command.name, options};
+  if (await act("commands", body)) closeCommand();
+}
+
+// ------------------------------------------------------------------ start
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#message-form").addEventListener("submit", sendMessage);
+  $("#command-form").addEventListener("submit", runCommand);
+  $("#composer").addEventListener("input", showCommandList);
+  $("#composer").addEventListener("keydown", (event) => { if (event.key === "Escape") closeCommand(); });
+  $("#cancel-reply").addEventListener("click", stopReply);
+  $("#member").addEventListener("change", (event) => { view.memberId = event.target.value; refresh(); });
+  listen();
+});

@@ -1,0 +1,212 @@
+"""Tez callbacks for what Tez 0.7.2 gets wrong or lacks.
+
+Tez averages metrics per batch (wrong for F1), its `EarlyStopping` uses `np.Inf` (gone in NumPy 2)
+and its full checkpoints pickle a config that `torch.load` refuses by default. `DevEvaluation`
+replaces all three: it scores the whole dev split, saves the best weights as safetensors and stops
+on a patience. `ProgressLog` writes machine-readable progress for the bot's retrain command.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.utils import broadcast
+from tez import Tez, enums
+from tez.callbacks import Callback
+from torch.utils.data import DataLoader
+
+from model.storage import replace_directory, staging_directory
+from model.training_contract import ProgressWriter
+from training.metrics import PAPER_THRESHOLD, community_summary, cross_fit_macro_f1, f1_scores, tune_thresholds
+
+log = logging.getLogger(__name__)
+
+#: Beside the weights in a checkpoint: the dev predictions they make, which the thresholds are tuned on.
+CHECKPOINT_PREDICTIONS = "dev-predictions.npz"
+
+
+class EveryProcessTez(Tez):
+    """Tez with its callbacks run in every process, not only the main one.
+
+    Tez 0.7.2 calls callbacks only where `is_local_main_process`, so under `accelerate launch` a callback cannot
+    make the processes agree (on stopping early, say) and any collective in one deadlocks. Here each callback
+    runs everywhere and decides itself what the other processes do: `DevEvaluation` scores dev on the main
+    process only and shares its stop decision; `ProgressLog` is only given to the main process.
+    """
+
+    @property
+    def train_state(self):
+        return self._train_state
+
+    @train_state.setter
+    def train_state(self, value) -> None:
+        self._train_state = value
+        if self._callback_runner is not None:
+            self._callback_runner(value)
+
+
+@torch.inference_mode()
+def predict_scores(network: torch.nn.Module, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid scores and targets for every row of `loader`, in order."""
+    was_training = network.training
+    network.eval()
+    device = next(network.parameters()).device
+    scores, targets = [], []
+    for batch in loader:
+        logits = network(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+        scores.append(torch.sigmoid(logits.float()).cpu().numpy())
+        targets.append(batch["targets"].numpy())
+    network.train(was_training)
+    return np.concatenate(scores), np.concatenate(targets).astype(bool)
+
+
+def dev_summary(scores: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dev macro-F1 with per-label tuned thresholds (the selection metric), cross-fit, and at 0.3 and 0.5."""
+    thresholds = tune_thresholds(truth, scores)
+    return {
+        "macro_f1": float(f1_scores(truth, scores >= thresholds).mean()),
+        "macro_f1_cross_fit": cross_fit_macro_f1(truth, scores, "per_label"),
+        "macro_f1_at_0.3": float(f1_scores(truth, scores >= PAPER_THRESHOLD).mean()),
+        "macro_f1_at_0.5": float(f1_scores(truth, scores >= 0.5).mean()),
+    }
+
+
+def read_checkpoint(checkpoint_dir: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """The dev scores and targets saved with a checkpoint's weights, and the epoch they are from."""
+    with np.load(Path(checkpoint_dir) / CHECKPOINT_PREDICTIONS) as saved:
+        return saved["scores"], saved["truth"], int(saved["epoch"])
+
+
+class DevEvaluation(Callback):
+    """After each epoch: score the whole dev split, keep the best weights, stop after `patience` misses.
+
+    A checkpoint is the weights and the dev predictions they make (`read_checkpoint`), written to a
+    staging directory and renamed into place, so that an interrupt (Ctrl-C) during a save leaves the
+    previous checkpoint whole, with its own predictions. `best_score` changes only once the new one is in place.
+    With a `community_loader` (the corrections' dev split) each epoch also reports "community dev"; the best
+    epoch is still chosen on GoEmotions dev.
+    """
+
+    def __init__(
+        self,
+        dev_loader: DataLoader,
+        checkpoint_dir: Path,
+        patience: int,
+        min_delta: float = 0.0,
+        on_evaluated: Callable[[int, dict], None] | None = None,
+        community_loader: DataLoader | None = None,
+    ) -> None:
+        self.dev_loader = dev_loader
+        self.community_loader = community_loader
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.patience = patience
+        self.min_delta = min_delta
+        self.on_evaluated = on_evaluated
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.misses = 0
+        self.history: list[dict] = []
+
+    def on_epoch_end(self, tez_trainer, **kwargs) -> None:
+        """Under `accelerate launch` only the main process evaluates; the others wait for its stop decision."""
+        driver = tez_trainer._driver
+        stop = self._evaluate(tez_trainer) if driver.is_main_process else False
+        if driver.num_processes > 1:  # a collective: every process leaves the epoch together, and stops together
+            stop = bool(broadcast(torch.tensor([stop], device=driver.device)).item())
+        if stop:
+            tez_trainer.model_state = enums.ModelState.END
+
+    def _evaluate(self, tez_trainer) -> bool:
+        """Score dev, keep the best checkpoint; True when patience has run out."""
+        network = tez_trainer._driver.unwrap_model(tez_trainer.model).network
+        scores, truth = predict_scores(network, self.dev_loader)
+        summary = dev_summary(scores, truth)
+        epoch = tez_trainer.current_epoch + 1
+        if self.community_loader is not None:
+            community_scores, community_truth = predict_scores(network, self.community_loader)
+            summary.update(community_summary(community_scores, community_truth, tune_thresholds(truth, scores)))
+            log.info(
+                "epoch %d: community dev micro-F1 %.4f (%d rows)",
+                epoch,
+                summary["community_dev_micro_f1"],
+                summary["community_dev_rows"],
+            )
+        self.history.append({"epoch": epoch, **summary})
+        tez_trainer.metrics["valid"].update(summary)
+        score = summary["macro_f1"]
+        if self.best_score is None or score > self.best_score + self.min_delta:
+            log.info("epoch %d: dev macro-F1 %.4f (best so far), saving %s", epoch, score, self.checkpoint_dir)
+            self._save_checkpoint(network, scores, truth, epoch)
+            self.best_score, self.best_epoch, self.misses = score, epoch, 0
+        else:
+            self.misses += 1
+            log.info(
+                "epoch %d: dev macro-F1 %.4f, best %.4f at epoch %d (%d/%d epochs without improvement)",
+                epoch,
+                score,
+                self.best_score,
+                self.best_epoch,
+                self.misses,
+                self.patience,
+            )
+        if self.on_evaluated is not None:
+            self.on_evaluated(epoch, summary)
+        if self.misses >= self.patience:
+            log.info("stopping early")
+            return True
+        return False
+
+    def _save_checkpoint(self, network: torch.nn.Module, scores: np.ndarray, truth: np.ndarray, epoch: int) -> None:
+        staging = staging_directory(self.checkpoint_dir)
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            network.save_pretrained(staging)
+            np.savez(staging / CHECKPOINT_PREDICTIONS, scores=scores, truth=truth, epoch=epoch)
+        except BaseException:  # Ctrl-C included: the half-written copy goes, the checkpoint in place stays
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        replace_directory(staging, self.checkpoint_dir)
+
+
+class ProgressLog(Callback):
+    """The training's progress for the bot's retrainer, through model/training_contract.py's `ProgressWriter`: a
+    `step` event at most every `interval` seconds (and at the last step), `dev` after each epoch (the method is
+    `DevEvaluation`'s `on_evaluated`) and `done` after the export."""
+
+    def __init__(self, path: Path, num_epochs: int, interval: float = 2.0) -> None:
+        self.writer = ProgressWriter(path)
+        self.num_epochs = num_epochs
+        self.interval = interval
+        self.started = time.monotonic()
+        self.last_write = 0.0
+
+    def on_train_step_end(self, tez_trainer, **kwargs) -> None:
+        now = time.monotonic()
+        step, total = tez_trainer._train_step, tez_trainer.num_train_steps
+        if now - self.last_write < self.interval and step != total:
+            return
+        self.last_write = now
+        elapsed = now - self.started
+        eta = elapsed / step * (total - step) if step else None
+        loss = tez_trainer.metrics["train"].get("loss")
+        self.writer.step(
+            epoch=tez_trainer.current_epoch + 1,
+            epochs=self.num_epochs,
+            step=step,
+            total_steps=total,
+            elapsed_s=round(elapsed, 1),
+            eta_s=None if eta is None else round(eta, 1),
+            loss=None if loss is None else float(loss),
+        )
+
+    def dev(self, epoch: int, summary: dict) -> None:
+        self.writer.dev(epoch, summary)
+
+    def done(self, out: Path, dev_macro_f1: float) -> None:
+        self.writer.done(out, dev_macro_f1)

@@ -1,0 +1,132 @@
+"""The `train` and `evaluate` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+
+from model.arguments import MODEL_HELP, add_serving_options, serving_threads
+
+DATA_HELP = "GoEmotions directory in the original TSV layout (default: $GOEMOTIONS_DIR, else the hub)"
+EXTRA_HELP = "community corrections in GoEmotions' layout (written by `moodring corrections export`)"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    from training.config import TrainArgs
+
+    train = commands.add_parser("train", help="fine-tune SqueezeBERT on GoEmotions with Tez and export it")
+    for spec in fields(TrainArgs):
+        flag, help_text, check = "--" + spec.name.replace("_", "-"), spec.metadata["help"], spec.metadata["check"]
+        if spec.name == "onnx":
+            train.add_argument(
+                "--no-onnx", dest="onnx", action="store_false", help=f"do not export {help_text}; exported by default"
+            )
+        elif spec.metadata["choices"]:
+            help_text += f" (default: {spec.default})"
+            train.add_argument(flag, choices=spec.metadata["choices"], default=spec.default, help=help_text)
+        elif spec.name == "backbone":  # the environment's choice, else TrainArgs'
+            help_text += f" (default: $MOODRING_BACKBONE, else {spec.default})"
+            train.add_argument(flag, default=os.environ.get("MOODRING_BACKBONE") or spec.default, help=help_text)
+        elif check is None:
+            train.add_argument(flag, default=spec.default, help=help_text)
+        else:  # every numeric option is range-checked here, so a bad value is a usage error, not a traceback
+            default = "" if spec.default is None else f" (default: {spec.default})"
+            train.add_argument(flag, type=check, default=spec.default, help=help_text + default)
+    train.set_defaults(handler=run_train)
+
+    export = commands.add_parser(
+        "export-onnx",
+        help="add model.onnx (fp32) and model.int8.onnx to an exported model, int8 thresholds tuned on dev",
+    )
+    export.add_argument("--model", help=MODEL_HELP)
+    export.add_argument("--data-dir", help=DATA_HELP)
+    export.set_defaults(handler=run_export_onnx)
+
+    evaluate = commands.add_parser("evaluate", help="report a model's accuracy on the dev or test split")
+    evaluate.add_argument("--model", help=MODEL_HELP)
+    evaluate.add_argument("--split", choices=["dev", "test"], default="dev", help="test only for the final report")
+    evaluate.add_argument("--data-dir", help=DATA_HELP)
+    evaluate.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    evaluate.add_argument("--extra-data", help=EXTRA_HELP + "; its dev split is reported as community dev")
+    add_serving_options(evaluate)
+    evaluate.set_defaults(handler=run_evaluate)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from model.parent_watch import watch_parent
+
+    watch_parent()  # started by the bot's retrainer: stop if the bot dies
+    from training.backbones import BackboneError
+    from training.config import TrainArgs
+    from training.data import DataError
+    from training.train import TrainingError, train
+
+    names = {f.name for f in fields(TrainArgs)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    if serving_threads("train", args) is None:
+        return 2
+    try:
+        out = train(TrainArgs(**values))
+    except (DataError, BackboneError, TrainingError) as error:
+        print(f"moodring train: {error}", file=sys.stderr)
+        return 2
+    print(f'Model exported to {out}. Try: moodring classify --model {out} "What a lovely surprise!"')
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from model.parent_watch import watch_parent
+
+    watch_parent()  # started by the bot's retrainer: stop if the bot dies
+    from model.storage import ModelError, require_model_directory
+
+    try:  # before torch and the data load: a missing model is said at once
+        require_model_directory(args.model)
+    except ModelError as error:
+        print(f"moodring evaluate: {error}", file=sys.stderr)
+        return 2
+    from training.data import DataError
+    from training.evaluate import evaluate, format_report
+
+    threads = serving_threads("evaluate", args)
+    if threads is None:
+        return 2
+    try:
+        report = evaluate(
+            args.model,
+            split=args.split,
+            data_dir=args.data_dir,
+            backend=args.backend,
+            threads=threads,
+            extra_data=args.extra_data,
+        )
+    except (ModelError, DataError) as error:
+        print(f"moodring evaluate: {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        import json
+
+        print(json.dumps(report, indent=2))
+    else:
+        print(format_report(report))
+    return 0
+
+
+def run_export_onnx(args: argparse.Namespace) -> int:
+    from model.storage import ModelError
+    from training.data import DataError
+    from training.export import export_onnx
+
+    try:
+        metadata = export_onnx(args.model, data_dir=args.data_dir)
+    except (ModelError, DataError) as error:
+        print(f"moodring export-onnx: {error}", file=sys.stderr)
+        return 2
+    int8 = metadata.dev_metrics_by_backend["onnx-int8"]
+    print(
+        f"Added {', '.join(metadata.onnx_files)}. Dev macro-F1: int8 {int8['macro_f1']:.4f} with its own thresholds, "
+        f"torch fp32 {int8['torch_macro_f1']:.4f}; largest score shift {int8['max_score_shift']:.4f}."
+    )
+    return 0

@@ -1,0 +1,202 @@
+"""Write a self-contained model directory: weights, config, tokenizer, `moodring.json` and the ONNX files."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from model.metadata import ModelMetadata
+from model.network import SqueezeBertForEmotions
+from model.storage import default_model_dir, replace_directory, staging_directory
+
+log = logging.getLogger(__name__)
+
+INT8_BACKEND = "onnx-int8"
+
+
+@dataclass(frozen=True)
+class DevSet:
+    """Dev texts and their labels as a boolean matrix `[rows, labels]`, for tuning a backend's thresholds."""
+
+    texts: list[str]
+    truth: np.ndarray
+
+
+def library_versions() -> dict[str, str]:
+    import datasets
+    import numpy
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tez": importlib.metadata.version("tez"),
+        "datasets": datasets.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def git_commit() -> str | None:
+    """The commit this code runs from, with `-dirty` if the tree has changes; None outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def export_model(
+    network: SqueezeBertForEmotions,
+    tokenizer,
+    metadata: ModelMetadata,
+    out: Path,
+    onnx: bool = True,
+    dev: DevSet | None = None,
+) -> Path:
+    """Write the model to `out`, replacing what was there only once the new copy is complete.
+
+    With `onnx`, the copy also gets `model.onnx` and `model.int8.onnx` (see `add_onnx`). If that step
+    fails, the model is exported without them (served by torch) and the log says how to add them later:
+    hours of training are not thrown away for a serving file.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = staging_directory(out)
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        network.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        metadata.save(staging)
+        if onnx:
+            try:
+                add_onnx(staging, network, metadata, dev)
+            except Exception:
+                log.exception(
+                    "ONNX export failed, exporting without it (add it later: `moodring export-onnx --model %s`)",
+                    out,
+                )
+                drop_onnx(staging, metadata)
+        replace_directory(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def drop_onnx(directory: Path, metadata: ModelMetadata) -> None:
+    """Remove the ONNX files and everything recorded about them."""
+    from model.backends import FILE_OF_BACKEND
+
+    for name in FILE_OF_BACKEND.values():
+        (Path(directory) / name).unlink(missing_ok=True)
+    metadata.onnx_files = {}
+    metadata.thresholds_by_backend.pop(INT8_BACKEND, None)
+    metadata.dev_metrics_by_backend.pop(INT8_BACKEND, None)
+    metadata.save(directory)
+
+
+def add_onnx(
+    directory: Path, network: SqueezeBertForEmotions, metadata: ModelMetadata, dev: DevSet | None
+) -> ModelMetadata:
+    """Write `model.onnx` and `model.int8.onnx` into an exported model directory and record their checksums.
+
+    int8 scores differ from fp32 ones by up to a few hundredths, which moves the best per-label thresholds;
+    with `dev`, the int8 backend gets its own thresholds, tuned on `dev` through the served int8 path, and
+    its dev figures next to torch's. Without `dev`, any int8 thresholds from an earlier export are dropped
+    (the int8 backend then uses the torch thresholds). `moodring.json` is rewritten after each step.
+    """
+    import onnx
+    import onnxruntime
+    import torch
+
+    from model.classifier import EmotionClassifier
+    from model.onnx_export import export_onnx_files
+    from training.metrics import classification_report, tune_thresholds
+
+    log.info("exporting ONNX (fp32 and dynamic int8) to %s", directory)
+    metadata.onnx_files = export_onnx_files(network, directory)
+    metadata.versions = {**metadata.versions, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+    metadata.thresholds_by_backend.pop(INT8_BACKEND, None)
+    metadata.dev_metrics_by_backend.pop(INT8_BACKEND, None)
+    metadata.save(directory)
+    if dev is None:
+        log.warning("no dev split: the int8 backend uses the torch thresholds")
+        return metadata
+
+    threads = torch.get_num_threads()  # what this (training) process already uses
+    scores = {
+        backend: EmotionClassifier.load(directory, backend=backend, threads=threads).predict_scores(dev.texts, 64)
+        for backend in ("torch", INT8_BACKEND)
+    }
+    thresholds = tune_thresholds(dev.truth, scores[INT8_BACKEND])
+    shift = np.abs(scores[INT8_BACKEND] - scores["torch"])
+    labels = metadata.labels
+    torch_thresholds = np.asarray(metadata.thresholds)
+    metadata.thresholds_by_backend[INT8_BACKEND] = [float(t) for t in thresholds]
+    metadata.dev_metrics_by_backend[INT8_BACKEND] = {
+        "rows": len(dev.texts),
+        "macro_f1": classification_report(dev.truth, scores[INT8_BACKEND] >= thresholds, labels)["macro_f1"],
+        "macro_f1_with_torch_thresholds": classification_report(
+            dev.truth, scores[INT8_BACKEND] >= torch_thresholds, labels
+        )["macro_f1"],
+        "torch_macro_f1": classification_report(dev.truth, scores["torch"] >= torch_thresholds, labels)["macro_f1"],
+        "max_score_shift": float(shift.max()),
+        "mean_score_shift": float(shift.mean()),
+        "thresholds_changed": int((np.abs(thresholds - torch_thresholds) > 1e-9).sum()),
+    }
+    metadata.save(directory)
+    figures = metadata.dev_metrics_by_backend[INT8_BACKEND]
+    log.info(
+        "int8 on dev: macro-F1 %.4f with its own thresholds (torch fp32: %.4f), largest score shift %.4f",
+        figures["macro_f1"],
+        figures["torch_macro_f1"],
+        figures["max_score_shift"],
+    )
+    return metadata
+
+
+def export_onnx(model_dir: str | Path | None, data_dir: str | Path | None = None) -> ModelMetadata:
+    """`moodring export-onnx`: add the ONNX files to an exported model, with int8 thresholds tuned on the dev
+    rows its training used (`dev_limit` included). Reads the data before writing anything."""
+    from model.classifier import EmotionClassifier
+    from model.storage import ModelError
+    from training.data import load_goemotions, resolve_data_dir
+
+    classifier = EmotionClassifier.load(model_dir, backend="torch")
+    metadata = classifier.metadata
+    data = load_goemotions(resolve_data_dir(data_dir), splits=("dev",))
+    if data.labels != metadata.labels:
+        raise ModelError(f"the data's labels {data.labels} differ from the model's {metadata.labels}")
+    rows = data.splits["dev"]
+    limit = metadata.training_args.get("dev_limit")
+    if limit:
+        rows = rows.select(range(min(limit, len(rows))))
+    truth = np.zeros((len(rows), len(metadata.labels)), dtype=bool)
+    for i, ids in enumerate(rows["labels"]):
+        truth[i, ids] = True
+    directory = Path(model_dir) if model_dir else default_model_dir()
+    return add_onnx(directory, classifier.scorer.network, metadata, DevSet(list(rows["text"]), truth))

@@ -1,0 +1,220 @@
+"""Fine-tune SqueezeBERT on GoEmotions with Tez, tune thresholds on dev, export.
+
+Read top to bottom: data -> backbone -> loaders -> Tez fit (with our dev callback) -> best
+checkpoint -> dev thresholds -> export (with ONNX fp32/int8 files and int8 dev thresholds).
+The test split is never read here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+from tez import TezConfig
+from torch.utils.data import DataLoader, RandomSampler
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from model.metadata import ModelMetadata
+from model.network import SqueezeBertForEmotions
+from model.storage import default_model_dir
+from model.threads import apply_torch_threads, available_cores, resolve_threads
+from model.training_contract import checkpoint_dir, progress_path
+from training.backbones import load_backbone
+from training.callbacks import DevEvaluation, EveryProcessTez, ProgressLog, read_checkpoint
+from training.config import TrainArgs
+from training.data import (
+    LengthGroupedSampler,
+    PadCollator,
+    encode,
+    load_extra_data,
+    load_goemotions,
+    mix_in,
+    resolve_data_dir,
+)
+from training.export import DevSet, export_model, git_commit, library_versions, now_iso
+from training.metrics import (
+    THRESHOLD_RULES,
+    classification_report,
+    cross_fit_macro_f1,
+    tune_global_threshold,
+    tune_thresholds,
+)
+from training.module import TezEmotionModel
+
+log = logging.getLogger(__name__)
+
+MACHINE_PATHS = (
+    "data_dir",
+    "out",
+    "work_dir",
+    "extra_data",
+)  # data is identified by its checksums, the backbone by name
+
+
+class TrainingError(RuntimeError):
+    """Training could not produce a model."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(args: TrainArgs) -> Path:
+    """Run one training and export the best model; returns the export directory.
+
+    Under `accelerate launch` with N processes, each process trains on every Nth batch (`--batch-size` is per
+    process, so the effective batch is N times it) and gradients are averaged. Only the main process scores dev,
+    writes checkpoints and progress.jsonl, tunes thresholds and exports; the others wait for it at each epoch's end
+    and at the export.
+    """
+    out = Path(args.out) if args.out else default_model_dir()
+    work_dir = Path(args.work_dir) if args.work_dir else Path("runs") / out.name
+    best_dir = checkpoint_dir(work_dir)
+    commit = git_commit()  # of the code that trains, before anything can change under us
+    # One process, or the group `accelerate launch` started. Without a GPU its processes meet over gloo on the CPU.
+    processes = PartialState(cpu=not torch.cuda.is_available() or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    main = processes.is_main_process
+    seed_everything(args.seed)  # the same initial weights and batch order in every process
+    threads = resolve_threads(args.threads)
+    if processes.num_processes > 1 and args.threads is None:  # N processes share the cores, never oversubscribe
+        threads = min(threads, max(1, available_cores() // processes.num_processes))
+    apply_torch_threads(threads)
+
+    data = load_goemotions(resolve_data_dir(args.data_dir), splits=("train", "dev"))
+    train_split, dev_split = data.splits["train"], data.splits["dev"]
+    if args.train_limit:
+        train_split = train_split.select(range(min(args.train_limit, len(train_split))))
+    if args.dev_limit:
+        dev_split = dev_split.select(range(min(args.dev_limit, len(dev_split))))
+    extra = load_extra_data(args.extra_data, data.labels) if args.extra_data else None
+    if extra is not None:  # community corrections: train mixed in, dev reported beside GoEmotions dev
+        train_split = mix_in(train_split, extra.train, args.extra_weight)
+        data.checksums.update(extra.checksums)
+    log.info("data: %s (train %d rows, dev %d rows)", data.source, len(train_split), len(dev_split))
+
+    backbone = load_backbone(args.backbone, data.labels, dropout=args.dropout)
+    log.info("backbone: %s", backbone.describe())
+    tokenizer = backbone.tokenizer
+    num_labels = len(data.labels)
+    train_rows = encode(train_split, tokenizer, args.max_length, num_labels)
+    dev_rows = encode(dev_split, tokenizer, args.max_length, num_labels)
+    # Dev is scored shortest first, so each batch pads little; row order changes no metric.
+    by_length = np.argsort([len(ids) for ids in dev_rows["input_ids"]], kind="stable")
+    dev_rows, dev_split = dev_rows.select(by_length), dev_split.select(by_length)
+
+    collate = PadCollator(tokenizer.pad_token_id)
+    lengths = [len(ids) for ids in train_rows["input_ids"]]
+    if args.sampler == "length":
+        sampler = LengthGroupedSampler(lengths, args.batch_size, seed=args.seed)
+    else:  # uniform, seeded: each batch mixes every length and pads to its longest text
+        sampler = RandomSampler(train_rows, generator=torch.Generator().manual_seed(args.seed))
+    train_loader = DataLoader(
+        train_rows, batch_size=args.batch_size, sampler=sampler, collate_fn=collate, num_workers=args.workers
+    )
+    dev_loader = DataLoader(dev_rows, batch_size=64, shuffle=False, collate_fn=collate, num_workers=args.workers)
+    community_loader = None
+    if extra is not None and extra.dev is not None:
+        community_rows = encode(extra.dev, tokenizer, args.max_length, num_labels)
+        community_loader = DataLoader(community_rows, batch_size=64, collate_fn=collate, num_workers=args.workers)
+    # Our own loaders go to Tez, so TezConfig's loader settings (num_jobs, pin_memory) do not apply. Tez hands
+    # them to accelerate, which gives each of N processes every Nth batch: the schedule counts one process's steps.
+    num_train_steps = math.ceil(len(train_loader) / processes.num_processes) * args.epochs
+
+    module = TezEmotionModel(
+        backbone.network,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        num_train_steps=num_train_steps,
+        loss=args.loss,
+    )
+    progress = ProgressLog(progress_path(work_dir), num_epochs=args.epochs) if main else None
+    dev_evaluation = DevEvaluation(
+        dev_loader,
+        best_dir,
+        patience=args.patience,
+        on_evaluated=progress.dev if progress else None,
+        community_loader=community_loader,
+    )
+    config = TezConfig(
+        training_batch_size=args.batch_size,
+        epochs=args.epochs,
+        step_scheduler_after="batch",
+        clip_grad_norm=1.0,
+        fp16=args.precision == "fp16",
+        bf16=args.precision == "bf16",
+    )
+    trainer = EveryProcessTez(module)
+    log.info(
+        "training: %d epochs x %d steps, batch %d x %d processes, %d threads each",
+        args.epochs,
+        num_train_steps // args.epochs,
+        args.batch_size,
+        processes.num_processes,
+        threads,
+    )
+    callbacks = [dev_evaluation] if progress is None else [dev_evaluation, progress]
+    try:
+        with logging_redirect_tqdm():
+            trainer.fit(train_rows, config=config, train_loader=train_loader, callbacks=callbacks)
+    except KeyboardInterrupt:
+        log.warning("interrupted: exporting the best checkpoint so far")
+    if not main:  # the main process exports; wait for it (if it fails instead, the launcher stops this process)
+        processes.wait_for_everyone()
+        return out
+    if dev_evaluation.best_score is None:
+        raise TrainingError("no epoch finished, so there is no checkpoint to export")
+
+    # The weights and the dev predictions they make come from one checkpoint, so the thresholds match the weights.
+    network = SqueezeBertForEmotions.from_pretrained(best_dir)
+    scores, truth, best_epoch = read_checkpoint(best_dir)
+    thresholds = tune_thresholds(truth, scores)
+    global_threshold = tune_global_threshold(truth, scores)
+    report = classification_report(truth, scores >= thresholds, data.labels)
+    dev_metrics = {
+        "rows": len(dev_split),
+        "macro_f1": report["macro_f1"],
+        "micro_f1": report["micro_f1"],
+        # The honest estimate: each dev row decided by thresholds tuned on the other four fifths of dev.
+        "cross_fit_macro_f1": {rule: cross_fit_macro_f1(truth, scores, rule) for rule in THRESHOLD_RULES},
+        "best_epoch": best_epoch,
+        "history": dev_evaluation.history,
+    }
+    log.info(
+        "best epoch %d: dev macro-F1 %.4f (%.4f cross-fit), micro-F1 %.4f",
+        best_epoch,
+        report["macro_f1"],
+        dev_metrics["cross_fit_macro_f1"]["per_label"],
+        report["micro_f1"],
+    )
+    metadata = ModelMetadata(
+        labels=data.labels,
+        thresholds=[float(t) for t in thresholds],
+        global_threshold=global_threshold,
+        ekman_mapping=data.ekman_mapping,
+        sentiment_mapping=data.sentiment_mapping,
+        backbone=backbone.describe(),
+        max_length=args.max_length,
+        # The recipe, not where this machine kept things: no paths, so the file reads the same anywhere.
+        training_args={k: v for k, v in asdict(args).items() if k not in MACHINE_PATHS}
+        | {"backbone": backbone.portable_name, "processes": processes.num_processes},
+        data_checksums=data.checksums,
+        dev_metrics=dev_metrics,
+        versions=library_versions(),
+        git_commit=commit,
+        created_at=now_iso(),
+    )
+    export_model(network, tokenizer, metadata, out, onnx=args.onnx, dev=DevSet(list(dev_split["text"]), truth))
+    progress.done(out, report["macro_f1"])
+    log.info("exported %s", out)
+    processes.wait_for_everyone()
+    return out
