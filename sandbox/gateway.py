@@ -200,6 +200,7 @@ class Gateway:
         self.clock = clock
         self._identified_at: dict[int, float] = {}  # bucket -> when it last accepted an IDENTIFY
         self.identify_refused = 0  # IDENTIFYs answered with INVALID_SESSION for coming too soon
+        self._acks: set[asyncio.Future[None]] = set()  # heartbeat ACKs on their way (HEARTBEAT_ACK_DELAY_S)
         self.sessions: dict[str, GatewaySession] = {}  # live ones, and those ended since the last IDENTIFY
         self.connections: list[GatewayConnection] = []
         self.frames: RecordLog[GatewayFrame] = RecordLog(maxlen=FRAMES_KEPT)
@@ -281,6 +282,10 @@ class Gateway:
         if conn is not None:
             await self._send(conn, frame)
 
+    async def _acknowledge_later(self, conn: GatewayConnection) -> None:
+        await asyncio.sleep(HEARTBEAT_ACK_DELAY_S)
+        await self._send(conn, {"op": p.OP_HEARTBEAT_ACK, "d": None, "s": None, "t": None})
+
     async def _send(self, conn: GatewayConnection, frame: JSON) -> bool:
         shard_id = conn.session.shard_id if conn.session else None
         self.frames.append(GatewayFrame("send", shard_id, frame))
@@ -341,8 +346,10 @@ class Gateway:
         if op == p.OP_HEARTBEAT:
             conn.heartbeats += 1
             self.heartbeat_count += 1
-            await asyncio.sleep(HEARTBEAT_ACK_DELAY_S)  # the round trip (see HEARTBEAT_ACK_DELAY_S)
-            await self._send(conn, {"op": p.OP_HEARTBEAT_ACK, "d": None, "s": None, "t": None})
+            # After a round trip (HEARTBEAT_ACK_DELAY_S), without holding up the connection's other frames.
+            ack = asyncio.ensure_future(self._acknowledge_later(conn))
+            self._acks.add(ack)
+            ack.add_done_callback(self._acks.discard)
         elif op == p.OP_IDENTIFY:
             await self._on_identify(conn, data)
         elif op == p.OP_RESUME:
@@ -511,7 +518,9 @@ class Gateway:
             await self._send(conn, {"op": op, "d": data, "s": None, "t": None})
 
     async def close_all(self) -> None:
-        """Close every connection (server shutdown)."""
+        """Close every connection (server shutdown), and drop the ACKs still on their way."""
+        for ack in list(self._acks):
+            ack.cancel()
         for conn in list(self.connections):
             conn.server_closed = True
             await conn.close(1001, "Stand-in shutting down")
