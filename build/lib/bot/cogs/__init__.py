@@ -1,1 +1,0 @@
-"""One cog per concern: emotions (analysis), admin (settings), mood (statistics and summaries)."""

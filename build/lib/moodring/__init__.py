@@ -1,1 +1,0 @@
-"""moodring: the `moodring` command, which dispatches to `training`, `model` and `bot`."""

@@ -1,3 +1,0 @@
-from moodring.cli import main
-
-raise SystemExit(main())
