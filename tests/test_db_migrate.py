@@ -1,4 +1,4 @@
-"""`moodring db migrate-to postgresql://...` for real: a SQLite database filled through the store is copied into a
+"""`moodring db migrate-to` (the URL in MOODRING_TARGET_DATABASE) for real: a SQLite database filled through the store is copied into a
 fresh PostgreSQL database by the command line, which checks counts and totals; the bot then sees the same
 settings, statistics, schedules and corrections there (a member still can't correct a message twice), and a second
 run doubles nothing. Errors are one line."""
@@ -26,10 +26,11 @@ MEMBER = 123456789012345678
 
 
 def migrate(url: str, database: Path) -> subprocess.CompletedProcess[str]:
+    """`moodring db migrate-to` with the URL, password and all, in the environment (never on argv)."""
     return subprocess.run(
-        [sys.executable, "-m", "moodring", "db", "migrate-to", url, "--database", str(database)],
+        [sys.executable, "-m", "moodring", "db", "migrate-to", "--database", str(database)],
         cwd=REPO,
-        env=CHILD_ENV,
+        env={**CHILD_ENV, "MOODRING_TARGET_DATABASE": url},
         capture_output=True,
         text=True,
         timeout=120,
