@@ -47,10 +47,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
-from urllib.parse import urlsplit, urlunsplit
 
 from bot.backoff import Backoff
 from bot.store.errors import PermanentStoreError, StoreError
+from bot.store.redact import redact_url
 from bot.store.schema import CORRECTION_TABLES, SETTINGS_TABLES, STATISTICS_TABLES
 
 __all__ = [
@@ -146,18 +146,6 @@ def bucket_start(at: float) -> int:
 def is_postgres_url(database: str | os.PathLike[str]) -> bool:
     """Whether ``database`` (``MOODRING_DATABASE``) names a PostgreSQL database rather than a SQLite file."""
     return isinstance(database, str) and database.startswith(POSTGRES_SCHEMES)
-
-
-def redact_url(url: str) -> str:
-    """A database URL without its password, for messages, logs and the settings' repr."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{parts.netloc.rsplit('@', 1)[1]}"))
-    except ValueError:
-        return "the MOODRING_DATABASE URL"
 
 
 def schedule_from_row(row: Sequence[Any]) -> Schedule:
