@@ -1,0 +1,109 @@
+"""Members' trust (issue 21), with the real bot against the stand-in: every reading path (`/emotion`, reply-mentions,
+the "Analyze emotions" menu) shares one set of flood limits, and a refused request reads nothing from the database
+(on both engines)."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bot_fixtures import BotFactory, store_message, wait_until
+from test_bot_corrections import emotion_answer, enable, press
+from test_bot_emotions import mention_of_bot, reply_reference
+
+from bot.learning.corrections import PICK
+from bot.store import Store
+from sandbox import DiscordStandIn, payloads
+
+EPHEMERAL = payloads.MESSAGE_FLAG_EPHEMERAL
+CHANNEL_MESSAGES = "/channels/{channel_id}/messages"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """The bot's database on each engine: a fresh SQLite file, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return tmp_path / "trust.sqlite3"
+    return request.getfixturevalue("postgres_url")
+
+
+def count_store_calls(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the store's public coroutine methods as they are called from now on (every database read or
+    write the bot makes goes through one)."""
+    calls: list[str] = []
+    for name, method in inspect.getmembers(store, inspect.iscoroutinefunction):
+        if name.startswith("_"):
+            continue
+
+        def counted(*args: Any, _name: str = name, _method: Any = method, **kwargs: Any) -> Any:
+            calls.append(_name)
+            return _method(*args, **kwargs)
+
+        monkeypatch.setattr(store, name, counted)
+    return calls
+
+
+async def menu(standin: DiscordStandIn, target: dict[str, Any], user: int | None = None) -> dict[str, Any]:
+    """Run "Analyze emotions" on `target`; the interaction callback's body."""
+    interaction = await standin.dispatch_context_menu("Analyze emotions", target, user=user)
+    return (await standin.wait_for_interaction_response(interaction)).json
+
+
+def is_reading(body: dict[str, Any]) -> bool:
+    return bool(body["data"].get("embeds"))
+
+
+def is_slow_down(body: dict[str, Any]) -> bool:
+    data = body["data"]
+    return "Slow down" in (data.get("content") or "") and bool(data["flags"] & EPHEMERAL) and not data.get("embeds")
+
+
+async def test_the_menu_is_flood_limited_like_emotion_and_mentions_and_shares_their_limits(
+    make_moodring_bot: BotFactory, discord_standin: DiscordStandIn
+) -> None:
+    standin = discord_standin
+    async with make_moodring_bot(readings_per_user=3, readings_per_channel=100) as bot:
+        target = store_message(standin, "I'm so happy for you, congratulations!")
+        bodies = [await menu(standin, target) for _ in range(3)]
+        assert all(is_reading(body) for body in bodies)
+        assert is_slow_down(await menu(standin, target))  # the menu's own flood: one slow-down
+        assert bot.counters["readings_refused"] == 1 and bot.inference.served == 3
+        bystander = await standin.add_user("bystander")
+        assert is_reading(await menu(standin, target, user=bystander))  # per member
+
+        # One window, three paths, one budget: a /emotion and a reply-mention use up what the menu may have.
+        bot.clock = lambda: time.time() + bot.config.reading_window_s + 1
+        interaction = await standin.dispatch_slash_command("emotion", {"text": "so glad"})
+        assert is_reading((await standin.wait_for_interaction_response(interaction)).json)
+        since = len(standin.requests)
+        await standin.dispatch_message(
+            content=f"{mention_of_bot(standin)} and this?",
+            mentions=[standin.bot_user_id],
+            message_reference=reply_reference(standin, target),
+        )
+        reply = await standin.wait_for_request(method="POST", route=CHANNEL_MESSAGES, since=since)
+        assert reply.json.get("embeds")
+        assert is_reading(await menu(standin, target))
+        assert is_slow_down(await menu(standin, target))
+        await wait_until(lambda: bot.counters["readings_refused"] == 2, what="the second refusal counted")
+
+
+async def test_a_refused_correction_press_reads_nothing_from_the_database(
+    make_moodring_bot: BotFactory,
+    discord_standin: DiscordStandIn,
+    database: Path | str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    standin = discord_standin
+    async with make_moodring_bot(database=database, corrections_per_member=1) as bot:
+        await enable(standin)
+        answers = [await emotion_answer(standin, f"so skibbly #{i}") for i in range(2)]
+        assert (await press(standin, answers[0]))["content"] == PICK
+        calls = count_store_calls(bot.store, monkeypatch)
+        refused = await press(standin, answers[1])
+        assert refused["content"].startswith("Slow down") and int(refused["flags"]) & EPHEMERAL
+        assert calls == []  # not even whether the server collects corrections, nor its retention
+        assert bot.counters["corrections_refused"] == 1
