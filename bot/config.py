@@ -63,7 +63,7 @@ class BotConfig:
     retrain_args: str = ""
     retrain_tolerance: float = 0.005
     progress_interval: float = 5.0
-    readings_per_user: int = 5  # on-demand readings (/emotion, reply-mentions) per member per window
+    readings_per_user: int = 5  # on-demand readings (/emotion, the menu, reply-mentions) per member per window
     readings_per_channel: int = 15  # ... and per channel
     reading_window_s: float = 60.0
     corrections_per_member: int = 5  # "Not quite?" corrections a member may start per window

@@ -68,17 +68,18 @@ class Corrections(commands.Cog):
             await send_ephemeral(interaction, "Corrections only work in a server.")
             return
         guild_id = interaction.guild_id
+        # The limit first: a flood of presses costs no database read (nor a fetch or an inference).
+        refusal = self.limit.check(member=interaction.user.id)
+        if refusal is not None:  # every refusal is told (warn or not): the press must be answered anyway
+            self.bot.counters["corrections_refused"] += 1
+            await send_ephemeral(interaction, SLOW_DOWN.format(seconds=math.ceil(refusal.retry_after)))
+            return
         if not await store.corrections_enabled(guild_id):
             self.bot.counters["corrections_off"] += 1
             await send_ephemeral(interaction, CORRECTIONS_OFF)
             return
         if self.bot.clock() - answer.created_at.timestamp() > 86400 * await store.retention_days(guild_id):
             await send_ephemeral(interaction, EXPIRED)
-            return
-        refusal = self.limit.check(member=interaction.user.id)
-        if refusal is not None:  # every refusal is told (warn or not): the press must be answered anyway
-            self.bot.counters["corrections_refused"] += 1
-            await send_ephemeral(interaction, SLOW_DOWN.format(seconds=math.ceil(refusal.retry_after)))
             return
         await interaction.response.defer(ephemeral=True, thinking=True)  # fetching and reading take a moment
         try:
