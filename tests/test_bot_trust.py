@@ -1,10 +1,15 @@
 """Members' trust (issue 21), with the real bot against the stand-in: every reading path (`/emotion`, reply-mentions,
 the "Analyze emotions" menu) shares one set of flood limits, and a refused request reads nothing from the database
-(on both engines)."""
+(on both engines); the corrections' text exported for a retrain never outlives it."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,9 +20,11 @@ from test_bot_corrections import emotion_answer, enable, press
 from test_bot_emotions import mention_of_bot, reply_reference
 
 from bot.learning.corrections import PICK
-from bot.store import Store
+from bot.privacy import privacy_statement
+from bot.store import DEFAULT_RETENTION_DAYS, Store
 from sandbox import DiscordStandIn, payloads
 
+REPO = Path(__file__).resolve().parents[1]
 EPHEMERAL = payloads.MESSAGE_FLAG_EPHEMERAL
 CHANNEL_MESSAGES = "/channels/{channel_id}/messages"
 
@@ -107,3 +114,69 @@ async def test_a_refused_correction_press_reads_nothing_from_the_database(
         assert refused["content"].startswith("Slow down") and int(refused["flags"]) & EPHEMERAL
         assert calls == []  # not even whether the server collects corrections, nor its retention
         assert bot.counters["corrections_refused"] == 1
+
+
+# ----------------------------------------------------------------------------------------------- exported text
+
+
+def leftover_export(work_dir: Path, run: str) -> Path:
+    """What a retrain killed with SIGKILL (or by the OOM killer) during its training leaves: its run directory with
+    the corrections' text exported in GoEmotions' layout, which only its own `_finish` would have removed."""
+    export = work_dir / run / "corrections"
+    export.mkdir(parents=True)
+    (export / "train.tsv").write_text("that new skin is so skibbly\t13\tc1\n", encoding="utf-8")
+    (export / "dev.tsv").write_text("so skibbly again\t13\tc2\n", encoding="utf-8")
+    (work_dir / run / "train.log").write_text("epoch 1 ...\n", encoding="utf-8")
+    return export
+
+
+async def test_corrections_exported_by_a_killed_retrain_are_removed_when_the_bot_starts(
+    make_moodring_bot: BotFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    work_dir = tmp_path / "runs"
+    export = leftover_export(work_dir, "retrain-20261204-101500")
+    with caplog.at_level(logging.INFO, logger="bot"):
+        async with make_moodring_bot(work_dir=work_dir):
+            assert not export.exists()
+    assert (work_dir / "retrain-20261204-101500" / "train.log").is_file()  # the logs stay for whoever investigates
+    removed = [r.getMessage() for r in caplog.records if "interrupted retrain" in r.getMessage()]
+    assert removed == [f"removed the corrections exported by an interrupted retrain ({export})"]
+    assert "deleted when the retrain ends" in privacy_statement(DEFAULT_RETENTION_DAYS)
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+
+from bot.learning.retrain import lock_export
+
+lock_export(Path(sys.argv[1]))  # as a retrain does before it exports
+print("holding", flush=True)
+sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+async def test_the_export_of_a_retrain_running_in_another_process_is_left_alone(
+    make_moodring_bot: BotFactory, tmp_path: Path
+) -> None:
+    """A cluster's processes share the work directory: one that restarts must not delete the export a retrain in
+    another process is training on. The lock that tells them apart is released by the kernel when its holder dies."""
+    work_dir = tmp_path / "runs"
+    export = leftover_export(work_dir, "retrain-20261204-120000")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(export.parent)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
+        text=True,
+    )
+    try:
+        assert await asyncio.to_thread(holder.stdout.readline) == "holding\n"
+        async with make_moodring_bot(work_dir=work_dir):
+            assert export.is_dir()
+    finally:
+        holder.stdin.close()
+        await asyncio.to_thread(holder.wait, 30)
+        holder.stdout.close()
+    async with make_moodring_bot(work_dir=work_dir):  # its holder has gone: an orphan now
+        assert not export.exists()
