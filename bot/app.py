@@ -88,6 +88,7 @@ class MoodringBot(commands.AutoShardedBot):
 
     async def setup_hook(self) -> None:
         self.store = await open_store(self.config.database)
+        await self.retrainer.remove_orphaned_exports()  # before any retrain of this process can start
         self.inference.start()
         loaded = await (self.model_sync.start(self.load_model) if self.model_sync else self.load_model())
         if not loaded and self.config.train_on_start:
