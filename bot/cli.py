@@ -101,8 +101,14 @@ def _bot(check_cluster: bool = False, **overrides):
     if config.shard_ids is not None:
         log.info("running shards %s of %d", format_shard_ids(config.shard_ids), config.shard_count)
     from bot.app import MoodringBot  # torch, transformers and discord.py: only once the settings are good
+    from bot.store import StoreError
 
-    return MoodringBot(config)
+    try:
+        member_key = config.member_key()  # before connecting: a missing key is one line, not a failed start-up
+    except StoreError as error:
+        print(f"moodring: {error}", file=sys.stderr)
+        return None
+    return MoodringBot(config, member_key=member_key)
 
 
 def password_on_argv(value: str | None, instead: str) -> str | None:

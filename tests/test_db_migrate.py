@@ -23,6 +23,7 @@ CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO)
 H = 3600
 T0 = bucket_start(1_700_000_000.0)
 MEMBER = 123456789012345678
+MEMBER_KEY = bytes(range(32))  # the deployment key of member hashes (bot/store/member_key.py)
 
 
 def migrate(url: str, database: Path) -> subprocess.CompletedProcess[str]:
@@ -42,7 +43,7 @@ def correction(guild: int, text: str) -> Correction:
 
 
 async def fill(path: Path) -> None:
-    async with await open_store(path, flush_interval=3600) as store:
+    async with await open_store(path, flush_interval=3600, member_key=MEMBER_KEY) as store:
         await store.set_channel_settings(1, 10, analysis=False)
         await store.set_channel_settings(1, 11, reactions=True)
         await store.set_retention_days(1, 30)
@@ -85,12 +86,13 @@ async def test_migrate_to_copies_everything_checks_it_and_can_run_again(tmp_path
     assert second.returncode == 0, second.stderr
     assert second.stdout == first.stdout
 
-    async with await open_store(postgres_url) as store:
+    # The bot on PostgreSQL hashes members with the key the SQLite bot had (MOODRING_MEMBER_KEY_FILE names it).
+    async with await open_store(postgres_url, member_key=MEMBER_KEY) as store:
         assert isinstance(store, PostgresStore)
         assert await snapshot(store) == expected
         assert expected["mood"][0].messages == 40 and expected["schedules"][0].last_posted_at == T0 + 60
         assert await store.channel_settings(1, 10) == ChannelSettings(analysis=False, reactions=False)
-        # The salt came along: the member's earlier correction is still recognised.
+        # The hashes came along, and with the same key the member's earlier correction is still recognised.
         assert await store.has_corrected(1, "m1", MEMBER)
         duplicate = await store.add_correction(correction(1, "again"), message_key="m1", member_id=MEMBER)
         assert duplicate == "duplicate"

@@ -110,16 +110,22 @@ async def test_existing_hashes_migrate_as_an_hmac_of_the_old_hash_and_the_salt_i
 async def test_sqlite_creates_its_key_on_first_run_with_mode_0600_and_keeps_it(tmp_path: Path) -> None:
     database = tmp_path / "bot.db"
     key_file = tmp_path / "bot.db.member-key"  # beside the database unless MOODRING_MEMBER_KEY_FILE names one
-    assert BotConfig(token="t", database=database).member_key_path == key_file
-    async with await open_store(database) as store:
+    config = BotConfig(token="t", database=database)
+    assert config.member_key_path == key_file and not key_file.exists()
+    async with await open_store(database, member_key=config.member_key()) as store:
         await store.set_corrections_enabled(1, True)
         await store.add_correction(correction(), message_key="m1", member_id=MEMBER)
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     key = key_file.read_bytes()
-    assert len(key) >= 32
-    async with await open_store(database) as store:
+    assert len(key.strip()) >= 32 and config.member_key() == key.strip()
+    async with await open_store(database, member_key=config.member_key()) as store:  # the next start: the same key
         assert await store.has_corrected(1, "m1", MEMBER)
     assert key_file.read_bytes() == key
+    named = tmp_path / "keys" / "member.key"  # MOODRING_MEMBER_KEY_FILE with SQLite: made there on first run
+    config = BotConfig.from_env({"MOODRING_DATABASE": str(database), "MOODRING_MEMBER_KEY_FILE": str(named)},
+                                require_token=False)
+    assert config.member_key() == named.read_bytes().strip() != key.strip()
+    assert stat.S_IMODE(named.stat().st_mode) == 0o600
 
 
 async def test_postgresql_without_a_key_refuses_to_start_with_one_line_that_says_how_to_make_it(
