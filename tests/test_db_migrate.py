@@ -1,7 +1,7 @@
-"""`moodring db migrate-to` (the URL in MOODRING_TARGET_DATABASE) for real: a SQLite database filled through the store is copied into a
-fresh PostgreSQL database by the command line, which checks counts and totals; the bot then sees the same
-settings, statistics, schedules and corrections there (a member still can't correct a message twice), and a second
-run doubles nothing. Errors are one line."""
+"""`moodring db migrate-to` (the URL in MOODRING_TARGET_DATABASE) for real: a SQLite database filled through the
+store is copied into a fresh PostgreSQL database by the command line, which checks counts and totals; the bot then
+sees the same settings, statistics, schedules and corrections there (a member still can't correct a message twice),
+and a second run doubles nothing. Errors are one line."""
 
 from __future__ import annotations
 

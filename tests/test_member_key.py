@@ -122,8 +122,9 @@ async def test_sqlite_creates_its_key_on_first_run_with_mode_0600_and_keeps_it(t
         assert await store.has_corrected(1, "m1", MEMBER)
     assert key_file.read_bytes() == key
     named = tmp_path / "keys" / "member.key"  # MOODRING_MEMBER_KEY_FILE with SQLite: made there on first run
-    config = BotConfig.from_env({"MOODRING_DATABASE": str(database), "MOODRING_MEMBER_KEY_FILE": str(named)},
-                                require_token=False)
+    config = BotConfig.from_env(
+        {"MOODRING_DATABASE": str(database), "MOODRING_MEMBER_KEY_FILE": str(named)}, require_token=False
+    )
     assert config.member_key() == named.read_bytes().strip() != key.strip()
     assert stat.S_IMODE(named.stat().st_mode) == 0o600
 

@@ -2,8 +2,8 @@
 
 Each engine turns its driver's errors (``sqlite3.Error``; asyncpg's errors, ``OSError`` and ``TimeoutError``) into one
 of the two kinds below at its boundary, so no caller outside ``bot.store`` names a driver's exception. The message
-names the database (a PostgreSQL URL without its password: every message goes through ``redact_urls``) and, where it can, says what to do; the driver's error is
-kept as ``__cause__`` (except where it could carry the password).
+names the database (a PostgreSQL URL without its password: every message goes through ``redact_urls``) and, where
+it can, says what to do; the driver's error is kept as ``__cause__`` (except where it could carry the password).
 
 - ``TransientStoreError``: trying again later can work by itself: the server is down, restarting or not accepting
   connections now, a connection was lost, a timeout, a lock held too long, a full or read-only disk. A loop retries

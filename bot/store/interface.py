@@ -432,8 +432,9 @@ class Store(abc.ABC):
 
     def _member_digest(self, guild_id: int, message_key: str, member_id: int) -> str:
         if self.member_key is None:
-            raise PermanentStoreError(f"{self.name} was opened without a member key to hash members with: "
-                                      f"{MEMBER_KEY_HOWTO}")
+            raise PermanentStoreError(
+                f"{self.name} was opened without a member key to hash members with: {MEMBER_KEY_HOWTO}"
+            )
         return member_digest(self.member_key, guild_id, message_key, member_id)
 
     @abc.abstractmethod

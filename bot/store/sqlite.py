@@ -33,6 +33,7 @@ from bot.store.interface import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING,
     DEFAULT_RETENTION_DAYS,
+    SALT_SECRET,
     ChannelRows,
     ChannelSettings,
     Correction,
@@ -44,7 +45,6 @@ from bot.store.interface import (
     Store,
     check_correction,
     correction_from_row,
-    SALT_SECRET,
     make_directory,
     schedule_from_row,
     summary_from_rows,
@@ -491,7 +491,8 @@ async def _adopt_member_key(db: aiosqlite.Connection, path: str, key: bytes) -> 
         if not await db.execute_fetchall("SELECT 1 FROM store_secrets WHERE name = ?", (SALT_SECRET,)):
             return
         rows = await db.execute_fetchall("SELECT id, dedup_hash FROM corrections WHERE dedup_hash IS NOT NULL")
-        await db.executemany("UPDATE corrections SET dedup_hash = ? WHERE id = ?", [(rehash(key, h), i) for i, h in rows])
+        keyed = [(rehash(key, old_hash), row_id) for row_id, old_hash in rows]
+        await db.executemany("UPDATE corrections SET dedup_hash = ? WHERE id = ?", keyed)
         await db.execute("DELETE FROM store_secrets WHERE name = ?", (SALT_SECRET,))
     log.info("%s: member hashes now keyed with the deployment key; the old salt is deleted", path)
 
