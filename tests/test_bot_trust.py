@@ -1,6 +1,7 @@
 """Members' trust (issue 21), with the real bot against the stand-in: every reading path (`/emotion`, reply-mentions,
 the "Analyze emotions" menu) shares one set of flood limits, and a refused request reads nothing from the database
-(on both engines); the corrections' text exported for a retrain never outlives it."""
+(on both engines); the corrections' text exported for a retrain never outlives it; a member corrects a text they
+type once."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from typing import Any
 
 import pytest
 from bot_fixtures import BotFactory, store_message, wait_until
-from test_bot_corrections import emotion_answer, enable, press
+from test_bot_corrections import choose, component, emotion_answer, enable, press
 from test_bot_emotions import mention_of_bot, reply_reference
 
-from bot.learning.corrections import PICK
+from bot.learning.corrections import ALREADY_CORRECTED, PICK, PICK_CLOSEST_ID
 from bot.privacy import privacy_statement
 from bot.store import DEFAULT_RETENTION_DAYS, Store
 from sandbox import DiscordStandIn, payloads
@@ -180,3 +181,26 @@ async def test_the_export_of_a_retrain_running_in_another_process_is_left_alone(
         holder.stdout.close()
     async with make_moodring_bot(work_dir=work_dir):  # its holder has gone: an orphan now
         assert not export.exists()
+
+
+# ----------------------------------------------------------------------------------------------- typed text
+
+
+async def test_a_member_corrects_a_text_they_type_once_however_many_times_they_ask(
+    make_moodring_bot: BotFactory, discord_standin: DiscordStandIn, database: Path | str
+) -> None:
+    """`/emotion` answers are keyed by the text they read, not by the answer: asking again about the same text and
+    correcting it again is refused, so one member cannot stack corrections of a text they typed themselves."""
+    standin = discord_standin
+    async with make_moodring_bot(database=database) as bot:
+        await enable(standin)
+        first = await emotion_answer(standin, "the raid was so skibbly")
+        picker = await press(standin, first)
+        label = component(picker, PICK_CLOSEST_ID)["options"][0]["value"]
+        assert "Thank you" in (await choose(standin, picker, [label]))["data"]["content"]
+        again = await emotion_answer(standin, "the  raid was so skibbly")  # the same text to the model
+        assert (await press(standin, again))["content"] == ALREADY_CORRECTED
+        member = await standin.add_user("another member")  # another member may correct it
+        picker = await press(standin, again, user=member)
+        assert "Thank you" in (await choose(standin, picker, [label], user=member))["data"]["content"]
+        assert len(await bot.store.corrections()) == 2
