@@ -3,13 +3,15 @@ bot/learning/corrections.py; the admins' `/moodring corrections` is in bot/cogs/
 
 A press finds the reading from the answer the button sits under, so the button keeps working after a restart:
 the embed's link names the message that was read (the "Analyze emotions" menu, reply-mentions), a plain-text
-answer replies to the question that replied to it, and a `/emotion` answer quotes the whole text it read. The
+answer replies to the question that replied to it, and a `/emotion` answer quotes the whole text it read (keyed by
+that text: a member corrects a text they type once, however many answers they ask for). The
 model reads the text again to order the emotions in the picker. Nothing is stored until the member sends a
 choice, and only while the server collects corrections.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -138,7 +140,8 @@ class Corrections(commands.Cog):
             quote = (embed.description or "").removeprefix("> ") if embed is not None else ""
             if not quote or quote.endswith("…"):
                 raise Unreadable(QUOTED_IN_PART)
-            return f"a{answer.id}", quote
+            # Keyed by the text, not the answer: asking again about the same text gives no second correction.
+            return f"t{hashlib.sha256(quote.encode()).hexdigest()}", quote
         text = prepare_text((await self.fetch(channel_id, message_id)).content)
         if not text:
             raise Unreadable(NOTHING_TO_READ)
