@@ -182,7 +182,7 @@ def migrate_database(args: argparse.Namespace) -> int:
     except ConfigError as error:
         return fail(str(error))
     if is_postgres_url(str(source)) or not Path(source).is_file():
-        return fail(f"{source}: no such SQLite file (pass the bot's database file with --database)")
+        return fail(f"{redact_url(str(source))}: no such SQLite file (pass the bot's database file with --database)")
     try:
         checks = asyncio.run(copy_sqlite_to_postgres(Path(source), url))
     except StoreError as error:

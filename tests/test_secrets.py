@@ -131,6 +131,12 @@ def test_db_migrate_to_refuses_a_password_on_argv_and_never_prints_one(
     assert "holds a password" in said.err and "MOODRING_TARGET_DATABASE" in said.err
     assert len(said.err.strip().splitlines()) == 1 and SECRET not in said.out + said.err
 
+    monkeypatch.setenv("MOODRING_DATABASE", url)  # the source must be a SQLite file: the refusal quotes it redacted
+    assert main(["db", "migrate-to", f"postgresql://bot@127.0.0.1:{PORT}/moodring"]) == 2
+    said = capsys.readouterr()
+    assert "no such SQLite file" in said.err or "MOODRING_DATABASE" in said.err, said.err
+    assert len(said.err.strip().splitlines()) == 1 and SECRET not in said.out + said.err
+
     monkeypatch.setenv("MOODRING_TARGET_DATABASE", url)  # from the environment: used, and its errors redacted
     assert main(["db", "migrate-to", "--database", str(sqlite_file)]) == 2
     said = capsys.readouterr()
