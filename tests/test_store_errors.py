@@ -131,7 +131,7 @@ async def test_with_its_tables_gone_every_call_is_a_permanent_store_error(store_
 
 async def test_a_sqlite_file_locked_by_another_program_fails_each_write_as_transient(tmp_path: Path) -> None:
     path = tmp_path / "bot.db"
-    store = await open_store(path, flush_interval=3600, busy_timeout_ms=50)
+    store = await open_store(path, flush_interval=3600, busy_timeout_ms=50, member_key=MEMBER_KEY)
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # e.g. a sqlite3 shell in the middle of a write
     try:
