@@ -90,7 +90,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Mapping
     from types import ModuleType
 
     from bot.app import MoodringBot
@@ -1239,11 +1239,7 @@ async def drive(
             "seconds_per_step": args.seconds_per_step,
             "max_messages": args.max_messages,
         },
-        "environment": sorted(
-            f"{k}={v}"
-            for k, v in {**os.environ, **command_line_settings(args)}.items()
-            if k.startswith("MOODRING_") and k != "MOODRING_MODEL_DIR"  # the model directory is shown on its own
-        ),
+        "environment": recorded_environment({**os.environ, **command_line_settings(args)}),
         "processes": args.processes,
         "bot_processes": bot_processes,
         "standin_pid": standin.info["pid"],
@@ -1256,10 +1252,22 @@ async def drive(
 
 
 def recorded_command() -> str:
-    """This run's command line for the report, with a database URL's password shown as `***`."""
-    from bot.store import is_postgres_url, redact_url
+    """This run's command line for the report, with any password in a URL shown as `***`."""
+    from bot.store.redact import redact_urls
 
-    return shlex.join([Path(sys.executable).name, *(redact_url(a) if is_postgres_url(a) else a for a in sys.argv)])
+    return shlex.join([Path(sys.executable).name, *map(redact_urls, sys.argv)])
+
+
+def recorded_environment(environment: Mapping[str, str]) -> list[str]:
+    """The `MOODRING_*` settings for the report, as sorted `NAME=value` lines with any password in a URL shown as
+    `***` (the model directory is shown on its own)."""
+    from bot.store.redact import redact_urls
+
+    return sorted(
+        f"{name}={redact_urls(value)}"
+        for name, value in environment.items()
+        if name.startswith("MOODRING_") and name != "MOODRING_MODEL_DIR"
+    )
 
 
 def positive(kind: type) -> Callable[[str], Any]:

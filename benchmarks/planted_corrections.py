@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import json
 import platform
+import secrets
 import shlex
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def planted_texts(count: int) -> list[str]:
 
 
 async def seed_and_export(count: int, database: Path, out: Path, base: Path) -> dict:
-    store = await open_store(database)
+    store = await open_store(database, member_key=secrets.token_bytes(32))  # a key of its own: one run, one file
     try:
         await store.set_corrections_enabled(1, True)
         for i, text in enumerate(planted_texts(count)):

@@ -52,7 +52,7 @@ class MoodringBot(commands.AutoShardedBot):
     Extra keyword arguments are discord.py client options (e.g. `guild_ready_timeout`).
     """
 
-    def __init__(self, config: BotConfig, **options: Any) -> None:
+    def __init__(self, config: BotConfig, *, member_key: bytes | None = None, **options: Any) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents_for(config),
@@ -79,6 +79,7 @@ class MoodringBot(commands.AutoShardedBot):
             after_swap=self._announce_model,
         )
         self.store: Store | None = None
+        self._member_key = member_key  # `moodring run` reads it before connecting; else `setup_hook` does
         # Several processes share a PostgreSQL database: a swap in one reaches the others (bot/cluster/model_sync.py).
         self.model_sync = (
             ModelSync(config.database, config.model_dir, self.inference) if is_postgres_url(config.database) else None
@@ -87,7 +88,9 @@ class MoodringBot(commands.AutoShardedBot):
         self.clock: Callable[[], float] = time.time  # one clock for schedules and statistics; tests move it
 
     async def setup_hook(self) -> None:
-        self.store = await open_store(self.config.database)
+        member_key = self._member_key or await asyncio.to_thread(self.config.member_key)
+        self.store = await open_store(self.config.database, member_key=member_key)
+        await self.retrainer.remove_orphaned_exports()  # before any retrain of this process can start
         self.inference.start()
         loaded = await (self.model_sync.start(self.load_model) if self.model_sync else self.load_model())
         if not loaded and self.config.train_on_start:

@@ -15,6 +15,8 @@ from bot.cluster.options import EXIT_UNREACHABLE, add_shard_count_option
 from bot.cluster.sharding import ShardSpecError, check_cluster_database, format_shard_ids, parse_shard_ids
 
 log = logging.getLogger(__name__)
+#: Where `db migrate-to` finds its PostgreSQL URL when none is given on the command line.
+TARGET_DATABASE_SETTING = "MOODRING_TARGET_DATABASE"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -38,7 +40,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "export", help="write the corrections in GoEmotions' layout (train.tsv, dev.tsv, emotions.txt, ...)"
     )
     export.add_argument(
-        "--database", required=True, help="the bot's database file or postgresql:// URL (MOODRING_DATABASE)"
+        "--database",
+        help="the bot's database file, or a postgresql:// URL without its password (default: MOODRING_DATABASE; "
+        "a password goes in MOODRING_DATABASE or a PGPASSFILE, never on the command line)",
     )
     export.add_argument("--out", required=True, help="directory to write (for `moodring train --extra-data`)")
     export.add_argument(
@@ -51,7 +55,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "migrate-to",
         help="copy a SQLite database into PostgreSQL and check the copy (safe to run again); stop the bot first",
     )
-    migrate.add_argument("url", help="the PostgreSQL database: postgresql://user:password@host:port/database")
+    migrate.add_argument(
+        "url",
+        nargs="?",
+        help="the PostgreSQL database, postgresql://user@host:port/database, without its password (default: "
+        f"{TARGET_DATABASE_SETTING}, from the environment or .env, which may hold one; or put it in a PGPASSFILE)",
+    )
     migrate.add_argument(
         "--database", help="the SQLite file to copy (default: MOODRING_DATABASE, or data/moodring.sqlite3)"
     )
@@ -92,24 +101,56 @@ def _bot(check_cluster: bool = False, **overrides):
     if config.shard_ids is not None:
         log.info("running shards %s of %d", format_shard_ids(config.shard_ids), config.shard_count)
     from bot.app import MoodringBot  # torch, transformers and discord.py: only once the settings are good
+    from bot.store import StoreError
 
-    return MoodringBot(config)
+    try:
+        member_key = config.member_key()  # before connecting: a missing key is one line, not a failed start-up
+    except StoreError as error:
+        print(f"moodring: {error}", file=sys.stderr)
+        return None
+    return MoodringBot(config, member_key=member_key)
+
+
+def password_on_argv(value: str | None, instead: str) -> str | None:
+    """The error for a URL given on the command line with a password in it (`ps` shows every process's arguments
+    to every user), saying where the URL goes `instead`; None when there is none."""
+    from bot.store.redact import has_secret, redact_url
+
+    if value is None or "://" not in value or not has_secret(value):
+        return None
+    return (
+        f"{redact_url(value)!r} holds a password, and a command line is visible to every user of this machine (ps): "
+        f"put the URL in {instead} (the environment or .env) or the password in a PGPASSFILE, and leave it out here"
+    )
 
 
 def export_corrections(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from bot.config import BotConfig, ConfigError, database_setting
     from bot.learning.community_data import ExportError, export_database
     from bot.store import StoreError, is_postgres_url
     from model import default_model_dir
 
+    def fail(message: str) -> int:
+        print(f"moodring corrections export: {message}", file=sys.stderr)
+        return 2
+
+    if refused := password_on_argv(args.database, "MOODRING_DATABASE"):
+        return fail(refused)
     model_dir = Path(args.model) if args.model else default_model_dir()
-    database = args.database if is_postgres_url(args.database) else Path(args.database)
+    try:
+        database = database_setting(
+            {**os.environ, "MOODRING_DATABASE": args.database} if args.database else os.environ, BotConfig.database
+        )
+    except ConfigError as error:
+        return fail(str(error))
+    if not is_postgres_url(database):
+        database = Path(database)
     try:
         summary = asyncio.run(export_database(database, Path(args.out), model_dir))
     except (ExportError, StoreError) as error:
-        print(f"moodring corrections export: {error}", file=sys.stderr)
-        return 2
+        return fail(str(error))
     print(
         f"Exported {summary.corrections} corrections as {summary.train_rows} train and {summary.dev_rows} dev rows "
         f"to {args.out} ({summary.dropped} texts without a majority label left out)."
@@ -118,7 +159,7 @@ def export_corrections(args: argparse.Namespace) -> int:
 
 
 def migrate_database(args: argparse.Namespace) -> int:
-    """`moodring db migrate-to URL`: 0 when every count and total matches, 1 on a mismatch, 2 when it cannot run."""
+    """`moodring db migrate-to [URL]`: 0 when every count and total matches, 1 on a mismatch, 2 when it cannot run."""
     from pathlib import Path
 
     from bot.config import BotConfig, ConfigError, database_setting
@@ -129,19 +170,24 @@ def migrate_database(args: argparse.Namespace) -> int:
         print(f"moodring db migrate-to: {message}", file=sys.stderr)
         return 2
 
-    if not is_postgres_url(args.url):
-        return fail(f"{redact_url(args.url)!r} is not a postgresql://user:password@host:port/database URL")
+    if refused := password_on_argv(args.url, TARGET_DATABASE_SETTING):
+        return fail(refused)
+    url = args.url or os.environ.get(TARGET_DATABASE_SETTING, "").strip()
+    if not url:
+        return fail(f"name the PostgreSQL database: set {TARGET_DATABASE_SETTING}=postgresql://user:password@host/db")
+    if not is_postgres_url(url):
+        return fail(f"{redact_url(url)!r} is not a postgresql://user:password@host:port/database URL")
     try:
         source = args.database or database_setting(os.environ, BotConfig.database)
     except ConfigError as error:
         return fail(str(error))
     if is_postgres_url(str(source)) or not Path(source).is_file():
-        return fail(f"{source}: no such SQLite file (pass the bot's database file with --database)")
+        return fail(f"{redact_url(str(source))}: no such SQLite file (pass the bot's database file with --database)")
     try:
-        checks = asyncio.run(copy_sqlite_to_postgres(Path(source), args.url))
+        checks = asyncio.run(copy_sqlite_to_postgres(Path(source), url))
     except StoreError as error:
         return fail(str(error))
-    print(f"Copied {source} into {redact_url(args.url)}:")
+    print(f"Copied {source} into {redact_url(url)}:")
     for check in checks:
         print(f"  {check.describe()}")
     if all(check.matches for check in checks):

@@ -49,6 +49,9 @@ class BotConfig:
     token: str = field(repr=False)  # never printed or logged
     model_dir: Path = field(default_factory=_default_model_dir)
     database: Path | DatabaseURL = Path("data/moodring.sqlite3")  # a SQLite file, or a postgresql:// URL
+    # The deployment key of member hashes (bot/store/member_key.py), outside the database. None: for SQLite, the
+    # file beside the database, made on first run; PostgreSQL needs one named (every process must use the same).
+    member_key_file: Path | None = None
     dev_guild_id: int | None = None
     owner_ids: frozenset[int] = frozenset()
     message_content: bool = True
@@ -62,7 +65,7 @@ class BotConfig:
     retrain_args: str = ""
     retrain_tolerance: float = 0.005
     progress_interval: float = 5.0
-    readings_per_user: int = 5  # on-demand readings (/emotion, reply-mentions) per member per window
+    readings_per_user: int = 5  # on-demand readings (/emotion, the menu, reply-mentions) per member per window
     readings_per_channel: int = 15  # ... and per channel
     reading_window_s: float = 60.0
     corrections_per_member: int = 5  # "Not quite?" corrections a member may start per window
@@ -91,6 +94,7 @@ class BotConfig:
         return cls(
             token=token,
             database=database_setting(env, cls.database),
+            member_key_file=Path(env["MOODRING_MEMBER_KEY_FILE"]) if env.get("MOODRING_MEMBER_KEY_FILE") else None,
             dev_guild_id=_snowflake(env, "MOODRING_DEV_GUILD_ID"),
             owner_ids=frozenset(_int_list(env, "MOODRING_OWNER_IDS")),
             message_content=_bool(env, "MOODRING_MESSAGE_CONTENT", True),
@@ -120,7 +124,31 @@ class BotConfig:
             model_dir=_default_model_dir(env),
         )
 
+    @property
+    def member_key_path(self) -> Path:
+        """The file holding the deployment key of member hashes: MOODRING_MEMBER_KEY_FILE, else (SQLite) the file
+        beside the database."""
+        from bot.store.member_key import member_key_beside
+
+        return self.member_key_file if self.member_key_file is not None else member_key_beside(self.database)
+
+    def member_key(self) -> bytes:
+        """The deployment key in `member_key_path` (file work: off the event loop), made on first run for SQLite and
+        never for PostgreSQL. Raises `PermanentStoreError` with one line saying how to make one."""
+        from bot.store import is_postgres_url
+        from bot.store.member_key import load_member_key
+
+        return load_member_key(self.member_key_path, create=not is_postgres_url(self.database))
+
     def __post_init__(self) -> None:
+        from bot.store import is_postgres_url
+        from bot.store.member_key import MEMBER_KEY_HOWTO
+
+        if self.member_key_file is None and is_postgres_url(self.database):
+            raise ConfigError(
+                "MOODRING_MEMBER_KEY_FILE is not set: with PostgreSQL every process of the bot must hash members "
+                f"with the same key, kept outside the database; {MEMBER_KEY_HOWTO}"
+            )
         if (self.discord_api is None) != (self.discord_gateway is None):
             raise ConfigError(
                 "MOODRING_DISCORD_API and MOODRING_DISCORD_GATEWAY go together: set both (`moodring sandbox` serves "

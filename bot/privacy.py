@@ -19,10 +19,11 @@ def privacy_sections(retention_days: int) -> list[tuple[str, str]]:
         ),
         (
             "Corrections (only if an admin turns them on)",
-            "when a member answers **Not quite?** under a reading, moodring keeps the text the model read (with "
-            "mentions masked), the emotions the member chose, the model's top emotions and version, the server, "
-            "the channel and the time, and uses them to retrain the model. No user id: a salted hash stops a "
-            "member correcting the same message twice and is deleted after the retention period. This is the only "
+            "when a member answers **Not quite?** under a reading, moodring keeps the text the model read (mentions "
+            "masked), the emotions chosen, the model's top emotions and version, the server, channel and time, to "
+            "retrain the model. No user id: a hash keyed with a secret kept outside the database stops a member "
+            "correcting the same message twice and is deleted after the retention period. The copy a retrain trains "
+            "on is deleted when the retrain ends (or at the bot's next start, if it was killed). This is the only "
             "place message text is kept; it is off by default (`/moodring corrections`).",
         ),
         (

@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    from bot.store.redact import redact_log_lines
+
+    redact_log_lines()  # a password in a URL never reaches a log line, whoever logs it
     for noisy in ("httpx", "httpcore", "urllib3", "filelock", "accelerate", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -21,6 +22,7 @@ from standin_fixtures import running_bot
 
 from bot.app import MoodringBot
 from bot.config import BotConfig
+from bot.store import is_postgres_url
 from model import EmotionClassifier
 from model.metadata import ModelMetadata
 from sandbox import DiscordStandIn, RecordedRequest, payloads
@@ -56,6 +58,10 @@ def moodring_config(standin: DiscordStandIn, model_dir: Path, root: Path, **over
         "data_dir": None,
     }
     settings.update(overrides)
+    if settings.get("member_key_file") is None and is_postgres_url(settings["database"]):
+        # The deployment key of member hashes a PostgreSQL bot needs: the one the `postgres_server` fixture made for
+        # every bot process on its server (tests/postgres_fixtures.py).
+        settings["member_key_file"] = Path(os.environ["MOODRING_MEMBER_KEY_FILE"])
     return BotConfig(**settings)
 
 

@@ -30,6 +30,8 @@ from pathlib import Path
 import pytest
 from process_guard import process_alive, wait_until_gone
 
+from bot.store.member_key import create_member_key
+
 SKIP_REASON = "no pg_ctl found; enable them with `apt-get install postgresql`"
 _LEFT_OUT = pytest.StashKey[int]()
 WORKER_OUTPUT_KEY = "postgres_tests_left_out"
@@ -195,6 +197,9 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
         terminalreporter.write_line(f"{left_out} PostgreSQL tests not run: {SKIP_REASON}", yellow=True)
 
 
+MEMBER_KEY_SETTING = "MOODRING_MEMBER_KEY_FILE"
+
+
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
     binaries = find_binaries()
@@ -202,6 +207,12 @@ def postgres_server() -> Iterator[PostgresServer]:
         pytest.skip(f"PostgreSQL tests skipped: {SKIP_REASON}")
     directory = Path(tempfile.mkdtemp(prefix="moodring-pg-"))
     server = PostgresServer(binaries, directory)
+    # The deployment key of member hashes that a PostgreSQL bot needs (bot/store/member_key.py), made once as an
+    # operator would, for every bot process the tests start on this server (they inherit the environment).
+    key_directory = Path(tempfile.mkdtemp(prefix="moodring-member-key-"))
+    create_member_key(key_directory / "member.key")
+    saved_key_setting = os.environ.get(MEMBER_KEY_SETTING)
+    os.environ[MEMBER_KEY_SETTING] = str(key_directory / "member.key")
     try:
         server.init()
         server.start_first()
@@ -211,6 +222,11 @@ def postgres_server() -> Iterator[PostgresServer]:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
             server.stop()
         shutil.rmtree(directory, ignore_errors=True)
+        if saved_key_setting is None:
+            os.environ.pop(MEMBER_KEY_SETTING, None)
+        else:
+            os.environ[MEMBER_KEY_SETTING] = saved_key_setting
+        shutil.rmtree(key_directory, ignore_errors=True)
         assert pid is None or not process_alive(pid), f"the PostgreSQL server (pid {pid}) is still running"
 
 

@@ -98,7 +98,8 @@ def test_config_database_is_a_file_or_a_postgresql_url() -> None:
         "/srv/bot.db"
     )
     url = "postgresql://bot:pg-secret@db.example:5432/moodring"
-    config = BotConfig.from_env({"DISCORD_TOKEN": "x", "MOODRING_DATABASE": url})
+    key = "/etc/moodring/member.key"  # PostgreSQL needs the deployment key of member hashes (bot/store/member_key.py)
+    config = BotConfig.from_env({"DISCORD_TOKEN": "x", "MOODRING_DATABASE": url, "MOODRING_MEMBER_KEY_FILE": key})
     assert config.database == url and isinstance(config.database, str)  # not a Path: that would eat the //
     assert "pg-secret" not in repr(config) and "db.example:5432/moodring" in repr(config)
     for wrong in ("mysql://bot@db/moodring", "postgresql://", "postgresql:///moodring?host="):

@@ -109,7 +109,7 @@ def test_export_command_reads_the_bots_database(tmp_path: Path, metadata: ModelM
     metadata.save(model_dir)
 
     async def seed() -> None:
-        async with await open_store(database) as store:
+        async with await open_store(database, member_key=bytes(range(32))) as store:
             await store.set_corrections_enabled(1, True)
             for i in range(12):
                 await store.add_correction(correction(f"skibbly {i}", "excitement"), message_key=f"m{i}", member_id=7)

@@ -1,5 +1,5 @@
 """Community corrections in bot.store against a real SQLite file and a real PostgreSQL database: opt-in per
-guild, one correction per member per message through a salted hash (no user id stored), and forget, clear, prune
+guild, one correction per member per message through a keyed hash (no user id stored), and forget, clear, prune
 and guild removal."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from bot.config import BotConfig
 from bot.store import Correction, is_postgres_url, open_store
 from bot.store.sqlite import MIGRATIONS
 
@@ -17,6 +18,7 @@ DAY = 86400
 T0 = 1_700_000_000.0
 MEMBER = 123456789012345678
 TEXT = "that new skin is so skibbly"
+MEMBER_KEY = bytes(range(32))  # the deployment key of member hashes (bot/store/member_key.py)
 
 
 def correction(guild: int = 1, text: str = TEXT, labels: tuple[str, ...] = ("excitement",), at: float = T0):
@@ -73,7 +75,7 @@ async def count(database: str, sql: str) -> int:
 
 async def test_corrections_are_off_by_default_and_nothing_is_kept_while_off(store_database: str) -> None:
     path = store_database
-    async with await open_store(path) as store:
+    async with await open_store(path, member_key=MEMBER_KEY) as store:
         assert await store.corrections_enabled(1) is False
         assert await store.add_correction(correction(), message_key="m1", member_id=MEMBER) == "disabled"
         assert await store.corrections(1) == []
@@ -89,7 +91,7 @@ async def test_corrections_are_off_by_default_and_nothing_is_kept_while_off(stor
 
 async def test_one_correction_per_member_per_message_without_storing_the_member(store_database: str) -> None:
     path = store_database
-    async with await open_store(path) as store:
+    async with await open_store(path, member_key=MEMBER_KEY) as store:
         await store.set_corrections_enabled(1, True)
         assert not await store.has_corrected(1, "m1", MEMBER)
         assert await store.add_correction(correction(), message_key="m1", member_id=MEMBER) == "stored"
@@ -108,15 +110,16 @@ async def test_one_correction_per_member_per_message_without_storing_the_member(
             await store.add_correction(correction(labels=("a", "b", "c", "d")), message_key="m3", member_id=MEMBER)
     data = await stored_bytes(path)
     assert str(MEMBER).encode() not in data and MEMBER.to_bytes(8, "big") not in data
-    (salt,) = await salts(path)
-    assert len(salt) == 32
+    assert await salts(path) == []  # no salt in the database: the hashes are keyed outside it (issue 21)
 
 
-async def test_each_file_has_its_own_salt(tmp_path: Path) -> None:
-    """The same member and message give different hashes in two files: a hash cannot be looked up elsewhere."""
+async def test_each_file_has_its_own_key(tmp_path: Path) -> None:
+    """The same member and message give different hashes in two files (each SQLite bot's own key, made beside its
+    file): a hash cannot be looked up elsewhere."""
     hashes = []
     for name in ("a.db", "b.db"):
-        async with await open_store(tmp_path / name) as store:
+        member_key = BotConfig(token="t", database=tmp_path / name).member_key()
+        async with await open_store(tmp_path / name, member_key=member_key) as store:
             await store.set_corrections_enabled(1, True)
             await store.add_correction(correction(), message_key="m1", member_id=MEMBER)
         with sqlite3.connect(tmp_path / name) as con:
@@ -127,7 +130,7 @@ async def test_each_file_has_its_own_salt(tmp_path: Path) -> None:
 async def test_prune_erases_the_hashes_after_retention_and_keeps_the_corrections(store_database: str) -> None:
     now = T0 + 100 * DAY
     path = store_database
-    async with await open_store(path) as store:
+    async with await open_store(path, member_key=MEMBER_KEY) as store:
         for guild in (1, 2):
             await store.set_corrections_enabled(guild, True)
         await store.set_retention_days(1, 7)
@@ -143,7 +146,7 @@ async def test_prune_erases_the_hashes_after_retention_and_keeps_the_corrections
 
 
 async def test_forget_clear_and_guild_removal_delete_only_that_guilds_corrections(store_database: str) -> None:
-    async with await open_store(store_database) as store:
+    async with await open_store(store_database, member_key=MEMBER_KEY) as store:
         for guild in (1, 7):
             await store.set_corrections_enabled(guild, True)
         for key in ("a", "b"):
@@ -171,7 +174,7 @@ async def test_a_version_2_file_gets_the_corrections_table_and_keeps_its_setting
             con.executescript(script)
         con.execute("PRAGMA user_version = 2")
         con.execute("INSERT INTO guild_settings (guild_id, retention_days) VALUES (5, 14)")
-    async with await open_store(path) as store:
+    async with await open_store(path, member_key=MEMBER_KEY) as store:
         assert await store.retention_days(5) == 14 and not await store.corrections_enabled(5)
         await store.set_corrections_enabled(5, True)
         assert await store.add_correction(correction(5), message_key="m", member_id=MEMBER) == "stored"

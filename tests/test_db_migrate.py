@@ -1,7 +1,7 @@
-"""`moodring db migrate-to postgresql://...` for real: a SQLite database filled through the store is copied into a
-fresh PostgreSQL database by the command line, which checks counts and totals; the bot then sees the same
-settings, statistics, schedules and corrections there (a member still can't correct a message twice), and a second
-run doubles nothing. Errors are one line."""
+"""`moodring db migrate-to` (the URL in MOODRING_TARGET_DATABASE) for real: a SQLite database filled through the
+store is copied into a fresh PostgreSQL database by the command line, which checks counts and totals; the bot then
+sees the same settings, statistics, schedules and corrections there (a member still can't correct a message twice),
+and a second run doubles nothing. Errors are one line."""
 
 from __future__ import annotations
 
@@ -23,13 +23,15 @@ CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO)
 H = 3600
 T0 = bucket_start(1_700_000_000.0)
 MEMBER = 123456789012345678
+MEMBER_KEY = bytes(range(32))  # the deployment key of member hashes (bot/store/member_key.py)
 
 
 def migrate(url: str, database: Path) -> subprocess.CompletedProcess[str]:
+    """`moodring db migrate-to` with the URL, password and all, in the environment (never on argv)."""
     return subprocess.run(
-        [sys.executable, "-m", "moodring", "db", "migrate-to", url, "--database", str(database)],
+        [sys.executable, "-m", "moodring", "db", "migrate-to", "--database", str(database)],
         cwd=REPO,
-        env=CHILD_ENV,
+        env={**CHILD_ENV, "MOODRING_TARGET_DATABASE": url},
         capture_output=True,
         text=True,
         timeout=120,
@@ -41,7 +43,7 @@ def correction(guild: int, text: str) -> Correction:
 
 
 async def fill(path: Path) -> None:
-    async with await open_store(path, flush_interval=3600) as store:
+    async with await open_store(path, flush_interval=3600, member_key=MEMBER_KEY) as store:
         await store.set_channel_settings(1, 10, analysis=False)
         await store.set_channel_settings(1, 11, reactions=True)
         await store.set_retention_days(1, 30)
@@ -84,12 +86,13 @@ async def test_migrate_to_copies_everything_checks_it_and_can_run_again(tmp_path
     assert second.returncode == 0, second.stderr
     assert second.stdout == first.stdout
 
-    async with await open_store(postgres_url) as store:
+    # The bot on PostgreSQL hashes members with the key the SQLite bot had (MOODRING_MEMBER_KEY_FILE names it).
+    async with await open_store(postgres_url, member_key=MEMBER_KEY) as store:
         assert isinstance(store, PostgresStore)
         assert await snapshot(store) == expected
         assert expected["mood"][0].messages == 40 and expected["schedules"][0].last_posted_at == T0 + 60
         assert await store.channel_settings(1, 10) == ChannelSettings(analysis=False, reactions=False)
-        # The salt came along: the member's earlier correction is still recognised.
+        # The hashes came along, and with the same key the member's earlier correction is still recognised.
         assert await store.has_corrected(1, "m1", MEMBER)
         duplicate = await store.add_correction(correction(1, "again"), message_key="m1", member_id=MEMBER)
         assert duplicate == "duplicate"

@@ -72,7 +72,7 @@ def planted(count: int, guild: int) -> list[Correction]:
 
 
 async def seeded_store(path: Path, corrections: list[Correction]) -> Store:
-    store = await open_store(path)
+    store = await open_store(path, member_key=bytes(range(32)))  # any deployment key (bot/store/member_key.py)
     await store.set_corrections_enabled(1, True)
     for i, correction in enumerate(corrections):
         assert await store.add_correction(correction, message_key=f"m{i}", member_id=1000 + i) == "stored"

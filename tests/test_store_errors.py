@@ -32,6 +32,7 @@ from bot.store.sqlite import MIGRATIONS, SqliteStore
 
 NOW = time.time()
 CORRECTION = Correction(1, 2, "so happy", ("joy",), ("joy",), "tiny", NOW)
+MEMBER_KEY = bytes(range(32))  # the deployment key of member hashes (bot/store/member_key.py)
 
 
 async def _flush(store: Store) -> int:
@@ -93,7 +94,7 @@ async def errors_of(store: Store) -> dict[str, type[BaseException] | None]:
 async def test_with_postgresql_down_every_call_is_a_transient_store_error(
     postgres_server: PostgresServer, postgres_url: str
 ) -> None:
-    store = await open_store(postgres_url, flush_interval=3600)
+    store = await open_store(postgres_url, flush_interval=3600, member_key=MEMBER_KEY)
     try:
         postgres_server.stop("immediate")
         try:
@@ -110,7 +111,7 @@ async def test_with_postgresql_down_every_call_is_a_transient_store_error(
 
 
 async def test_with_its_tables_gone_every_call_is_a_permanent_store_error(store_database: str) -> None:
-    store = await open_store(store_database, flush_interval=3600)
+    store = await open_store(store_database, flush_interval=3600, member_key=MEMBER_KEY)
     drops = [f"DROP TABLE {table.name}" for table in reversed(TABLES)]  # children first
     if is_postgres_url(store_database):
         connection = await asyncpg.connect(store_database)
@@ -130,7 +131,7 @@ async def test_with_its_tables_gone_every_call_is_a_permanent_store_error(store_
 
 async def test_a_sqlite_file_locked_by_another_program_fails_each_write_as_transient(tmp_path: Path) -> None:
     path = tmp_path / "bot.db"
-    store = await open_store(path, flush_interval=3600, busy_timeout_ms=50)
+    store = await open_store(path, flush_interval=3600, busy_timeout_ms=50, member_key=MEMBER_KEY)
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # e.g. a sqlite3 shell in the middle of a write
     try:

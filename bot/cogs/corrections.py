@@ -3,13 +3,15 @@ bot/learning/corrections.py; the admins' `/moodring corrections` is in bot/cogs/
 
 A press finds the reading from the answer the button sits under, so the button keeps working after a restart:
 the embed's link names the message that was read (the "Analyze emotions" menu, reply-mentions), a plain-text
-answer replies to the question that replied to it, and a `/emotion` answer quotes the whole text it read. The
+answer replies to the question that replied to it, and a `/emotion` answer quotes the whole text it read (keyed by
+that text: a member corrects a text they type once, however many answers they ask for). The
 model reads the text again to order the emotions in the picker. Nothing is stored until the member sends a
 choice, and only while the server collects corrections.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -68,17 +70,18 @@ class Corrections(commands.Cog):
             await send_ephemeral(interaction, "Corrections only work in a server.")
             return
         guild_id = interaction.guild_id
+        # The limit first: a flood of presses costs no database read (nor a fetch or an inference).
+        refusal = self.limit.check(member=interaction.user.id)
+        if refusal is not None:  # every refusal is told (warn or not): the press must be answered anyway
+            self.bot.counters["corrections_refused"] += 1
+            await send_ephemeral(interaction, SLOW_DOWN.format(seconds=math.ceil(refusal.retry_after)))
+            return
         if not await store.corrections_enabled(guild_id):
             self.bot.counters["corrections_off"] += 1
             await send_ephemeral(interaction, CORRECTIONS_OFF)
             return
         if self.bot.clock() - answer.created_at.timestamp() > 86400 * await store.retention_days(guild_id):
             await send_ephemeral(interaction, EXPIRED)
-            return
-        refusal = self.limit.check(member=interaction.user.id)
-        if refusal is not None:  # every refusal is told (warn or not): the press must be answered anyway
-            self.bot.counters["corrections_refused"] += 1
-            await send_ephemeral(interaction, SLOW_DOWN.format(seconds=math.ceil(refusal.retry_after)))
             return
         await interaction.response.defer(ephemeral=True, thinking=True)  # fetching and reading take a moment
         try:
@@ -137,7 +140,8 @@ class Corrections(commands.Cog):
             quote = (embed.description or "").removeprefix("> ") if embed is not None else ""
             if not quote or quote.endswith("…"):
                 raise Unreadable(QUOTED_IN_PART)
-            return f"a{answer.id}", quote
+            # Keyed by the text, not the answer: asking again about the same text gives no second correction.
+            return f"t{hashlib.sha256(quote.encode()).hexdigest()}", quote
         text = prepare_text((await self.fetch(channel_id, message_id)).content)
         if not text:
             raise Unreadable(NOTHING_TO_READ)

@@ -1,8 +1,9 @@
 """What members see: `/emotion`, the "Analyze emotions" context menu, reply-mentions, auto-reactions. Every
 reading carries a **Not quite?** button (bot/cogs/corrections.py).
 
-On-demand readings (`/emotion`, reply-mentions) are flood-limited per member and per channel; a refused one
-costs no fetch and no inference, and each limit's window gets at most one "slow down".
+On-demand readings (`/emotion`, the "Analyze emotions" menu, reply-mentions) share one set of flood limits, per
+member and per channel, checked before anything else (no database read, no fetch, no inference for a refused one);
+each limit's window gets at most one "slow down".
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ class Emotions(commands.Cog):
             await self.answer(interaction, text, title="Emotions", ephemeral=ephemeral)
 
     async def analyze_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        if not await self.within_flood_limits(
+            interaction.user.id, interaction.channel_id or 0, lambda warning: send_ephemeral(interaction, warning)
+        ):
+            return
         title = f"Emotions in {message.author.display_name}'s message"
         await self.answer(interaction, message.content, title=title, ephemeral=True, jump_url=message.jump_url)
 

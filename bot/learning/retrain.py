@@ -9,7 +9,10 @@ Whatever goes wrong, the serving model keeps serving.
 
 Before training, the corrections of the servers that collect them are exported from the bot's own database
 (`export_corrections`) and passed as `--extra-data`; the export is deleted when the run ends, since message text
-is kept only in the database.
+is kept only in the database. A run that cannot end itself (SIGKILL, the OOM killer) leaves its export behind, so
+the bot deletes every export no live retrain holds when it starts (`remove_orphaned_exports`): a retrain holds an
+exclusive lock on its run's `corrections.lock` from before it exports until the export is gone, and the kernel
+releases that lock when its process dies, however it dies.
 
 Children never outlive the run: a cancel or the bot's shutdown stops the child (SIGTERM to its process
 group, SIGKILL after a grace period), and a child whose bot dies without warning stops by itself
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -53,6 +58,41 @@ ExportCorrections = Callable[[Path], Awaitable[ExportSummary | None]]
 #: Called once a swap is complete (the new model on disk and serving), e.g. to tell the other processes of a cluster
 #: (bot/cluster/model_sync.py). It must not raise.
 AfterSwap = Callable[[], Awaitable[object]]
+
+
+#: A run's export of the corrections (inside its run directory), and the lock its retrain holds while it exists.
+EXPORT_DIR = "corrections"
+EXPORT_LOCK = "corrections.lock"
+
+
+def lock_export(run_dir: Path) -> int:
+    """Take the exclusive lock on `run_dir`'s export (blocking); the open descriptor holds it until it is closed or
+    the process ends."""
+    descriptor = os.open(run_dir / EXPORT_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    return descriptor
+
+
+def remove_orphaned_exports(work_root: Path) -> list[Path]:
+    """Delete the corrections export of every retrain run under `work_root` whose lock nobody holds (its retrain was
+    killed), keeping the run's logs; the exports removed. One a retrain in another process holds is left alone."""
+    removed = []
+    for run_dir in sorted(work_root.glob("retrain-*")):
+        export = run_dir / EXPORT_DIR
+        if not export.exists():  # a retrain takes its lock before it exports, and drops it after deleting
+            continue
+        descriptor = os.open(run_dir / EXPORT_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            continue
+        try:
+            shutil.rmtree(export, ignore_errors=True)
+            removed.append(export)
+        finally:
+            os.close(descriptor)
+    return removed
 
 
 class RetrainFailed(RuntimeError):
@@ -142,6 +182,11 @@ class Retrainer:
         self._child = TrainingChild()
         self._cancel_reason: str | None = None
 
+    async def remove_orphaned_exports(self) -> None:
+        """At start-up: delete the corrections text that killed retrains left in the work directory (one line each)."""
+        for export in await asyncio.to_thread(remove_orphaned_exports, self.work_root):
+            log.info("removed the corrections exported by an interrupted retrain (%s)", export)
+
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
@@ -183,10 +228,12 @@ class Retrainer:
         progress = ProgressReader(progress_path(self._work_dir(run_dir)))
         finished = asyncio.Event()
         reporter = asyncio.create_task(self._report(status, progress, on_progress, finished))
+        export_lock: int | None = None
         try:
             await self.inference.reserve_cores(child_threads())
             await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
-            extra = await self._export(run_dir / "corrections", status)
+            export_lock = await asyncio.to_thread(lock_export, run_dir)
+            extra = await self._export(run_dir / EXPORT_DIR, status)
             await self._train(candidate, run_dir, extra)
             status.follow(await asyncio.to_thread(progress.read))
             status.phase = "evaluating"  # the reporter task shows it
@@ -221,7 +268,9 @@ class Retrainer:
             status.outcome, status.detail = "failed", "An unexpected error; the details are in the bot's log."
         finally:
             # A second cancel (an impatient shutdown) must not leave a half-deleted run or a silent message.
-            await finish_despite_cancel(self._finish(status, on_progress, reporter, finished, run_dir, candidate))
+            await finish_despite_cancel(
+                self._finish(status, on_progress, reporter, finished, run_dir, candidate, export_lock)
+            )
         return status
 
     @property
@@ -241,14 +290,17 @@ class Retrainer:
         finished: asyncio.Event,
         run_dir: Path,
         candidate: Path,
+        export_lock: int | None,
     ) -> None:
         finished.set()
         await reporter
         status.phase = status.outcome or "cancelled"
         # Keep the logs for whoever investigates; the checkpoint and the candidate are large, and the corrections'
         # text is kept in the database only.
-        for heavy in (candidate, checkpoint_dir(self._work_dir(run_dir)), run_dir / "corrections"):
+        for heavy in (candidate, checkpoint_dir(self._work_dir(run_dir)), run_dir / EXPORT_DIR):
             await asyncio.to_thread(shutil.rmtree, heavy, ignore_errors=True)
+        if export_lock is not None:  # only once the export is gone
+            os.close(export_lock)
         await self.inference.reserve_cores(0)
         await self._notify(status, on_progress)
 

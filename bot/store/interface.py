@@ -27,9 +27,11 @@ every change): the message path never reads the database, so it never queues beh
 
 Privacy: no user ids are stored anywhere; statistics are per guild, channel and hour. Message text is stored in
 one place only: the ``corrections`` table, for servers that opted in (``set_corrections_enabled``), holding the
-normalised text a member corrected. One correction per member per message is enforced with a salted hash (the
-salt lives in the database, so the hash cannot be matched against a user id without it) that ``prune`` erases once
-the guild's retention period has passed.
+normalised text a member corrected. One correction per member per message is enforced with a keyed hash (an HMAC
+with the deployment key, kept outside the database: bot/store/member_key.py, so the hash cannot be matched against
+a user id without it) that ``prune`` erases once the guild's retention period has passed. A database from before
+the key held a salt instead: the first open with a key replaces each hash by HMAC(key, old hash) and deletes the
+salt (``SALT_SECRET``).
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -47,10 +48,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Self
-from urllib.parse import urlsplit, urlunsplit
 
 from bot.backoff import Backoff
 from bot.store.errors import PermanentStoreError, StoreError
+from bot.store.member_key import MEMBER_KEY_HOWTO, member_digest
+from bot.store.redact import redact_url
 from bot.store.schema import CORRECTION_TABLES, SETTINGS_TABLES, STATISTICS_TABLES
 
 __all__ = [
@@ -74,6 +76,8 @@ DEFAULT_FLUSH_INTERVAL = 0.25
 DEFAULT_MAX_PENDING = 50_000
 FLUSH_BACKOFF_CAP = 64  # flush intervals: 16 s at the default interval
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+#: The ``store_secrets`` row of a database from before the deployment key: the salt its member hashes were made with.
+SALT_SECRET = "corrections_salt"
 
 ScheduleKind = Literal["daily", "weekly", "every"]
 #: What became of a correction: kept, refused as the member's second one for that message, or refused because the
@@ -146,18 +150,6 @@ def bucket_start(at: float) -> int:
 def is_postgres_url(database: str | os.PathLike[str]) -> bool:
     """Whether ``database`` (``MOODRING_DATABASE``) names a PostgreSQL database rather than a SQLite file."""
     return isinstance(database, str) and database.startswith(POSTGRES_SCHEMES)
-
-
-def redact_url(url: str) -> str:
-    """A database URL without its password, for messages, logs and the settings' repr."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{parts.netloc.rsplit('@', 1)[1]}"))
-    except ValueError:
-        return "the MOODRING_DATABASE URL"
 
 
 def schedule_from_row(row: Sequence[Any]) -> Schedule:
@@ -237,11 +229,6 @@ def check_schedule(kind: str, hour: int | None, weekday: int | None, every_hours
         raise ValueError("every_hours must be at least 1")
 
 
-def member_digest(salt: bytes, guild_id: int, message_key: str, member_id: int) -> str:
-    """The salted hash that stands for "this member corrected this message"."""
-    return hashlib.sha256(bytes(salt) + f"{int(guild_id)}:{message_key}:{int(member_id)}".encode()).hexdigest()
-
-
 def _aggregate(entries: Sequence[_Entry]) -> tuple[ChannelRows, EmotionRows]:
     channel_rows: ChannelRows = {}
     emotion_rows: dict[tuple[int, int, int, str], list[float]] = {}
@@ -273,6 +260,8 @@ class Store(abc.ABC):
         self, name: str, *, flush_interval: float, max_pending: int, settings: dict[tuple[int, int], ChannelSettings]
     ) -> None:
         self.name = name  # the file, or the URL without its password: for messages
+        #: The deployment key of member hashes (bot/store/member_key.py); None: this store hashes nobody.
+        self.member_key: bytes | None = None
         self.flush_interval = flush_interval
         self.max_pending = max_pending
         # Every settings row, kept current by each change. A key whose write ended in an error (it may or may
@@ -441,6 +430,13 @@ class Store(abc.ABC):
         await self._set_guild_setting(guild_id, "corrections", bool(enabled))
         return bool(enabled)
 
+    def _member_digest(self, guild_id: int, message_key: str, member_id: int) -> str:
+        if self.member_key is None:
+            raise PermanentStoreError(
+                f"{self.name} was opened without a member key to hash members with: {MEMBER_KEY_HOWTO}"
+            )
+        return member_digest(self.member_key, guild_id, message_key, member_id)
+
     @abc.abstractmethod
     async def has_corrected(self, guild_id: int, message_key: str, member_id: int) -> bool:
         """Whether this member's correction of this message is already kept (within the retention period)."""
@@ -449,7 +445,7 @@ class Store(abc.ABC):
     async def add_correction(self, correction: Correction, *, message_key: str, member_id: int) -> CorrectionOutcome:
         """Keep a correction unless the guild has corrections off or the member already corrected ``message_key``.
 
-        ``member_id`` is only hashed (with the database's salt, the guild and the message key), never written.
+        ``member_id`` is only hashed (with the deployment key, the guild and the message key), never written.
         """
 
     @abc.abstractmethod

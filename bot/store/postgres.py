@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, NoReturn
@@ -33,6 +34,7 @@ from bot.store.interface import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING,
     DEFAULT_RETENTION_DAYS,
+    SALT_SECRET,
     ChannelRows,
     ChannelSettings,
     Correction,
@@ -44,16 +46,18 @@ from bot.store.interface import (
     Store,
     check_correction,
     correction_from_row,
-    member_digest,
     redact_url,
     schedule_from_row,
     summary_from_rows,
     timeline_from_rows,
 )
+from bot.store.member_key import rehash
 from bot.store.migrate import MigrationTarget, load_scripts, migrate
 from bot.store.schema import CORRECTION_COLUMNS, SCHEDULE_COLUMNS, STATISTICS_TABLES
 
 __all__ = ["MIGRATIONS", "MIGRATION_LOCK", "Listener", "PostgresStore", "listen", "notify"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_POOL_SIZE = 5
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -135,8 +139,14 @@ class PostgresStore(Store):
         pool_size: int = DEFAULT_POOL_SIZE,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         exclusive: bool = True,
+        member_key: bytes | None = None,
     ) -> PostgresStore:
         """Connect a pool to ``url``, migrate the database, load the channel settings and start the flusher.
+
+        ``member_key`` hashes members (bot/store/member_key.py; the bot reads it from its file, never made for
+        PostgreSQL: every process sharing the database must use the same one); without it the store keeps no
+        correction, and the first open with it of a database from before the key replaces each hash by HMAC(key,
+        old hash) and deletes the salt.
 
         ``exclusive`` is accepted for callers that work with both engines and means nothing here: several processes
         may share one PostgreSQL database.
@@ -159,6 +169,8 @@ class PostgresStore(Store):
         try:
             async with pool.acquire() as connection:
                 applied = await migrate(_PostgresSchema(connection, name), MIGRATIONS)
+                if member_key is not None:
+                    await _adopt_member_key(connection, name, member_key)
                 rows = await connection.fetch("SELECT guild_id, channel_id, analysis, reactions FROM channel_settings")
         except BaseException as error:
             await pool.close()
@@ -168,6 +180,7 @@ class PostgresStore(Store):
         settings = {(g, c): ChannelSettings(a, r) for g, c, a, r in rows}
         store = cls(pool, url, flush_interval=flush_interval, max_pending=max_pending, settings=settings)
         store.migrations_applied = applied
+        store.member_key = member_key
         store._start()
         return store
 
@@ -256,16 +269,14 @@ class PostgresStore(Store):
         rows = await self._fetch("SELECT corrections FROM guild_settings WHERE guild_id = $1", guild_id)
         return bool(rows[0][0]) if rows else False
 
-    async def _salt(self, connection: asyncpg.Connection) -> bytes:
-        return await connection.fetchval("SELECT value FROM store_secrets WHERE name = 'corrections_salt'")
-
     async def has_corrected(self, guild_id: int, message_key: str, member_id: int) -> bool:
+        digest = self._member_digest(guild_id, message_key, member_id)
         async with self._connection() as connection:
-            digest = member_digest(await self._salt(connection), guild_id, message_key, member_id)
             return await connection.fetchval("SELECT EXISTS (SELECT 1 FROM corrections WHERE dedup_hash = $1)", digest)
 
     async def add_correction(self, correction: Correction, *, message_key: str, member_id: int) -> CorrectionOutcome:
         check_correction(correction)
+        digest = self._member_digest(correction.guild_id, message_key, member_id)
         async with self._connection() as connection, connection.transaction():
             # FOR SHARE: an admin turning corrections off waits for this insert, or this insert sees it off.
             enabled = await connection.fetchval(
@@ -273,7 +284,6 @@ class PostgresStore(Store):
             )
             if not enabled:
                 return "disabled"
-            digest = member_digest(await self._salt(connection), correction.guild_id, message_key, member_id)
             status = await connection.execute(
                 f"INSERT INTO corrections ({CORRECTION_COLUMNS}, dedup_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
                 "ON CONFLICT (dedup_hash) DO NOTHING",
@@ -502,6 +512,20 @@ class _PostgresSchema(MigrationTarget):
 
     async def up_to_date(self, version: int) -> None:
         """Nothing to do: the version row stays as it is."""
+
+
+async def _adopt_member_key(connection: asyncpg.Connection, name: str, key: bytes) -> None:
+    """In a database from before the deployment key, replace each member hash by HMAC(key, old hash) and delete the
+    salt, in one transaction. Of several processes opening it at once, the one whose DELETE takes the salt does it;
+    the others wait on that row, then find no salt."""
+    async with connection.transaction():
+        if await connection.fetchval("DELETE FROM store_secrets WHERE name = $1 RETURNING name", SALT_SECRET) is None:
+            return
+        rows = await connection.fetch("SELECT id, dedup_hash FROM corrections WHERE dedup_hash IS NOT NULL")
+        await connection.executemany(
+            "UPDATE corrections SET dedup_hash = $1 WHERE id = $2", [(rehash(key, h), i) for i, h in rows]
+        )
+    log.info("%s: member hashes now keyed with the deployment key; the old salt is deleted", name)
 
 
 # --------------------------------------------------------------------------------------------- notifications

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import time
@@ -32,6 +33,7 @@ from bot.store.interface import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING,
     DEFAULT_RETENTION_DAYS,
+    SALT_SECRET,
     ChannelRows,
     ChannelSettings,
     Correction,
@@ -44,15 +46,17 @@ from bot.store.interface import (
     check_correction,
     correction_from_row,
     make_directory,
-    member_digest,
     schedule_from_row,
     summary_from_rows,
     timeline_from_rows,
 )
+from bot.store.member_key import rehash
 from bot.store.migrate import MigrationTarget, load_scripts, migrate
 from bot.store.schema import CORRECTION_COLUMNS, SCHEDULE_COLUMNS, STATISTICS_TABLES
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BUSY_TIMEOUT_MS = 5_000
 
@@ -139,8 +143,13 @@ class SqliteStore(Store):
         max_pending: int = DEFAULT_MAX_PENDING,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         exclusive: bool = True,
+        member_key: bytes | None = None,
     ) -> SqliteStore:
         """Open (creating it and its parent directories if needed) and migrate the file, start the flusher.
+
+        ``member_key`` hashes members (bot/store/member_key.py; the bot reads it from its file, made on first run
+        for SQLite); without it the store keeps no correction, and the first open with it of a file from before the
+        key replaces each hash by HMAC(key, old hash) and deletes the salt.
 
         ``exclusive`` takes the one-bot-per-file lock; ``False`` is for a program that shares the file with a
         running bot. Raises ``StoreError`` naming the file and what to do when the directory cannot be
@@ -155,7 +164,7 @@ class SqliteStore(Store):
             if exclusive:
                 lock_fd = _lock(path)
         try:
-            db, settings = await _connect(path, busy_timeout_ms)
+            db, settings = await _connect(path, busy_timeout_ms, member_key)
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -163,6 +172,7 @@ class SqliteStore(Store):
         store = cls(
             db, path, flush_interval=flush_interval, max_pending=max_pending, lock_fd=lock_fd, settings=settings
         )
+        store.member_key = member_key
         store._start()
         return store
 
@@ -277,7 +287,7 @@ class SqliteStore(Store):
 
     async def has_corrected(self, guild_id: int, message_key: str, member_id: int) -> bool:
         async with self._read() as db:
-            digest = await _member_digest(db, guild_id, message_key, member_id)
+            digest = self._member_digest(guild_id, message_key, member_id)
             rows = await db.execute_fetchall("SELECT 1 FROM corrections WHERE dedup_hash = ?", (digest,))
         return bool(rows)
 
@@ -289,7 +299,7 @@ class SqliteStore(Store):
             )
             if not enabled or not enabled[0][0]:
                 return "disabled"
-            digest = await _member_digest(db, correction.guild_id, message_key, member_id)
+            digest = self._member_digest(correction.guild_id, message_key, member_id)
             async with db.execute(
                 f"INSERT INTO corrections ({CORRECTION_COLUMNS}, dedup_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (dedup_hash) DO NOTHING",
@@ -474,10 +484,17 @@ class SqliteStore(Store):
         return deleted
 
 
-async def _member_digest(db: aiosqlite.Connection, guild_id: int, message_key: str, member_id: int) -> str:
-    """The salted hash that stands for "this member corrected this message" (inside the caller's transaction)."""
-    rows = await db.execute_fetchall("SELECT value FROM store_secrets WHERE name = 'corrections_salt'")
-    return member_digest(bytes(next(iter(rows))[0]), guild_id, message_key, member_id)
+async def _adopt_member_key(db: aiosqlite.Connection, path: str, key: bytes) -> None:
+    """In a database from before the deployment key, replace each member hash by HMAC(key, old hash) and delete the
+    salt, in one transaction (nothing happens in one without a salt)."""
+    async with _transaction(db, "BEGIN IMMEDIATE"):
+        if not await db.execute_fetchall("SELECT 1 FROM store_secrets WHERE name = ?", (SALT_SECRET,)):
+            return
+        rows = await db.execute_fetchall("SELECT id, dedup_hash FROM corrections WHERE dedup_hash IS NOT NULL")
+        keyed = [(rehash(key, old_hash), row_id) for row_id, old_hash in rows]
+        await db.executemany("UPDATE corrections SET dedup_hash = ? WHERE id = ?", keyed)
+        await db.execute("DELETE FROM store_secrets WHERE name = ?", (SALT_SECRET,))
+    log.info("%s: member hashes now keyed with the deployment key; the old salt is deleted", path)
 
 
 def _lock(path: str) -> int:
@@ -522,8 +539,9 @@ def _unwritable_directory(path: str, lock_path: str, error: OSError) -> StoreErr
     )
 
 
-async def _connect(path: str, busy_timeout_ms: int) -> tuple[aiosqlite.Connection, dict]:
-    """Connect, configure and migrate; the connection and every channel settings row.
+async def _connect(path: str, busy_timeout_ms: int, member_key: bytes | None) -> tuple[aiosqlite.Connection, dict]:
+    """Connect, configure and migrate (and key the member hashes of an older file: ``_adopt_member_key``); the
+    connection and every channel settings row.
 
     SQLite's errors become ``StoreError``s; those about the file itself say what to do.
     """
@@ -538,6 +556,8 @@ async def _connect(path: str, busy_timeout_ms: int) -> tuple[aiosqlite.Connectio
         await db.execute("PRAGMA foreign_keys = ON")
         await db.execute("PRAGMA synchronous = NORMAL")
         await migrate(_SqliteSchema(db, path), MIGRATIONS)
+        if member_key is not None:
+            await _adopt_member_key(db, path, member_key)
         rows = await db.execute_fetchall("SELECT guild_id, channel_id, analysis, reactions FROM channel_settings")
     except BaseException as error:
         await db.close()
