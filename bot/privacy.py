@@ -6,6 +6,8 @@ data by adding a section; docs/privacy.md must then be updated with `privacy_sta
 
 from __future__ import annotations
 
+from bot.render import count_of
+
 
 def privacy_sections(retention_days: int) -> list[tuple[str, str]]:
     """(heading, text) pairs, in order; `retention_days` is the server's statistics retention."""
@@ -34,7 +36,7 @@ def privacy_sections(retention_days: int) -> list[tuple[str, str]]:
         ),
         (
             "How long",
-            f"statistics older than {retention_days} days are deleted by a daily prune, and so are the "
+            f"statistics older than {count_of(retention_days, 'day')} are deleted by a daily prune, and so are the "
             "correction hashes (admins: `/moodring retention`); corrections stay until an admin deletes them.",
         ),
         (

@@ -34,6 +34,10 @@ async def test_one_day_of_retention_and_the_corrections_state_read_right(
 
     shown = await settings()
     assert shown["Statistics kept for"] == "1 day"
+    privacy = await standin.dispatch_slash_command("privacy")
+    assert (
+        "older than 1 day are deleted" in (await standin.wait_for_interaction_response(privacy)).json["data"]["content"]
+    )
     assert shown["Corrections"].startswith("off")
     await moodring_bot.store.set_corrections_enabled(standin.guild_id, True)
     assert (await settings())["Corrections"].startswith("on")
