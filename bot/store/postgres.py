@@ -53,7 +53,7 @@ from bot.store.interface import (
 from bot.store.migrate import MigrationTarget, load_scripts, migrate
 from bot.store.schema import CORRECTION_COLUMNS, SCHEDULE_COLUMNS, STATISTICS_TABLES
 
-__all__ = ["MIGRATIONS", "MIGRATION_LOCK", "Listener", "PostgresStore", "listen", "notify"]
+__all__ = ["MIGRATIONS", "MIGRATION_LOCK", "Listener", "LockHolder", "PostgresStore", "hold_locks", "listen", "notify"]
 
 DEFAULT_POOL_SIZE = 5
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -519,7 +519,8 @@ async def notify(url: str, channel: str, payload: str, *, timeout: float) -> Non
 
 
 class Listener:
-    """A connection of its own that LISTENs on one channel, for as long as ``listen``'s block runs."""
+    """A connection of its own that LISTENs on one channel, for as long as ``listen``'s block runs (or holds session
+    advisory locks: ``LockHolder``)."""
 
     def __init__(self, connection: asyncpg.Connection, name: str, timeout: float) -> None:
         self._connection = connection
@@ -537,7 +538,7 @@ class Listener:
                     await asyncio.wait_for(self._lost.wait(), ping_interval)
                     break
                 await self._connection.execute("SELECT 1", timeout=self._timeout)
-        raise TransientStoreError("the listening connection was closed")
+        raise TransientStoreError("the dedicated connection was closed")
 
 
 @contextlib.asynccontextmanager
@@ -555,6 +556,46 @@ async def listen(
         with _driver_errors(name):
             await connection.add_listener(channel, lambda _connection, _pid, _channel, payload: on_payload(payload))
         yield listener
+    finally:
+        if not connection.is_closed():
+            connection.terminate()
+
+
+class LockHolder(Listener):
+    """A connection of its own that holds session advisory locks for as long as ``hold_locks``'s block runs. A
+    session lock lives as long as its connection: when ``until_lost`` raises, every lock taken here may already be
+    another session's."""
+
+    async def lock(self, space: int, key: int, on_busy: Callable[[], None]) -> None:
+        """Take the advisory lock (``space``, ``key``): at once if it is free, else call ``on_busy`` once and wait
+        (without a time limit) until the session that holds it releases it or ends. Raises ``StoreError``."""
+        if await self.try_lock(space, key):
+            return
+        on_busy()
+        with _driver_errors(self._name):
+            await self._connection.execute("SELECT pg_advisory_lock($1, $2)", space, key, timeout=None)
+
+    def terminate(self) -> None:
+        """End the connection now (its locks are released, and a wait in ``lock`` raises ``StoreError``)."""
+        self._connection.terminate()
+
+    async def try_lock(self, space: int, key: int) -> bool:
+        """Take the advisory lock (``space``, ``key``) if it is free; whether it was. Raises ``StoreError``."""
+        with _driver_errors(self._name):
+            return await self._connection.fetchval(
+                "SELECT pg_try_advisory_lock($1, $2)", space, key, timeout=self._timeout
+            )
+
+
+@contextlib.asynccontextmanager
+async def hold_locks(url: str, application_name: str, *, timeout: float) -> AsyncIterator[LockHolder]:
+    """A dedicated connection (named ``application_name`` in ``pg_stat_activity``) for session advisory locks during
+    the block; terminated after, which releases them all. Raises ``StoreError`` when it cannot connect."""
+    name = redact_url(url)
+    with _driver_errors(name):
+        connection = await asyncpg.connect(url, timeout=timeout, server_settings={"application_name": application_name})
+    try:
+        yield LockHolder(connection, name, timeout)
     finally:
         if not connection.is_closed():
             connection.terminate()
