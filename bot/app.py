@@ -66,6 +66,10 @@ class MoodringBot(commands.AutoShardedBot):
         )
         self.config = config
         self.inference = InferenceService.from_config(config)
+        # Several processes share a PostgreSQL database: a swap in one reaches the others (bot/cluster/model_sync.py).
+        self.model_sync = (
+            ModelSync(config.database, config.model_dir, self.inference) if is_postgres_url(config.database) else None
+        )
         self.retrainer = Retrainer(
             self.inference,
             config.model_dir,
@@ -78,12 +82,9 @@ class MoodringBot(commands.AutoShardedBot):
             export_corrections=lambda out: export_store(self.store, out, config.model_dir),
             community_min_rows=config.community_dev_min_rows,
             after_swap=self._announce_model,
+            cluster_lock=self.model_sync.retrain_lock if self.model_sync else None,  # one retrain per cluster
         )
         self.store: Store | None = None
-        # Several processes share a PostgreSQL database: a swap in one reaches the others (bot/cluster/model_sync.py).
-        self.model_sync = (
-            ModelSync(config.database, config.model_dir, self.inference) if is_postgres_url(config.database) else None
-        )
         # With PostgreSQL each shard runs in one process of a cluster only: its lock is taken before it connects.
         self.shard_locks = (
             ShardLocks(config.database, stop_shards=self._stop_shards, start_shards=self._start_shards)
@@ -99,7 +100,7 @@ class MoodringBot(commands.AutoShardedBot):
         loaded = await (self.model_sync.start(self.load_model) if self.model_sync else self.load_model())
         if not loaded and self.config.train_on_start:
             log.info("no model yet: training the first one in a child process (MOODRING_TRAIN_ON_START)")
-            self.retrainer.start()
+            await self.retrainer.start()
         for extension in COGS:
             await self.load_extension(extension)
         self.tree.on_error = self.on_app_command_error
@@ -146,10 +147,11 @@ class MoodringBot(commands.AutoShardedBot):
         log.info("serving the model in %s", self.config.model_dir)
         return True
 
-    async def _announce_model(self) -> None:
-        """After this process swapped in a retrained model: the cluster's other processes load it too."""
+    async def _announce_model(self, checksums: dict[str, str]) -> None:
+        """After this process swapped in a retrained model (whose files have `checksums`): the cluster's other
+        processes load it too."""
         if self.model_sync is not None:
-            await self.model_sync.announce()
+            await self.model_sync.announce(checksums)
 
     def no_model_message(self) -> str:
         """What members are told while no model is serving."""

@@ -1,6 +1,7 @@
 """The cluster's seams, on a real PostgreSQL: one owner per shard (real `moodring run` processes against the stand-in:
 a second process waits, a rolling deploy hands over, a lost lock connection stops the shards before they are taken
-again; checked against the statistics in the database)."""
+again; checked against the statistics in the database); one retrain per cluster, each in a run directory of its own,
+and announcements that carry the swapped candidate's checksums."""
 
 from __future__ import annotations
 
@@ -14,10 +15,16 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from bot_defaults import inference_service
+from bot_fixtures import BotFactory, second_model, wait_until
 from process_guard import process_alive
 from test_cluster import until
+from test_retrain import LONG_ARGS, make_retrainer
 
+from bot.cluster.model_sync import ModelSync, read_checksums
 from bot.cluster.shard_lock import APPLICATION_NAME, SHARD_LOCK_SPACE
+from bot.cluster.sharding import shard_of
+from model.metadata import ModelMetadata
 from sandbox import DiscordStandIn
 
 
@@ -164,4 +171,146 @@ async def test_one_owner_per_shard_a_rolling_deploy_hands_over_and_a_lost_lock_s
         assert "Traceback" not in run.text(), run.text()
 
 
-# -------------------------------------------------
+# --------------------------------------------------------------------------------------------- one retrain per cluster
+
+
+@pytest.mark.discord_standin(shard_count=2)
+async def test_a_retrain_asked_for_in_another_process_of_the_cluster_is_refused_while_one_runs(
+    make_moodring_bot: BotFactory,
+    discord_standin: DiscordStandIn,
+    postgres_url: str,
+    shared_model_dir: Path,
+    tiny_backbone_dir: Path,
+    goemotions_dir: Path,
+) -> None:
+    """Two bots on one database (shard 0 and shard 1): `/moodring retrain` in the second, while the first retrains,
+    says that one is running elsewhere; once the first has stopped, the second may start one."""
+    standin = discord_standin
+    home = shard_of(standin.guild_id, 2)
+    guilds = {home: (standin.guild_id, standin.channel_id)}
+    guilds[1 - home] = await standin.add_guild("the other bot's", shard=(1 - home, 2))
+    settings = {
+        "database": postgres_url,
+        "model_dir": shared_model_dir,
+        "shard_count": 2,
+        "backbone": str(tiny_backbone_dir),
+        "data_dir": str(goemotions_dir),
+        "retrain_args": LONG_ARGS,  # runs until it is stopped
+    }
+
+    async def retrain_in(shard: int) -> str:
+        guild_id, channel_id = guilds[shard]
+        asked = await standin.dispatch_slash_command(
+            "moodring retrain", guild_id=guild_id, channel_id=channel_id, user=standin.owner_id
+        )
+        return (await standin.wait_for_interaction_response(asked, timeout=30)).json["data"]["content"]
+
+    async with (
+        make_moodring_bot(shard_ids=(0,), **settings) as first,
+        make_moodring_bot(shard_ids=(1,), **settings) as second,
+    ):
+        assert "Starting a retrain" in await retrain_in(0)
+        assert first.retrainer.running
+        refused = await retrain_in(1)
+        assert first.retrainer.running, "the first retrain ended before the second was asked for: inconclusive"
+        assert "already running in another of this bot's processes" in refused, refused
+        assert not second.retrainer.running
+        assert (await first.retrainer.cancel()).outcome == "cancelled"
+        assert "Starting a retrain" in await retrain_in(1)  # the lock went with the first run
+        assert (await second.retrainer.cancel()).outcome == "cancelled"
+
+
+async def test_retrains_started_at_once_get_run_directories_of_their_own(
+    tiny_model_dir: Path, tiny_backbone_dir: Path, goemotions_dir: Path, tmp_path: Path
+) -> None:
+    """Two retrainers on one work directory (two clusters, or processes without a shared lock) started in the same
+    second: each writes into a directory of its own. Each run is held in its export step, which comes after the run
+    directory is made, until it is cancelled."""
+    exported: list[Path] = []
+    both = asyncio.Event()
+
+    async def export(directory: Path) -> None:  # holds the run here until it is cancelled
+        exported.append(directory)
+        if len(exported) == 2:
+            both.set()
+        await asyncio.Event().wait()
+
+    services = [inference_service(), inference_service()]
+    retrainers = [
+        make_retrainer(service, tiny_model_dir, tmp_path, tiny_backbone_dir, goemotions_dir, export_corrections=export)
+        for service in services
+    ]
+    try:
+        for service in services:
+            service.start()
+        assert all([await retrainer.start() for retrainer in retrainers])
+        try:
+            await asyncio.wait_for(both.wait(), 30)
+        finally:
+            for retrainer in retrainers:
+                await retrainer.cancel()
+    finally:
+        for service in services:
+            await service.close()
+    run_dirs = [directory.parent for directory in exported]
+    assert len(set(run_dirs)) == 2, run_dirs
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(d.name for d in run_dirs)
+
+
+def third_model(model_dir: Path, destination: Path) -> Path:
+    """Another copy of `second_model`'s kind: every threshold 1 too, but its own `moodring.json` and checksums."""
+    second_model(model_dir, destination)
+    metadata = ModelMetadata.load(destination)
+    metadata.created_at = "the third tiny model"
+    metadata.save(destination)
+    return destination
+
+
+async def test_two_retrains_swapping_one_after_the_other_leave_every_process_on_the_last_model(
+    postgres_url: str,
+    shared_model_dir: Path,
+    tiny_model_dir: Path,
+    tiny_backbone_dir: Path,
+    goemotions_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """Process A swaps in candidate X; before A announces it, process B swaps in Y (its own retrain: two retrains,
+    as when the retrain lock's connection dropped); then A announces, and B. A must announce X (not the Y it would
+    read from the directory now), so that B refuses X with one line and A loads Y when B announces it: both serve
+    Y, the directory's model."""
+    x = second_model(tiny_model_dir, tmp_path / "a-run" / "model")
+    y = third_model(tiny_model_dir, tmp_path / "b-run" / "model")
+    services = [inference_service(), inference_service()]
+    syncs = [ModelSync(postgres_url, shared_model_dir, service) for service in services]
+    b_swapped, a_announced = asyncio.Event(), asyncio.Event()
+
+    async def a_after_swap(*checksums: dict[str, str]) -> None:
+        b_swap = asyncio.create_task(retrainer_b._swap_in(y))
+        await b_swapped.wait()  # B's model is in the directory
+        await syncs[0].announce(*checksums)
+        a_announced.set()
+        await b_swap
+
+    async def b_after_swap(*checksums: dict[str, str]) -> None:
+        b_swapped.set()
+        await a_announced.wait()
+        await syncs[1].announce(*checksums)
+
+    retrainer_a, retrainer_b = (
+        make_retrainer(service, shared_model_dir, tmp_path / name, tiny_backbone_dir, goemotions_dir, after_swap=hook)
+        for service, name, hook in zip(services, "ab", (a_after_swap, b_after_swap), strict=True)
+    )
+    try:
+        for service, sync in zip(services, syncs, strict=True):
+            service.start()
+            await sync.start(lambda service=service: service.load(shared_model_dir))
+        await wait_until(lambda: all(sync.settled for sync in syncs), 30, "both listening")
+        await retrainer_a._swap_in(x)
+        y_checksums = read_checksums(shared_model_dir)
+        await wait_until(lambda: syncs[0].loaded == 1 and syncs[1].refused == 1, 30, "A loading B's model")
+        assert syncs[0].serving == syncs[1].serving == y_checksums
+    finally:
+        for sync in syncs:
+            await sync.close()
+        for service in services:
+            await service.close()
