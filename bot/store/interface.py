@@ -128,6 +128,7 @@ class Schedule:
     last_posted_at: float | None
     enabled: bool
     disabled_reason: str | None
+    send_pending: bool = False  # the slot claimed at last_posted_at is not known to be posted yet
 
 
 # (guild_id, channel_id, at, ((label, score), ...))
@@ -173,6 +174,7 @@ def schedule_from_row(row: Sequence[Any]) -> Schedule:
         source_channel_id=row[7],
         last_posted_at=row[8],
         enabled=bool(row[9]),
+        send_pending=bool(row[11]),
         disabled_reason=row[10],
     )
 
@@ -599,7 +601,7 @@ class Store(abc.ABC):
         """Create or replace the schedule posting into ``channel_id`` (one per target channel).
 
         A replaced schedule keeps its id and ``last_posted_at`` (so editing it does not post twice in one
-        period) and is enabled again.
+        period) and is enabled again; a post of it still pending (``send_pending``) is given up.
         """
         check_schedule(kind, hour, weekday, every_hours)
         return await self._upsert_schedule(guild_id, channel_id, kind, hour, weekday, every_hours, source_channel_id)
@@ -630,8 +632,14 @@ class Store(abc.ABC):
 
         Atomic: of any number of callers (ticks, processes) exactly one gets True for a slot. Claiming before
         sending means a failed write sends nothing (the next tick tries again), and a post can never be repeated
-        because its record failed; a send that fails gives the slot back with ``release_slot``.
+        because its record failed; a send that Discord refused gives the slot back with ``release_slot``. The claim
+        is ``send_pending`` until ``confirm_slot``: a send whose outcome is unknown is retried from that.
         """
+
+    @abc.abstractmethod
+    async def confirm_slot(self, schedule_id: int, at: float) -> bool:
+        """The post claimed at ``at`` was sent (or given up): no longer ``send_pending``; False when the schedule was
+        claimed again, released or replaced since."""
 
     @abc.abstractmethod
     async def release_slot(self, schedule_id: int, at: float, previous: float | None) -> bool:

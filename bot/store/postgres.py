@@ -374,7 +374,7 @@ class PostgresStore(Store):
             ON CONFLICT (guild_id, channel_id) DO UPDATE SET
                 kind = excluded.kind, hour = excluded.hour, weekday = excluded.weekday,
                 every_hours = excluded.every_hours, source_channel_id = excluded.source_channel_id,
-                enabled = TRUE, disabled_reason = NULL
+                enabled = TRUE, disabled_reason = NULL, send_pending = FALSE
             RETURNING {SCHEDULE_COLUMNS}
             """,
             guild_id,
@@ -403,16 +403,24 @@ class PostgresStore(Store):
         # Under READ COMMITTED a second UPDATE of the row waits for the first and re-checks the WHERE clause on the
         # row it committed: one winner per slot, across processes.
         return await self._changed(
-            "UPDATE summary_schedules SET last_posted_at = $1 "
+            "UPDATE summary_schedules SET last_posted_at = $1, send_pending = TRUE "
             "WHERE id = $2 AND enabled AND (last_posted_at IS NULL OR last_posted_at < $3)",
             at,
             schedule_id,
             slot,
         )
 
+    async def confirm_slot(self, schedule_id: int, at: float) -> bool:
+        return await self._changed(
+            "UPDATE summary_schedules SET send_pending = FALSE WHERE id = $1 AND send_pending AND last_posted_at = $2",
+            schedule_id,
+            at,
+        )
+
     async def release_slot(self, schedule_id: int, at: float, previous: float | None) -> bool:
         return await self._changed(
-            "UPDATE summary_schedules SET last_posted_at = $1 WHERE id = $2 AND last_posted_at = $3",
+            "UPDATE summary_schedules SET last_posted_at = $1, send_pending = FALSE "
+            "WHERE id = $2 AND last_posted_at = $3",
             previous,
             schedule_id,
             at,

@@ -390,7 +390,7 @@ class SqliteStore(Store):
                 ON CONFLICT (guild_id, channel_id) DO UPDATE SET
                     kind = excluded.kind, hour = excluded.hour, weekday = excluded.weekday,
                     every_hours = excluded.every_hours, source_channel_id = excluded.source_channel_id,
-                    enabled = 1, disabled_reason = NULL
+                    enabled = 1, disabled_reason = NULL, send_pending = 0
                 RETURNING {SCHEDULE_COLUMNS}
                 """,
             (guild_id, channel_id, kind, hour, weekday, every_hours, source_channel_id),
@@ -416,14 +416,20 @@ class SqliteStore(Store):
 
     async def claim_slot(self, schedule_id: int, slot: float, at: float) -> bool:
         return await self._update_schedule(
-            "UPDATE summary_schedules SET last_posted_at = ? "
+            "UPDATE summary_schedules SET last_posted_at = ?, send_pending = 1 "
             "WHERE id = ? AND enabled = 1 AND (last_posted_at IS NULL OR last_posted_at < ?)",
             (at, schedule_id, slot),
         )
 
+    async def confirm_slot(self, schedule_id: int, at: float) -> bool:
+        return await self._update_schedule(
+            "UPDATE summary_schedules SET send_pending = 0 WHERE id = ? AND send_pending = 1 AND last_posted_at = ?",
+            (schedule_id, at),
+        )
+
     async def release_slot(self, schedule_id: int, at: float, previous: float | None) -> bool:
         return await self._update_schedule(
-            "UPDATE summary_schedules SET last_posted_at = ? WHERE id = ? AND last_posted_at = ?",
+            "UPDATE summary_schedules SET last_posted_at = ?, send_pending = 0 WHERE id = ? AND last_posted_at = ?",
             (previous, schedule_id, at),
         )
 
