@@ -638,9 +638,11 @@ def _store_error(name: str, error: BaseException) -> StoreError:
     """What to tell the operator when the database at ``name`` (the URL without its password) cannot be used."""
     if isinstance(error, StoreError):
         return error
+    # One line: a server error's text may go on with DETAIL and HINT lines (a unique violation names the key).
+    text = " ".join(str(error).split())
     if isinstance(error, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
         return PermanentStoreError(
-            f"PostgreSQL refused the user or password in MOODRING_DATABASE ({name}): {error}. Check the user name "
+            f"PostgreSQL refused the user or password in MOODRING_DATABASE ({name}): {text}. Check the user name "
             "and password in the URL (postgresql://user:password@host:port/database)."
         )
     if isinstance(error, asyncpg.InvalidCatalogNameError):
@@ -650,23 +652,23 @@ def _store_error(name: str, error: BaseException) -> StoreError:
         )
     if isinstance(error, asyncpg.InsufficientPrivilegeError):
         return PermanentStoreError(
-            f"the user in MOODRING_DATABASE ({name}) may not create or use the bot's tables: {error}. Make it the "
+            f"the user in MOODRING_DATABASE ({name}) may not create or use the bot's tables: {text}. Make it the "
             "owner of the database, or grant it CREATE on the schema."
         )
     if isinstance(error, asyncpg.ClientConfigurationError | ValueError):
         return PermanentStoreError(
-            f"MOODRING_DATABASE is not a valid PostgreSQL URL ({name}): {error}. Write it as "
+            f"MOODRING_DATABASE is not a valid PostgreSQL URL ({name}): {text}. Write it as "
             "postgresql://user:password@host:port/database, or give a file path for SQLite."
         )
     if isinstance(error, OSError | TimeoutError | asyncpg.CannotConnectNowError | asyncpg.InterfaceError):
-        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        reason = getattr(error, "strerror", None) or text or type(error).__name__
         return TransientStoreError(
             f"cannot connect to PostgreSQL at {name}: {reason}. Check that the server runs and that the host and "
             "port in MOODRING_DATABASE are right."
         )
     if _transient(error):
-        reason = str(error) or type(error).__name__
+        reason = text or type(error).__name__
         return TransientStoreError(f"PostgreSQL at {name} cannot serve the store now: {reason}")
     if isinstance(error, asyncpg.PostgresError):
-        return PermanentStoreError(f"PostgreSQL at {name} refused the store: {error}")
-    return PermanentStoreError(f"cannot use PostgreSQL at {name}: {type(error).__name__}: {error}")
+        return PermanentStoreError(f"PostgreSQL at {name} refused the store: {text}")
+    return PermanentStoreError(f"cannot use PostgreSQL at {name}: {type(error).__name__}: {text}")
