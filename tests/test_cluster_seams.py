@@ -1,7 +1,7 @@
 """The cluster's seams, on a real PostgreSQL: one owner per shard (real `moodring run` processes against the stand-in:
 a second process waits, a rolling deploy hands over, a lost lock connection stops the shards before they are taken
 again; checked against the statistics in the database); one retrain per cluster, each in a run directory of its own,
-and announcements that carry the swapped candidate's checksums."""
+and announcements that carry the swapped candidate's checksums; a swap whose announcement failed, found at a ping."""
 
 from __future__ import annotations
 
@@ -313,4 +313,43 @@ async def test_two_retrains_swapping_one_after_the_other_leave_every_process_on_
         for sync in syncs:
             await sync.close()
         for service in services:
+            await service.close()
+
+
+# --------------------------------------------------------------------------------------------- a swap that heals
+
+
+async def test_a_swap_whose_announcement_failed_is_served_after_the_next_ping(
+    postgres_url: str,
+    shared_model_dir: Path,
+    tiny_model_dir: Path,
+    tiny_backbone_dir: Path,
+    goemotions_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A retrain's swap in one process whose announcement cannot be sent (its database unreachable just then): the
+    other process, pinging every 0.5 s, finds the new model in the shared directory and serves it."""
+    candidate = second_model(tiny_model_dir, tmp_path / "run" / "model")
+    receiving, sending = inference_service(), inference_service()
+    receiver = ModelSync(postgres_url, shared_model_dir, receiving, ping_interval=0.5)
+    unreachable = "postgresql://moodring:secret-pw@127.0.0.1:9/moodring"  # the discard port: refused
+    sender = ModelSync(unreachable, shared_model_dir, sending)
+    retrainer = make_retrainer(
+        sending, shared_model_dir, tmp_path, tiny_backbone_dir, goemotions_dir, after_swap=sender.announce
+    )
+    try:
+        for service in (receiving, sending):
+            service.start()
+        await sending.load(shared_model_dir)
+        await receiver.start(lambda: receiving.load(shared_model_dir))
+        await wait_until(lambda: receiver.settled, 30, "listening")
+        await retrainer._swap_in(candidate)  # a real swap; its announcement fails
+        assert "could not tell the other processes about the new model" in caplog.text
+        await wait_until(lambda: receiver.loaded == 1, 10, "the missed swap served after a ping")
+        assert receiver.connections == 1  # not by a reconnect
+        assert receiving.classifier.thresholds.min() == 1.0  # the second model
+    finally:
+        await receiver.close()
+        for service in (receiving, sending):
             await service.close()

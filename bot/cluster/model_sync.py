@@ -8,7 +8,7 @@ Only with PostgreSQL (with SQLite there is one process, and nothing here runs). 
   swap that came in between, and this process would then take that model for its own and ignore its announcement.
   They go with `NOTIFY` on `CHANNEL`, over a connection of its own (`bot.store.postgres.notify`: the database's side,
   and its errors, stay in the store). It never raises: a failed announcement is one log line, and the other processes
-  keep their model until the next swap, their next reconnect or restart.
+  find the swap at their next ping (see below).
 - **One retrain per cluster.** `retrain_lock` is the Retrainer's `cluster_lock`: a session advisory lock
   (`RETRAIN_LOCK`) on a connection of its own, held from `/moodring retrain` until the run has swapped and announced;
   a retrain asked for in another process meanwhile is refused. Should that connection drop mid-run, a second retrain
@@ -21,8 +21,10 @@ Only with PostgreSQL (with SQLite there is one process, and nothing here runs). 
   logs one line saying so. Announcements that arrive while a load runs are coalesced: the latest one is loaded next.
 - **A dropped connection** (server restart, network) is reconnected with back-off (bot/backoff.py); a connection
   that is silently gone is found by a ping every `ping_interval`. An announcement sent while it was down is lost,
-  so after every (re)connect the directory is compared with what this process last loaded or looked at, and
-  loaded the same way if it changed. For the same reason `start` reads the directory before the start-up load.
+  and so is one that the swapping process failed to send: so after every (re)connect, and after every ping, the
+  directory is compared with what this process last loaded or looked at, and loaded the same way if it changed (a
+  missed swap is served within `ping_interval` and a load). For the same reason `start` reads the directory before
+  the start-up load.
 """
 
 from __future__ import annotations
@@ -180,8 +182,8 @@ class ModelSync:
             await notify(self.url, CHANNEL, announcement(self.sender, checksums), timeout=CONNECT_TIMEOUT)
         except Exception as error:
             log.error(
-                "could not tell the other processes about the new model (%s: %s); they keep theirs until they "
-                "reconnect or restart",
+                "could not tell the other processes about the new model (%s: %s); they find it in the shared "
+                "directory at their next ping",
                 type(error).__name__,
                 error,
             )
@@ -210,7 +212,7 @@ class ModelSync:
                 self.connections += 1
                 self._backoff.succeeded(" (announcements sent meanwhile: the directory is checked for a new model)")
                 self._request(catch_up=True)
-                await listener.until_lost(self.ping_interval)
+                await listener.until_lost(self.ping_interval, on_ping=lambda: self._request(catch_up=True))
             finally:
                 self.listening = False
 
@@ -246,7 +248,7 @@ class ModelSync:
                     wanted = await asyncio.to_thread(self._read_quietly)
                     if wanted is None or wanted == self.seen:
                         continue
-                    log.info("the model in %s changed while this process was not listening", self.model_dir)
+                    log.info("the model in %s changed without an announcement reaching this process", self.model_dir)
                 if wanted == self.serving:  # announced again, or caught up on and then announced
                     continue
                 classifier = await asyncio.to_thread(self._open_verified, wanted)

@@ -537,15 +537,18 @@ class Listener:
         self._lost = asyncio.Event()
         connection.add_termination_listener(lambda _: self._lost.set())
 
-    async def until_lost(self, ping_interval: float) -> NoReturn:
+    async def until_lost(self, ping_interval: float, on_ping: Callable[[], None] | None = None) -> NoReturn:
         """Wait until the connection is lost, pinging every ``ping_interval`` seconds so that one that is silently
-        gone is found too; then raise ``TransientStoreError`` (or the error of the ping that failed)."""
+        gone is found too (and calling ``on_ping`` after each ping that answered); then raise
+        ``TransientStoreError`` (or the error of the ping that failed)."""
         with _driver_errors(self._name):
             while not self._lost.is_set() and not self._connection.is_closed():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._lost.wait(), ping_interval)
                     break
                 await self._connection.execute("SELECT 1", timeout=self._timeout)
+                if on_ping is not None:
+                    on_ping()
         raise TransientStoreError("the dedicated connection was closed")
 
 
