@@ -33,6 +33,7 @@ from bot.store.interface import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING,
     DEFAULT_RETENTION_DAYS,
+    FLUSH_IDS_KEPT_S,
     ChannelRows,
     ChannelSettings,
     Correction,
@@ -304,16 +305,27 @@ class PostgresStore(Store):
 
     # ------------------------------------------------------------------ statistics
 
-    async def _write_buckets(self, channel_rows: ChannelRows, emotion_rows: EmotionRows) -> None:
+    async def _write_buckets(self, channel_rows: ChannelRows, emotion_rows: EmotionRows, flush_id: str) -> None:
         # Sorted keys: two processes flushing overlapping buckets take the row locks in the same order (no deadlock).
+        now = time.time()
         async with self._connection() as connection:
             transaction = connection.transaction()
             await transaction.start()
             try:
-                await connection.executemany(_UPSERT_CHANNEL_BUCKET, [(*k, n) for k, n in sorted(channel_rows.items())])
-                await connection.executemany(
-                    _UPSERT_EMOTION_BUCKET, [(*k, c, s) for k, (c, s) in sorted(emotion_rows.items())]
+                await connection.execute("DELETE FROM statistics_flushes WHERE at < $1", now - FLUSH_IDS_KEPT_S)
+                first = await connection.fetchval(
+                    "INSERT INTO statistics_flushes (id, at) VALUES ($1, $2) "
+                    "ON CONFLICT (id) DO NOTHING RETURNING TRUE",
+                    flush_id,
+                    now,
                 )
+                if first:  # else an earlier try of this batch committed
+                    await connection.executemany(
+                        _UPSERT_CHANNEL_BUCKET, [(*k, n) for k, n in sorted(channel_rows.items())]
+                    )
+                    await connection.executemany(
+                        _UPSERT_EMOTION_BUCKET, [(*k, c, s) for k, (c, s) in sorted(emotion_rows.items())]
+                    )
             except BaseException:
                 await _rollback(transaction)
                 raise
@@ -323,6 +335,9 @@ class PostgresStore(Store):
                 # The COMMIT was sent; whether it arrived is unknown. A cancelled caller must not count twice, and
                 # PostgreSQL finishes a COMMIT it received: count it as written.
                 self._flush_committed = True
+                raise
+            except BaseException:  # the connection went with the COMMIT sent: the next flush settles it by its id
+                self._flush_outcome_unknown = True
                 raise
 
     async def mood(self, guild_id: int, channel_id: int | None, since: float, until: float) -> MoodSummary:

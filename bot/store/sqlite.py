@@ -32,6 +32,7 @@ from bot.store.interface import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING,
     DEFAULT_RETENTION_DAYS,
+    FLUSH_IDS_KEPT_S,
     ChannelRows,
     ChannelSettings,
     Correction,
@@ -323,15 +324,21 @@ class SqliteStore(Store):
 
     # ------------------------------------------------------------------ statistics
 
-    async def _write_buckets(self, channel_rows: ChannelRows, emotion_rows: EmotionRows) -> None:
+    async def _write_buckets(self, channel_rows: ChannelRows, emotion_rows: EmotionRows, flush_id: str) -> None:
         db = self._db
         committing = False
+        now = time.time()
         with self._driver_errors():
             try:
                 await db.execute("BEGIN IMMEDIATE")
-                # Parents first: emotion_buckets references channel_buckets.
-                await db.executemany(_UPSERT_CHANNEL_BUCKET, [(*k, n) for k, n in channel_rows.items()])
-                await db.executemany(_UPSERT_EMOTION_BUCKET, [(*k, c, s) for k, (c, s) in emotion_rows.items()])
+                await db.execute("DELETE FROM statistics_flushes WHERE at < ?", (now - FLUSH_IDS_KEPT_S,))
+                cursor = await db.execute(
+                    "INSERT INTO statistics_flushes (id, at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING", (flush_id, now)
+                )
+                if cursor.rowcount:  # else an earlier try of this batch committed
+                    # Parents first: emotion_buckets references channel_buckets.
+                    await db.executemany(_UPSERT_CHANNEL_BUCKET, [(*k, n) for k, n in channel_rows.items()])
+                    await db.executemany(_UPSERT_EMOTION_BUCKET, [(*k, c, s) for k, (c, s) in emotion_rows.items()])
                 committing = True
                 await db.execute("COMMIT")
             except BaseException as error:

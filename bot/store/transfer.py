@@ -28,6 +28,9 @@ from bot.store.sqlite import SqliteStore
 
 __all__ = ["TableCheck", "TargetNotEmpty", "copy_sqlite_to_postgres"]
 
+#: What is copied: every table but the store's record of its own writes (``bookkeeping``: the flush ids).
+COPIED = tuple(table for table in TABLES if table.group != "bookkeeping")
+
 
 class TargetNotEmpty(PermanentStoreError):
     """The PostgreSQL database already holds the bot's data, and the copy was not forced."""
@@ -79,7 +82,7 @@ def _summary_sql(table: Table) -> str:
 async def _refuse_used_target(connection, name: str) -> None:
     """``TargetNotEmpty`` when a table of the bot's data (not its secrets) has a row."""
     used = []
-    for table in TABLES:
+    for table in COPIED:
         if table.group != "secrets":
             rows = await connection.fetchval(f"SELECT COUNT(*) FROM {table.name}")
             if rows:
@@ -103,7 +106,7 @@ async def copy_sqlite_to_postgres(sqlite_path: Path, url: str, *, force: bool = 
             async with target._connection() as connection, connection.transaction():
                 if not force:
                     await _refuse_used_target(connection, target.name)
-                for table in TABLES:
+                for table in COPIED:
                     rows = await source._fetchall(f"SELECT {', '.join(table.columns)} FROM {table.name}", ())
                     rows = [_for_postgres(table, row) for row in rows]
                     if rows:
@@ -114,7 +117,7 @@ async def copy_sqlite_to_postgres(sqlite_path: Path, url: str, *, force: bool = 
                             f"GREATEST((SELECT MAX(id) FROM {table.name}), 1))"
                         )
             checks = []
-            for table in TABLES:
+            for table in COPIED:
                 (mine,) = await source._fetchall(_summary_sql(table), ())
                 theirs = await target._fetchrow(_summary_sql(table))
                 checks.append(
