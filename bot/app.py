@@ -15,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.cluster.model_sync import ModelSync
+from bot.cluster.shard_lock import ShardLocks
 from bot.config import BotConfig
 from bot.inference import InferenceService
 from bot.learning.community_data import export_store
@@ -65,6 +66,10 @@ class MoodringBot(commands.AutoShardedBot):
         )
         self.config = config
         self.inference = InferenceService.from_config(config)
+        # Several processes share a PostgreSQL database: a swap in one reaches the others (bot/cluster/model_sync.py).
+        self.model_sync = (
+            ModelSync(config.database, config.model_dir, self.inference) if is_postgres_url(config.database) else None
+        )
         self.retrainer = Retrainer(
             self.inference,
             config.model_dir,
@@ -77,12 +82,15 @@ class MoodringBot(commands.AutoShardedBot):
             export_corrections=lambda out: export_store(self.store, out, config.model_dir),
             community_min_rows=config.community_dev_min_rows,
             after_swap=self._announce_model,
+            cluster_lock=self.model_sync.retrain_lock if self.model_sync else None,  # one retrain per cluster
         )
         self.store: Store | None = None
         self._member_key = member_key  # `moodring run` reads it before connecting; else `setup_hook` does
-        # Several processes share a PostgreSQL database: a swap in one reaches the others (bot/cluster/model_sync.py).
-        self.model_sync = (
-            ModelSync(config.database, config.model_dir, self.inference) if is_postgres_url(config.database) else None
+        # With PostgreSQL each shard runs in one process of a cluster only: its lock is taken before it connects.
+        self.shard_locks = (
+            ShardLocks(config.database, stop_shards=self._stop_shards, start_shards=self._start_shards)
+            if is_postgres_url(config.database)
+            else None
         )
         self.counters: Counter[str] = Counter()
         self.clock: Callable[[], float] = time.time  # one clock for schedules and statistics; tests move it
@@ -95,7 +103,7 @@ class MoodringBot(commands.AutoShardedBot):
         loaded = await (self.model_sync.start(self.load_model) if self.model_sync else self.load_model())
         if not loaded and self.config.train_on_start:
             log.info("no model yet: training the first one in a child process (MOODRING_TRAIN_ON_START)")
-            self.retrainer.start()
+            await self.retrainer.start()
         for extension in COGS:
             await self.load_extension(extension)
         self.tree.on_error = self.on_app_command_error
@@ -109,6 +117,21 @@ class MoodringBot(commands.AutoShardedBot):
             self.tree.copy_global_to(guild=guild)
             synced = await self.tree.sync(guild=guild)
             log.info("synced %d commands to development guild %s", len(synced), self.config.dev_guild_id)
+
+    async def launch_shard(self, gateway: Any, shard_id: int, *, initial: bool = False) -> None:
+        """discord.py's, once this process owns the shard (waits while another process runs it)."""
+        owned = self.shard_locks is None or await self.shard_locks.acquire(shard_id)
+        if owned and not self.is_closed():
+            await super().launch_shard(gateway, shard_id, initial=initial)
+
+    async def _stop_shards(self) -> None:
+        """Disconnect every shard (the lock connection was lost: another process may own them now)."""
+        await asyncio.gather(*(shard.disconnect() for shard in self.shards.values()))
+        log.info("disconnected shards %s until their locks are held again", sorted(self.shards))
+
+    async def _start_shards(self) -> None:
+        if not self.is_closed():
+            await asyncio.gather(*(shard.connect() for shard in self.shards.values()))
 
     async def load_model(self) -> bool:
         """Serve the exported model if there is one; the bot runs (and says so) without it."""
@@ -127,10 +150,11 @@ class MoodringBot(commands.AutoShardedBot):
         log.info("serving the model in %s", self.config.model_dir)
         return True
 
-    async def _announce_model(self) -> None:
-        """After this process swapped in a retrained model: the cluster's other processes load it too."""
+    async def _announce_model(self, checksums: dict[str, str]) -> None:
+        """After this process swapped in a retrained model (whose files have `checksums`): the cluster's other
+        processes load it too."""
         if self.model_sync is not None:
-            await self.model_sync.announce()
+            await self.model_sync.announce(checksums)
 
     def no_model_message(self) -> str:
         """What members are told while no model is serving."""
@@ -171,5 +195,7 @@ class MoodringBot(commands.AutoShardedBot):
         # Readings still waiting are answered "shutting down" while Discord can still be told.
         await self.inference.close()
         await super().close()
+        if self.shard_locks is not None:  # after the shards have closed: only then may another process run them
+            await self.shard_locks.close()
         if self.store is not None:
             await self.store.close()

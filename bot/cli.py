@@ -53,7 +53,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     db_actions = database.add_subparsers(dest="action", required=True, metavar="ACTION")
     migrate = db_actions.add_parser(
         "migrate-to",
-        help="copy a SQLite database into PostgreSQL and check the copy (safe to run again); stop the bot first",
+        help="copy a SQLite database into an empty PostgreSQL one (or, with --force, one in use); stop the bot first",
     )
     migrate.add_argument(
         "url",
@@ -63,6 +63,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     migrate.add_argument(
         "--database", help="the SQLite file to copy (default: MOODRING_DATABASE, or data/moodring.sqlite3)"
+    )
+    migrate.add_argument(
+        "--force",
+        action="store_true",
+        help="copy even into a database that already holds the bot's data, overwriting the rows the file also has",
     )
     migrate.set_defaults(handler=migrate_database)
 
@@ -184,7 +189,7 @@ def migrate_database(args: argparse.Namespace) -> int:
     if is_postgres_url(str(source)) or not Path(source).is_file():
         return fail(f"{redact_url(str(source))}: no such SQLite file (pass the bot's database file with --database)")
     try:
-        checks = asyncio.run(copy_sqlite_to_postgres(Path(source), url))
+        checks = asyncio.run(copy_sqlite_to_postgres(Path(source), url, force=args.force))
     except StoreError as error:
         return fail(str(error))
     print(f"Copied {source} into {redact_url(url)}:")

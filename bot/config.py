@@ -71,6 +71,10 @@ class BotConfig:
     corrections_per_member: int = 5  # "Not quite?" corrections a member may start per window
     corrections_window_s: float = 600.0
     community_dev_min_rows: int = 50  # the retrain gate compares community-dev F1 only with at least this many rows
+    # A scheduled summary whose send may not have gone through (a crash after its claim, a 5xx, a dropped
+    # connection) is sent again with the same message nonce only this long after its claim: well inside the "few
+    # minutes" in which Discord returns the first message for a nonce instead of posting a second (bot/cogs/mood.py).
+    summary_retry_window_s: float = 120.0
     backend: str = "auto"  # auto: int8 ONNX when the model has it and onnxruntime imports, else torch
     # Inference intra-op threads (MOODRING_THREADS); None: OMP_NUM_THREADS, else the cores this process may use.
     threads: int | None = None

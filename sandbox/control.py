@@ -98,6 +98,7 @@ class StandInControl:
         scope: Literal["user", "global", "shared"] | None = None,
         body: Any = None,
         headers: Mapping[str, str] | None = None,
+        after_handling: bool = False,
     ) -> FaultRule:
         """Make the next ``count`` requests matching ``method`` and ``path_pattern`` fail.
 
@@ -105,8 +106,9 @@ class StandInControl:
         regular expression searched in the decoded API path; ``method`` may be ``"*"``. A 429
         carries Discord's rate-limit body and headers (``retry_after`` seconds); other statuses get
         Discord's error body for that status unless ``body`` is given (403 ->
-        ``{"code": 50013, "message": "Missing Permissions"}``). Returns the rule; its ``hits``
-        counts how often it fired.
+        ``{"code": 50013, "message": "Missing Permissions"}``). With ``after_handling`` the request is
+        handled first and its effect kept (a message is created, say), and only the answer is the fault's: a
+        5xx whose request did happen. Returns the rule; its ``hits`` counts how often it fired.
         """
         if body is None:
             if status == 429:
@@ -123,6 +125,7 @@ class StandInControl:
             retry_after=retry_after,
             is_global=global_,
             scope=scope or ("global" if global_ else "user"),
+            after_handling=after_handling,
         )
         self.faults.append(rule)
         return rule

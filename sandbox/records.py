@@ -41,6 +41,8 @@ REACTIONS_KEPT = 5_000
 INTERACTIONS_KEPT = 1_000
 #: Requests the guard refused (sandbox/guard.py).
 REFUSALS_KEPT = 100
+#: Message nonces remembered for ``enforce_nonce`` (each for ``rest.NONCE_WINDOW_S`` at most).
+NONCES_KEPT = 1_000
 
 
 class RecordLog(deque[T]):
@@ -161,6 +163,8 @@ class FaultRule:
     retry_after: float = 0.0
     is_global: bool = False
     scope: str = "user"
+    #: Handle the request first (a message is created, say), then answer with the fault: a 5xx that did post.
+    after_handling: bool = False
     hits: int = 0
     regex: re.Pattern[str] | None = None
 

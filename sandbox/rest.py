@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import payloads as p
 from .gateway import Gateway
 from .payloads import JSON
-from .records import RecordedFile, RecordedRequest, RouteTable
+from .records import NONCES_KEPT, RecentDict, RecordedFile, RecordedRequest, RouteTable
 from .world import InteractionRecord, World
 
 #: ``(status, body)``; a ``None`` body with status 204 means "no content".
@@ -20,6 +21,11 @@ _MENTION_RE = re.compile(r"<@!?(\d+)>")
 _ROLE_MENTION_RE = re.compile(r"<@&(\d+)>")
 _FILE_FIELD_RE = re.compile(r"files\[(\d+)\]")
 _EDITABLE_FIELDS = ("content", "embeds", "components", "flags", "allowed_mentions")
+#: How long a message nonce is enforced (``enforce_nonce``): Discord says "the past few minutes" without a number;
+#: the stand-in states 5 minutes. A client that retries a send must do so well inside it.
+NONCE_WINDOW_S = 300.0
+#: Discord's limit on a nonce's length (an integer or a string of up to 25 characters).
+NONCE_MAX_LENGTH = 25
 
 # Interaction callback types.
 CB_PONG = 1
@@ -65,6 +71,9 @@ class RestApi:
         self.gateway = gateway
         self._base_url = base_url
         self._gateway_url = gateway_url
+        self.clock: Callable[[], float] = time.monotonic  # for the nonce window
+        #: (author id, nonce) -> (message id, when it was created): ``enforce_nonce``'s memory.
+        self.nonces: RecentDict[tuple[int, str], tuple[int, float]] = RecentDict(NONCES_KEPT)
         self.routes = RouteTable()
         self._register()
 
@@ -494,13 +503,27 @@ class RestApi:
         return 200, messages
 
     async def create_message(self, req: RecordedRequest) -> Reply:
-        """``POST /channels/{channel_id}/messages`` (JSON or multipart with files)."""
+        """``POST /channels/{channel_id}/messages`` (JSON or multipart with files).
+
+        With ``nonce`` and ``enforce_nonce``, as Discord documents it: if the same author created a message with the
+        same nonce within ``NONCE_WINDOW_S``, that message is returned (200) and none is created.
+        """
         channel_id, _ = self._channel(req)
         body = req.json if isinstance(req.json, dict) else {}
         self._require(channel_id, p.PERM_SEND_MESSAGES)
         if req.files:
             self._require(channel_id, p.PERM_ATTACH_FILES)
+        nonce = body.get("nonce")
+        if nonce is not None and len(str(nonce)) > NONCE_MAX_LENGTH:
+            raise ApiError(400, 50035, "Invalid Form Body")
+        key = (self.world.bot_user_id, str(nonce))
+        if nonce is not None and body.get("enforce_nonce"):
+            earlier = self.nonces.get(key)
+            if earlier is not None and self.clock() - earlier[1] < NONCE_WINDOW_S and earlier[0] in self.world.messages:
+                return 200, self._public(self.world.messages[earlier[0]])
         data = self._new_bot_message(channel_id, body, req.files)
+        if nonce is not None:
+            self.nonces[key] = (int(data["id"]), self.clock())
         await self._created(data)
         return 200, self._public(data)
 

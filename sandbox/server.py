@@ -8,6 +8,7 @@ interactions.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import json
@@ -271,6 +272,9 @@ class DiscordStandIn(InteractionDispatch, StandInControl):
             if rule.matches(rec.method, rec.path, rec.route):
                 rule.remaining -= 1
                 rule.hits += 1
+                if rule.after_handling and entry is not None:
+                    with contextlib.suppress(ApiError):  # done, or refused: the client is told the fault either way
+                        await entry.handler(rec)
                 return self._fault_reply(rule, rec.route)
         if entry is None:
             return 404, {"message": "404: Not Found", "code": 0}, {}

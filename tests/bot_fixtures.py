@@ -72,6 +72,12 @@ def tiny_classifier(tiny_model_dir: Path) -> EmotionClassifier:
 
 
 @pytest.fixture
+def shared_model_dir(tiny_model_dir: Path, tmp_path: Path) -> Path:
+    """The model directory a cluster's processes share: a copy of the tiny model, which a swap replaces."""
+    return Path(shutil.copytree(tiny_model_dir, tmp_path / "shared" / "model"))
+
+
+@pytest.fixture
 def make_moodring_bot(discord_standin: DiscordStandIn, tiny_model_dir: Path, tmp_path: Path) -> BotFactory:
     """`async with make_moodring_bot(**config_overrides) as bot:` runs a real `MoodringBot` until the block ends."""
 

@@ -39,7 +39,7 @@ async def retrainer_parent(root: Path, backbone: str, data_dir: str) -> None:
         if status.phase == "training":
             training.set()
 
-    retrainer.start(report)
+    await retrainer.start(report)
     await training.wait()
     print(f"child {retrainer.child_pid}", flush=True)
     await retrainer.wait()

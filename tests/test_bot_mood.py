@@ -16,7 +16,7 @@ from test_retrain import TINY_ARGS
 
 from bot.app import MoodringBot
 from bot.cogs.mood import latest_slot, parse_period
-from bot.store import ChannelSettings, Schedule, StoreError, TransientStoreError
+from bot.store import ChannelSettings, Schedule, StoreError, TransientStoreError, open_store
 from sandbox import DiscordStandIn, payloads
 
 CALLBACK = "/interactions/{interaction_id}/{interaction_token}/callback"
@@ -259,6 +259,67 @@ async def test_first_start_without_a_model_trains_one(
 
 def summary_posts(standin: DiscordStandIn, channel_id: int) -> list:
     return [r for r in standin.requests_to("POST", f"/channels/{channel_id}/messages") if (r.json or {}).get("embeds")]
+
+
+def summary_messages(standin: DiscordStandIn, channel_id: int) -> list:
+    """The summaries in the channel, as the stand-in holds them (not the requests: one may return an earlier one)."""
+    return [m for m in standin.bot_messages(channel_id) if m.get("embeds")]
+
+
+async def test_a_slot_claimed_by_a_process_that_crashed_before_sending_is_sent_once_and_only_inside_the_window(
+    discord_standin: DiscordStandIn, make_moodring_bot: BotFactory, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A process claims a slot and dies before it sends: the next tick (here, another process's) sends it with the
+    slot's nonce while Discord still enforces it; a claim older than the window is given up with one line, and the
+    next slot is posted as usual."""
+    guild, channel = discord_standin.guild_id, discord_standin.channel_id
+    async with make_moodring_bot(database=postgres_url) as bot:
+        window = bot.config.summary_retry_window_s
+        schedule = await bot.store.upsert_schedule(guild, channel, "every", every_hours=1)
+        mood = bot.get_cog("Mood")
+
+        async def claimed_by_a_crashed_process(slot: float, at: float) -> None:
+            crashed = await open_store(postgres_url)  # what the crashed process left: the claim, and no post
+            try:
+                assert await crashed.claim_slot(schedule.id, slot, at)
+            finally:
+                await crashed.close()
+
+        slot = latest_slot(schedule, NOW)
+        await claimed_by_a_crashed_process(slot, NOW)
+        assert await mood.post_due_summaries(NOW + 60) == 1  # inside the window: sent
+        assert await mood.post_due_summaries(NOW + 120) == 0
+        (sent,) = summary_posts(discord_standin, channel)
+        assert sent.json["nonce"] == f"s{schedule.id}-{int(slot)}" and sent.json["enforce_nonce"] is True
+        assert len(summary_messages(discord_standin, channel)) == 1
+
+        next_slot = slot + 3600
+        await claimed_by_a_crashed_process(next_slot, next_slot + 5)
+        assert await mood.post_due_summaries(next_slot + 5 + window) == 0  # too late to send it safely
+        assert "too late to send it again safely" in caplog.text
+        assert await mood.post_due_summaries(next_slot + 3600 + 10) == 1  # the slot after: as usual
+        assert len(summary_messages(discord_standin, channel)) == 2
+
+
+async def test_a_summary_that_discord_posted_but_answered_5xx_for_is_not_posted_twice(
+    discord_standin: DiscordStandIn, make_moodring_bot: BotFactory, postgres_url: str
+) -> None:
+    """Discord posts the summary but answers 503: the next tick sends it again with the same nonce, and Discord
+    returns the first message instead of posting a second."""
+    guild, channel = discord_standin.guild_id, discord_standin.channel_id
+    async with make_moodring_bot(database=postgres_url) as bot:
+        await bot.store.upsert_schedule(guild, channel, "every", every_hours=1)
+        mood = bot.get_cog("Mood")
+        discord_standin.fail_next("POST", CHANNEL_MESSAGES, status=503, after_handling=True)
+        assert await mood.post_due_summaries(NOW) == 0  # a 503: whether it was posted is unknown here
+        assert len(summary_messages(discord_standin, channel)) == 1  # it was
+        assert await mood.post_due_summaries(NOW + 60) == 1  # sent again, with the same nonce
+        assert await mood.post_due_summaries(NOW + 120) == 0
+        first, again = summary_posts(discord_standin, channel)
+        assert first.json["nonce"] == again.json["nonce"]
+        assert len(summary_messages(discord_standin, channel)) == 1
+        (saved,) = await bot.store.schedules(guild)
+        assert not saved.send_pending and saved.last_posted_at == NOW
 
 
 @pytest.mark.parametrize("fault", ["read-only", "locked"])

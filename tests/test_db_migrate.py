@@ -1,7 +1,7 @@
 """`moodring db migrate-to` (the URL in MOODRING_TARGET_DATABASE) for real: a SQLite database filled through the
 store is copied into a fresh PostgreSQL database by the command line, which checks counts and totals; the bot then
-sees the same settings, statistics, schedules and corrections there (a member still can't correct a message twice),
-and a second run doubles nothing. Errors are one line."""
+sees the same settings, statistics, schedules and corrections there (a member still can't correct a message twice);
+a second run is refused unless forced, and forced doubles nothing. Errors are one line."""
 
 from __future__ import annotations
 
@@ -26,10 +26,10 @@ MEMBER = 123456789012345678
 MEMBER_KEY = bytes(range(32))  # the deployment key of member hashes (bot/store/member_key.py)
 
 
-def migrate(url: str, database: Path) -> subprocess.CompletedProcess[str]:
+def migrate(url: str, database: Path, *options: str) -> subprocess.CompletedProcess[str]:
     """`moodring db migrate-to` with the URL, password and all, in the environment (never on argv)."""
     return subprocess.run(
-        [sys.executable, "-m", "moodring", "db", "migrate-to", "--database", str(database)],
+        [sys.executable, "-m", "moodring", "db", "migrate-to", "--database", str(database), *options],
         cwd=REPO,
         env={**CHILD_ENV, "MOODRING_TARGET_DATABASE": url},
         capture_output=True,
@@ -82,7 +82,7 @@ async def test_migrate_to_copies_everything_checks_it_and_can_run_again(tmp_path
     assert "channel_buckets: 16 rows in SQLite, 16 in PostgreSQL; messages 41 / 41" in first.stdout, first.stdout
     assert "moodring-tests" not in first.stdout + first.stderr  # the password is not printed
 
-    second = await asyncio.to_thread(migrate, postgres_url, path)  # re-run: overwrites, does not add
+    second = await asyncio.to_thread(migrate, postgres_url, path, "--force")  # re-run: overwrites, does not add
     assert second.returncode == 0, second.stderr
     assert second.stdout == first.stdout
 
@@ -107,9 +107,59 @@ async def test_migrate_to_reports_rows_that_are_not_in_the_source(tmp_path: Path
     await fill(path)
     async with await open_store(postgres_url) as store:  # a bot already wrote into PostgreSQL
         store.record(9, 9, [("joy", 1.0)], at=T0)
-    result = await asyncio.to_thread(migrate, postgres_url, path)
+    result = await asyncio.to_thread(migrate, postgres_url, path, "--force")
     assert result.returncode == 1
     assert "MISMATCH" in result.stdout and "Some counts differ" in result.stderr
+
+
+async def postgres_rows(url: str) -> dict[str, int]:
+    """Rows per table of the bot's data in the PostgreSQL database at `url`."""
+    connection = await asyncpg.connect(url)
+    try:
+        return {
+            t: await connection.fetchval(f"SELECT COUNT(*) FROM {t}") for t in ("channel_buckets", "summary_schedules")
+        }
+    finally:
+        await connection.close()
+
+
+async def test_migrate_to_refuses_a_database_in_use_unless_forced(tmp_path: Path, postgres_url: str) -> None:
+    """A database a bot already wrote to: refused in one line, nothing written (the counts could not tell an
+    overwrite); with --force the copy runs, and reports the rows that are not in the file."""
+    path = tmp_path / "bot.db"
+    await fill(path)
+    async with await open_store(postgres_url, flush_interval=3600) as store:  # a bot already wrote into PostgreSQL
+        store.record(1, 10, [("joy", 1.0)], at=T0)  # an hour the SQLite file has too: it would be overwritten
+    before = await postgres_rows(postgres_url)
+    refused = await asyncio.to_thread(migrate, postgres_url, path)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert (
+        "already holds the bot's data (channel_buckets: 1 row, emotion_buckets: 1 row)" in refused.stderr
+        and "--force" in refused.stderr
+    )
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert refused.stdout == "" and await postgres_rows(postgres_url) == before
+    forced = await asyncio.to_thread(migrate, postgres_url, path, "--force")
+    assert forced.returncode == 0, forced.stderr  # its one hour was overwritten by the file's: the counts match
+    assert "Every row count and total matches." in forced.stdout
+
+
+async def test_migrate_to_a_schedule_that_conflicts_is_one_line_and_copies_nothing(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Forced onto a database with a schedule for the same channel under another id: PostgreSQL refuses the row,
+    and that is one line, with nothing copied."""
+    path = tmp_path / "bot.db"
+    await fill(path)
+    async with await open_store(postgres_url) as store:
+        await store.upsert_schedule(5, 90, "daily", hour=1)  # id 1, which the file gives to its (1, 30) schedule
+        await store.upsert_schedule(1, 30, "daily", hour=2)  # the file's channel, under id 2
+    before = await postgres_rows(postgres_url)
+    result = await asyncio.to_thread(migrate, postgres_url, path, "--force")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "refused the store" in result.stderr and "summary_schedules" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert await postgres_rows(postgres_url) == before
 
 
 async def test_migrate_to_errors_are_one_line(tmp_path: Path, postgres_server: PostgresServer) -> None:

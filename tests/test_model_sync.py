@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -33,12 +32,6 @@ def marks_of(classifier: EmotionClassifier) -> list[bool]:
 
 def sync_lines(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "bot.cluster.model_sync" and r.levelno >= level]
-
-
-@pytest.fixture
-def shared_model_dir(tiny_model_dir: Path, tmp_path: Path) -> Path:
-    """The model directory the processes share: a copy of the tiny model, which a swap replaces."""
-    return Path(shutil.copytree(tiny_model_dir, tmp_path / "shared" / "model"))
 
 
 @pytest.mark.discord_standin(shard_count=2)
@@ -123,7 +116,7 @@ async def test_an_announced_model_whose_files_differ_here_is_not_served_and_says
     sender_service = inference_service()
     sender = ModelSync(postgres_url, second_model(tiny_model_dir, tmp_path / "elsewhere" / "model"), sender_service)
     try:
-        assert await sender.announce()
+        assert await sender.announce(read_checksums(sender.model_dir))
     finally:
         await sender_service.close()
     await wait_until(lambda: receiver.refused == 1, 30, "the announcement handled")
@@ -183,7 +176,9 @@ async def test_a_dropped_listener_reconnects_and_catches_up_on_the_swap_it_misse
     await asyncio.to_thread(replace_directory, new, receiver.model_dir)
     sender_service = inference_service()
     try:
-        assert await ModelSync(postgres_url, receiver.model_dir, sender_service).announce()
+        assert await ModelSync(postgres_url, receiver.model_dir, sender_service).announce(
+            read_checksums(receiver.model_dir)
+        )
     finally:
         await sender_service.close()
     missed = not receiver.listening and receiver.connections == 1
@@ -201,7 +196,9 @@ async def test_an_announcement_that_cannot_be_sent_is_one_line_and_never_an_erro
     service = inference_service()
     unreachable = "postgresql://moodring:secret-pw@127.0.0.1:9/moodring"  # the discard port: refused
     try:
-        assert await ModelSync(unreachable, shared_model_dir, service).announce() is False
+        assert (
+            await ModelSync(unreachable, shared_model_dir, service).announce(read_checksums(shared_model_dir)) is False
+        )
     finally:
         await service.close()
     (line,) = sync_lines(caplog)

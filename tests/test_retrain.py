@@ -84,8 +84,8 @@ async def test_candidate_is_swapped_in_while_serving_and_a_cancel_during_the_swa
             served += 1
             await asyncio.sleep(0.05)
 
-    assert retrainer.start(report)
-    assert not retrainer.start(report)  # one retrain at a time
+    assert await retrainer.start(report)
+    assert not await retrainer.start(report)  # one retrain at a time
     asker = asyncio.create_task(keep_asking())
     await wait_until(in_swap.is_set, timeout=300, what="the swap")
     canceller = asyncio.create_task(retrainer.cancel())  # an owner's cancel, or the bot's shutdown (bot.close)
@@ -118,7 +118,7 @@ async def test_candidate_below_the_bar_is_rejected(
     before = (model_dir / "model.safetensors").read_bytes()
     # A tolerance of -1.0 demands a macro-F1 gain of a whole point, which no candidate can reach.
     retrainer = make_retrainer(service, model_dir, tmp_path, tiny_backbone_dir, goemotions_dir, tolerance=-1.0)
-    retrainer.start()
+    await retrainer.start()
     status = await asyncio.wait_for(retrainer.wait(), 300)
     assert status.outcome == "kept"
     assert service.classifier is old
@@ -133,7 +133,7 @@ async def test_failed_training_keeps_the_current_model_and_posts_only_a_short_re
     service, model_dir = serving
     old = service.classifier
     retrainer = make_retrainer(service, model_dir, tmp_path, tiny_backbone_dir, tmp_path / "no-such-data")
-    retrainer.start()
+    await retrainer.start()
     with caplog.at_level(logging.WARNING, logger="bot.learning.training_child"):
         status = await asyncio.wait_for(retrainer.wait(), 120)
     assert status.outcome == "failed"
@@ -164,7 +164,7 @@ async def test_cancel_stops_the_child_and_keeps_the_model(
         if status.phase == "training":
             seen_training.set()
 
-    retrainer.start(report)
+    await retrainer.start(report)
     await asyncio.wait_for(seen_training.wait(), 120)
     child = retrainer.child_pid
     assert child is not None and process_alive(child)
@@ -183,7 +183,7 @@ async def test_clean_up_after_a_retrain_does_not_block_the_event_loop(
 ) -> None:
     service, model_dir = serving
     retrainer = make_retrainer(service, model_dir, tmp_path, tiny_backbone_dir, goemotions_dir, extra_args=LONG_ARGS)
-    retrainer.start()
+    await retrainer.start()
     await wait_until(lambda: retrainer.child_pid is not None, timeout=60, what="the training child")
     # A candidate as heavy to delete as a real model directory, in many files.
     [run_dir] = (tmp_path / "runs").glob("retrain-*")

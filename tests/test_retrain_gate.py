@@ -98,7 +98,7 @@ async def test_a_retrain_exports_the_corrections_and_scores_both_models_on_commu
             export_corrections=lambda out: export_store(store, out, model_dir),
             community_min_rows=1,
         )
-        retrainer.start()
+        await retrainer.start()
         status = await asyncio.wait_for(retrainer.wait(), 600)
     finally:
         await store.close()
@@ -127,7 +127,7 @@ async def test_a_failed_export_fails_the_run_and_the_current_model_keeps_serving
     retrainer = make_retrainer(
         service, model_dir, tmp_path, tiny_backbone_dir, goemotions_dir, export_corrections=broken
     )
-    retrainer.start()
+    await retrainer.start()
     status = await asyncio.wait_for(retrainer.wait(), 60)
     assert status.outcome == "failed" and "corrections failed" in status.detail and "disk" not in status.detail
     assert service.classifier is old
@@ -158,7 +158,7 @@ async def test_planted_corrections_teach_a_new_word(
             export_corrections=lambda out: export_store(store, out, model_dir),
             community_min_rows=1,
         )
-        retrainer.start()
+        await retrainer.start()
         status = await asyncio.wait_for(retrainer.wait(), 600)
     finally:
         await store.close()

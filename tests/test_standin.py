@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 import zlib
 from collections.abc import AsyncIterator
 
@@ -16,6 +17,7 @@ from discord.ext import commands
 from standin_fixtures import running_bot
 
 from sandbox import DiscordStandIn, payloads
+from sandbox.rest import NONCE_WINDOW_S
 
 EYES = "\N{EYES}"
 
@@ -334,3 +336,31 @@ async def test_raw_gateway_zlib_stream(discord_standin: DiscordStandIn) -> None:
         assert ready["t"] == "READY" and ready["s"] == 1
         guild_create = await receive()
         assert guild_create["t"] == "GUILD_CREATE" and guild_create["s"] == 2
+
+
+async def test_enforce_nonce_returns_the_first_message_within_the_window(discord_standin: DiscordStandIn) -> None:
+    """Discord's `enforce_nonce`: a second create with the same author and nonce within the window returns the first
+    message and creates none; without `enforce_nonce`, with another nonce or after the window, a new one; a nonce
+    longer than 25 characters is refused. And a 500 `after_handling` creates the message and still answers 500."""
+    standin = discord_standin
+    url = f"{standin.api_base}/channels/{standin.channel_id}/messages"
+    headers = {"Authorization": f"Bot {standin.token}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+
+        async def create(**body: object) -> tuple[int, dict]:
+            async with http.post(url, json={"content": "hi", **body}) as response:
+                return response.status, await response.json()
+
+        first = (await create(nonce="n-1", enforce_nonce=True))[1]
+        assert (await create(nonce="n-1", enforce_nonce=True))[1]["id"] == first["id"]
+        assert (await create(nonce="n-1"))[1]["id"] != first["id"]  # not enforced: a new message
+        assert (await create(nonce="n-2", enforce_nonce=True))[1]["id"] != first["id"]
+        assert (await create(nonce="x" * 26, enforce_nonce=True))[0] == 400
+        standin.rest.clock = lambda: time.monotonic() + NONCE_WINDOW_S  # the window has passed
+        assert (await create(nonce="n-1", enforce_nonce=True))[1]["id"] != first["id"]
+        standin.fail_next("POST", "/channels/{channel_id}/messages", status=500, after_handling=True)
+        status, _ = await create(nonce="n-3", enforce_nonce=True)
+        assert status == 500
+        posted = standin.bot_messages(standin.channel_id)[-1]
+        assert (await create(nonce="n-3", enforce_nonce=True))[1]["id"] == posted["id"]  # the one the 500 hid
+    assert len(standin.bot_messages(standin.channel_id)) == 5

@@ -45,6 +45,7 @@ CALLS: dict[str, Callable[[Store], Awaitable[object]]] = {
     "add_correction": lambda s: s.add_correction(CORRECTION, message_key="m", member_id=3),
     "claim_slot": lambda s: s.claim_slot(1, NOW - 60, NOW),
     "clear_corrections": lambda s: s.clear_corrections(1),
+    "confirm_slot": lambda s: s.confirm_slot(1, NOW),
     "corrections": lambda s: s.corrections(contributing=True),
     "corrections_enabled": lambda s: s.corrections_enabled(1),
     "delete_schedule": lambda s: s.delete_schedule(1),

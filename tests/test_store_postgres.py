@@ -1,7 +1,8 @@
 """The PostgreSQL engine's own guarantees, against a real server (tests/postgres_fixtures.py) and real processes:
 increments from two processes on the same bucket are never lost, two processes migrating a fresh database apply
-each migration once, a server that goes away mid-run costs nothing (the flusher keeps the analyses and retries),
-and a wrong URL, a refused connection, bad credentials or a missing database are one clear `StoreError`."""
+each migration once, a server that goes away mid-run costs nothing (the flusher keeps the analyses and retries), a
+flush whose COMMIT's answer is lost is counted once (a fault-injecting proxy between the store and the server), and
+a wrong URL, a refused connection, bad credentials or a missing database are one clear `StoreError`."""
 
 from __future__ import annotations
 
@@ -280,3 +281,90 @@ def socket_bound() -> Iterator[int]:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         yield holder.getsockname()[1]
+
+
+class CommitAnswerDropper:
+    """A TCP proxy in front of the PostgreSQL server. Once `armed`, it passes the next COMMIT to the server, waits
+    for the server's answer (the transaction is committed by then), and drops the client's connection instead of
+    passing the answer on: a COMMIT whose outcome the client cannot know, as in a failover."""
+
+    def __init__(self, server_port: int) -> None:
+        self.server_port = server_port
+        self.armed = False
+        self.dropped = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    async def __aenter__(self) -> CommitAnswerDropper:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def url(self, url: str) -> str:
+        port = self._server.sockets[0].getsockname()[1]
+        return url.replace(f":{self.server_port}/", f":{port}/")
+
+    async def _serve(self, client_in: asyncio.StreamReader, client_out: asyncio.StreamWriter) -> None:
+        server_in, server_out = await asyncio.open_connection("127.0.0.1", self.server_port)
+        committing = asyncio.Event()
+
+        async def upstream() -> None:
+            while data := await client_in.read(65536):
+                if self.armed and b"COMMIT" in data:
+                    self.armed = False
+                    committing.set()
+                server_out.write(data)
+                await server_out.drain()
+
+        async def downstream() -> None:
+            while data := await server_in.read(65536):
+                if committing.is_set():  # the server's answer to COMMIT: it committed; the client never hears
+                    client_out.transport.abort()
+                    server_out.close()
+                    self.dropped.set()
+                    return
+                client_out.write(data)
+                await client_out.drain()
+
+        tasks = {asyncio.create_task(upstream()), asyncio.create_task(downstream())}
+        self._tasks |= tasks
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        client_out.transport.abort()
+        server_out.close()
+
+
+async def test_a_flush_whose_commit_answer_is_lost_is_counted_once(
+    postgres_server: PostgresServer, postgres_url: str
+) -> None:
+    """The connection drops after COMMIT reached the server and before its answer came back: the flush fails with a
+    transient error, and the next flush finds the batch's flush id in the database and adds nothing again."""
+    async with CommitAnswerDropper(postgres_server.port) as proxy:
+        store = await open_store(proxy.url(postgres_url), flush_interval=3600)
+        try:
+            for _ in range(3):
+                store.record(1, 2, [("joy", 0.5)], at=T0)
+            proxy.armed = True
+            with pytest.raises(TransientStoreError):
+                await store.flush()
+            assert proxy.dropped.is_set() and store.pending == 3
+            assert await store.flush() == 3  # settled: committed before, so counted and not written again
+            store.record(1, 2, [("joy", 0.5)], at=T0)
+            assert await store.flush() == 1
+            assert store.pending == 0 and store.flushed_total == store.recorded_total == 4
+        finally:
+            await store.close()
+    connection = await asyncpg.connect(postgres_url)
+    try:
+        messages = await connection.fetchval("SELECT SUM(messages) FROM channel_buckets")
+        flushes = await connection.fetchval("SELECT COUNT(*) FROM statistics_flushes")
+    finally:
+        await connection.close()
+    assert messages == 4 and flushes == 2

@@ -2,11 +2,17 @@
 
 Only with PostgreSQL (with SQLite there is one process, and nothing here runs). The contract:
 
-- **Announcing.** The process that swapped a new model in (a retrain: bot/learning/retrain.py) calls `announce()` once
-  the model is in `model_dir`. It reads the SHA-256 of every model file there (`model_checksums`, off the event loop)
-  and sends them with `NOTIFY` on `CHANNEL`, over a connection of its own (`bot.store.postgres.notify`: the
-  database's side, and its errors, stay in the store). It never raises: a failed announcement is
-  one log line, and the other processes keep their model until the next swap, their next reconnect or restart.
+- **Announcing.** The process that swapped a new model in (a retrain: bot/learning/retrain.py) calls
+  `announce(checksums)` once the model is in `model_dir`, with the SHA-256 of every model file (`model_checksums`)
+  taken from the candidate *before* it replaced the directory: read after, they could be those of another process's
+  swap that came in between, and this process would then take that model for its own and ignore its announcement.
+  They go with `NOTIFY` on `CHANNEL`, over a connection of its own (`bot.store.postgres.notify`: the database's side,
+  and its errors, stay in the store). It never raises: a failed announcement is one log line, and the other processes
+  find the swap at their next ping (see below).
+- **One retrain per cluster.** `retrain_lock` is the Retrainer's `cluster_lock`: a session advisory lock
+  (`RETRAIN_LOCK`) on a connection of its own, held from `/moodring retrain` until the run has swapped and announced;
+  a retrain asked for in another process meanwhile is refused. Should that connection drop mid-run, a second retrain
+  can start; the checksums above still bring every process to the model swapped in last.
 - **Receiving.** Every process listens on a dedicated connection, from `start` to `close` (with the bot). On an
   announcement from another process it loads the model in `model_dir` off the event loop, checks that the
   directory's checksums equal the announced ones before and after loading (so that it serves exactly the files the
@@ -15,8 +21,10 @@ Only with PostgreSQL (with SQLite there is one process, and nothing here runs). 
   logs one line saying so. Announcements that arrive while a load runs are coalesced: the latest one is loaded next.
 - **A dropped connection** (server restart, network) is reconnected with back-off (bot/backoff.py); a connection
   that is silently gone is found by a ping every `ping_interval`. An announcement sent while it was down is lost,
-  so after every (re)connect the directory is compared with what this process last loaded or looked at, and
-  loaded the same way if it changed. For the same reason `start` reads the directory before the start-up load.
+  and so is one that the swapping process failed to send: so after every (re)connect, and after every ping, the
+  directory is compared with what this process last loaded or looked at, and loaded the same way if it changed (a
+  missed swap is served within `ping_interval` and a load). For the same reason `start` reads the directory before
+  the start-up load.
 """
 
 from __future__ import annotations
@@ -26,14 +34,14 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 from bot.backoff import Backoff
 from bot.inference import InferenceService
 from bot.store import StoreError, redact_url
-from bot.store.postgres import listen, notify
+from bot.store.postgres import hold_locks, listen, notify
 from model import EmotionClassifier
 from model.metadata import METADATA_FILE
 from model.training_contract import model_checksums
@@ -52,6 +60,8 @@ CONNECT_TIMEOUT = 10.0
 RETRY_CAP = 32
 #: PostgreSQL's limit on a notification's payload, in bytes.
 PAYLOAD_LIMIT = 7999
+#: The two keys of the cluster's retrain lock ("rt", 0): two-key advisory locks, apart from the shards' ("sh", id).
+RETRAIN_LOCK = (0x7274, 0)
 
 Checksums = dict[str, str]
 
@@ -156,19 +166,24 @@ class ModelSync:
 
     # ------------------------------------------------------------------ announcing
 
-    async def announce(self) -> bool:
-        """Tell the other processes that `model_dir` holds a new model (call it after swapping it in). Never
-        raises; returns whether the announcement was sent."""
+    @contextlib.asynccontextmanager
+    async def retrain_lock(self) -> AsyncIterator[bool]:
+        """The cluster's retrain lock for the block: True when this process holds it, False when another does.
+        Raises `StoreError` when the database can't be reached."""
+        async with hold_locks(self.url, "moodring retrain lock", timeout=CONNECT_TIMEOUT) as holder:
+            yield await holder.try_lock(*RETRAIN_LOCK)
+
+    async def announce(self, checksums: Checksums) -> bool:
+        """Tell the other processes that `model_dir` holds a new model, whose files have `checksums` (taken before
+        it replaced the directory; call this after swapping it in). Never raises; returns whether the announcement
+        was sent."""
         try:
-            checksums = await asyncio.to_thread(read_checksums, self.model_dir)
-            if checksums is None:
-                raise ModelMismatch(f"no model in {self.model_dir}")
             self.seen = self.serving = checksums
             await notify(self.url, CHANNEL, announcement(self.sender, checksums), timeout=CONNECT_TIMEOUT)
         except Exception as error:
             log.error(
-                "could not tell the other processes about the new model (%s: %s); they keep theirs until they "
-                "reconnect or restart",
+                "could not tell the other processes about the new model (%s: %s); they find it in the shared "
+                "directory at their next ping",
                 type(error).__name__,
                 error,
             )
@@ -197,7 +212,7 @@ class ModelSync:
                 self.connections += 1
                 self._backoff.succeeded(" (announcements sent meanwhile: the directory is checked for a new model)")
                 self._request(catch_up=True)
-                await listener.until_lost(self.ping_interval)
+                await listener.until_lost(self.ping_interval, on_ping=lambda: self._request(catch_up=True))
             finally:
                 self.listening = False
 
@@ -233,7 +248,7 @@ class ModelSync:
                     wanted = await asyncio.to_thread(self._read_quietly)
                     if wanted is None or wanted == self.seen:
                         continue
-                    log.info("the model in %s changed while this process was not listening", self.model_dir)
+                    log.info("the model in %s changed without an announcement reaching this process", self.model_dir)
                 if wanted == self.serving:  # announced again, or caught up on and then announced
                     continue
                 classifier = await asyncio.to_thread(self._open_verified, wanted)

@@ -278,8 +278,8 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
             await send_ephemeral(interaction, "I can't post progress here; run this in a channel where I can write.")
             return
         progress = ProgressMessage(interaction.channel)
-        if not self.bot.retrainer.start(progress.update):
-            await send_ephemeral(interaction, "A retrain is already running. Stop it with `/moodring retrain-cancel`.")
+        if not await self.bot.retrainer.start(progress.update):
+            await send_ephemeral(interaction, self.bot.retrainer.refusal)
             return
         await interaction.response.send_message("Starting a retrain; progress follows here.", ephemeral=True)
 

@@ -61,6 +61,11 @@ def describe_period(seconds: int) -> str:
     return f"{seconds // 3600} hours"
 
 
+def summary_nonce(schedule: Schedule, slot: float) -> str:
+    """The message nonce of a slot's summary: the same for every try, at most Discord's 25 characters."""
+    return f"s{schedule.id}-{int(slot)}"
+
+
 def latest_slot(schedule: Schedule, now: float) -> float:
     """The most recent time at or before `now` when `schedule` should have posted (UTC)."""
     if schedule.kind == "every":
@@ -180,13 +185,30 @@ class Mood(commands.Cog):
     async def post_due_summaries(self, now: float) -> int:
         """Post every summary whose latest slot has passed since it last posted; one each, even after downtime.
 
+        Exactly once: a slot is claimed before its summary is sent, with a nonce of its own (`summary_nonce`:
+        Discord then returns the first message for that nonce instead of posting another). A claimed slot whose send
+        is not known to have gone through (`send_pending`: a crash after the claim, a 5xx, a dropped connection) is
+        sent again with the same nonce while that is safe, `summary_retry_window_s` after the claim; after that it
+        is given up, with one line: at most once, rather than twice.
+
         A broken schedule does not stop the others; an error of the store itself ends the tick (it raises).
         """
         posted = 0
+        window = self.bot.config.summary_retry_window_s
         for schedule in await self.bot.store.schedules():
             if not owns_guild(schedule.guild_id, self.bot.shard_ids, self.bot.shard_count):
                 continue  # another process of the cluster runs that guild's shard, and posts its summaries
-            if schedule.last_posted_at is not None and latest_slot(schedule, now) <= schedule.last_posted_at:
+            if schedule.send_pending and now - schedule.last_posted_at >= window:
+                await self.bot.store.confirm_slot(schedule.id, schedule.last_posted_at)
+                log.warning(
+                    "summary schedule %s: the post claimed %.0f s ago may not have been sent, and it is too late to "
+                    "send it again safely (Discord keeps a nonce for a few minutes): not posting that slot",
+                    schedule.id,
+                    now - schedule.last_posted_at,
+                )
+                continue
+            due = schedule.last_posted_at is None or latest_slot(schedule, now) > schedule.last_posted_at
+            if not (due or schedule.send_pending):
                 continue
             try:
                 posted += await self.post_summary(schedule, now)
@@ -216,22 +238,37 @@ class Mood(commands.Cog):
         source_channel = self.bot.get_channel(source) if source else None
         place = f"#{source_channel.name}" if source_channel else (channel.guild.name if source is None else "a channel")
         embed, chart = await self.report(schedule.guild_id, source, place, summary_period(schedule), now)
-        # Recorded before it is sent: a post whose record fails is never sent twice. At most one post per slot.
-        if not await self.bot.store.claim_slot(schedule.id, latest_slot(schedule, now), now):
+        # Claimed before it is sent: a post whose record fails is never sent twice. At most one post per slot; a
+        # pending one is sent again for the slot it claimed, with the same nonce.
+        claimed_at = schedule.last_posted_at if schedule.send_pending else now
+        slot = latest_slot(schedule, claimed_at)
+        if not schedule.send_pending and not await self.bot.store.claim_slot(schedule.id, slot, now):
             return False  # already posted for this slot
         try:
-            await channel.send(embed=embed, files=[chart] if chart else [], allowed_mentions=NO_MENTIONS)
+            await channel.send(
+                embed=embed,
+                files=[chart] if chart else [],
+                allowed_mentions=NO_MENTIONS,
+                nonce=summary_nonce(schedule, slot),  # discord.py then sets enforce_nonce
+            )
         except discord.Forbidden:
             await self.disable(schedule, f"I am not allowed to post in {channel.mention}")
             return False
         except discord.NotFound:
             await self.disable(schedule, "its channel was deleted")
             return False
-        except discord.HTTPException as error:  # Discord answered: nothing was posted, so the next tick retries
-            log.warning("could not post summary %s (will retry): %s", schedule.id, error)
-            await self.bot.store.release_slot(schedule.id, now, schedule.last_posted_at)
+        except discord.DiscordServerError as error:  # a 5xx (after discord.py's own retries): it may have posted
+            log.warning("summary %s may not have been posted (%s): sending it again with its nonce", schedule.id, error)
             return False
-        # Any other error (the connection dropped mid-send, say) may or may not have posted: the slot stays taken.
+        except discord.HTTPException as error:  # Discord refused it: nothing was posted, so the next tick retries
+            log.warning("could not post summary %s (will retry): %s", schedule.id, error)
+            # The slot as it was before its claim; for a pending one that is unknown: as if never posted (the
+            # latest slot is then due).
+            previous = None if schedule.send_pending else schedule.last_posted_at
+            await self.bot.store.release_slot(schedule.id, claimed_at, previous)
+            return False
+        # Any other error (the connection dropped mid-send, say) may or may not have posted: the slot stays pending.
+        await self.bot.store.confirm_slot(schedule.id, claimed_at)
         return True
 
     async def disable(self, schedule: Schedule, reason: str) -> None:

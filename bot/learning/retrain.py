@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -38,12 +39,14 @@ from bot.config import split_retrain_args
 from bot.inference import InferenceService
 from bot.learning.community_data import ExportSummary
 from bot.learning.training_child import TrainingChild, child_threads, failure_reason, finish_despite_cancel
+from bot.store import StoreError
 from model.metadata import METADATA_FILE
 from model.storage import replace_directory
 from model.training_contract import (
     ProgressReader,
     TrainingProgress,
     checkpoint_dir,
+    model_checksums,
     progress_path,
     read_dev_scores,
     report_path,
@@ -55,9 +58,24 @@ log = logging.getLogger(__name__)
 
 #: Writes the corrections for a retrain into a directory; None when there are none to use.
 ExportCorrections = Callable[[Path], Awaitable[ExportSummary | None]]
-#: Called once a swap is complete (the new model on disk and serving), e.g. to tell the other processes of a cluster
-#: (bot/cluster/model_sync.py). It must not raise.
-AfterSwap = Callable[[], Awaitable[object]]
+#: Called once a swap is complete (the new model on disk and serving) with the checksums of the model's files, taken
+#: from the candidate before it replaced the serving model (read after, they could be another process's later swap);
+#: e.g. to tell the other processes of a cluster (bot/cluster/model_sync.py). It must not raise.
+AfterSwap = Callable[[dict[str, str]], Awaitable[object]]
+#: The cluster's one-retrain-at-a-time lock, held for the block: its value says whether this process got it (False:
+#: another process is retraining). Raises `StoreError` when the database can't say.
+ClusterLock = Callable[[], contextlib.AbstractAsyncContextManager[bool]]
+
+#: Why `start` refused, as shown in Discord.
+RUNNING_HERE = "A retrain is already running. Stop it with `/moodring retrain-cancel`."
+RUNNING_ELSEWHERE = (
+    "A retrain is already running in another of this bot's processes; its progress is in the channel where it was "
+    "started. Try again once it has finished."
+)
+LOCK_UNAVAILABLE = (
+    "I can't check whether another of this bot's processes is retraining (its database can't be reached now). "
+    "Try again later."
+)
 
 
 #: A run's export of the corrections (inside its run directory), and the lock its retrain holds while it exists.
@@ -145,7 +163,9 @@ ProgressCallback = Callable[[RetrainStatus], Awaitable[None]]
 
 
 class Retrainer:
-    """Runs one retrain at a time. `start` returns False if one is already running.
+    """Runs one retrain at a time: in this process, and with a `cluster_lock` in the cluster (the lock is held from
+    `start` until the run has finished, its swap and `after_swap` included). `start` returns False if one is already
+    running; `refusal` then says why.
 
     The settings come from the caller (bot/app.py passes BotConfig's): `extra_args` (MOODRING_RETRAIN_ARGS),
     `tolerance` and `community_min_rows` (the gate, `should_swap`), `progress_interval` (seconds between updates).
@@ -165,6 +185,7 @@ class Retrainer:
         community_min_rows: int,
         export_corrections: ExportCorrections | None = None,
         after_swap: AfterSwap | None = None,
+        cluster_lock: ClusterLock | None = None,
     ) -> None:
         self.inference = inference
         self.model_dir = Path(model_dir)
@@ -177,6 +198,8 @@ class Retrainer:
         self.export_corrections = export_corrections
         self.community_min_rows = community_min_rows
         self.after_swap = after_swap
+        self.cluster_lock = cluster_lock
+        self.refusal = ""  # why the last `start` that returned False did
         self.status: RetrainStatus | None = None
         self._task: asyncio.Task | None = None
         self._child = TrainingChild()
@@ -196,12 +219,27 @@ class Retrainer:
         """The pid of the child process running now (training or evaluating), if any."""
         return self._child.pid
 
-    def start(self, on_progress: ProgressCallback | None = None) -> bool:
+    async def start(self, on_progress: ProgressCallback | None = None) -> bool:
+        """Start a retrain unless one is running here or (with a `cluster_lock`) in another process, or the lock
+        can't be checked: then False, with `refusal` set to what to tell the owner."""
         if self.running:
+            self.refusal = RUNNING_HERE
             return False
+        lock = contextlib.AsyncExitStack()
+        if self.cluster_lock is not None:
+            try:
+                free = await lock.enter_async_context(self.cluster_lock())
+            except StoreError as error:
+                log.warning("not retraining: can't take the cluster's retrain lock (%s)", error)
+                self.refusal = LOCK_UNAVAILABLE
+                return False
+            if not free or self.running:  # another process has it; or this one started meanwhile
+                await lock.aclose()
+                self.refusal = RUNNING_HERE if self.running else RUNNING_ELSEWHERE
+                return False
         self.status = RetrainStatus()
         self._cancel_reason = None
-        self._task = asyncio.create_task(self._run(self.status, on_progress), name="moodring-retrain")
+        self._task = asyncio.create_task(self._run(self.status, on_progress, lock), name="moodring-retrain")
         return True
 
     async def wait(self) -> RetrainStatus:
@@ -222,8 +260,12 @@ class Retrainer:
         self._task.cancel()
         return await self.wait()
 
-    async def _run(self, status: RetrainStatus, on_progress: ProgressCallback | None) -> RetrainStatus:
-        run_dir = self.work_root / time.strftime("retrain-%Y%m%d-%H%M%S")
+    async def _run(
+        self, status: RetrainStatus, on_progress: ProgressCallback | None, lock: contextlib.AsyncExitStack
+    ) -> RetrainStatus:
+        # Unique, not only to the second: two runs started at once (two clusters on one work directory, or a retrain
+        # right after one that failed at once) must not write into each other's directory.
+        run_dir = self.work_root / f"retrain-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
         candidate = run_dir / "model"
         progress = ProgressReader(progress_path(self._work_dir(run_dir)))
         finished = asyncio.Event()
@@ -231,7 +273,7 @@ class Retrainer:
         export_lock: int | None = None
         try:
             await self.inference.reserve_cores(child_threads())
-            await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(run_dir.mkdir, parents=True)
             export_lock = await asyncio.to_thread(lock_export, run_dir)
             extra = await self._export(run_dir / EXPORT_DIR, status)
             await self._train(candidate, run_dir, extra)
@@ -271,6 +313,7 @@ class Retrainer:
             await finish_despite_cancel(
                 self._finish(status, on_progress, reporter, finished, run_dir, candidate, export_lock)
             )
+            await finish_despite_cancel(lock.aclose())  # after the swap and its announcement: the cluster's turn
         return status
 
     @property
@@ -367,14 +410,16 @@ class Retrainer:
         return await asyncio.to_thread(read_dev_scores, report)
 
     async def _swap_in(self, candidate: Path) -> None:
-        """Load the candidate fully, put it where the serving model lives on disk, serve it, then `after_swap`."""
+        """Load the candidate fully, put it where the serving model lives on disk, serve it, then `after_swap` with
+        the candidate's checksums (taken before the replace)."""
         classifier = await asyncio.to_thread(self.inference.open_model, candidate)
+        checksums = await asyncio.to_thread(model_checksums, candidate)
         await asyncio.to_thread(replace_directory, candidate, self.model_dir)
         classifier.relocate(self.model_dir)
         self.inference.swap(classifier)
         log.info("now serving the retrained model from %s", self.model_dir)
         if self.after_swap is not None:
-            await self.after_swap()
+            await self.after_swap(checksums)
 
     async def _report(
         self,

@@ -43,6 +43,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -132,7 +133,11 @@ class Schedule:
     last_posted_at: float | None
     enabled: bool
     disabled_reason: str | None
+    send_pending: bool = False  # the slot claimed at last_posted_at is not known to be posted yet
 
+
+#: How long a flush id is kept: far longer than any retry of its batch takes.
+FLUSH_IDS_KEPT_S = 86400
 
 # (guild_id, channel_id, at, ((label, score), ...))
 _Entry = tuple[int, int, float, tuple[tuple[str, float], ...]]
@@ -165,6 +170,7 @@ def schedule_from_row(row: Sequence[Any]) -> Schedule:
         source_channel_id=row[7],
         last_posted_at=row[8],
         enabled=bool(row[9]),
+        send_pending=bool(row[11]),
         disabled_reason=row[10],
     )
 
@@ -280,6 +286,10 @@ class Store(abc.ABC):
         self._flusher: asyncio.Task[None] | None = None
         self._close_task: asyncio.Future[None] | None = None
         self._flush_committed = False  # set by an engine's _write_buckets once its COMMIT went through
+        self._flush_outcome_unknown = False  # set by an engine's _write_buckets when its COMMIT's answer was lost
+        # A batch whose COMMIT's outcome is unknown, with its flush id: the next flush writes it again under that id,
+        # which the engine skips if the id is in the database (that COMMIT went through).
+        self._unsettled: tuple[str, list[_Entry]] | None = None
         self.recorded_total = 0
         self.flushed_total = 0
         self.dropped = 0
@@ -461,8 +471,9 @@ class Store(abc.ABC):
 
     @property
     def pending(self) -> int:
-        """Recorded analyses not yet committed (buffered plus the in-flight transaction)."""
-        return len(self._buffer) + self._in_flight
+        """Recorded analyses not yet known to be committed (buffered, the in-flight transaction, a batch whose
+        COMMIT's outcome is unknown)."""
+        return len(self._buffer) + self._in_flight + (len(self._unsettled[1]) if self._unsettled else 0)
 
     def record(
         self,
@@ -508,36 +519,53 @@ class Store(abc.ABC):
 
     async def _flush(self) -> int:
         async with self._lock:
-            if not self._buffer:
+            if not self._buffer and self._unsettled is None:
                 return 0
-            entries = list(self._buffer)
-            self._buffer.clear()
-            self._in_flight = len(entries)
-            self._flush_committed = False
-            try:
-                await self._write_buckets(*_aggregate(entries))
-            except BaseException:
-                if self._flush_committed:  # cancelled after COMMIT went through: re-buffering would count twice
-                    self.flushed_total += len(entries)
-                else:  # nothing was written: put the entries back in front of what arrived meanwhile
-                    self._buffer.extendleft(reversed(entries))
-                    self._trim()
-                raise
-            finally:
-                self._in_flight = 0
-            self.flushed_total += len(entries)
+            written = 0
+            if self._unsettled is not None:  # first the batch of unknown outcome, under its own id
+                flush_id, entries = self._unsettled
+                self._unsettled = None
+                written += await self._write_batch(flush_id, entries)
+            if self._buffer:
+                entries = list(self._buffer)
+                self._buffer.clear()
+                written += await self._write_batch(uuid.uuid4().hex, entries)
             if self._flush_backoff.failing:
                 dropped = self.dropped - self._dropped_before_outage
                 self._flush_backoff.succeeded(f"; {dropped} analyses dropped meanwhile")
             elif self._overflowing:
                 log.warning("statistics buffer drained; %d analyses dropped so far", self.dropped)
             self._overflowing = False
-            return len(entries)
+            return written
+
+    async def _write_batch(self, flush_id: str, entries: list[_Entry]) -> int:
+        """Write one batch (``_write_buckets``); on an error, count it, keep it to write again under the same id, or
+        put it back in the buffer, as the engine found its COMMIT: through, unknown, or not reached."""
+        self._in_flight = len(entries)
+        self._flush_committed = self._flush_outcome_unknown = False
+        try:
+            await self._write_buckets(*_aggregate(entries), flush_id)
+        except BaseException:
+            if self._flush_committed:  # cancelled after COMMIT went through: re-buffering would count twice
+                self.flushed_total += len(entries)
+            elif self._flush_outcome_unknown:  # the connection went during COMMIT: the next flush settles it
+                self._unsettled = (flush_id, entries)
+            else:  # nothing was written: put the entries back in front of what arrived meanwhile
+                self._buffer.extendleft(reversed(entries))
+                self._trim()
+            raise
+        finally:
+            self._in_flight = 0
+        self.flushed_total += len(entries)
+        return len(entries)
 
     @abc.abstractmethod
-    async def _write_buckets(self, channel_rows: ChannelRows, emotion_rows: EmotionRows) -> None:
-        """Add the rows to the buckets in ONE transaction (under the lock). Sets ``_flush_committed`` when an error
-        (a cancellation) arrives after the COMMIT went through."""
+    async def _write_buckets(self, channel_rows: ChannelRows, emotion_rows: EmotionRows, flush_id: str) -> None:
+        """Add the rows to the buckets in ONE transaction (under the lock), together with ``flush_id`` in
+        ``statistics_flushes``; write nothing (and succeed) when ``flush_id`` is there already: an earlier try of this
+        batch committed. Ids older than ``FLUSH_IDS_KEPT_S`` go in the same transaction. Sets ``_flush_committed``
+        when an error (a cancellation) arrives after the COMMIT went through, ``_flush_outcome_unknown`` when the
+        COMMIT was sent and its answer lost."""
 
     async def _flush_loop(self) -> None:
         """Flush every ``flush_interval``; after failures, wait 2, 4, ... up to ``FLUSH_BACKOFF_CAP`` intervals.
@@ -595,7 +623,7 @@ class Store(abc.ABC):
         """Create or replace the schedule posting into ``channel_id`` (one per target channel).
 
         A replaced schedule keeps its id and ``last_posted_at`` (so editing it does not post twice in one
-        period) and is enabled again.
+        period) and is enabled again; a post of it still pending (``send_pending``) is given up.
         """
         check_schedule(kind, hour, weekday, every_hours)
         return await self._upsert_schedule(guild_id, channel_id, kind, hour, weekday, every_hours, source_channel_id)
@@ -626,8 +654,14 @@ class Store(abc.ABC):
 
         Atomic: of any number of callers (ticks, processes) exactly one gets True for a slot. Claiming before
         sending means a failed write sends nothing (the next tick tries again), and a post can never be repeated
-        because its record failed; a send that fails gives the slot back with ``release_slot``.
+        because its record failed; a send that Discord refused gives the slot back with ``release_slot``. The claim
+        is ``send_pending`` until ``confirm_slot``: a send whose outcome is unknown is retried from that.
         """
+
+    @abc.abstractmethod
+    async def confirm_slot(self, schedule_id: int, at: float) -> bool:
+        """The post claimed at ``at`` was sent (or given up): no longer ``send_pending``; False when the schedule was
+        claimed again, released or replaced since."""
 
     @abc.abstractmethod
     async def release_slot(self, schedule_id: int, at: float, previous: float | None) -> bool:
@@ -674,6 +708,11 @@ class Store(abc.ABC):
         kept = [entry for entry in self._buffer if entry[0] != guild_id]
         self.forgotten += len(self._buffer) - len(kept)
         self._buffer = deque(kept)
+        if self._unsettled is not None:  # committed or not, the guild's rows of that batch are gone after this
+            flush_id, entries = self._unsettled
+            kept = [entry for entry in entries if entry[0] != guild_id]
+            self.forgotten += len(entries) - len(kept)
+            self._unsettled = (flush_id, kept)
 
     @abc.abstractmethod
     async def _delete_rows(self, guild_id: int, tables: Sequence[str]) -> int:

@@ -34,6 +34,7 @@ from bot.store.interface import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING,
     DEFAULT_RETENTION_DAYS,
+    FLUSH_IDS_KEPT_S,
     SALT_SECRET,
     ChannelRows,
     ChannelSettings,
@@ -55,7 +56,7 @@ from bot.store.member_key import rehash
 from bot.store.migrate import MigrationTarget, load_scripts, migrate
 from bot.store.schema import CORRECTION_COLUMNS, SCHEDULE_COLUMNS, STATISTICS_TABLES
 
-__all__ = ["MIGRATIONS", "MIGRATION_LOCK", "Listener", "PostgresStore", "listen", "notify"]
+__all__ = ["MIGRATIONS", "MIGRATION_LOCK", "Listener", "LockHolder", "PostgresStore", "hold_locks", "listen", "notify"]
 
 log = logging.getLogger(__name__)
 
@@ -314,16 +315,27 @@ class PostgresStore(Store):
 
     # ------------------------------------------------------------------ statistics
 
-    async def _write_buckets(self, channel_rows: ChannelRows, emotion_rows: EmotionRows) -> None:
+    async def _write_buckets(self, channel_rows: ChannelRows, emotion_rows: EmotionRows, flush_id: str) -> None:
         # Sorted keys: two processes flushing overlapping buckets take the row locks in the same order (no deadlock).
+        now = time.time()
         async with self._connection() as connection:
             transaction = connection.transaction()
             await transaction.start()
             try:
-                await connection.executemany(_UPSERT_CHANNEL_BUCKET, [(*k, n) for k, n in sorted(channel_rows.items())])
-                await connection.executemany(
-                    _UPSERT_EMOTION_BUCKET, [(*k, c, s) for k, (c, s) in sorted(emotion_rows.items())]
+                await connection.execute("DELETE FROM statistics_flushes WHERE at < $1", now - FLUSH_IDS_KEPT_S)
+                first = await connection.fetchval(
+                    "INSERT INTO statistics_flushes (id, at) VALUES ($1, $2) "
+                    "ON CONFLICT (id) DO NOTHING RETURNING TRUE",
+                    flush_id,
+                    now,
                 )
+                if first:  # else an earlier try of this batch committed
+                    await connection.executemany(
+                        _UPSERT_CHANNEL_BUCKET, [(*k, n) for k, n in sorted(channel_rows.items())]
+                    )
+                    await connection.executemany(
+                        _UPSERT_EMOTION_BUCKET, [(*k, c, s) for k, (c, s) in sorted(emotion_rows.items())]
+                    )
             except BaseException:
                 await _rollback(transaction)
                 raise
@@ -333,6 +345,9 @@ class PostgresStore(Store):
                 # The COMMIT was sent; whether it arrived is unknown. A cancelled caller must not count twice, and
                 # PostgreSQL finishes a COMMIT it received: count it as written.
                 self._flush_committed = True
+                raise
+            except BaseException:  # the connection went with the COMMIT sent: the next flush settles it by its id
+                self._flush_outcome_unknown = True
                 raise
 
     async def mood(self, guild_id: int, channel_id: int | None, since: float, until: float) -> MoodSummary:
@@ -384,7 +399,7 @@ class PostgresStore(Store):
             ON CONFLICT (guild_id, channel_id) DO UPDATE SET
                 kind = excluded.kind, hour = excluded.hour, weekday = excluded.weekday,
                 every_hours = excluded.every_hours, source_channel_id = excluded.source_channel_id,
-                enabled = TRUE, disabled_reason = NULL
+                enabled = TRUE, disabled_reason = NULL, send_pending = FALSE
             RETURNING {SCHEDULE_COLUMNS}
             """,
             guild_id,
@@ -413,16 +428,24 @@ class PostgresStore(Store):
         # Under READ COMMITTED a second UPDATE of the row waits for the first and re-checks the WHERE clause on the
         # row it committed: one winner per slot, across processes.
         return await self._changed(
-            "UPDATE summary_schedules SET last_posted_at = $1 "
+            "UPDATE summary_schedules SET last_posted_at = $1, send_pending = TRUE "
             "WHERE id = $2 AND enabled AND (last_posted_at IS NULL OR last_posted_at < $3)",
             at,
             schedule_id,
             slot,
         )
 
+    async def confirm_slot(self, schedule_id: int, at: float) -> bool:
+        return await self._changed(
+            "UPDATE summary_schedules SET send_pending = FALSE WHERE id = $1 AND send_pending AND last_posted_at = $2",
+            schedule_id,
+            at,
+        )
+
     async def release_slot(self, schedule_id: int, at: float, previous: float | None) -> bool:
         return await self._changed(
-            "UPDATE summary_schedules SET last_posted_at = $1 WHERE id = $2 AND last_posted_at = $3",
+            "UPDATE summary_schedules SET last_posted_at = $1, send_pending = FALSE "
+            "WHERE id = $2 AND last_posted_at = $3",
             previous,
             schedule_id,
             at,
@@ -543,7 +566,8 @@ async def notify(url: str, channel: str, payload: str, *, timeout: float) -> Non
 
 
 class Listener:
-    """A connection of its own that LISTENs on one channel, for as long as ``listen``'s block runs."""
+    """A connection of its own that LISTENs on one channel, for as long as ``listen``'s block runs (or holds session
+    advisory locks: ``LockHolder``)."""
 
     def __init__(self, connection: asyncpg.Connection, name: str, timeout: float) -> None:
         self._connection = connection
@@ -552,16 +576,19 @@ class Listener:
         self._lost = asyncio.Event()
         connection.add_termination_listener(lambda _: self._lost.set())
 
-    async def until_lost(self, ping_interval: float) -> NoReturn:
+    async def until_lost(self, ping_interval: float, on_ping: Callable[[], None] | None = None) -> NoReturn:
         """Wait until the connection is lost, pinging every ``ping_interval`` seconds so that one that is silently
-        gone is found too; then raise ``TransientStoreError`` (or the error of the ping that failed)."""
+        gone is found too (and calling ``on_ping`` after each ping that answered); then raise
+        ``TransientStoreError`` (or the error of the ping that failed)."""
         with _driver_errors(self._name):
             while not self._lost.is_set() and not self._connection.is_closed():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._lost.wait(), ping_interval)
                     break
                 await self._connection.execute("SELECT 1", timeout=self._timeout)
-        raise TransientStoreError("the listening connection was closed")
+                if on_ping is not None:
+                    on_ping()
+        raise TransientStoreError("the dedicated connection was closed")
 
 
 @contextlib.asynccontextmanager
@@ -579,6 +606,46 @@ async def listen(
         with _driver_errors(name):
             await connection.add_listener(channel, lambda _connection, _pid, _channel, payload: on_payload(payload))
         yield listener
+    finally:
+        if not connection.is_closed():
+            connection.terminate()
+
+
+class LockHolder(Listener):
+    """A connection of its own that holds session advisory locks for as long as ``hold_locks``'s block runs. A
+    session lock lives as long as its connection: when ``until_lost`` raises, every lock taken here may already be
+    another session's."""
+
+    async def lock(self, space: int, key: int, on_busy: Callable[[], None]) -> None:
+        """Take the advisory lock (``space``, ``key``): at once if it is free, else call ``on_busy`` once and wait
+        (without a time limit) until the session that holds it releases it or ends. Raises ``StoreError``."""
+        if await self.try_lock(space, key):
+            return
+        on_busy()
+        with _driver_errors(self._name):
+            await self._connection.execute("SELECT pg_advisory_lock($1, $2)", space, key, timeout=None)
+
+    def terminate(self) -> None:
+        """End the connection now (its locks are released, and a wait in ``lock`` raises ``StoreError``)."""
+        self._connection.terminate()
+
+    async def try_lock(self, space: int, key: int) -> bool:
+        """Take the advisory lock (``space``, ``key``) if it is free; whether it was. Raises ``StoreError``."""
+        with _driver_errors(self._name):
+            return await self._connection.fetchval(
+                "SELECT pg_try_advisory_lock($1, $2)", space, key, timeout=self._timeout
+            )
+
+
+@contextlib.asynccontextmanager
+async def hold_locks(url: str, application_name: str, *, timeout: float) -> AsyncIterator[LockHolder]:
+    """A dedicated connection (named ``application_name`` in ``pg_stat_activity``) for session advisory locks during
+    the block; terminated after, which releases them all. Raises ``StoreError`` when it cannot connect."""
+    name = redact_url(url)
+    with _driver_errors(name):
+        connection = await asyncpg.connect(url, timeout=timeout, server_settings={"application_name": application_name})
+    try:
+        yield LockHolder(connection, name, timeout)
     finally:
         if not connection.is_closed():
             connection.terminate()
@@ -613,9 +680,11 @@ def _store_error(name: str, error: BaseException) -> StoreError:
     """What to tell the operator when the database at ``name`` (the URL without its password) cannot be used."""
     if isinstance(error, StoreError):
         return error
+    # One line: a server error's text may go on with DETAIL and HINT lines (a unique violation names the key).
+    text = " ".join(str(error).split())
     if isinstance(error, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
         return PermanentStoreError(
-            f"PostgreSQL refused the user or password in MOODRING_DATABASE ({name}): {error}. Check the user name "
+            f"PostgreSQL refused the user or password in MOODRING_DATABASE ({name}): {text}. Check the user name "
             "and password in the URL (postgresql://user:password@host:port/database)."
         )
     if isinstance(error, asyncpg.InvalidCatalogNameError):
@@ -625,23 +694,23 @@ def _store_error(name: str, error: BaseException) -> StoreError:
         )
     if isinstance(error, asyncpg.InsufficientPrivilegeError):
         return PermanentStoreError(
-            f"the user in MOODRING_DATABASE ({name}) may not create or use the bot's tables: {error}. Make it the "
+            f"the user in MOODRING_DATABASE ({name}) may not create or use the bot's tables: {text}. Make it the "
             "owner of the database, or grant it CREATE on the schema."
         )
     if isinstance(error, asyncpg.ClientConfigurationError | ValueError):
         return PermanentStoreError(
-            f"MOODRING_DATABASE is not a valid PostgreSQL URL ({name}): {error}. Write it as "
+            f"MOODRING_DATABASE is not a valid PostgreSQL URL ({name}): {text}. Write it as "
             "postgresql://user:password@host:port/database, or give a file path for SQLite."
         )
     if isinstance(error, OSError | TimeoutError | asyncpg.CannotConnectNowError | asyncpg.InterfaceError):
-        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        reason = getattr(error, "strerror", None) or text or type(error).__name__
         return TransientStoreError(
             f"cannot connect to PostgreSQL at {name}: {reason}. Check that the server runs and that the host and "
             "port in MOODRING_DATABASE are right."
         )
     if _transient(error):
-        reason = str(error) or type(error).__name__
+        reason = text or type(error).__name__
         return TransientStoreError(f"PostgreSQL at {name} cannot serve the store now: {reason}")
     if isinstance(error, asyncpg.PostgresError):
-        return PermanentStoreError(f"PostgreSQL at {name} refused the store: {error}")
-    return PermanentStoreError(f"cannot use PostgreSQL at {name}: {type(error).__name__}: {error}")
+        return PermanentStoreError(f"PostgreSQL at {name} refused the store: {text}")
+    return PermanentStoreError(f"cannot use PostgreSQL at {name}: {type(error).__name__}: {text}")

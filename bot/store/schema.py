@@ -24,8 +24,9 @@ __all__ = [
 ]
 
 #: What a table holds: it decides which deletions reach it (``forget_guild`` erases statistics and corrections,
-#: ``remove_guild`` every table of a guild; ``secrets`` belong to the database, not to a guild).
-TableGroup = Literal["settings", "statistics", "corrections", "secrets"]
+#: ``remove_guild`` every table of a guild; ``secrets`` belong to the database, not to a guild; ``bookkeeping`` is the
+#: store's own record of its writes to this database, which a copy into another leaves behind).
+TableGroup = Literal["settings", "statistics", "corrections", "secrets", "bookkeeping"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +50,8 @@ TABLES = (
           booleans=("corrections",)),
     Table("summary_schedules", "settings",
           ("id", "guild_id", "channel_id", "kind", "hour", "weekday", "every_hours", "source_channel_id",
-           "last_posted_at", "enabled", "disabled_reason"),
-          ("id",), booleans=("enabled",), identity=True),
+           "last_posted_at", "enabled", "disabled_reason", "send_pending"),
+          ("id",), booleans=("enabled", "send_pending"), identity=True),
     Table("channel_buckets", "statistics", ("guild_id", "channel_id", "bucket_start", "messages"),
           ("guild_id", "channel_id", "bucket_start"), counters=("messages",)),
     Table("emotion_buckets", "statistics", ("guild_id", "channel_id", "bucket_start", "label", "count", "score_sum"),
@@ -60,6 +61,7 @@ TABLES = (
            "dedup_hash"),
           ("id",), identity=True),
     Table("store_secrets", "secrets", ("name", "value"), ("name",)),
+    Table("statistics_flushes", "bookkeeping", ("id", "at"), ("id",)),
 )  # fmt: skip
 
 _BY_NAME = {table.name: table for table in TABLES}

@@ -33,6 +33,7 @@ from bot.store.interface import (
     DEFAULT_FLUSH_INTERVAL,
     DEFAULT_MAX_PENDING,
     DEFAULT_RETENTION_DAYS,
+    FLUSH_IDS_KEPT_S,
     SALT_SECRET,
     ChannelRows,
     ChannelSettings,
@@ -333,15 +334,21 @@ class SqliteStore(Store):
 
     # ------------------------------------------------------------------ statistics
 
-    async def _write_buckets(self, channel_rows: ChannelRows, emotion_rows: EmotionRows) -> None:
+    async def _write_buckets(self, channel_rows: ChannelRows, emotion_rows: EmotionRows, flush_id: str) -> None:
         db = self._db
         committing = False
+        now = time.time()
         with self._driver_errors():
             try:
                 await db.execute("BEGIN IMMEDIATE")
-                # Parents first: emotion_buckets references channel_buckets.
-                await db.executemany(_UPSERT_CHANNEL_BUCKET, [(*k, n) for k, n in channel_rows.items()])
-                await db.executemany(_UPSERT_EMOTION_BUCKET, [(*k, c, s) for k, (c, s) in emotion_rows.items()])
+                await db.execute("DELETE FROM statistics_flushes WHERE at < ?", (now - FLUSH_IDS_KEPT_S,))
+                cursor = await db.execute(
+                    "INSERT INTO statistics_flushes (id, at) VALUES (?, ?) ON CONFLICT (id) DO NOTHING", (flush_id, now)
+                )
+                if cursor.rowcount:  # else an earlier try of this batch committed
+                    # Parents first: emotion_buckets references channel_buckets.
+                    await db.executemany(_UPSERT_CHANNEL_BUCKET, [(*k, n) for k, n in channel_rows.items()])
+                    await db.executemany(_UPSERT_EMOTION_BUCKET, [(*k, c, s) for k, (c, s) in emotion_rows.items()])
                 committing = True
                 await db.execute("COMMIT")
             except BaseException as error:
@@ -400,7 +407,7 @@ class SqliteStore(Store):
                 ON CONFLICT (guild_id, channel_id) DO UPDATE SET
                     kind = excluded.kind, hour = excluded.hour, weekday = excluded.weekday,
                     every_hours = excluded.every_hours, source_channel_id = excluded.source_channel_id,
-                    enabled = 1, disabled_reason = NULL
+                    enabled = 1, disabled_reason = NULL, send_pending = 0
                 RETURNING {SCHEDULE_COLUMNS}
                 """,
             (guild_id, channel_id, kind, hour, weekday, every_hours, source_channel_id),
@@ -426,14 +433,20 @@ class SqliteStore(Store):
 
     async def claim_slot(self, schedule_id: int, slot: float, at: float) -> bool:
         return await self._update_schedule(
-            "UPDATE summary_schedules SET last_posted_at = ? "
+            "UPDATE summary_schedules SET last_posted_at = ?, send_pending = 1 "
             "WHERE id = ? AND enabled = 1 AND (last_posted_at IS NULL OR last_posted_at < ?)",
             (at, schedule_id, slot),
         )
 
+    async def confirm_slot(self, schedule_id: int, at: float) -> bool:
+        return await self._update_schedule(
+            "UPDATE summary_schedules SET send_pending = 0 WHERE id = ? AND send_pending = 1 AND last_posted_at = ?",
+            (schedule_id, at),
+        )
+
     async def release_slot(self, schedule_id: int, at: float, previous: float | None) -> bool:
         return await self._update_schedule(
-            "UPDATE summary_schedules SET last_posted_at = ? WHERE id = ? AND last_posted_at = ?",
+            "UPDATE summary_schedules SET last_posted_at = ?, send_pending = 0 WHERE id = ? AND last_posted_at = ?",
             (previous, schedule_id, at),
         )
 
