@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -46,8 +47,14 @@ class BotFactory(Protocol):
     def __call__(self, **config: Any) -> contextlib.AbstractAsyncContextManager[MoodringBot]: ...
 
 
-def moodring_config(standin: DiscordStandIn, model_dir: Path, root: Path, **overrides: Any) -> BotConfig:
-    """A production `BotConfig` pointing at the stand-in, `model_dir` and files under `root`; `overrides` win."""
+def moodring_config(
+    standin: DiscordStandIn, model_dir: Path, root: Path, *, backbone: str | None = None, **overrides: Any
+) -> BotConfig:
+    """A production `BotConfig` pointing at the stand-in, `model_dir` and files under `root`; `overrides` win.
+
+    `backbone` is what the bot's retrains fine-tune, passed as an operator would: `--backbone` in MOODRING_RETRAIN_ARGS
+    (the bot itself holds no backbone; `moodring train` chooses).
+    """
     settings: dict[str, Any] = {
         "token": standin.token,
         "model_dir": model_dir,
@@ -58,6 +65,8 @@ def moodring_config(standin: DiscordStandIn, model_dir: Path, root: Path, **over
         "data_dir": None,
     }
     settings.update(overrides)
+    if backbone is not None:
+        settings["retrain_args"] = f"--backbone {shlex.quote(backbone)} {settings.get('retrain_args', '')}".strip()
     if settings.get("member_key_file") is None and is_postgres_url(settings["database"]):
         # The deployment key of member hashes a PostgreSQL bot needs: the one the `postgres_server` fixture made for
         # every bot process on its server (tests/postgres_fixtures.py).
