@@ -210,6 +210,10 @@ async def test_moodring_sandbox_runs_the_real_bot_and_leaves_nothing_behind(
             async def messages() -> list[dict]:
                 return await (await http.get(api + f"channels/{general}/messages?viewer={member}")).json()
 
+            welcome = (await messages())[0]  # a fresh world: the sandbox's own welcome comes first, not the bot's
+            assert welcome["author"]["system"] and welcome["author"]["id"] != state["bot"]["id"], welcome
+            assert "Welcome to the moodring sandbox" in welcome["content"], welcome
+
             async def run(name: str, **options: object) -> dict:
                 """Run /name as the member; the bot's answer (a new message with an embed, no longer loading)."""
                 before = int((await messages())[-1]["id"])
