@@ -162,7 +162,7 @@ function drawMessage(message) {
       text: `${userName(message.interaction_metadata.user)} used ${message.interaction_metadata.name ? "/" + message.interaction_metadata.name : "a button"}`}) : null,
     el("div", {class: "meta"},
       el("span", {class: "author", text: userName(message.author)}),
-      isBot ? el("span", {class: "bot-tag", text: "APP"}) : null,
+      isBot || message.author.system ? el("span", {class: "bot-tag", text: isBot ? "APP" : "SYSTEM"}) : null,
       " ", el("time", {text: new Date(message.timestamp).toLocaleTimeString()})),
     loading ? el("div", {class: "loading", text: `${userName(message.author)} is thinking…`}) : null,
     message.content ? renderMarkdown(message.content) : null,
