@@ -8,6 +8,7 @@ const view = {
   memberId: null,
   replyTo: null, // message id the next message replies to
   command: null, // {name, options} while the command form is open
+  toNewest: false, // the next draw scrolls to the newest message (set on sending, as Discord jumps to the present)
 };
 
 const $ = (selector) => document.querySelector(selector);
@@ -142,12 +143,21 @@ function drawSidebar() {
 
 // ------------------------------------------------------------------ messages
 
+// Keeps the list at the newest message when it was there (or the member just sent something), else where it was.
 async function drawMessages() {
   const box = $("#messages");
-  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   const messages = await api(`channels/${view.channelId}/messages?viewer=${view.memberId}`);
+  const follow = view.toNewest || box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  view.toNewest = false;
   box.replaceChildren(...messages.map(drawMessage));
-  if (atBottom) box.scrollTop = box.scrollHeight;
+  if (follow) box.scrollTop = box.scrollHeight;
+}
+
+// After sending: to the newest message now, and with the next draw (which brings what was sent, and the answer).
+function jumpToNewest() {
+  const box = $("#messages");
+  box.scrollTop = box.scrollHeight;
+  view.toNewest = true;
 }
 
 function drawMessage(message) {
@@ -263,6 +273,7 @@ async function sendMessage(event) {
   if (await act("messages", body)) {
     composer.value = "";
     stopReply();
+    jumpToNewest();
   }
 }
 
@@ -343,7 +354,10 @@ async function runCommand(event) {
     options[option.name] = option.choices?.length ? JSON.parse(field.value) : field.value;
   }
   const body = {channel_id: view.channelId, user_id: view.memberId, name: view.command.name, options};
-  if (await act("commands", body)) closeCommand();
+  if (await act("commands", body)) {
+    closeCommand();
+    jumpToNewest();
+  }
 }
 
 // ------------------------------------------------------------------ start
