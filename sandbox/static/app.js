@@ -168,8 +168,7 @@ function drawMessage(message) {
     drawActions(message),
     message.referenced_message ? el("div", {class: "reference",
       text: `↪ ${userName(message.referenced_message.author)}: ${plainText(message.referenced_message.content).slice(0, 80)}`}) : null,
-    message.interaction_metadata ? el("div", {class: "used",
-      text: `${userName(message.interaction_metadata.user)} used ${message.interaction_metadata.name ? "/" + message.interaction_metadata.name : "a button"}`}) : null,
+    message.interaction_metadata ? el("div", {class: "used", text: usedLabel(message.interaction_metadata)}) : null,
     el("div", {class: "meta"},
       el("span", {class: "author", text: userName(message.author)}),
       isBot || message.author.system ? el("span", {class: "bot-tag", text: isBot ? "APP" : "SYSTEM"}) : null,
@@ -182,6 +181,12 @@ function drawMessage(message) {
     drawReactions(message),
     ephemeral ? el("div", {class: "ephemeral-note", text: "👁 Only you can see this"}) : null);
   return node;
+}
+
+// "Sam used /moodring retention" for a slash command (with its subcommand), "Sam used Analyze emotions" for a menu.
+function usedLabel(metadata) {
+  const what = !metadata.name ? "a button" : metadata.command_type === 1 ? "/" + metadata.name : metadata.name;
+  return `${userName(metadata.user)} used ${what}`;
 }
 
 function drawActions(message) {
