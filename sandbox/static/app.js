@@ -8,6 +8,7 @@ const view = {
   memberId: null,
   replyTo: null, // message id the next message replies to
   command: null, // {name, options} while the command form is open
+  picks: new Map(), // "messageId customId" -> the values picked in that select, kept across redraws, as Discord does
   toNewest: false, // the next draw scrolls to the newest message (set on sending, as Discord jumps to the present)
 };
 
@@ -232,14 +233,42 @@ function drawComponents(message) {
       return el("button", {type: "button", class: `style-${c.style}`, disabled: c.disabled, "data-custom-id": c.custom_id,
         text: c.label || c.emoji?.name || "…", onclick: () => use(c.custom_id)});
     }
-    if (c.type === 3) {
-      return el("select", {"data-custom-id": c.custom_id, disabled: c.disabled,
-        onchange: (event) => use(c.custom_id, [event.target.value])},
-      el("option", {value: "", text: c.placeholder || "Choose…"}),
-      ...c.options.map((o) => el("option", {value: o.value, text: o.label})));
-    }
+    if (c.type === 3) return drawSelect(message, c, use);
     return null;
   })));
+}
+
+// A string select as its component says: one pick, or (max_values > 1) up to max_values of them, at least
+// min_values. The picks stay shown after the bot's answer redraws the message, until the message changes them.
+function drawSelect(message, component, use) {
+  const key = `${message.id} ${component.custom_id}`;
+  const min = component.min_values ?? 1, max = component.max_values ?? 1;
+  const placeholder = component.placeholder || "Choose…";
+  const picked = view.picks.get(key) ?? component.options.filter((o) => o.default).map((o) => o.value);
+  const options = component.options.map((o) => el("option", {value: o.value, selected: picked.includes(o.value),
+    text: (o.emoji?.name ? o.emoji.name + " " : "") + o.label + (o.description ? ` · ${o.description}` : "")}));
+  if (max === 1) {
+    return el("select", {"data-custom-id": component.custom_id, disabled: component.disabled,
+      onchange: (event) => {
+        view.picks.set(key, [event.target.value]);
+        use(component.custom_id, [event.target.value]);
+      }},
+    el("option", {value: "", disabled: true, selected: !picked.length, text: placeholder}), ...options);
+  }
+  const select = el("select", {"data-custom-id": component.custom_id, multiple: true, disabled: component.disabled,
+    size: Math.min(options.length, 6), "aria-label": placeholder,
+    onchange: () => {
+      const values = [...select.selectedOptions].map((o) => o.value);
+      if (values.length > max || values.length < min) {
+        notify(`${placeholder}: pick up to ${max}` + (min ? ` (at least ${min})` : "") + ".");
+        for (const option of select.options) option.selected = picked.includes(option.value);
+        return;
+      }
+      picked.splice(0, picked.length, ...values);
+      view.picks.set(key, values);
+      use(component.custom_id, values);
+    }}, ...options);
+  return el("label", {class: "select"}, el("span", {text: `${placeholder} (up to ${max})`}), select);
 }
 
 function drawReactions(message) {
