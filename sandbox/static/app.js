@@ -191,7 +191,7 @@ function usedLabel(metadata) {
 }
 
 function drawActions(message) {
-  const menus = view.state.commands.filter((c) => c.type === 3);
+  const menus = commandsShown().filter((c) => c.type === 3);
   return el("div", {class: "actions"},
     el("button", {type: "button", class: "reply", text: "Reply", onclick: () => startReply(message)}),
     ...menus.map((menu) => el("button", {type: "button", class: "menu", "data-menu": menu.name, text: menu.name,
@@ -297,7 +297,7 @@ async function sendMessage(event) {
   const text = composer.value.trim();
   if (!text) return;
   if (text.startsWith("/")) {
-    const match = commandPaths().find((c) => c.name === text.slice(1).trim());
+    const match = commandPaths({hidden: true}).find((c) => c.name === text.slice(1).trim());
     if (match) openCommand(match);
     else notify(`No command ${text}: pick one from the list.`);
     return;
@@ -313,15 +313,31 @@ async function sendMessage(event) {
 
 // ------------------------------------------------------------------ slash commands, from what the bot registered
 
-// Every runnable command path ("emotion", "moodring channel", ...) with the options it takes.
-function commandPaths() {
+// The commands Discord lists for the member played: not those whose default_member_permissions they lack (unless
+// they are an administrator). Hiding is all it is: a member who types a hidden command's name still runs it, and
+// the bot's own check answers, as it must for a server whose admins let everyone see the command.
+function commandsShown() {
+  const member = view.state.members.find((m) => m.id === view.memberId);
+  const has = BigInt(member?.permissions ?? 0);
+  const administrator = 1n << 3n;
+  return view.state.commands.filter((c) => {
+    if (c.default_member_permissions === null || c.default_member_permissions === undefined) return true;
+    const needed = BigInt(c.default_member_permissions);
+    return (has & administrator) !== 0n || (needed !== 0n && (has & needed) === needed);
+  });
+}
+
+// Every runnable command path ("emotion", "moodring channel", ...) with the options it takes: of the commands
+// shown to the member, or of all the bot registered (`hidden` too: for a name typed in full).
+function commandPaths({hidden = false} = {}) {
   const paths = [];
   const walk = (prefix, description, options) => {
     const subs = (options || []).filter((o) => o.type === 1 || o.type === 2);
     if (!subs.length) paths.push({name: prefix, description, options: options || []});
     for (const sub of subs) walk(`${prefix} ${sub.name}`, sub.description, sub.options);
   };
-  for (const command of view.state.commands.filter((c) => c.type === 1)) walk(command.name, command.description, command.options);
+  const commands = hidden ? view.state.commands : commandsShown();
+  for (const command of commands.filter((c) => c.type === 1)) walk(command.name, command.description, command.options);
   return paths.sort((a, b) => a.name.localeCompare(b.name));
 }
 
