@@ -178,6 +178,7 @@ async def test_a_newcomer_tries_the_bot_in_a_browser(
             await others.select_option(other_labels[:4])  # more than the list's max_values (3): refused
             await expect(page.locator("#notice")).to_contain_text("up to 3")
             await expect(others).to_have_values(other_labels[:1])
+            await picker.scroll_into_view_if_needed()
             await snapshot("correction")
             await picker.locator('button[data-custom-id="moodring:correction:send"]').click()
             thanks = page.locator(".message.ephemeral", has_text="Thank you! I'll learn from your correction")
