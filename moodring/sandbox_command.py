@@ -203,16 +203,11 @@ async def serve(host: str, port: int, seed: list[str], model_dir: Path, state_fi
         host=host,
         port=port,
     )
-    if state_file is not None and state_file.exists():
-        try:
-            saved = state.load(standin, state_file, f"http://{host}:{port}")
-        except state.StateError as error:
-            print(f"moodring: {error}; move it away to start afresh", file=sys.stderr)
-            return 2
-        cast = Cast(saved["owner"], saved["admin"], saved["member"], tuple(saved["channels"]))
-    else:
-        cast = furnish(standin)
-        post_welcome(standin, cast)
+    try:
+        cast = open_world(standin, state_file, f"http://{host}:{port}")
+    except state.StateError as error:
+        print(f"moodring: {error}; move it away to start afresh", file=sys.stderr)
+        return 2
     try:
         await standin.start()
     except OSError as error:
@@ -295,6 +290,18 @@ async def seed_history(standin: DiscordStandIn, cast: Cast, texts: list[str]) ->
         standin.page.changed()
         await asyncio.sleep(0.05)  # a steady trickle, not a flood the bot would answer "busy" to
     print(f"Seeded #general with {len(texts)} GoEmotions dev messages (analysed now, not back-dated).", flush=True)
+
+
+def open_world(standin: DiscordStandIn, state_file: Path | None, base_url: str) -> Cast:
+    """The sandbox's world and cast: the saved ones when `state_file` exists (``state.StateError`` when it cannot be
+    read), else a fresh world, furnished (`furnish`) and welcomed (`post_welcome`). `base_url` is where the
+    sandbox is served (the saved attachments' addresses are repointed there)."""
+    if state_file is not None and state_file.exists():
+        saved = state.load(standin, state_file, base_url)
+        return Cast(saved["owner"], saved["admin"], saved["member"], tuple(saved["channels"]))
+    cast = furnish(standin)
+    post_welcome(standin, cast)
+    return cast
 
 
 def post_welcome(standin: DiscordStandIn, cast: Cast) -> None:
