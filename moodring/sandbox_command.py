@@ -203,15 +203,11 @@ async def serve(host: str, port: int, seed: list[str], model_dir: Path, state_fi
         host=host,
         port=port,
     )
-    if state_file is not None and state_file.exists():
-        try:
-            saved = state.load(standin, state_file, f"http://{host}:{port}")
-        except state.StateError as error:
-            print(f"moodring: {error}; move it away to start afresh", file=sys.stderr)
-            return 2
-        cast = Cast(saved["owner"], saved["admin"], saved["member"], tuple(saved["channels"]))
-    else:
-        cast = furnish(standin)
+    try:
+        cast = open_world(standin, state_file, f"http://{host}:{port}")
+    except state.StateError as error:
+        print(f"moodring: {error}; move it away to start afresh", file=sys.stderr)
+        return 2
     try:
         await standin.start()
     except OSError as error:
@@ -294,3 +290,45 @@ async def seed_history(standin: DiscordStandIn, cast: Cast, texts: list[str]) ->
         standin.page.changed()
         await asyncio.sleep(0.05)  # a steady trickle, not a flood the bot would answer "busy" to
     print(f"Seeded #general with {len(texts)} GoEmotions dev messages (analysed now, not back-dated).", flush=True)
+
+
+def open_world(standin: DiscordStandIn, state_file: Path | None, base_url: str) -> Cast:
+    """The sandbox's world and cast: the saved ones when `state_file` exists (``state.StateError`` when it cannot be
+    read), else a fresh world, furnished (`furnish`) and welcomed (`post_welcome`). `base_url` is where the
+    sandbox is served (the saved attachments' addresses are repointed there)."""
+    if state_file is not None and state_file.exists():
+        saved = state.load(standin, state_file, base_url)
+        return Cast(saved["owner"], saved["admin"], saved["member"], tuple(saved["channels"]))
+    cast = furnish(standin)
+    post_welcome(standin, cast)
+    return cast
+
+
+def post_welcome(standin: DiscordStandIn, cast: Cast) -> None:
+    """Post the sandbox's own welcome in #general (its author is the "Sandbox" system user, not the bot): what to
+    try, in which channel, as which of the cast. Only stored, never dispatched: the bot does not read or analyse it.
+
+    Call it once, on a fresh world (a world loaded from --state has its welcome already).
+    """
+    world = standin.world
+    general, feelings = cast.channels[0], cast.channels[1]
+
+    def name(user_id: int) -> str:
+        user = world.users[user_id]
+        return user.get("global_name") or user["username"]
+
+    text = "\n".join(
+        (
+            "**Welcome to the moodring sandbox!** A local Discord: nothing here leaves this machine. "
+            "Choose who you are under **You are**, on the left.",
+            f"> **{name(cast.member)}**, a member, in <#{general}>: say how your day went, run `/emotion`, or hover "
+            "a message and choose **Analyze emotions**. Reply to a message and mention "
+            f"<@{world.bot_user_id}> to ask what it makes of it.",
+            f"> **{name(cast.admin)}**, an admin (Manage Server), in <#{feelings}>: `/moodring channel` with "
+            "reactions true has the bot react to messages there; `/moodring corrections` with action enable lets "
+            "members answer **Not quite?** under a reading; `/moodring settings` shows it all.",
+            f"> **{name(cast.owner)}**, the owner: all an admin can. And anyone: `/mood` charts a channel's moods.",
+        )
+    )
+    author = world.add_user("sandbox", global_name="Sandbox", system=True)
+    world.store_message(p.message(p.snowflake(), general, world.user(author), text, guild_id=standin.guild_id))

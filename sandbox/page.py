@@ -9,7 +9,9 @@ the page reads again what it shows.
 API (JSON; errors are ``{"error": "..."}`` with status 400; every POST must be ``Content-Type: application/json``,
 415 otherwise; only the page's own origin may use it, 403 otherwise: sandbox/guard.py):
 
-* ``GET /sandbox/api/state``: guild, channels, members (with their role in the story), the bot, its synced commands
+* ``GET /sandbox/api/state``: guild, channels, members (with their role in the story and their server-wide
+  ``permissions``, by which the page hides the commands whose ``default_member_permissions`` a member lacks, as
+  Discord does), the bot, its synced commands
 * ``GET /sandbox/api/channels/{channel_id}/messages?viewer=ID``: the last 100 messages member ID can see, oldest first
   (ephemeral answers only for the member who asked)
 * ``POST /sandbox/api/messages`` ``{channel_id, author_id, content, reply_to?}``: ``<@id>`` in content mentions
@@ -183,7 +185,15 @@ class SandboxPage:
                 role = "admin"
             else:
                 role = "member"
-            members.append({"id": p.sid(uid), "name": user.get("global_name") or user["username"], "role": role})
+            permissions = p.compute_base_permissions(guild.summary(), guild.members[uid])
+            members.append(
+                {
+                    "id": p.sid(uid),
+                    "name": user.get("global_name") or user["username"],
+                    "role": role,
+                    "permissions": str(permissions),
+                }
+            )
         commands: dict[tuple[str, int], JSON] = {}  # a guild command hides a global one of the same name
         for command in [*world.global_commands.values(), *world.guild_commands.get(standin.guild_id, {}).values()]:
             commands[command["name"], command["type"]] = command

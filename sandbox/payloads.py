@@ -635,8 +635,18 @@ def interaction(
     return payload
 
 
+def _subcommand_path(options: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The subcommand group and subcommand an interaction's options name, outermost first."""
+    for option in options:
+        if option.get("type") in (OPTION_SUB_COMMAND, OPTION_SUB_COMMAND_GROUP):
+            return [option["name"], *_subcommand_path(option.get("options") or [])]
+    return []
+
+
 def interaction_metadata(interaction_payload: Mapping[str, Any], invoker: JSON) -> JSON:
-    """The ``interaction_metadata`` attached to messages that answer an interaction."""
+    """The ``interaction_metadata`` attached to messages that answer an interaction. Its ``name`` is the command as
+    used, with its subcommand group and subcommand ("moodring retention"), as Discord's message ``interaction`` has it.
+    """
     meta: JSON = {
         "id": interaction_payload["id"],
         "type": interaction_payload["type"],
@@ -645,7 +655,7 @@ def interaction_metadata(interaction_payload: Mapping[str, Any], invoker: JSON) 
     }
     data = interaction_payload.get("data") or {}
     if "name" in data:
-        meta["name"] = data["name"]
+        meta["name"] = " ".join([data["name"], *_subcommand_path(data.get("options") or [])])
         meta["command_type"] = data.get("type", COMMAND_CHAT_INPUT)
     if "message" in interaction_payload:
         meta["interacted_message_id"] = interaction_payload["message"]["id"]

@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from pathlib import Path
 
 import aiohttp
@@ -21,7 +22,7 @@ from test_sandbox_safety import OPERATOR_SETTINGS
 
 from bot.config import BotConfig, ConfigError
 from bot.store import open_store
-from moodring.sandbox_command import furnish
+from moodring.sandbox_command import furnish, open_world
 from sandbox import DEFAULT_TOKEN, DiscordStandIn, payloads, state
 from sandbox.gateway import CLOSE_AUTHENTICATION_FAILED
 
@@ -210,6 +211,10 @@ async def test_moodring_sandbox_runs_the_real_bot_and_leaves_nothing_behind(
             async def messages() -> list[dict]:
                 return await (await http.get(api + f"channels/{general}/messages?viewer={member}")).json()
 
+            welcome = (await messages())[0]  # a fresh world: the sandbox's own welcome comes first, not the bot's
+            assert welcome["author"]["system"] and welcome["author"]["id"] != state["bot"]["id"], welcome
+            assert "Welcome to the moodring sandbox" in welcome["content"], welcome
+
             async def run(name: str, **options: object) -> dict:
                 """Run /name as the member; the bot's answer (a new message with an embed, no longer loading)."""
                 before = int((await messages())[-1]["id"])
@@ -293,6 +298,25 @@ async def test_the_bot_child_stops_itself_when_the_sandbox_is_killed(tiny_model_
                 os.kill(bot_pid, signal.SIGKILL)
     stderr = (tmp_path / "stderr.log").read_text()
     assert "the process that started this one has gone: stopping" in stderr, stderr
+
+
+async def test_a_fresh_sandbox_is_welcomed_and_a_saved_one_is_not_welcomed_again(tmp_path: Path) -> None:
+    """The sandbox's own welcome (from its system user, not the bot) is posted in #general of a fresh world only;
+    a world loaded from --state keeps the one it had."""
+    saved = tmp_path / "sandbox.json"
+    first = DiscordStandIn()
+    cast = open_world(first, saved, "http://127.0.0.1:1")
+
+    def welcomes(standin: DiscordStandIn) -> list[dict]:
+        return [m for m in standin.world.messages.values() if m["author"].get("system")]
+
+    (welcome,) = welcomes(first)
+    assert welcome["channel_id"] == payloads.sid(cast.channels[0]) and welcome["author"]["username"] == "sandbox"
+    async with first:  # saving needs its address
+        state.save(first, saved, asdict(cast))
+    second = DiscordStandIn()
+    assert open_world(second, saved, "http://127.0.0.1:2") == cast
+    assert welcomes(second) == [welcome]
 
 
 async def test_state_file_keeps_the_world_between_runs(tmp_path: Path) -> None:

@@ -17,19 +17,25 @@ from bot_fixtures import BotFactory
 from playwright.async_api import Page, async_playwright, expect
 from test_bot_emotions import reacting_text
 
+from bot.learning.corrections import PICK_CLOSEST_ID, PICK_OTHERS_ID
 from model import EmotionClassifier
-from moodring.sandbox_command import furnish
+from moodring.sandbox_command import furnish, post_welcome
 from sandbox import DiscordStandIn
+from sandbox import payloads as p
 
 CHROMIUM = os.environ.get("MOODRING_CHROMIUM", "/usr/bin/chromium")
 #: The bot answers within a second or two; a loaded 2-core machine gets more.
 STEP_TIMEOUT_MS = 30_000
 
 
-async def run_command(page: Page, name: str, **options: str) -> None:
-    """Type `/name` in the composer, pick it from the command list, fill in its options and run it."""
+async def run_command(page: Page, name: str, *, typed: bool = False, **options: str) -> None:
+    """Type `/name` in the composer, pick it from the command list (or, `typed`, press Enter on the whole name, as
+    a member who does not see it listed can), fill in its options and run it."""
     await page.fill("#composer", "/" + name)
-    await page.click(f'#command-list [data-command="{name}"]')
+    if typed:
+        await page.press("#composer", "Enter")
+    else:
+        await page.click(f'#command-list [data-command="{name}"]')
     form = page.locator("#command-form")
     for option, value in options.items():
         field = form.locator(f'[name="{option}"]')
@@ -41,6 +47,19 @@ async def run_command(page: Page, name: str, **options: str) -> None:
     await expect(form).to_be_hidden()
 
 
+async def scroll_to_top(page: Page) -> None:
+    """Scroll the message list up, as a member reading back does (and check that it did)."""
+    assert await page.locator("#messages").evaluate("box => { box.scrollTop = 0; return box.scrollTop; }") == 0
+
+
+def seed_old_messages(standin: DiscordStandIn, author: int, count: int) -> None:
+    """`count` earlier messages in #general, as a sandbox loaded with --state has: enough to scroll."""
+    world = standin.world
+    for number in range(count):
+        message = p.message(p.snowflake(), standin.channel_id, world.user(author), f"an earlier message, {number}")
+        world.store_message(message)
+
+
 async def test_a_newcomer_tries_the_bot_in_a_browser(
     discord_standin: DiscordStandIn, make_moodring_bot: BotFactory, tiny_classifier: EmotionClassifier, tmp_path: Path
 ) -> None:
@@ -48,14 +67,21 @@ async def test_a_newcomer_tries_the_bot_in_a_browser(
         pytest.fail(f"no Chromium at {CHROMIUM}: `apt-get install chromium` (.ci/run does) or set MOODRING_CHROMIUM")
     standin = discord_standin
     cast = furnish(standin)
+    post_welcome(standin, cast)
+    seed_old_messages(standin, cast.owner, 40)
     reacting, emojis = reacting_text(tiny_classifier)
     expect.set_options(timeout=STEP_TIMEOUT_MS)
     errors: list[str] = []
+    failed_loads: list[str] = []  # what the browser console reports as a failed load (a 404...)
     async with make_moodring_bot(), async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 860})
             page.on("pageerror", lambda error: errors.append(str(error)))
+            page.on(
+                "response", lambda answer: answer.status >= 400 and failed_loads.append(f"{answer.status} {answer.url}")
+            )
+            page.on("console", lambda line: line.type == "error" and failed_loads.append(line.text))
             step = 0
 
             async def snapshot(name: str) -> None:
@@ -63,22 +89,30 @@ async def test_a_newcomer_tries_the_bot_in_a_browser(
                 step += 1
                 await page.screenshot(path=tmp_path / f"{step:02d}-{name}.png")
 
-            # 1. The page opens, and the bot is online with its commands.
+            # 1. The page opens, and the bot is online with its commands; the sandbox's welcome says what to try.
             await page.goto(standin.base_url)
             await expect(page.locator("#bot-status")).to_have_class("online")
+            welcome = page.locator(".message", has=page.locator(".author", has_text="Sandbox")).first
+            await expect(welcome.locator(".bot-tag")).to_have_text("SYSTEM")
+            cast_names = [standin.world.users[uid]["global_name"] for uid in (cast.member, cast.admin, cast.owner)]
+            for hint in ("#general", "#feelings", "You are", *cast_names, "/emotion", "/moodring"):
+                await expect(welcome.locator(".content")).to_contain_text(hint)
             await page.select_option("#member", str(cast.member))
             await snapshot("opened")
 
-            # 2. A member sends a message.
+            # 2. A member sends a message while scrolled up: the list jumps to it.
+            await scroll_to_top(page)
             await page.fill("#composer", "What a lovely morning, thank you all!")
             await page.press("#composer", "Enter")
-            await expect(page.locator(".message .content", has_text="What a lovely morning")).to_be_visible()
+            await expect(page.locator(".message .content", has_text="What a lovely morning")).to_be_in_viewport()
             await snapshot("message")
 
-            # 3. /emotion answers with an embed listing 5 emotions.
+            # 3. /emotion, run while scrolled up, answers in view with an embed listing 5 emotions.
+            await scroll_to_top(page)
             await run_command(page, "emotion", text="I can't believe you remembered my birthday!")
-            answer = page.locator(".message", has=page.locator(".used", has_text="used /emotion")).last
+            answer = page.locator(".message", has=page.locator(".used", has_text=f"{cast_names[0]} used /emotion")).last
             await expect(answer.locator(".embed .embed-field").first.locator(".line")).to_have_count(5)
+            await expect(answer.locator(".embed")).to_be_in_viewport()
             await snapshot("emotion")
 
             # 4. The member's message, through its "Analyze emotions" menu: an answer only they can see.
@@ -87,6 +121,9 @@ async def test_a_newcomer_tries_the_bot_in_a_browser(
             await mine.locator('.actions [data-menu="Analyze emotions"]').click()
             private = page.locator(".message.ephemeral", has=page.locator(".embed-title", has_text="Emotions in"))
             await expect(private.locator(".ephemeral-note")).to_have_text("👁 Only you can see this")
+            await expect(private.locator(".used")).to_have_text(
+                f"{cast_names[0]} used Analyze emotions"
+            )  # a menu, not a /command
 
             # 5. A reply to that message that mentions the bot: the bot reads the message replied to.
             await mine.hover()
@@ -103,6 +140,7 @@ async def test_a_newcomer_tries_the_bot_in_a_browser(
             await run_command(page, "moodring channel", reactions="true")
             confirmation = page.locator(".message.ephemeral", has_text="Updated.")
             await expect(confirmation.locator(".ephemeral-note")).to_have_text("👁 Only you can see this")
+            await expect(confirmation.locator(".used")).to_have_text(f"{cast_names[1]} used /moodring channel")
             await page.fill("#composer", reacting)
             await page.press("#composer", "Enter")
             reacted = page.locator(".message", has=page.locator(".content", has_text=reacting)).last
@@ -118,15 +156,48 @@ async def test_a_newcomer_tries_the_bot_in_a_browser(
             await chart.scroll_into_view_if_needed()
             await snapshot("mood")
 
-            # 8. A plain member is refused an admin command.
+            # 8. The admin turns corrections on; the member corrects the /emotion reading with "Not quite?", picking
+            # two emotions in one list and one in the other, as many as the component allows (it keeps the picks).
+            await run_command(page, "moodring corrections", action="enable")
+            await expect(page.locator(".message.ephemeral", has_text="Corrections are on")).to_be_visible()
             await page.select_option("#member", str(cast.member))
-            await run_command(page, "moodring channel", reactions="false")
+            await answer.locator('button[data-custom-id="moodring:not-quite"]').click()
+            picker = page.locator(".message.ephemeral", has=page.locator(f'select[data-custom-id="{PICK_CLOSEST_ID}"]'))
+            closest = picker.locator(f'select[data-custom-id="{PICK_CLOSEST_ID}"]')
+            others = picker.locator(f'select[data-custom-id="{PICK_OTHERS_ID}"]')
+            await expect(others).to_be_visible()
+            closest_labels = await closest.locator("option").evaluate_all("options => options.map(o => o.value)")
+            other_labels = await others.locator("option").evaluate_all("options => options.map(o => o.value)")
+            assert len(closest_labels) >= 2 and len(other_labels) >= 4, (closest_labels, other_labels)
+            await closest.select_option(closest_labels[:2])
+            await others.select_option(other_labels[:1])
+            await expect(others).to_have_values(other_labels[:1])
+            await page.evaluate("refresh()")  # a redraw, as every change the bot makes brings, keeps the picks
+            await expect(closest).to_have_values(closest_labels[:2])
+            await expect(others).to_have_values(other_labels[:1])
+            await others.select_option(other_labels[:4])  # more than the list's max_values (3): refused
+            await expect(page.locator("#notice")).to_contain_text("up to 3")
+            await expect(others).to_have_values(other_labels[:1])
+            await picker.scroll_into_view_if_needed()
+            await snapshot("correction")
+            await picker.locator('button[data-custom-id="moodring:correction:send"]').click()
+            thanks = page.locator(".message.ephemeral", has_text="Thank you! I'll learn from your correction")
+            for label in [*closest_labels[:2], other_labels[0]]:
+                await expect(thanks).to_contain_text(label)
+
+            # 9. A plain member does not see the admin commands (Discord hides what their permissions do not allow);
+            # typed anyway, the bot itself refuses.
+            await page.fill("#composer", "/")
+            await expect(page.locator('#command-list [data-command="emotion"]')).to_be_visible()
+            await expect(page.locator('#command-list [data-command^="moodring"]')).to_have_count(0)
+            await run_command(page, "moodring channel", typed=True, reactions="false")
             refusal = page.locator(".message.ephemeral", has_text="Manage Server")
             await expect(refusal).to_be_visible()
             await snapshot("refused")
         finally:
             await browser.close()
     assert not errors, errors
+    assert not failed_loads, failed_loads
     assert not standin.errors
 
 

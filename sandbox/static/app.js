@@ -8,6 +8,8 @@ const view = {
   memberId: null,
   replyTo: null, // message id the next message replies to
   command: null, // {name, options} while the command form is open
+  picks: new Map(), // "messageId customId" -> the values picked in that select, kept across redraws, as Discord does
+  toNewest: false, // the next draw scrolls to the newest message (set on sending, as Discord jumps to the present)
 };
 
 const $ = (selector) => document.querySelector(selector);
@@ -142,12 +144,21 @@ function drawSidebar() {
 
 // ------------------------------------------------------------------ messages
 
+// Keeps the list at the newest message when it was there (or the member just sent something), else where it was.
 async function drawMessages() {
   const box = $("#messages");
-  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   const messages = await api(`channels/${view.channelId}/messages?viewer=${view.memberId}`);
+  const follow = view.toNewest || box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  view.toNewest = false;
   box.replaceChildren(...messages.map(drawMessage));
-  if (atBottom) box.scrollTop = box.scrollHeight;
+  if (follow) box.scrollTop = box.scrollHeight;
+}
+
+// After sending: to the newest message now, and with the next draw (which brings what was sent, and the answer).
+function jumpToNewest() {
+  const box = $("#messages");
+  box.scrollTop = box.scrollHeight;
+  view.toNewest = true;
 }
 
 function drawMessage(message) {
@@ -158,11 +169,10 @@ function drawMessage(message) {
     drawActions(message),
     message.referenced_message ? el("div", {class: "reference",
       text: `↪ ${userName(message.referenced_message.author)}: ${plainText(message.referenced_message.content).slice(0, 80)}`}) : null,
-    message.interaction_metadata ? el("div", {class: "used",
-      text: `${userName(message.interaction_metadata.user)} used ${message.interaction_metadata.name ? "/" + message.interaction_metadata.name : "a button"}`}) : null,
+    message.interaction_metadata ? el("div", {class: "used", text: usedLabel(message.interaction_metadata)}) : null,
     el("div", {class: "meta"},
       el("span", {class: "author", text: userName(message.author)}),
-      isBot ? el("span", {class: "bot-tag", text: "APP"}) : null,
+      isBot || message.author.system ? el("span", {class: "bot-tag", text: isBot ? "APP" : "SYSTEM"}) : null,
       " ", el("time", {text: new Date(message.timestamp).toLocaleTimeString()})),
     loading ? el("div", {class: "loading", text: `${userName(message.author)} is thinking…`}) : null,
     message.content ? renderMarkdown(message.content) : null,
@@ -174,8 +184,14 @@ function drawMessage(message) {
   return node;
 }
 
+// "Sam used /moodring retention" for a slash command (with its subcommand), "Sam used Analyze emotions" for a menu.
+function usedLabel(metadata) {
+  const what = !metadata.name ? "a button" : metadata.command_type === 1 ? "/" + metadata.name : metadata.name;
+  return `${userName(metadata.user)} used ${what}`;
+}
+
 function drawActions(message) {
-  const menus = view.state.commands.filter((c) => c.type === 3);
+  const menus = commandsShown().filter((c) => c.type === 3);
   return el("div", {class: "actions"},
     el("button", {type: "button", class: "reply", text: "Reply", onclick: () => startReply(message)}),
     ...menus.map((menu) => el("button", {type: "button", class: "menu", "data-menu": menu.name, text: menu.name,
@@ -217,14 +233,42 @@ function drawComponents(message) {
       return el("button", {type: "button", class: `style-${c.style}`, disabled: c.disabled, "data-custom-id": c.custom_id,
         text: c.label || c.emoji?.name || "…", onclick: () => use(c.custom_id)});
     }
-    if (c.type === 3) {
-      return el("select", {"data-custom-id": c.custom_id, disabled: c.disabled,
-        onchange: (event) => use(c.custom_id, [event.target.value])},
-      el("option", {value: "", text: c.placeholder || "Choose…"}),
-      ...c.options.map((o) => el("option", {value: o.value, text: o.label})));
-    }
+    if (c.type === 3) return drawSelect(message, c, use);
     return null;
   })));
+}
+
+// A string select as its component says: one pick, or (max_values > 1) up to max_values of them, at least
+// min_values. The picks stay shown after the bot's answer redraws the message, until the message changes them.
+function drawSelect(message, component, use) {
+  const key = `${message.id} ${component.custom_id}`;
+  const min = component.min_values ?? 1, max = component.max_values ?? 1;
+  const placeholder = component.placeholder || "Choose…";
+  const picked = view.picks.get(key) ?? component.options.filter((o) => o.default).map((o) => o.value);
+  const options = component.options.map((o) => el("option", {value: o.value, selected: picked.includes(o.value),
+    text: (o.emoji?.name ? o.emoji.name + " " : "") + o.label + (o.description ? ` · ${o.description}` : "")}));
+  if (max === 1) {
+    return el("select", {"data-custom-id": component.custom_id, disabled: component.disabled,
+      onchange: (event) => {
+        view.picks.set(key, [event.target.value]);
+        use(component.custom_id, [event.target.value]);
+      }},
+    el("option", {value: "", disabled: true, selected: !picked.length, text: placeholder}), ...options);
+  }
+  const select = el("select", {"data-custom-id": component.custom_id, multiple: true, disabled: component.disabled,
+    size: Math.min(options.length, 6), "aria-label": placeholder,
+    onchange: () => {
+      const values = [...select.selectedOptions].map((o) => o.value);
+      if (values.length > max || values.length < min) {
+        notify(`${placeholder}: pick up to ${max}` + (min ? ` (at least ${min})` : "") + ".");
+        for (const option of select.options) option.selected = picked.includes(option.value);
+        return;
+      }
+      picked.splice(0, picked.length, ...values);
+      view.picks.set(key, values);
+      use(component.custom_id, values);
+    }}, ...options);
+  return el("label", {class: "select"}, el("span", {text: `${placeholder} (up to ${max})`}), select);
 }
 
 function drawReactions(message) {
@@ -253,7 +297,7 @@ async function sendMessage(event) {
   const text = composer.value.trim();
   if (!text) return;
   if (text.startsWith("/")) {
-    const match = commandPaths().find((c) => c.name === text.slice(1).trim());
+    const match = commandPaths({hidden: true}).find((c) => c.name === text.slice(1).trim());
     if (match) openCommand(match);
     else notify(`No command ${text}: pick one from the list.`);
     return;
@@ -263,20 +307,37 @@ async function sendMessage(event) {
   if (await act("messages", body)) {
     composer.value = "";
     stopReply();
+    jumpToNewest();
   }
 }
 
 // ------------------------------------------------------------------ slash commands, from what the bot registered
 
-// Every runnable command path ("emotion", "moodring channel", ...) with the options it takes.
-function commandPaths() {
+// The commands Discord lists for the member played: not those whose default_member_permissions they lack (unless
+// they are an administrator). Hiding is all it is: a member who types a hidden command's name still runs it, and
+// the bot's own check answers, as it must for a server whose admins let everyone see the command.
+function commandsShown() {
+  const member = view.state.members.find((m) => m.id === view.memberId);
+  const has = BigInt(member?.permissions ?? 0);
+  const administrator = 1n << 3n;
+  return view.state.commands.filter((c) => {
+    if (c.default_member_permissions === null || c.default_member_permissions === undefined) return true;
+    const needed = BigInt(c.default_member_permissions);
+    return (has & administrator) !== 0n || (needed !== 0n && (has & needed) === needed);
+  });
+}
+
+// Every runnable command path ("emotion", "moodring channel", ...) with the options it takes: of the commands
+// shown to the member, or of all the bot registered (`hidden` too: for a name typed in full).
+function commandPaths({hidden = false} = {}) {
   const paths = [];
   const walk = (prefix, description, options) => {
     const subs = (options || []).filter((o) => o.type === 1 || o.type === 2);
     if (!subs.length) paths.push({name: prefix, description, options: options || []});
     for (const sub of subs) walk(`${prefix} ${sub.name}`, sub.description, sub.options);
   };
-  for (const command of view.state.commands.filter((c) => c.type === 1)) walk(command.name, command.description, command.options);
+  const commands = hidden ? view.state.commands : commandsShown();
+  for (const command of commands.filter((c) => c.type === 1)) walk(command.name, command.description, command.options);
   return paths.sort((a, b) => a.name.localeCompare(b.name));
 }
 
@@ -343,7 +404,10 @@ async function runCommand(event) {
     options[option.name] = option.choices?.length ? JSON.parse(field.value) : field.value;
   }
   const body = {channel_id: view.channelId, user_id: view.memberId, name: view.command.name, options};
-  if (await act("commands", body)) closeCommand();
+  if (await act("commands", body)) {
+    closeCommand();
+    jumpToNewest();
+  }
 }
 
 // ------------------------------------------------------------------ start
