@@ -11,10 +11,19 @@ from model.arguments import MODEL_HELP, add_serving_options, serving_threads
 
 DATA_HELP = "GoEmotions directory in the original TSV layout (default: $GOEMOTIONS_DIR, else the hub)"
 EXTRA_HELP = "community corrections in GoEmotions' layout (written by `moodring corrections export`)"
+DATA_FILE_HELP = (
+    "FILE: .tsv (tab-separated) or .csv (comma-separated), UTF-8, a header row naming a text column and a label "
+    "column; several labels in a row are separated by --label-separator. MAP: .json, one key naming the level and "
+    'holding data set label -> target or list of targets, e.g. {"goemotions": {"happy": ["joy"], "lol": "amusement"}} '
+    'or {"ekman": {"mad": "anger"}}; or .tsv, a header "label<TAB>goemotions" (or ekman), then one label and its '
+    "comma-separated targets a row. Ekman groups: anger, disgust, fear, joy, sadness, surprise, neutral; at that "
+    "level the model's labels are collapsed into their groups. Only the targets the map reaches are scored."
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
     from training.config import TrainArgs
+    from training.labelled_data import LABEL_COLUMNS, LABEL_SEPARATOR, TEXT_COLUMN
 
     train = commands.add_parser("train", help="fine-tune SqueezeBERT on GoEmotions with Tez and export it")
     for spec in fields(TrainArgs):
@@ -44,12 +53,35 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--data-dir", help=DATA_HELP)
     export.set_defaults(handler=run_export_onnx)
 
-    evaluate = commands.add_parser("evaluate", help="report a model's accuracy on the dev or test split")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="report a model's accuracy on the dev or test split, or on your own labelled file",
+        description="Report a model's accuracy on GoEmotions' dev or test split (written into the model directory as "
+        "eval-<split>.json and .png), or with --data and --label-map on any labelled TSV or CSV file. "
+        + DATA_FILE_HELP,
+    )
     evaluate.add_argument("--model", help=MODEL_HELP)
-    evaluate.add_argument("--split", choices=["dev", "test"], default="dev", help="test only for the final report")
+    source = evaluate.add_mutually_exclusive_group()
+    source.add_argument("--split", choices=["dev", "test"], default="dev", help="test only for the final report")
+    source.add_argument("--data", metavar="FILE", help="a labelled .tsv or .csv file with a header row (see above)")
     evaluate.add_argument("--data-dir", help=DATA_HELP)
     evaluate.add_argument("--json", action="store_true", help="print the report as one JSON object")
     evaluate.add_argument("--extra-data", help=EXTRA_HELP + "; its dev split is reported as community dev")
+    evaluate.add_argument("--label-map", metavar="MAP", help="with --data: the .json or .tsv map of its labels")
+    evaluate.add_argument(
+        "--text-column", default=TEXT_COLUMN, help=f"with --data: the text column's name (default: {TEXT_COLUMN})"
+    )
+    evaluate.add_argument(
+        "--label-column", help=f"with --data: the label column's name (default: {' or '.join(LABEL_COLUMNS)})"
+    )
+    evaluate.add_argument(
+        "--label-separator",
+        default=LABEL_SEPARATOR,
+        help=f"with --data: what separates a row's labels (default: {LABEL_SEPARATOR!r})",
+    )
+    evaluate.add_argument(
+        "--out", metavar="FILE", help="with --data: also write the report there as JSON (chart beside)"
+    )
     add_serving_options(evaluate)
     evaluate.set_defaults(handler=run_evaluate)
 
@@ -87,22 +119,40 @@ def run_evaluate(args: argparse.Namespace) -> int:
     except ModelError as error:
         print(f"moodring evaluate: {error}", file=sys.stderr)
         return 2
+    misplaced = _misplaced_data_option(args)
+    if misplaced:
+        print(f"moodring evaluate: {misplaced}", file=sys.stderr)
+        return 2
     from training.data import DataError
-    from training.evaluate import evaluate, format_report
+    from training.evaluate import evaluate, evaluate_data, format_report
+    from training.labelled_data import LabelledDataError
 
     threads = serving_threads("evaluate", args)
     if threads is None:
         return 2
     try:
-        report = evaluate(
-            args.model,
-            split=args.split,
-            data_dir=args.data_dir,
-            backend=args.backend,
-            threads=threads,
-            extra_data=args.extra_data,
-        )
-    except (ModelError, DataError) as error:
+        if args.data is None:
+            report = evaluate(
+                args.model,
+                split=args.split,
+                data_dir=args.data_dir,
+                backend=args.backend,
+                threads=threads,
+                extra_data=args.extra_data,
+            )
+        else:
+            report = evaluate_data(
+                args.model,
+                args.data,
+                args.label_map,
+                text_column=args.text_column,
+                label_column=args.label_column,
+                separator=args.label_separator,
+                backend=args.backend,
+                threads=threads,
+                out=args.out,
+            )
+    except (ModelError, DataError, LabelledDataError) as error:
         print(f"moodring evaluate: {error}", file=sys.stderr)
         return 2
     if args.json:
@@ -112,6 +162,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         print(format_report(report))
     return 0
+
+
+def _misplaced_data_option(args: argparse.Namespace) -> str | None:
+    """Why `evaluate`'s options do not go together, or None."""
+    if args.data is None:
+        given = [flag for flag, value in (("--label-map", args.label_map), ("--out", args.out)) if value is not None]
+        return f"{given[0]} goes with --data FILE" if given else None
+    if args.label_map is None:
+        return "--data needs --label-map MAP"
+    if args.extra_data is not None:
+        return "--extra-data goes with --split (its dev split is reported as community dev)"
+    return None
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:

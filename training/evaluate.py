@@ -1,17 +1,28 @@
-"""Score an exported model on the dev or test split: labels, Ekman groups, sentiment groups, chart."""
+"""Score an exported model on the dev or test split, or on anyone's labelled file: labels, Ekman groups, sentiment
+groups, chart."""
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from model.classifier import EmotionClassifier
+from model.metadata import METADATA_FILE, ModelMetadata
 from model.storage import ModelError, default_model_dir
-from model.training_contract import model_checksums, report_chart_path, write_report
+from model.training_contract import file_sha256, model_checksums, report_chart_path, write_report
 from training.data import load_extra_data, load_goemotions, resolve_data_dir
-from training.metrics import PAPER_THRESHOLD, classification_report, community_summary, group_matrix
+from training.labelled_data import LABEL_SEPARATOR, LEVELS, TEXT_COLUMN, read_label_map, read_labelled_rows
+from training.metrics import (
+    PAPER_THRESHOLD,
+    classification_report,
+    collapse,
+    community_summary,
+    group_matrix,
+    group_members,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +59,8 @@ def evaluate(
     scores = classifier.predict_scores(rows["text"], batch_size=64)
 
     meta = classifier.metadata
-    decision_rules = {
-        "per_label": scores >= classifier.thresholds,
-        "global": scores >= meta.global_threshold,
-        "paper_0.3": scores >= PAPER_THRESHOLD,
-    }
-    per_label = classification_report(truth, decision_rules["per_label"], labels)
+    figures = _rule_reports(truth, _decisions(classifier, scores), labels, meta.ekman_mapping, meta.sentiment_mapping)
+    per_label = figures["decision_rules"]["per_label"]
     report = {
         "split": split,
         "rows": len(rows),
@@ -68,18 +75,8 @@ def evaluate(
             "per_label": dict(zip(labels, classifier.thresholds.tolist(), strict=True)),
             "global": meta.global_threshold,
         },
-        "decision_rules": {},
-        "ekman": {},
-        "sentiment": {},
+        **figures,
     }
-    for rule, predicted in decision_rules.items():
-        report["decision_rules"][rule] = (
-            per_label if rule == "per_label" else classification_report(truth, predicted, labels)
-        )
-        for name, mapping in (("ekman", meta.ekman_mapping), ("sentiment", meta.sentiment_mapping)):
-            group_truth, groups = group_matrix(truth, labels, mapping)
-            group_predicted, _ = group_matrix(predicted, labels, mapping)
-            report[name][rule] = classification_report(group_truth, group_predicted, groups)
 
     if extra_data is not None:
         extra = load_extra_data(extra_data, labels)
@@ -92,6 +89,125 @@ def evaluate(
     report["files"] = {"json": str(json_path), "chart": str(chart_path)}
     log.info("wrote %s and %s", json_path, chart_path)
     return report
+
+
+def evaluate_data(
+    model_dir: str | Path | None,
+    data: str | Path,
+    label_map: str | Path,
+    text_column: str = TEXT_COLUMN,
+    label_column: str | None = None,
+    separator: str = LABEL_SEPARATOR,
+    backend: str = "auto",
+    threads: int | None = None,
+    out: str | Path | None = None,
+) -> dict:
+    """Report on anyone's labelled file (training/labelled_data.py says its layout and the map's), with the model's
+    dev-tuned thresholds, as `evaluate` reports on a split; writes the report to `out` (JSON, the chart beside it
+    as .png) only when given, never into the model directory.
+
+    The report's columns (`labels`) are the targets the map reaches, and nothing else: the file says nothing about
+    the other labels, so what the model decides for them counts neither way. At the `goemotions` level each column
+    is one GoEmotions label; at the `ekman` level each is an Ekman group, which the model has when it decides any
+    of the group's labels (`training.metrics.group_matrix`, as for the Ekman figures of a split). The Ekman and
+    sentiment figures group those columns further, each group keeping the columns that lie wholly inside it.
+    """
+    directory = Path(model_dir) if model_dir else default_model_dir()
+    try:  # the label names only, so that the files' problems are said before the model loads
+        meta = ModelMetadata.load(directory)
+    except (OSError, ValueError, TypeError) as error:
+        raise ModelError(f"{directory}: cannot read the model's {METADATA_FILE} ({error})") from error
+    labels = meta.labels
+    ekman = group_members(labels, meta.ekman_mapping)
+    mapping = read_label_map(label_map, {"goemotions": labels, "ekman": list(ekman)})
+    rows = read_labelled_rows(data, mapping, text_column, label_column, separator)
+    classifier = EmotionClassifier.load(directory, backend=backend, threads=threads)
+    members = {label: [label] for label in labels} if mapping.level == "goemotions" else ekman
+    columns = {name: members[name] for name in mapping.covered(list(members))}
+    names = list(columns)
+    truth = np.zeros((len(rows.texts), len(names)), dtype=bool)
+    for i, row_labels in enumerate(rows.labels):
+        for label in row_labels:
+            truth[i, [names.index(target) for target in mapping.targets[label]]] = True
+    scores = classifier.predict_scores(rows.texts, batch_size=64)
+    decisions = {rule: collapse(decided, labels, columns) for rule, decided in _decisions(classifier, scores).items()}
+    figures = _rule_reports(
+        truth,
+        decisions,
+        names,
+        _within(columns, ekman),
+        _within(columns, group_members(labels, meta.sentiment_mapping)),
+    )
+    per_label = figures["decision_rules"]["per_label"]
+    thresholds = dict(zip(labels, classifier.thresholds.tolist(), strict=True))
+    report = {
+        "data": str(rows.source),
+        "label_map": str(mapping.source),
+        "level": mapping.level,
+        "labels": names,
+        "rows": len(rows.texts),
+        "model": str(directory),
+        "backbone": meta.backbone,
+        "backend": classifier.backend,
+        "checksums": {
+            "model": model_checksums(directory),
+            "data": {str(path): file_sha256(path) for path in (rows.source, mapping.source)},
+        },
+        "macro_f1": per_label["macro_f1"],
+        "micro_f1": per_label["micro_f1"],
+        "thresholds": {
+            "per_label": {name: thresholds[name] for name in names if name in thresholds and columns[name] == [name]},
+            "global": meta.global_threshold,
+        },
+        **figures,
+    }
+    if out is not None:
+        json_path = Path(out)
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        chart_path = json_path.with_suffix(".png")
+        report["files"] = {"json": str(json_path), "chart": str(chart_path)}
+        json_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        title = f"Per-label F1 on {rows.source.name} ({len(rows.texts)} rows)"
+        write_f1_chart(per_label["per_label"], chart_path, title=title)
+        log.info("wrote %s and %s", json_path, chart_path)
+    return report
+
+
+def _decisions(classifier: EmotionClassifier, scores: np.ndarray) -> dict[str, np.ndarray]:
+    """What the model decides under each rule: its dev-tuned per-label and global thresholds, the paper's 0.3."""
+    return {
+        "per_label": scores >= classifier.thresholds,
+        "global": scores >= classifier.metadata.global_threshold,
+        "paper_0.3": scores >= PAPER_THRESHOLD,
+    }
+
+
+def _rule_reports(
+    truth: np.ndarray,
+    decisions: dict[str, np.ndarray],
+    names: list[str],
+    ekman: dict[str, list[str]],
+    sentiment: dict[str, list[str]],
+) -> dict:
+    """Each rule's figures over the columns `names`, and over their Ekman and sentiment groups (group -> columns)."""
+    figures = {"decision_rules": {}, "ekman": {}, "sentiment": {}}
+    for rule, predicted in decisions.items():
+        figures["decision_rules"][rule] = classification_report(truth, predicted, names)
+        for name, mapping in (("ekman", ekman), ("sentiment", sentiment)):
+            group_truth, groups = group_matrix(truth, names, mapping)
+            group_predicted, _ = group_matrix(predicted, names, mapping)
+            figures[name][rule] = classification_report(group_truth, group_predicted, groups)
+    return figures
+
+
+def _within(columns: dict[str, list[str]], groups: dict[str, list[str]]) -> dict[str, list[str]]:
+    """`groups` (group -> GoEmotions labels) restated over `columns` (name -> GoEmotions labels): each group keeps
+    the columns whose labels all lie inside it; a group left with none is dropped."""
+    kept = {
+        group: [name for name, members in columns.items() if set(members) <= set(labels)]
+        for group, labels in groups.items()
+    }
+    return {group: names for group, names in kept.items() if names}
 
 
 def _community_dev(classifier: EmotionClassifier, rows) -> dict:
@@ -131,8 +247,13 @@ def write_f1_chart(per_label: dict[str, dict], path: Path, title: str) -> None:
 
 def format_report(report: dict) -> str:
     """The report as a readable text table."""
+    if "split" in report:
+        source = f"{report['split']} split, {report['rows']} rows"
+    else:
+        level = LEVELS[report["level"]]
+        source = f"{report['data']}: {report['rows']} rows, labels mapped onto {level} by {report['label_map']}"
     lines = [
-        f"{report['split']} split, {report['rows']} rows, model {report['model']}",
+        f"{source}, model {report['model']}",
         f"backbone: {report['backbone']}",
         f"backend: {report.get('backend', 'torch')}",
         "",
@@ -153,9 +274,9 @@ def format_report(report: dict) -> str:
     lines += ["", f"{'label':<16}{'threshold':>10}{'precision':>11}{'recall':>8}{'F1':>7}{'support':>9}"]
     thresholds = report["thresholds"]["per_label"]
     for label, m in report["decision_rules"]["per_label"]["per_label"].items():
+        threshold = f"{thresholds[label]:>10.2f}" if label in thresholds else f"{'-':>10}"  # an Ekman group has none
         lines.append(
-            f"{label:<16}{thresholds[label]:>10.2f}{m['precision']:>11.3f}{m['recall']:>8.3f}"
-            f"{m['f1']:>7.3f}{m['support']:>9d}"
+            f"{label:<16}{threshold}{m['precision']:>11.3f}{m['recall']:>8.3f}{m['f1']:>7.3f}{m['support']:>9d}"
         )
     community = report.get("community_dev")
     if community is not None:
@@ -165,6 +286,7 @@ def format_report(report: dict) -> str:
             else "no rows"
         )
         lines += ["", f"community dev ({community['rows']} rows, per-label thresholds): {figures}"]
-    lines.append("")
-    lines.append(f"Report: {report['files']['json']}  Chart: {report['files']['chart']}")
+    if "files" in report:  # always for a split; for a labelled file only when asked (--out)
+        lines.append("")
+        lines.append(f"Report: {report['files']['json']}  Chart: {report['files']['chart']}")
     return "\n".join(lines)

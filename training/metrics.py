@@ -83,19 +83,30 @@ def tune_global_threshold(truth: np.ndarray, scores: np.ndarray, grid: np.ndarra
     return float(grid[int(np.argmax(macro))])
 
 
-def group_matrix(matrix: np.ndarray, labels: list[str], mapping: dict[str, list[str]]) -> tuple[np.ndarray, list[str]]:
-    """Collapse label columns into groups: a row has a group if it has any of its labels.
-
-    Labels in no group (GoEmotions' `neutral`) become a group of their own.
-    """
+def group_members(labels: list[str], mapping: dict[str, list[str]]) -> dict[str, list[str]]:
+    """`mapping` (group -> labels), completed with each label in no group as a group of its own (GoEmotions'
+    `neutral`)."""
     groups = {name: list(members) for name, members in mapping.items()}
     grouped = {label for members in groups.values() for label in members}
     for label in labels:
         if label not in grouped:
             groups[label] = [label]
+    return groups
+
+
+def collapse(matrix: np.ndarray, labels: list[str], groups: dict[str, list[str]]) -> np.ndarray:
+    """One column per group, in the order of `groups`: a row has a group if it has any of its labels."""
     columns = [[labels.index(label) for label in members] for members in groups.values()]
-    collapsed = np.stack([matrix[:, idx].any(axis=1) for idx in columns], axis=1)
-    return collapsed, list(groups)
+    return np.stack([matrix[:, idx].any(axis=1) for idx in columns], axis=1)
+
+
+def group_matrix(matrix: np.ndarray, labels: list[str], mapping: dict[str, list[str]]) -> tuple[np.ndarray, list[str]]:
+    """Collapse label columns into groups: a row has a group if it has any of its labels.
+
+    Labels in no group (GoEmotions' `neutral`) become a group of their own.
+    """
+    groups = group_members(labels, mapping)
+    return collapse(matrix, labels, groups), list(groups)
 
 
 #: The decision rules compared everywhere: per-label and global thresholds tuned on dev, and the paper's fixed 0.3.
