@@ -295,3 +295,23 @@ def test_a_corrupt_stored_calibration_is_a_model_error(tiny_model_dir: Path, tmp
     (directory / METADATA_FILE).write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(ModelError, match="one map per label"):
         EmotionClassifier.load(directory, backend="torch")
+
+
+def test_calibration_benchmark_smoke_run(onnx_model_dir: Path, goemotions_dir: Path, tmp_path: Path) -> None:
+    benchmark = Path(__file__).resolve().parents[1] / "benchmarks" / "calibration.py"
+    out = tmp_path / "calibration"
+    options = ["--model", str(onnx_model_dir), "--data-dir", str(goemotions_dir), "--test-rows", "64", "--threads", "1"]
+    result = subprocess.run(
+        [sys.executable, str(benchmark), *options, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.with_suffix(".json").read_text(encoding="utf-8"))
+    assert (report["rows"], report["bins"], report["backend"]) == (64, 15, "onnx-int8")
+    for name in ("raw", "calibrated"):
+        assert 0 <= report[name]["ece_pooled"] <= 1 and len(report[name]["ece_per_label"]) == 28
+        assert sum(report[name]["reliability"]["count"]) == 64 * 28
+    assert out.with_suffix(".png").read_bytes().startswith(b"\x89PNG")
+    assert "| raw sigmoid score |" in result.stdout and "| calibrated probability |" in result.stdout
