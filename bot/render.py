@@ -59,9 +59,12 @@ def score_bar(score: float) -> str:
 
 
 def emotion_lines(prediction: Prediction) -> list[str]:
+    """One line per label of `prediction.top`, in its order (the prediction's ✅ labels first, each group by
+    probability: `Prediction`): the bar and the percentage are the calibrated probability, the ✅ is the
+    threshold's decision on the raw score."""
     return [
         f"{'✅' if item.above_threshold else '▫️'} {emoji_for(item.label)} **{item.label}** "
-        f"`{score_bar(item.score)}` {item.score:.0%}"
+        f"`{score_bar(item.probability)}` {item.probability:.0%}"
         for item in prediction.top
     ]
 

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoTokenizer
 
 from model.backends import BACKEND_CHOICES, FILE_OF_BACKEND, INPUT_NAMES, OUTPUT_NAME
+from model.calibration import Calibration
 from model.metadata import METADATA_FILE, ModelMetadata
 from model.network import SqueezeBertForEmotions
 from model.storage import ModelError, require_model_directory
@@ -23,8 +24,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EmotionScore:
+    """One label's reading. `score` is the raw sigmoid score, which the label's threshold decides on;
+    `probability` is the calibrated probability fitted on dev (model/calibration.py), what members are shown as a
+    percentage. A model without calibration shows its raw score: `probability` is `score` then."""
+
     label: str
     score: float
+    probability: float
     above_threshold: bool
 
 
@@ -32,8 +38,11 @@ class EmotionScore:
 class Prediction:
     """The classifier's reading of one text.
 
-    `top` is ranked by score; `labels` are those above their per-label thresholds, ranked.
-    `ekman` and `sentiment` are the groups of `labels`, or of the top label when none passes.
+    The ranking rule (for `top`, and for `labels`, the labels above their per-label thresholds): labels above
+    their thresholds come first, then the others; within each group by calibrated probability, ties by raw score.
+    The marked labels are the prediction, decided on raw scores, so a label above its threshold can show a lower
+    probability than one below it; it is still listed, and marked, first. `top` is the first `top_k` of that
+    ranking. `ekman` and `sentiment` are the groups of `labels`, or of the top label when none passes.
     An empty or whitespace-only text gets empty lists.
     """
 
@@ -61,6 +70,8 @@ class EmotionClassifier:
         self.metadata = metadata
         self.labels = list(metadata.labels)
         self.thresholds = np.asarray(metadata.thresholds_for(scorer.backend), dtype=np.float32)
+        record = metadata.calibration_for(scorer.backend)
+        self.calibration = Calibration.from_dict(record, len(self.labels)) if record else None
         self._ekman = metadata.group_of(metadata.ekman_mapping)
         self._sentiment = metadata.group_of(metadata.sentiment_mapping)
 
@@ -137,6 +148,11 @@ class EmotionClassifier:
             scores[index] = self.scorer.scores(batch["input_ids"], batch["attention_mask"])
         return scores
 
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities for raw `scores` (`predict_scores`' shape); the scores themselves without a
+        calibration."""
+        return scores if self.calibration is None else self.calibration.apply(scores)
+
     def predict(self, texts: Sequence[str], top_k: int | None = 5, batch_size: int = 32) -> list[Prediction]:
         """Rank the emotions of each text (`top_k` of them, all for None).
 
@@ -146,14 +162,17 @@ class EmotionClassifier:
         present = [i for i, text in enumerate(texts) if text and text.strip()]
         scores = self.predict_scores([texts[i] for i in present], batch_size=batch_size)
         predictions = [Prediction(text=text, top=[], labels=[], ekman=[], sentiment=[]) for text in texts]
-        for row, i in zip(scores, present, strict=True):
-            predictions[i] = self._prediction(texts[i], row, top_k)
+        probabilities = self.probabilities(scores)
+        for row, probability, i in zip(scores, probabilities, present, strict=True):
+            predictions[i] = self._prediction(texts[i], row, probability, top_k)
         return predictions
 
-    def _prediction(self, text: str, row: np.ndarray, top_k: int | None) -> Prediction:
-        ranked = np.argsort(-row, kind="stable")
+    def _prediction(self, text: str, row: np.ndarray, probability: np.ndarray, top_k: int | None) -> Prediction:
         above = row >= self.thresholds
-        top = [EmotionScore(self.labels[j], float(row[j]), bool(above[j])) for j in ranked[:top_k]]
+        ranked = np.lexsort((-row, -probability, ~above))  # Prediction's ranking rule: the last key sorts first
+        top = [
+            EmotionScore(self.labels[j], float(row[j]), float(probability[j]), bool(above[j])) for j in ranked[:top_k]
+        ]
         labels = [self.labels[j] for j in ranked if above[j]]
         grouped = labels or [self.labels[ranked[0]]]
         return Prediction(

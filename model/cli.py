@@ -89,17 +89,19 @@ def terminal_safe(text: str) -> str:
 
 
 def format_prediction(prediction) -> str:
-    """A small text table: label, score bar, score, and a check mark when above threshold."""
+    """A small text table in `prediction.top`'s order (labels above their thresholds first, each group by
+    probability): label, probability bar, calibrated probability as a percentage, and a check mark when the raw
+    score is above the label's threshold. `--json` gives the raw score too."""
     text = terminal_safe(prediction.text)
     shown = text if len(text) <= 100 else text[:99] + "…"
     lines = [f"“{shown}”"]
     if not prediction.top:
         lines.append("  (empty text: nothing to classify)")
     for item in prediction.top:
-        filled = round(item.score * BAR_WIDTH)
+        filled = round(item.probability * BAR_WIDTH)
         bar = "█" * filled + "·" * (BAR_WIDTH - filled)
         mark = "✓" if item.above_threshold else " "
-        lines.append(f"  {mark} {item.label:<15}{bar} {item.score:.3f}")
+        lines.append(f"  {mark} {item.label:<15}{bar} {item.probability:>4.0%}")
     if prediction.top:
         lines.append(
             f"  labels: {', '.join(prediction.labels) or '(none above threshold)'} | "

@@ -36,6 +36,9 @@ class ModelMetadata:
     thresholds_by_backend: dict[str, list[float]] = field(default_factory=dict)
     # That backend's dev figures: macro-F1 with its own and with the torch thresholds, and its largest score shift.
     dev_metrics_by_backend: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Calibrated probabilities (model/calibration.py `Calibration.to_dict()`), by backend: "torch", and each backend
+    # that has its own thresholds; any other backend uses "torch"'s. Empty: uncalibrated, raw scores are shown.
+    calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -44,10 +47,18 @@ class ModelMetadata:
         for backend, thresholds in self.thresholds_by_backend.items():
             if len(thresholds) != len(self.labels):
                 raise ValueError(f"{len(thresholds)} {backend} thresholds for {len(self.labels)} labels")
+        from model.calibration import Calibration  # numpy: not on model.storage's cheap import of METADATA_FILE
+
+        for record in self.calibration.values():
+            Calibration.from_dict(record, len(self.labels))  # raises ValueError for a bad one
 
     def thresholds_for(self, backend: str) -> list[float]:
         """The per-label thresholds tuned on dev for `backend`'s scores."""
         return self.thresholds_by_backend.get(backend, self.thresholds)
+
+    def calibration_for(self, backend: str) -> dict[str, Any] | None:
+        """The calibration fitted on dev for `backend`'s scores (else torch's); None for an uncalibrated model."""
+        return self.calibration.get(backend) or self.calibration.get("torch")
 
     def save(self, directory: str | Path) -> Path:
         """Write `moodring.json` under a temporary name, then rename it: a reader sees the old or the new file."""

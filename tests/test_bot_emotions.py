@@ -76,7 +76,7 @@ def reacting_text(classifier: EmotionClassifier) -> tuple[str, list[str]]:
     for text in CANDIDATES:
         ranked = classifier.predict([prepare_text(text)], top_k=len(classifier.labels))[0].top
         margins = [abs(s.score - classifier.thresholds[classifier.labels.index(s.label)]) for s in ranked]
-        above = [s.score for s in ranked if s.above_threshold][:4]
+        above = [s.probability for s in ranked if s.above_threshold][:4]  # the first four labels, as ranked
         gaps = [a - b for a, b in itertools.pairwise(above)]
         if above and min(margins) > 1e-4 and min(gaps, default=1.0) > 1e-5:
             return text, [EMOJI[label] for label in predict(classifier, text).labels[:3]]
@@ -88,15 +88,20 @@ def fields(embed: Mapping[str, Any]) -> dict[str, str]:
 
 
 def assert_embed_shows(embed: Mapping[str, Any], prediction: Prediction) -> None:
-    """Five ranked emotions (descending, as the model ranks them), the Ekman group and the sentiment."""
+    """Five ranked emotions (as the model ranks them: ✅ first, each group by descending probability, the
+    percentage being the calibrated probability), the Ekman group and the sentiment."""
     values = fields(embed)
     lines = values["Top emotions"].splitlines()
     assert len(lines) == 5
     shown = [re.search(r"\*\*(\w+)\*\*", line).group(1) for line in lines]  # type: ignore[union-attr]
     assert shown == [s.label for s in prediction.top]
     percents = [re.search(r"(\d+)%$", line).group(1) for line in lines]  # type: ignore[union-attr]
-    assert [int(p) for p in percents] == sorted((int(p) for p in percents), reverse=True)
-    assert [f"{p}%" for p in percents] == [f"{s.score:.0%}" for s in prediction.top]
+    marked = [line.startswith("✅") for line in lines]
+    assert marked == sorted(marked, reverse=True)
+    for group in (True, False):
+        within = [int(p) for p, mark in zip(percents, marked, strict=True) if mark is group]
+        assert within == sorted(within, reverse=True)
+    assert [f"{p}%" for p in percents] == [f"{s.probability:.0%}" for s in prediction.top]
     assert [line.startswith("✅") for line in lines] == [s.above_threshold for s in prediction.top]
     assert values["Ekman group"] == ", ".join(prediction.ekman)
     assert values["Sentiment"] == ", ".join(prediction.sentiment)

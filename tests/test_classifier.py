@@ -21,8 +21,11 @@ def classifier(tiny_model_dir: Path) -> EmotionClassifier:
 
 def test_predict_ranks_top_k_with_threshold_marks(classifier: EmotionClassifier) -> None:
     (prediction,) = classifier.predict(["Thank you so much, this made my day!"], top_k=5)
-    scores = [item.score for item in prediction.top]
-    assert len(prediction.top) == 5 and scores == sorted(scores, reverse=True)
+    marked = [item.above_threshold for item in prediction.top]
+    assert len(prediction.top) == 5 and marked == sorted(marked, reverse=True)  # labels above threshold first
+    for group in (True, False):  # each group by probability (Prediction's ranking rule)
+        probabilities = [item.probability for item in prediction.top if item.above_threshold is group]
+        assert probabilities == sorted(probabilities, reverse=True)
     assert len({item.label for item in prediction.top}) == 5
     for item in prediction.top:
         threshold = classifier.thresholds[classifier.labels.index(item.label)]
@@ -74,7 +77,7 @@ def test_classify_json(tiny_model_dir: Path) -> None:
     assert [item["text"] for item in items] == ["I love it", ""]
     assert set(items[0]) == {"text", "top", "labels", "ekman", "sentiment"}
     assert len(items[0]["top"]) == 5
-    assert set(items[0]["top"][0]) == {"label", "score", "above_threshold"}
+    assert set(items[0]["top"][0]) == {"label", "score", "probability", "above_threshold"}
 
 
 def test_classify_table_from_stdin(tiny_model_dir: Path) -> None:

@@ -50,8 +50,8 @@ def test_help_and_argument_errors_import_no_heavy_module(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["commands"] == [
-        "classify", "cluster", "corrections", "db", "evaluate", "export-onnx", "run", "sandbox", "sync-commands",
-        "train",
+        "calibrate", "classify", "cluster", "corrections", "db", "evaluate", "export-onnx", "run", "sandbox",
+        "sync-commands", "train",
     ]  # fmt: skip
     answers = report["answers"]
     for name in ["--help", *(f"{command} --help" for command in report["commands"])]:

@@ -53,6 +53,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--data-dir", help=DATA_HELP)
     export.set_defaults(handler=run_export_onnx)
 
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="(re)fit the calibrated probabilities an exported model shows, on the dev rows it was trained with",
+    )
+    calibrate.add_argument("--model", help=MODEL_HELP)
+    calibrate.add_argument("--data-dir", help=DATA_HELP)
+    calibrate.set_defaults(handler=run_calibrate)
+
     evaluate = commands.add_parser(
         "evaluate",
         help="report a model's accuracy on the dev or test split, or on your own labelled file",
@@ -191,4 +199,29 @@ def run_export_onnx(args: argparse.Namespace) -> int:
         f"Added {', '.join(metadata.onnx_files)}. Dev macro-F1: int8 {int8['macro_f1']:.4f} with its own thresholds, "
         f"torch fp32 {int8['torch_macro_f1']:.4f}; largest score shift {int8['max_score_shift']:.4f}."
     )
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from model.storage import ModelError, require_model_directory
+
+    try:  # before torch and the data load: a missing model is said at once
+        require_model_directory(args.model)
+    except ModelError as error:
+        print(f"moodring calibrate: {error}", file=sys.stderr)
+        return 2
+    from training.data import DataError
+    from training.export import calibrate
+
+    try:
+        metadata = calibrate(args.model, data_dir=args.data_dir)
+    except (ModelError, DataError) as error:
+        print(f"moodring calibrate: {error}", file=sys.stderr)
+        return 2
+    for backend, record in metadata.calibration.items():
+        figures = record["cross_fit"]
+        print(
+            f"{backend}: {record['method']} on {record['rows']} dev rows; cross-fit log-loss "
+            f"{figures[record['method']]['log_loss']:.4f} (raw scores {figures['raw']['log_loss']:.4f})"
+        )
     return 0

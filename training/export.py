@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.calibration import choose_calibration
 from model.metadata import ModelMetadata
 from model.network import SqueezeBertForEmotions
 from model.storage import default_model_dir, replace_directory, staging_directory
@@ -116,6 +117,7 @@ def drop_onnx(directory: Path, metadata: ModelMetadata) -> None:
     metadata.onnx_files = {}
     metadata.thresholds_by_backend.pop(INT8_BACKEND, None)
     metadata.dev_metrics_by_backend.pop(INT8_BACKEND, None)
+    metadata.calibration.pop(INT8_BACKEND, None)
     metadata.save(directory)
 
 
@@ -125,9 +127,9 @@ def add_onnx(
     """Write `model.onnx` and `model.int8.onnx` into an exported model directory and record their checksums.
 
     int8 scores differ from fp32 ones by up to a few hundredths, which moves the best per-label thresholds;
-    with `dev`, the int8 backend gets its own thresholds, tuned on `dev` through the served int8 path, and
-    its dev figures next to torch's. Without `dev`, any int8 thresholds from an earlier export are dropped
-    (the int8 backend then uses the torch thresholds). `moodring.json` is rewritten after each step.
+    with `dev`, the int8 backend gets its own thresholds and calibration, fitted on `dev` through the served int8
+    path, and its dev figures next to torch's. Without `dev`, any int8 thresholds and calibration from an earlier
+    export are dropped (the int8 backend then uses torch's). `moodring.json` is rewritten after each step.
     """
     import onnx
     import onnxruntime
@@ -142,9 +144,10 @@ def add_onnx(
     metadata.versions = {**metadata.versions, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
     metadata.thresholds_by_backend.pop(INT8_BACKEND, None)
     metadata.dev_metrics_by_backend.pop(INT8_BACKEND, None)
+    metadata.calibration.pop(INT8_BACKEND, None)
     metadata.save(directory)
     if dev is None:
-        log.warning("no dev split: the int8 backend uses the torch thresholds")
+        log.warning("no dev split: the int8 backend uses the torch thresholds and calibration")
         return metadata
 
     threads = torch.get_num_threads()  # what this (training) process already uses
@@ -157,6 +160,9 @@ def add_onnx(
     labels = metadata.labels
     torch_thresholds = np.asarray(metadata.thresholds)
     metadata.thresholds_by_backend[INT8_BACKEND] = [float(t) for t in thresholds]
+    metadata.calibration[INT8_BACKEND] = choose_calibration(
+        dev.truth, scores[INT8_BACKEND], seed=calibration_seed(metadata)
+    ).to_dict()
     metadata.dev_metrics_by_backend[INT8_BACKEND] = {
         "rows": len(dev.texts),
         "macro_f1": classification_report(dev.truth, scores[INT8_BACKEND] >= thresholds, labels)["macro_f1"],
@@ -183,11 +189,19 @@ def export_onnx(model_dir: str | Path | None, data_dir: str | Path | None = None
     """`moodring export-onnx`: add the ONNX files to an exported model, with int8 thresholds tuned on the dev
     rows its training used (`dev_limit` included). Reads the data before writing anything."""
     from model.classifier import EmotionClassifier
-    from model.storage import ModelError
-    from training.data import load_goemotions, resolve_data_dir
 
     classifier = EmotionClassifier.load(model_dir, backend="torch")
     metadata = classifier.metadata
+    dev = training_dev_set(metadata, data_dir)
+    directory = Path(model_dir) if model_dir else default_model_dir()
+    return add_onnx(directory, classifier.scorer.network, metadata, dev)
+
+
+def training_dev_set(metadata: ModelMetadata, data_dir: str | Path | None) -> DevSet:
+    """The dev rows the model's training tuned its thresholds on (`dev_limit` included)."""
+    from model.storage import ModelError
+    from training.data import load_goemotions, resolve_data_dir
+
     data = load_goemotions(resolve_data_dir(data_dir), splits=("dev",))
     if data.labels != metadata.labels:
         raise ModelError(f"the data's labels {data.labels} differ from the model's {metadata.labels}")
@@ -198,5 +212,34 @@ def export_onnx(model_dir: str | Path | None, data_dir: str | Path | None = None
     truth = np.zeros((len(rows), len(metadata.labels)), dtype=bool)
     for i, ids in enumerate(rows["labels"]):
         truth[i, ids] = True
+    return DevSet(list(rows["text"]), truth)
+
+
+def calibration_seed(metadata: ModelMetadata) -> int:
+    """The training seed, which the calibration's cross-fit folds are drawn with."""
+    from training.config import TrainArgs
+
+    return int(metadata.training_args.get("seed", TrainArgs.seed))
+
+
+def calibrate(model_dir: str | Path | None, data_dir: str | Path | None = None) -> ModelMetadata:
+    """`moodring calibrate`: (re)fit an exported model's calibration on the dev rows its training used, without
+    retraining: for torch, and for each backend with its own thresholds (int8 ONNX), through that backend's
+    served path. Only `moodring.json` changes; thresholds and weights stay. Reads the data before writing."""
+    import torch
+
+    from model.classifier import EmotionClassifier
+
     directory = Path(model_dir) if model_dir else default_model_dir()
-    return add_onnx(directory, classifier.scorer.network, metadata, DevSet(list(rows["text"]), truth))
+    classifier = EmotionClassifier.load(directory, backend="torch")
+    metadata = classifier.metadata
+    dev = training_dev_set(metadata, data_dir)
+    threads = torch.get_num_threads()
+    seed = calibration_seed(metadata)
+    calibration = {"torch": choose_calibration(dev.truth, classifier.predict_scores(dev.texts, 64), seed).to_dict()}
+    for backend in metadata.thresholds_by_backend:
+        scores = EmotionClassifier.load(directory, backend=backend, threads=threads).predict_scores(dev.texts, 64)
+        calibration[backend] = choose_calibration(dev.truth, scores, seed).to_dict()
+    metadata.calibration = calibration
+    metadata.save(directory)
+    return metadata

@@ -1,7 +1,7 @@
 """Fine-tune SqueezeBERT on GoEmotions with Tez, tune thresholds on dev, export.
 
 Read top to bottom: data -> backbone -> loaders -> Tez fit (with our dev callback) -> best
-checkpoint -> dev thresholds -> export (with ONNX fp32/int8 files and int8 dev thresholds).
+checkpoint -> dev thresholds and calibration -> export (with ONNX fp32/int8 files and int8 dev thresholds).
 The test split is never read here.
 """
 
@@ -21,6 +21,7 @@ from tez import TezConfig
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from model.calibration import choose_calibration
 from model.metadata import ModelMetadata
 from model.network import SqueezeBertForEmotions
 from model.storage import default_model_dir
@@ -212,6 +213,8 @@ def train(args: TrainArgs) -> Path:
         versions=library_versions(),
         git_commit=commit,
         created_at=now_iso(),
+        # What members are shown as a percentage: fitted on the same dev scores as the thresholds.
+        calibration={"torch": choose_calibration(truth, scores, seed=args.seed).to_dict()},
     )
     export_model(network, tokenizer, metadata, out, onnx=args.onnx, dev=DevSet(list(dev_split["text"]), truth))
     progress.done(out, report["macro_f1"])
