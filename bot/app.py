@@ -97,7 +97,9 @@ class MoodringBot(commands.AutoShardedBot):
 
     async def setup_hook(self) -> None:
         member_key = self._member_key or await asyncio.to_thread(self.config.member_key)
-        self.store = await open_store(self.config.database, member_key=member_key)
+        self.store = await open_store(
+            self.config.database, member_key=member_key, opt_out_refresh_s=self.config.opt_out_refresh_s
+        )
         await self.retrainer.remove_orphaned_exports()  # before any retrain of this process can start
         self.inference.start()
         loaded = await (self.model_sync.start(self.load_model) if self.model_sync else self.load_model())

@@ -20,6 +20,9 @@ from model.threads import threads_setting
 RETRAIN_PATH_FLAGS = ("--out", "--work-dir")
 #: Discord ids (snowflakes) are positive 64-bit integers.
 MAX_SNOWFLAKE = 2**64 - 1
+#: Every process of a cluster honours a member's opt-out within this many seconds (the privacy statement says so):
+#: within its poll interval plus the poll itself, so the interval may be at most half of it.
+OPT_OUT_HONOURED_WITHIN_S = 10.0
 
 T = TypeVar("T")
 
@@ -75,6 +78,9 @@ class BotConfig:
     # connection) is sent again with the same message nonce only this long after its claim: well inside the "few
     # minutes" in which Discord returns the first message for a nonce instead of posting a second (bot/cogs/mood.py).
     summary_retry_window_s: float = 120.0
+    # How often each process reads the opt-outs' change counter (bot/store/interface.py), so that an opt-out another
+    # process recorded is honoured within OPT_OUT_HONOURED_WITHIN_S; one small read per interval.
+    opt_out_refresh_s: float = 2.0
     backend: str = "auto"  # auto: int8 ONNX when the model has it and onnxruntime imports, else torch
     # Inference intra-op threads (MOODRING_THREADS); None: OMP_NUM_THREADS, else the cores this process may use.
     threads: int | None = None
@@ -152,6 +158,11 @@ class BotConfig:
             raise ConfigError(
                 "MOODRING_MEMBER_KEY_FILE is not set: with PostgreSQL every process of the bot must hash members "
                 f"with the same key, kept outside the database; {MEMBER_KEY_HOWTO}"
+            )
+        if not 0 < self.opt_out_refresh_s <= OPT_OUT_HONOURED_WITHIN_S / 2:
+            raise ConfigError(
+                f"opt_out_refresh_s must be above 0 and at most {OPT_OUT_HONOURED_WITHIN_S / 2:g} s: every process "
+                f"must honour an opt-out within {OPT_OUT_HONOURED_WITHIN_S:g} s, got {self.opt_out_refresh_s!r}"
             )
         if (self.discord_api is None) != (self.discord_gateway is None):
             raise ConfigError(

@@ -29,6 +29,11 @@ def privacy_sections(retention_days: int) -> list[tuple[str, str]]:
             "place message text is kept; it is off by default (`/moodring corrections`).",
         ),
         (
+            "Opt-out",
+            "`/privacy choice:opt-out` stops all reading of your messages, everywhere; a keyed hash of your user id "
+            "records it until you opt in (server deletions keep it).",
+        ),
+        (
             "What it never stores",
             "user ids or names, or the text of messages nobody corrected. Messages are classified in memory and "
             "forgotten. The flood limits remember who asked for a reading or sent a correction in memory only, "

@@ -41,6 +41,7 @@ OUTCOMES = (
     "analyzed",
     "reply_mentions",
     "skipped_analysis_off",
+    "skipped_opted_out",
     "skipped_empty",
     "skipped_no_model",
     "skipped_busy",

@@ -194,6 +194,19 @@ async def test_a_newcomer_tries_the_bot_in_a_browser(
             refusal = page.locator(".message.ephemeral", has_text="Manage Server")
             await expect(refusal).to_be_visible()
             await snapshot("refused")
+
+            # 10. The member opts out with /privacy, picking the choice the page lists; the menu on their own message
+            # then says politely that this member opted out, and reads nothing.
+            await run_command(page, "privacy", choice="opt-out")
+            opted_out = page.locator(".message.ephemeral", has_text="I no longer read your messages")
+            await expect(opted_out.locator(".used")).to_have_text(f"{cast_names[0]} used /privacy")
+            await mine.hover()
+            await mine.locator('.actions [data-menu="Analyze emotions"]').click()
+            refused = page.locator(".message.ephemeral", has_text="This member has opted out")
+            await expect(refused.locator(".used")).to_have_text(f"{cast_names[0]} used Analyze emotions")
+            await expect(refused.locator(".embed")).to_have_count(0)
+            await refused.scroll_into_view_if_needed()
+            await snapshot("opted-out")
         finally:
             await browser.close()
     assert not errors, errors

@@ -57,20 +57,23 @@ CALLS: dict[str, Callable[[Store], Awaitable[object]]] = {
     "mark_posted": lambda s: s.mark_posted(1, NOW),
     "mood": lambda s: s.mood(1, None, 0, NOW),
     "prune": lambda s: s.prune(NOW),
+    "refresh_opt_outs": lambda s: s.refresh_opt_outs(),
     "release_slot": lambda s: s.release_slot(1, NOW, None),
     "remove_guild": lambda s: s.remove_guild(1),
     "retention_days": lambda s: s.retention_days(1),
     "schedules": lambda s: s.schedules(),
     "set_channel_settings": lambda s: s.set_channel_settings(1, 2, reactions=True),
     "set_corrections_enabled": lambda s: s.set_corrections_enabled(1, True),
+    "set_opted_out": lambda s: s.set_opted_out(3, True),
     "set_retention_days": lambda s: s.set_retention_days(1, 30),
     "timeline": lambda s: s.timeline(1, 2, 0, NOW),
     "upsert_schedule": lambda s: s.upsert_schedule(1, 2, "daily", hour=9),
 }
-#: The rest: `open` (tested below), `close` (with a failed flush pending, below) and `channel_settings` (from memory).
-NOT_CALLED = {"open", "close", "channel_settings"}
-READS = {"corrections", "corrections_enabled", "guild_channel_settings", "has_corrected", "mood", "retention_days",
-         "schedules", "timeline"}  # fmt: skip
+#: The rest: `open` (tested below), `close` (with a failed flush pending, below), and `channel_settings` and
+#: `is_opted_out` (both from memory).
+NOT_CALLED = {"open", "close", "channel_settings", "is_opted_out"}
+READS = {"corrections", "corrections_enabled", "guild_channel_settings", "has_corrected", "mood", "refresh_opt_outs",
+         "retention_days", "schedules", "timeline"}  # fmt: skip
 
 
 @pytest.mark.parametrize("engine", [SqliteStore, PostgresStore])

@@ -1,6 +1,6 @@
 """`/moodring ...`: server settings (Manage Server: hidden from members by Discord, and checked when the
 command runs) and retraining (the bot's owners only, since the model serves every server); `/privacy`, for
-every member."""
+every member: the privacy statement, and their opt-out (in every server at once)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,14 @@ CORRECTIONS_OFF_KEPT = (
     "corrections kept so far stay until you delete them with `/moodring corrections action:clear`."
 )
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+OPTED_OUT = (
+    "Done: I no longer read your messages, in any server: no automatic analysis, no reactions, no statistics, and "
+    "nobody can have them read or correct a reading of them. `/emotion` still reads what you type into it. I keep "
+    "only a keyed hash of your user id, until you opt in again with `/privacy choice:opt-in`."
+)
+ALREADY_OPTED_OUT = "You have opted out already: I don't read your messages. `/privacy choice:opt-in` undoes it."
+OPTED_IN = "Done: I read your messages again, in every server, and the hash that recorded your opt-out is deleted."
+NOT_OPTED_OUT = "You haven't opted out: I read your messages like everyone's. `/privacy` says what that keeps."
 
 
 def describe_channel(channel_id: int, settings: ChannelSettings) -> str:
@@ -321,10 +329,29 @@ class Privacy(commands.Cog):
         self.bot = bot
 
     @app_commands.command(name="privacy", description="What moodring stores, for how long, and how to delete it")
+    @app_commands.describe(
+        choice="show (default) the statement; opt-out: moodring stops reading your messages; opt-in: it reads them "
+        "again"
+    )
     @app_commands.guild_only()
-    async def privacy(self, interaction: discord.Interaction) -> None:
-        days = await self.bot.store.retention_days(interaction.guild.id)
-        await interaction.response.send_message(privacy_statement(days), ephemeral=True, allowed_mentions=NO_MENTIONS)
+    async def privacy(
+        self, interaction: discord.Interaction, choice: Literal["show", "opt-out", "opt-in"] = "show"
+    ) -> None:
+        """Answered privately. An opt-out holds in every server (one keyed hash per user), so it is logged without
+        the guild or the member."""
+        if choice == "show":
+            message = privacy_statement(await self.bot.store.retention_days(interaction.guild.id))
+        elif choice == "opt-out":
+            changed = await self.bot.store.set_opted_out(interaction.user.id, True)
+            message = OPTED_OUT if changed else ALREADY_OPTED_OUT
+            if changed:
+                log.info("a member opted out")
+        else:
+            changed = await self.bot.store.set_opted_out(interaction.user.id, False)
+            message = OPTED_IN if changed else NOT_OPTED_OUT
+            if changed:
+                log.info("a member opted in again")
+        await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
 async def setup(bot: MoodringBot) -> None:

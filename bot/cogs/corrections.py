@@ -6,7 +6,7 @@ the embed's link names the message that was read (the "Analyze emotions" menu, r
 answer replies to the question that replied to it, and a `/emotion` answer quotes the whole text it read (keyed by
 that text: a member corrects a text they type once, however many answers they ask for). The
 model reads the text again to order the emotions in the picker. Nothing is stored until the member sends a
-choice, and only while the server collects corrections.
+choice, and only while the server collects corrections; a message whose author opted out (`/privacy`) takes none.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import discord
 from discord.ext import commands
 
 from bot.app import MoodringBot
-from bot.cogs.emotions import NOTHING_TO_READ
+from bot.cogs.emotions import MEMBER_OPTED_OUT, NOTHING_TO_READ
 from bot.learning.corrections import (
     ALREADY_CORRECTED,
     CORRECTIONS_OFF,
@@ -142,7 +142,10 @@ class Corrections(commands.Cog):
                 raise Unreadable(QUOTED_IN_PART)
             # Keyed by the text, not the answer: asking again about the same text gives no second correction.
             return f"t{hashlib.sha256(quote.encode()).hexdigest()}", quote
-        text = prepare_text((await self.fetch(channel_id, message_id)).content)
+        read = await self.fetch(channel_id, message_id)
+        if self.bot.store.is_opted_out(read.author.id):  # its author opted out since it was read: no correction
+            raise Unreadable(MEMBER_OPTED_OUT)
+        text = prepare_text(read.content)
         if not text:
             raise Unreadable(NOTHING_TO_READ)
         return f"m{message_id}", text

@@ -4,6 +4,11 @@ reading carries a **Not quite?** button (bot/cogs/corrections.py).
 On-demand readings (`/emotion`, the "Analyze emotions" menu, reply-mentions) share one set of flood limits, per
 member and per channel, checked before anything else (no database read, no fetch, no inference for a refused one);
 each limit's window gets at most one "slow down".
+
+A member who opted out (`/privacy`) is never read: their messages get no automatic analysis (so no statistics and no
+reactions), and the menu and reply-mentions refuse, politely, to read a message they wrote. This is checked from the
+store's memory before any other work on the message (after the flood limits); `/emotion` reads what they type into it,
+since they asked.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from model import Prediction
 log = logging.getLogger(__name__)
 
 NOTHING_TO_READ = "There's no text there for me to read (links, code, attachments and stickers are skipped)."
+MEMBER_OPTED_OUT = "This member has opted out of moodring (`/privacy`), so I don't read their messages. Sorry!"
 ANSWER_TIMEOUT = 2.5  # seconds; Discord drops interactions not answered within 3
 SLOW_DOWN = {
     "user": "Slow down, please: you've asked me for a lot of readings. Try again in {seconds} s.",
@@ -79,10 +85,19 @@ class Emotions(commands.Cog):
         ):
             await self.answer(interaction, text, title="Emotions", ephemeral=ephemeral)
 
+    def opted_out(self, author: discord.abc.User) -> bool:
+        """Whether the author of a message opted out of being read (from the store's memory: no database read)."""
+        store = self.bot.store
+        return store is not None and store.is_opted_out(author.id)
+
     async def analyze_message(self, interaction: discord.Interaction, message: discord.Message) -> None:
         if not await self.within_flood_limits(
             interaction.user.id, interaction.channel_id or 0, lambda warning: send_ephemeral(interaction, warning)
         ):
+            return
+        if self.opted_out(message.author):
+            self.bot.counters["readings_opted_out"] += 1
+            await send_ephemeral(interaction, MEMBER_OPTED_OUT)
             return
         title = f"Emotions in {message.author.display_name}'s message"
         await self.answer(interaction, message.content, title=title, ephemeral=True, jump_url=message.jump_url)
@@ -112,6 +127,9 @@ class Emotions(commands.Cog):
             await self.analyze_reply(message)
             return
         if self.bot.store is None:
+            return
+        if self.opted_out(message.author):  # before anything else is read or written for it
+            self.bot.counters["skipped_opted_out"] += 1
             return
         settings = await self.bot.store.channel_settings(message.guild.id, message.channel.id)
         if not settings.analysis:
@@ -185,6 +203,10 @@ class Emotions(commands.Cog):
             return
         if target is None:
             await self.reply(message, content="I couldn't find the message you replied to.")
+            return
+        if self.opted_out(target.author):
+            self.bot.counters["readings_opted_out"] += 1
+            await self.reply(message, content=MEMBER_OPTED_OUT)
             return
         text = prepare_text(target.content)
         if not text:

@@ -32,6 +32,13 @@ with the deployment key, kept outside the database: bot/store/member_key.py, so 
 a user id without it) that ``prune`` erases once the guild's retention period has passed. A database from before
 the key held a salt instead: the first open with a key replaces each hash by HMAC(key, old hash) and deletes the
 salt (``SALT_SECRET``).
+
+A member who opts out (``/privacy choice:opt-out``) is kept as the keyed hash of their user id alone (one per user,
+across all servers: ``bot.store.member_key.opt_out_digest``) until they opt in again; no guild deletion reaches it.
+The opt-outs are read on every message, so they too are kept in memory: loaded at ``open``, changed by this store's
+own writes at once, and read again when the change counter (one row, raised by every change in the same
+transaction) has moved, which a store polls every ``opt_out_refresh_s`` seconds: the other processes sharing the
+database honour an opt-out within that interval plus one poll.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ from typing import Any, Literal, Self
 
 from bot.backoff import Backoff
 from bot.store.errors import PermanentStoreError, StoreError
-from bot.store.member_key import MEMBER_KEY_HOWTO, member_digest
+from bot.store.member_key import MEMBER_KEY_HOWTO, member_digest, opt_out_digest
 from bot.store.redact import redact_url
 from bot.store.schema import CORRECTION_TABLES, SETTINGS_TABLES, STATISTICS_TABLES
 
@@ -259,7 +266,9 @@ class Store(abc.ABC):
     Attributes for observability: ``pending`` (recorded, not yet committed), ``recorded_total``,
     ``flushed_total`` (committed), ``dropped`` (lost to the buffer bound), ``forgotten`` (buffered
     entries discarded by ``forget_guild`` or ``remove_guild``) and ``failed_flushes``; always
-    ``recorded_total == flushed_total + pending + dropped + forgotten``.
+    ``recorded_total == flushed_total + pending + dropped + forgotten``. Of the opt-outs' poll: ``opt_out_polls``
+    (reads that worked, the one at open included), ``opt_out_reloads`` (those that found a change and read every
+    opt-out) and ``opt_out_poll_failures``.
     """
 
     def __init__(
@@ -296,16 +305,44 @@ class Store(abc.ABC):
         self.forgotten = 0
         self._flush_backoff = Backoff("writing statistics", log, cap=FLUSH_BACKOFF_CAP, expected=(StoreError,))
         self._dropped_before_outage = 0
+        # The opt-outs' keyed hashes, as of the change counter ``_opt_out_version`` (None: unknown, so the next poll
+        # reads them all). ``_opt_out_lock`` keeps a poll and a change of this store from crossing.
+        self._opt_outs: frozenset[str] = frozenset()
+        self._opt_out_version: int | None = None
+        self._opt_out_lock = asyncio.Lock()
+        self._opt_out_poller: asyncio.Task[None] | None = None
+        # Every failure of the poll is retried at the next interval (the interval is the promise); logged once.
+        self._opt_out_backoff = Backoff("reading the opt-outs", log, cap=1, expected=(StoreError,))
+        self.opt_out_polls = 0
+        self.opt_out_reloads = 0
 
     @property
     def failed_flushes(self) -> int:
         """Background flushes that failed since open (each retried with back-off)."""
         return self._flush_backoff.total_failures
 
+    @property
+    def opt_out_poll_failures(self) -> int:
+        """Polls of the opt-outs that failed since open (each tried again after the interval)."""
+        return self._opt_out_backoff.total_failures
+
     # ------------------------------------------------------------------ lifecycle
 
-    def _start(self) -> None:
+    async def _open(self, opt_out_refresh_s: float | None) -> None:
+        """The end of an engine's ``open``: read the opt-outs and start the flusher, and the opt-outs' poll every
+        ``opt_out_refresh_s`` seconds (None: none, for a store that is the only writer of its database). When the
+        read fails, the store is disconnected and the error raised."""
+        try:
+            await self.refresh_opt_outs()
+        except BaseException:
+            self._db_closed = True
+            await self._disconnect()
+            raise
         self._flusher = asyncio.create_task(self._flush_loop(), name=f"store-flusher:{self.name}")
+        if opt_out_refresh_s is not None:
+            self._opt_out_poller = asyncio.create_task(
+                self._opt_out_loop(opt_out_refresh_s), name=f"store-opt-outs:{self.name}"
+            )
 
     async def close(self) -> None:
         """Stop the flusher, write everything still buffered, and close the connection.
@@ -320,6 +357,9 @@ class Store(abc.ABC):
 
     async def _close(self) -> None:
         try:
+            if self._opt_out_poller is not None:  # a poll waiting on the database would hold up the close
+                self._opt_out_poller.cancel()
+                await asyncio.wait([self._opt_out_poller])
             if self._flusher is not None:
                 await asyncio.wait([self._flusher])  # does not raise if someone cancelled the flusher
             await self._flush()
@@ -440,12 +480,16 @@ class Store(abc.ABC):
         await self._set_guild_setting(guild_id, "corrections", bool(enabled))
         return bool(enabled)
 
-    def _member_digest(self, guild_id: int, message_key: str, member_id: int) -> str:
+    def _key(self) -> bytes:
+        """The member key; ``PermanentStoreError`` for a store opened without one."""
         if self.member_key is None:
             raise PermanentStoreError(
                 f"{self.name} was opened without a member key to hash members with: {MEMBER_KEY_HOWTO}"
             )
-        return member_digest(self.member_key, guild_id, message_key, member_id)
+        return self.member_key
+
+    def _member_digest(self, guild_id: int, message_key: str, member_id: int) -> str:
+        return member_digest(self._key(), guild_id, message_key, member_id)
 
     @abc.abstractmethod
     async def has_corrected(self, guild_id: int, message_key: str, member_id: int) -> bool:
@@ -466,6 +510,66 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def clear_corrections(self, guild_id: int) -> int:
         """Delete every correction of one guild; returns how many."""
+
+    # ------------------------------------------------------------------ opt-outs
+
+    def is_opted_out(self, member_id: int) -> bool:
+        """Whether the member opted out of being read (``/privacy``), from memory: no database read, since this is
+        on the per-message path. Raises ``PermanentStoreError`` for a store opened without the member key."""
+        return opt_out_digest(self._key(), member_id) in self._opt_outs
+
+    async def set_opted_out(self, member_id: int, opted_out: bool) -> bool:
+        """Record a member's choice in every server: keep the keyed hash of their id (``opted_out``), or delete it;
+        whether that changed anything. This store honours it at once, the others sharing the database at their next
+        poll. Raises ``PermanentStoreError`` for a store opened without the member key."""
+        digest = opt_out_digest(self._key(), member_id)
+        async with self._opt_out_lock:
+            self._check_open()
+            try:
+                changed = await self._write_opt_out(digest, bool(opted_out), time.time())
+            except BaseException:
+                self._opt_out_version = None  # cancelled during COMMIT, say: the next poll reads what is there
+                raise
+            self._opt_outs = self._opt_outs | {digest} if opted_out else self._opt_outs - {digest}
+        return changed
+
+    async def refresh_opt_outs(self) -> bool:
+        """Read every opt-out again if the change counter moved since the last read (else only the counter is read);
+        whether it had moved."""
+        async with self._opt_out_lock:
+            self._check_open()
+            version, digests = await self._read_opt_outs(self._opt_out_version)
+            self.opt_out_polls += 1
+            if digests is None:
+                return False
+            self._opt_out_version, self._opt_outs = version, digests
+            self.opt_out_reloads += 1
+            return True
+
+    async def _opt_out_loop(self, interval: float) -> None:
+        """``refresh_opt_outs`` every ``interval`` seconds until ``close()``. A failed poll keeps the opt-outs read
+        before, logs one warning per outage, and is tried again after the same interval."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+            if self._stopping.is_set():
+                return
+            try:
+                await self.refresh_opt_outs()
+            except Exception as error:
+                self._opt_out_backoff.failed(error, "; honouring the opt-outs read before")
+            else:
+                self._opt_out_backoff.succeeded()
+
+    @abc.abstractmethod
+    async def _read_opt_outs(self, known: int | None) -> tuple[int, frozenset[str] | None]:
+        """The change counter and, unless it equals ``known``, every opt-out's digest (None when it does), both from
+        one snapshot."""
+
+    @abc.abstractmethod
+    async def _write_opt_out(self, digest: str, opted_out: bool, at: float) -> bool:
+        """Insert (at ``at``) or delete the digest's row and, if that changed a row, raise the change counter, in one
+        transaction; whether it changed a row."""
 
     # ------------------------------------------------------------------ statistics: writes
 
@@ -683,7 +787,8 @@ class Store(abc.ABC):
 
     async def remove_guild(self, guild_id: int) -> int:
         """Delete everything kept about a guild (the bot was removed from it): statistics, buffered ones
-        included, corrections, channel and guild settings and summary schedules; returns the rows deleted."""
+        included, corrections, channel and guild settings and summary schedules; returns the rows deleted. The
+        opt-outs stay (as with ``forget_guild``): each is a member's own choice, in every server."""
         return await self._delete_guild(guild_id, (*STATISTICS_TABLES, *CORRECTION_TABLES, *SETTINGS_TABLES))
 
     async def _delete_guild(self, guild_id: int, tables: Sequence[str]) -> int:

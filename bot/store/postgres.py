@@ -141,8 +141,10 @@ class PostgresStore(Store):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         exclusive: bool = True,
         member_key: bytes | None = None,
+        opt_out_refresh_s: float | None = None,
     ) -> PostgresStore:
-        """Connect a pool to ``url``, migrate the database, load the channel settings and start the flusher.
+        """Connect a pool to ``url``, migrate the database, load the channel settings and the opt-outs, start the
+        flusher and, with ``opt_out_refresh_s``, the poll that reads the opt-outs other processes changed.
 
         ``member_key`` hashes members (bot/store/member_key.py; the bot reads it from its file, never made for
         PostgreSQL: every process sharing the database must use the same one); without it the store keeps no
@@ -158,6 +160,8 @@ class PostgresStore(Store):
         """
         if flush_interval <= 0 or max_pending < 1 or pool_size < 1:
             raise ValueError("flush_interval must be > 0, max_pending >= 1 and pool_size >= 1")
+        if opt_out_refresh_s is not None and opt_out_refresh_s <= 0:
+            raise ValueError("opt_out_refresh_s must be > 0")
         name = redact_url(url)
         try:
             # min_size=0: no background refill of a floor of connections, which logs a traceback for every try
@@ -182,7 +186,7 @@ class PostgresStore(Store):
         store = cls(pool, url, flush_interval=flush_interval, max_pending=max_pending, settings=settings)
         store.migrations_applied = applied
         store.member_key = member_key
-        store._start()
+        await store._open(opt_out_refresh_s)
         return store
 
     async def _disconnect(self) -> None:
@@ -312,6 +316,31 @@ class PostgresStore(Store):
 
     async def clear_corrections(self, guild_id: int) -> int:
         return await self._execute("DELETE FROM corrections WHERE guild_id = $1", guild_id)
+
+    # ------------------------------------------------------------------ opt-outs
+
+    async def _read_opt_outs(self, known: int | None) -> tuple[int, frozenset[str] | None]:
+        async with self._connection() as connection, connection.transaction(isolation="repeatable_read"):
+            version = await connection.fetchval("SELECT version FROM opt_out_changes")
+            if version == known:
+                return version, None
+            rows = await connection.fetch("SELECT digest FROM opt_outs")
+        return version, frozenset(row[0] for row in rows)
+
+    async def _write_opt_out(self, digest: str, opted_out: bool, at: float) -> bool:
+        async with self._connection() as connection, connection.transaction():
+            if opted_out:
+                status = await connection.execute(
+                    "INSERT INTO opt_outs (digest, opted_out_at) VALUES ($1, $2) ON CONFLICT (digest) DO NOTHING",
+                    digest,
+                    at,
+                )
+            else:
+                status = await connection.execute("DELETE FROM opt_outs WHERE digest = $1", digest)
+            changed = _rowcount(status) > 0
+            if changed:
+                await connection.execute("UPDATE opt_out_changes SET version = version + 1")
+        return changed
 
     # ------------------------------------------------------------------ statistics
 

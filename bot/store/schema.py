@@ -24,9 +24,10 @@ __all__ = [
 ]
 
 #: What a table holds: it decides which deletions reach it (``forget_guild`` erases statistics and corrections,
-#: ``remove_guild`` every table of a guild; ``secrets`` belong to the database, not to a guild; ``bookkeeping`` is the
-#: store's own record of its writes to this database, which a copy into another leaves behind).
-TableGroup = Literal["settings", "statistics", "corrections", "secrets", "bookkeeping"]
+#: ``remove_guild`` every table of a guild; ``secrets`` belong to the database, not to a guild; ``choices`` are
+#: members' own, across all servers (the opt-outs), which no guild deletion reaches; ``bookkeeping`` is the store's
+#: own record of its writes to this database, which a copy into another leaves behind).
+TableGroup = Literal["settings", "statistics", "corrections", "secrets", "choices", "bookkeeping"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,8 @@ TABLES = (
           ("id",), identity=True),
     Table("store_secrets", "secrets", ("name", "value"), ("name",)),
     Table("statistics_flushes", "bookkeeping", ("id", "at"), ("id",)),
+    Table("opt_outs", "choices", ("digest", "opted_out_at"), ("digest",)),
+    Table("opt_out_changes", "bookkeeping", ("version",), ()),  # one row: the count of opt-out changes, polled
 )  # fmt: skip
 
 _BY_NAME = {table.name: table for table in TABLES}

@@ -145,8 +145,10 @@ class SqliteStore(Store):
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         exclusive: bool = True,
         member_key: bytes | None = None,
+        opt_out_refresh_s: float | None = None,
     ) -> SqliteStore:
-        """Open (creating it and its parent directories if needed) and migrate the file, start the flusher.
+        """Open (creating it and its parent directories if needed) and migrate the file, read the opt-outs, start the
+        flusher (and, with ``opt_out_refresh_s``, the poll that reads the opt-outs other programs on the file changed).
 
         ``member_key`` hashes members (bot/store/member_key.py; the bot reads it from its file, made on first run
         for SQLite); without it the store keeps no correction, and the first open with it of a file from before the
@@ -158,6 +160,8 @@ class SqliteStore(Store):
         """
         if flush_interval <= 0 or max_pending < 1 or busy_timeout_ms < 0:
             raise ValueError("flush_interval must be > 0, max_pending >= 1 and busy_timeout_ms >= 0")
+        if opt_out_refresh_s is not None and opt_out_refresh_s <= 0:
+            raise ValueError("opt_out_refresh_s must be > 0")
         path = os.fspath(path)
         lock_fd = None
         if path != ":memory:":
@@ -174,7 +178,7 @@ class SqliteStore(Store):
             db, path, flush_interval=flush_interval, max_pending=max_pending, lock_fd=lock_fd, settings=settings
         )
         store.member_key = member_key
-        store._start()
+        await store._open(opt_out_refresh_s)
         return store
 
     async def _disconnect(self) -> None:
@@ -331,6 +335,29 @@ class SqliteStore(Store):
     async def clear_corrections(self, guild_id: int) -> int:
         async with self._write() as db, db.execute("DELETE FROM corrections WHERE guild_id = ?", (guild_id,)) as cur:
             return cur.rowcount
+
+    # ------------------------------------------------------------------ opt-outs
+
+    async def _read_opt_outs(self, known: int | None) -> tuple[int, frozenset[str] | None]:
+        async with self._read() as db:
+            ((version,),) = await db.execute_fetchall("SELECT version FROM opt_out_changes")
+            if version == known:
+                return version, None
+            rows = await db.execute_fetchall("SELECT digest FROM opt_outs")
+        return version, frozenset(digest for (digest,) in rows)
+
+    async def _write_opt_out(self, digest: str, opted_out: bool, at: float) -> bool:
+        if opted_out:
+            sql = "INSERT INTO opt_outs (digest, opted_out_at) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING"
+            params: tuple[object, ...] = (digest, at)
+        else:
+            sql, params = "DELETE FROM opt_outs WHERE digest = ?", (digest,)
+        async with self._write() as db:
+            async with db.execute(sql, params) as cursor:
+                changed = cursor.rowcount > 0
+            if changed:
+                await db.execute("UPDATE opt_out_changes SET version = version + 1")
+        return changed
 
     # ------------------------------------------------------------------ statistics
 

@@ -2,7 +2,8 @@
 
 Everything the store keeps is copied, table by table, in ONE PostgreSQL transaction: channel and guild settings
 (retention, corrections opt-in), hourly statistics, summary schedules (their ids and last posts, so no summary is
-posted twice), corrections and the salt of their member hashes (so a member still cannot correct a message twice).
+posted twice), corrections and the salt of their member hashes (so a member still cannot correct a message twice),
+and the members' opt-outs (their keyed hashes, which the same deployment key reads in PostgreSQL).
 A PostgreSQL database that already holds the bot's data (any row but the store's own secrets) is refused, in that
 transaction and before anything is written (``TargetNotEmpty``): the copy would overwrite its rows, and the counts
 afterwards could not show it. With ``force`` rows are upserted by their key and overwrite what is there, so running it
