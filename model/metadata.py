@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.text_preparation import TEXT_PREPARATIONS
+
 METADATA_FILE = "moodring.json"
 FORMAT_VERSION = 1
 
@@ -36,6 +38,9 @@ class ModelMetadata:
     thresholds_by_backend: dict[str, list[float]] = field(default_factory=dict)
     # That backend's dev figures: macro-F1 with its own and with the torch thresholds, and its largest score shift.
     dev_metrics_by_backend: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The `model.text_preparation.prepare` version the model was trained with, and so reads with; 1 (the text as it
+    # is) for the models exported before it was recorded.
+    text_preparation: int = 1
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -44,6 +49,11 @@ class ModelMetadata:
         for backend, thresholds in self.thresholds_by_backend.items():
             if len(thresholds) != len(self.labels):
                 raise ValueError(f"{len(thresholds)} {backend} thresholds for {len(self.labels)} labels")
+        if self.text_preparation not in TEXT_PREPARATIONS:
+            raise ValueError(
+                f"text preparation {self.text_preparation!r} is unknown to this moodring (it knows "
+                f"{', '.join(map(str, TEXT_PREPARATIONS))}): the model was made by a newer one"
+            )
 
     def thresholds_for(self, backend: str) -> list[float]:
         """The per-label thresholds tuned on dev for `backend`'s scores."""
