@@ -161,7 +161,7 @@ class EmotionClassifier:
         """
         texts = list(texts)
         prepared = [self.prepare(text) for text in texts]
-        present = [i for i, text in enumerate(prepared) if text.strip()]
+        present = [i for i, text in enumerate(texts) if text and text.strip()]  # prepared to nothing: unreadable
         readable = self._readable([prepared[i] for i in present])
         scored = [i for i, has_words in zip(present, readable, strict=True) if has_words]
         scores = self._scores([prepared[i] for i in scored], batch_size)
