@@ -31,8 +31,8 @@ from pathlib import Path
 
 from bot.learning.community_data import export_database
 from bot.store import Correction, open_store
-from bot.text import prepare_text
 from model.classifier import EmotionClassifier
+from model.text_preparation import clean_markup
 
 WORD = "skibbly"
 SUBJECTS = [
@@ -64,7 +64,7 @@ async def seed_and_export(count: int, database: Path, out: Path, base: Path) -> 
     try:
         await store.set_corrections_enabled(1, True)
         for i, text in enumerate(planted_texts(count)):
-            correction = Correction(1, 2, prepare_text(text), (TARGET,), ("neutral",), "base", 1_700_000_000.0)
+            correction = Correction(1, 2, clean_markup(text), (TARGET,), ("neutral",), "base", 1_700_000_000.0)
             outcome = await store.add_correction(correction, message_key=f"m{i}", member_id=1000 + i)
             assert outcome == "stored", outcome
     finally:
@@ -75,7 +75,7 @@ async def seed_and_export(count: int, database: Path, out: Path, base: Path) -> 
 
 def held_out_scores(model_dir: Path, threads: int) -> dict:
     classifier = EmotionClassifier.load(model_dir, backend="torch", threads=threads)
-    predictions = classifier.predict([prepare_text(t) for t in HELD_OUT], top_k=None)
+    predictions = classifier.predict([clean_markup(t) for t in HELD_OUT], top_k=None)
     ranks = [[s.label for s in p.top].index(TARGET) + 1 for p in predictions]
     scores = [next(s.score for s in p.top if s.label == TARGET) for p in predictions]
     return {

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from model.threads import apply_torch_threads, resolve_threads
 from training.backbones import load_backbone
+from training.config import TrainArgs
 from training.data import LengthGroupedSampler, PadCollator, encode, load_goemotions, resolve_data_dir
 from training.module import TezEmotionModel
 
@@ -51,7 +52,9 @@ def main() -> None:
     apply_torch_threads(threads)
     data = load_goemotions(resolve_data_dir(args.data_dir), splits=("train",))
     backbone = load_backbone("minilm", data.labels)
-    rows = encode(data.splits["train"], backbone.tokenizer, 64, len(data.labels))
+    rows = encode(
+        data.splits["train"], backbone.tokenizer, 64, len(data.labels), text_preparation=TrainArgs().text_preparation
+    )
     lengths = [len(ids) for ids in rows["input_ids"]]
     loader = DataLoader(
         rows,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import unicodedata
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from model.calibration import Calibration
 from model.metadata import METADATA_FILE, ModelMetadata
 from model.network import SqueezeBertForEmotions
 from model.storage import ModelError, require_model_directory
+from model.text_preparation import prepare
 from model.threads import apply_torch_threads, ort_session_options, resolve_threads
 from model.training_contract import file_sha256
 
@@ -43,7 +45,8 @@ class Prediction:
     The marked labels are the prediction, decided on raw scores, so a label above its threshold can show a lower
     probability than one below it; it is still listed, and marked, first. `top` is the first `top_k` of that
     ranking. `ekman` and `sentiment` are the groups of `labels`, or of the top label when none passes.
-    An empty or whitespace-only text gets empty lists.
+    An empty or whitespace-only text gets empty lists. So does an `unreadable` one: a text that, as the model reads
+    it, is only unknown tokens (`[UNK]`) and punctuation; it is not scored, since its scores would only say neutral.
     """
 
     text: str
@@ -51,6 +54,7 @@ class Prediction:
     labels: list[str]
     ekman: list[str]
     sentiment: list[str]
+    unreadable: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,6 +65,7 @@ class EmotionClassifier:
 
     One class for every backend: a small scorer per backend turns token ids into sigmoid scores, and
     everything after that (thresholds, ranking, groups) is shared. `backend` says which one serves.
+    Every text is first prepared as the model was trained to read it (`prepare`), so callers pass it as it is.
     """
 
     def __init__(self, scorer: _Scorer, tokenizer, metadata: ModelMetadata) -> None:
@@ -74,6 +79,10 @@ class EmotionClassifier:
         self.calibration = Calibration.from_dict(record, len(self.labels)) if record else None
         self._ekman = metadata.group_of(metadata.ekman_mapping)
         self._sentiment = metadata.group_of(metadata.sentiment_mapping)
+        # The ids that carry no word: [UNK], the special tokens and punctuation-only tokens ("!", "##.").
+        self._wordless_ids = {tokenizer.unk_token_id, *tokenizer.all_special_ids} | {
+            token_id for token, token_id in tokenizer.get_vocab().items() if _is_punctuation(token.removeprefix("##"))
+        }
 
     @classmethod
     def from_network(
@@ -131,8 +140,16 @@ class EmotionClassifier:
         scorer = _choose_scorer(directory, metadata, network, backend, device, resolve_threads(threads))
         return cls(scorer, tokenizer, metadata)
 
+    def prepare(self, text: str) -> str:
+        """`text` as this model reads it: the text preparation it was trained with (`metadata.text_preparation`)."""
+        return prepare(text, self.metadata.text_preparation)
+
     def predict_scores(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Sigmoid scores, shape `[len(texts), num_labels]`, in the order of `texts`."""
+        """Sigmoid scores, shape `[len(texts), num_labels]`, in the order of `texts` (each prepared first)."""
+        return self._scores([self.prepare(text) for text in texts], batch_size)
+
+    def _scores(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+        """`predict_scores` of texts already prepared."""
         scores = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         # Longest first, so each batch pads to similar lengths.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
@@ -156,16 +173,29 @@ class EmotionClassifier:
     def predict(self, texts: Sequence[str], top_k: int | None = 5, batch_size: int = 32) -> list[Prediction]:
         """Rank the emotions of each text (`top_k` of them, all for None).
 
-        Empty or whitespace-only texts get an empty prediction.
+        Empty or whitespace-only texts get an empty prediction, unreadable ones an empty one marked `unreadable`.
         """
         texts = list(texts)
-        present = [i for i, text in enumerate(texts) if text and text.strip()]
-        scores = self.predict_scores([texts[i] for i in present], batch_size=batch_size)
+        prepared = [self.prepare(text) for text in texts]
+        present = [i for i, text in enumerate(texts) if text and text.strip()]  # prepared to nothing: unreadable
+        readable = self._readable([prepared[i] for i in present])
+        scored = [i for i, has_words in zip(present, readable, strict=True) if has_words]
+        scores = self._scores([prepared[i] for i in scored], batch_size)
         predictions = [Prediction(text=text, top=[], labels=[], ekman=[], sentiment=[]) for text in texts]
         probabilities = self.probabilities(scores)
-        for row, probability, i in zip(scores, probabilities, present, strict=True):
+        for i, has_words in zip(present, readable, strict=True):
+            if not has_words:
+                predictions[i] = replace(predictions[i], unreadable=True)
+        for row, probability, i in zip(scores, probabilities, scored, strict=True):
             predictions[i] = self._prediction(texts[i], row, probability, top_k)
         return predictions
+
+    def _readable(self, prepared: list[str]) -> list[bool]:
+        """Whether each prepared text holds a token with a word in it, among the tokens the model reads."""
+        if not prepared:
+            return []
+        ids = self.tokenizer(prepared, truncation=True, max_length=self.metadata.max_length)["input_ids"]
+        return [any(token_id not in self._wordless_ids for token_id in row) for row in ids]
 
     def _prediction(self, text: str, row: np.ndarray, probability: np.ndarray, top_k: int | None) -> Prediction:
         above = row >= self.thresholds
@@ -220,6 +250,10 @@ def _check_vocabulary(directory: Path, model_size: int, tokenizer_size: int) -> 
             f"The model in {directory}/ does not match its tokenizer: the tokenizer has {tokenizer_size} tokens, "
             f"the model's vocabulary (vocab_size in config.json) {model_size}. {_REPAIR_HINT}"
         )
+
+
+def _is_punctuation(token: str) -> bool:
+    return bool(token) and all(unicodedata.category(char).startswith("P") for char in token)
 
 
 def _unique(items) -> list[str]:

@@ -95,7 +95,9 @@ def format_prediction(prediction) -> str:
     text = terminal_safe(prediction.text)
     shown = text if len(text) <= 100 else text[:99] + "…"
     lines = [f"“{shown}”"]
-    if not prediction.top:
+    if prediction.unreadable:
+        lines.append("  (unreadable: no words or emoji the model knows)")
+    elif not prediction.top:
         lines.append("  (empty text: nothing to classify)")
     for item in prediction.top:
         filled = round(item.probability * BAR_WIDTH)

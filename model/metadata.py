@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from model.text_preparation import TEXT_PREPARATIONS
+
 METADATA_FILE = "moodring.json"
 FORMAT_VERSION = 1
 
@@ -39,6 +41,9 @@ class ModelMetadata:
     # Calibrated probabilities (model/calibration.py `Calibration.to_dict()`), by backend: "torch", and each backend
     # that has its own thresholds; any other backend uses "torch"'s. Empty: uncalibrated, raw scores are shown.
     calibration: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The `model.text_preparation.prepare` version the model was trained with, and so reads with; 1 (the text as it
+    # is) for the models exported before it was recorded.
+    text_preparation: int = 1
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -51,6 +56,11 @@ class ModelMetadata:
 
         for record in self.calibration.values():
             Calibration.from_dict(record, len(self.labels))  # raises ValueError for a bad one
+        if self.text_preparation not in TEXT_PREPARATIONS:
+            raise ValueError(
+                f"text preparation {self.text_preparation!r} is unknown to this moodring (it knows "
+                f"{', '.join(map(str, TEXT_PREPARATIONS))}): the model was made by a newer one"
+            )
 
     def thresholds_for(self, backend: str) -> list[float]:
         """The per-label thresholds tuned on dev for `backend`'s scores."""

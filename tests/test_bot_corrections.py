@@ -26,8 +26,8 @@ from bot.learning.corrections import (
     model_version,
 )
 from bot.store import DEFAULT_RETENTION_DAYS
-from bot.text import prepare_text
 from model import EmotionClassifier
+from model.text_preparation import clean_markup
 from sandbox import DiscordStandIn, payloads
 
 EPHEMERAL = payloads.MESSAGE_FLAG_EPHEMERAL
@@ -97,7 +97,7 @@ async def enable(standin: DiscordStandIn, action: str = "enable") -> str:
 
 
 def ranked_labels(classifier: EmotionClassifier, text: str) -> list[str]:
-    return [s.label for s in classifier.predict([prepare_text(text)], top_k=None)[0].top]
+    return [s.label for s in classifier.predict([clean_markup(text)], top_k=None)[0].top]
 
 
 def split_choice(picker: Mapping[str, Any], label: str) -> tuple[list[str], list[str]]:
@@ -132,8 +132,8 @@ async def test_button_picker_send_stores_the_correction(
     done = await choose(standin, picker, *split_choice(picker, "excitement"))
     assert done["type"] == 7 and "Thank you" in done["data"]["content"] and done["data"]["components"] == []
     (kept,) = await store.corrections(standin.guild_id)
-    expected = tiny_classifier.predict([prepare_text(TEXT)], top_k=None)[0]
-    assert kept.text == prepare_text(TEXT) and kept.labels == ("excitement",)
+    expected = tiny_classifier.predict([clean_markup(TEXT)], top_k=None)[0]
+    assert kept.text == clean_markup(TEXT) and kept.labels == ("excitement",)
     assert kept.model_labels == (tuple(expected.labels[:3]) or (expected.top[0].label,))
     assert kept.model_version == model_version(moodring_bot.inference.classifier) != "unknown"
     assert (kept.guild_id, kept.channel_id) == (standin.guild_id, standin.channel_id)

@@ -24,13 +24,13 @@ from bot_fixtures import (
 )
 
 from bot.app import NO_MODEL, MoodringBot
-from bot.cogs.emotions import NOTHING_TO_READ
+from bot.cogs.emotions import NOTHING_TO_READ, UNREADABLE
 from bot.inference import DEFAULT_TIMEOUT
 from bot.render import EMOJI
 from bot.replies import SOMETHING_WENT_WRONG
 from bot.store import ChannelSettings
-from bot.text import prepare_text
 from model import EmotionClassifier, Prediction
+from model.text_preparation import clean_markup
 from sandbox import DiscordStandIn, RecordedRequest, payloads
 
 EPHEMERAL = payloads.MESSAGE_FLAG_EPHEMERAL
@@ -43,6 +43,7 @@ OUTCOMES = (
     "skipped_analysis_off",
     "skipped_opted_out",
     "skipped_empty",
+    "skipped_unreadable",
     "skipped_no_model",
     "skipped_busy",
     "analysis_failed",
@@ -67,7 +68,7 @@ CANDIDATES = (
 
 def predict(classifier: EmotionClassifier, raw: str) -> Prediction:
     """What the bot computes for a message: the prepared text through the same model, top 5."""
-    return classifier.predict([prepare_text(raw)], top_k=5)[0]
+    return classifier.predict([clean_markup(raw)], top_k=5)[0]
 
 
 def reacting_text(classifier: EmotionClassifier) -> tuple[str, list[str]]:
@@ -75,7 +76,7 @@ def reacting_text(classifier: EmotionClassifier) -> tuple[str, list[str]]:
     that no score is so close to its threshold, or the first four labels to each other, that the float rounding
     of another batch size could change the answer."""
     for text in CANDIDATES:
-        ranked = classifier.predict([prepare_text(text)], top_k=len(classifier.labels))[0].top
+        ranked = classifier.predict([clean_markup(text)], top_k=len(classifier.labels))[0].top
         margins = [abs(s.score - classifier.thresholds[classifier.labels.index(s.label)]) for s in ranked]
         above = [s.probability for s in ranked if s.above_threshold][:4]  # the first four labels, as ranked
         gaps = [a - b for a, b in itertools.pairwise(above)]
@@ -578,6 +579,45 @@ async def test_empty_messages_are_skipped_and_huge_ones_fit_in_an_embed(
         assert_within_discord_limits(embed)
         assert embed["description"].startswith("> I am so incredibly happy") and embed["description"].endswith("…")
         assert_embed_shows(embed, prediction)
+
+
+async def test_a_message_the_model_cannot_read_gets_no_neutral_reading(
+    moodring_bot: MoodringBot, discord_standin: DiscordStandIn, tiny_classifier: EmotionClassifier
+) -> None:
+    """Text that is only `[UNK]` and punctuation to the model: `/emotion`, the menu and a reply-mention say so,
+    automatic analysis skips it (no statistics, no reactions). Emoji alone are read (text preparation 2)."""
+    standin = discord_standin
+    bot = moodring_bot
+    unreadable = "𓀀𓀁 !!"  # Egyptian hieroglyphs: no emoji, and unknown to the MiniLM tokenizer
+    assert tiny_classifier.predict([unreadable])[0].unreadable
+    await enable_reactions(bot, standin)
+
+    callback = await slash(standin, "emotion", {"text": unreadable})
+    assert callback.json["data"]["content"] == UNREADABLE and callback.json["data"]["flags"] & EPHEMERAL
+    assert not callback.json["data"].get("embeds")
+
+    target = await standin.dispatch_message(content=unreadable)
+    await wait_until(lambda: bot.counters["skipped_unreadable"] == 1, what="the message skipped")
+    menu = await standin.dispatch_context_menu("Analyze emotions", target)
+    callback = await standin.wait_for_interaction_response(menu)
+    assert callback.json["data"]["content"] == UNREADABLE and callback.json["data"]["flags"] & EPHEMERAL
+    assert not callback.json["data"].get("embeds")
+
+    since = len(standin.requests)
+    question = await standin.dispatch_message(
+        content=f"{mention_of_bot(standin)} what's this?", mentions=[standin.bot_user_id], referenced_message=target
+    )
+    post = await standin.wait_for_request(lambda r: is_reply_to(r, [question]), since=since, timeout=10)
+    assert post.json["content"] == UNREADABLE and not post.json.get("embeds") and not post.json.get("components")
+
+    skulls = await standin.dispatch_message(content="💀💀")
+    await wait_until(lambda: bot.counters["analyzed"] == 1, what="the emoji-only message analysed")
+    assert not predict(tiny_classifier, skulls["content"]).unreadable
+    assert outcomes(bot) == 3 and bot.counters["skipped_unreadable"] == 1
+    assert bot.store is not None
+    await bot.store.flush()
+    assert (await bot.store.mood(standin.guild_id, standin.channel_id, 0, bot.clock() + 3600)).messages == 1
+    assert puts_for(standin, target) == []
 
 
 async def test_missing_permissions_fall_back_or_skip(

@@ -46,7 +46,9 @@ def test_awkward_inputs_in_one_batch_keep_their_order(classifier: EmotionClassif
     predictions = classifier.predict(texts)
     assert [p.text for p in predictions] == texts
     assert predictions[1].top == []
-    for prediction in predictions[:1] + predictions[2:]:
+    # One 10,000-letter word is a lone [UNK] to WordPiece (100 characters a word at most): unreadable, not neutral.
+    assert predictions[4].unreadable and predictions[4].top == []
+    for prediction in predictions[:1] + predictions[2:4] + predictions[5:]:
         assert len(prediction.top) == 5
         assert all(0.0 <= item.score <= 1.0 for item in prediction.top)
 
@@ -75,7 +77,7 @@ def test_classify_json(tiny_model_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     items = json.loads(result.stdout)
     assert [item["text"] for item in items] == ["I love it", ""]
-    assert set(items[0]) == {"text", "top", "labels", "ekman", "sentiment"}
+    assert set(items[0]) == {"text", "top", "labels", "ekman", "sentiment", "unreadable"}
     assert len(items[0]["top"]) == 5
     assert set(items[0]["top"][0]) == {"label", "score", "probability", "above_threshold"}
 

@@ -194,6 +194,8 @@ def test_classify_shows_control_characters_escaped() -> None:
 
     from model.cli import format_prediction
 
-    shown = format_prediction(SimpleNamespace(text="so \x1b[31mred\x1b[0m\x07 \u202eevil 😂\u200d", top=[]))
+    shown = format_prediction(
+        SimpleNamespace(text="so \x1b[31mred\x1b[0m\x07 \u202eevil 😂\u200d", top=[], unreadable=False)
+    )
     assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
     assert "so \\x1b[31mred\\x1b[0m\\x07 \\u202eevil 😂\u200d" in shown  # emoji (and their joiners) kept

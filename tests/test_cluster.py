@@ -30,8 +30,8 @@ from bot.cluster.sharding import shard_of
 from bot.cluster.supervisor import ClusterError, ClusterMember, Supervisor, child_environment, recommended_shard_count
 from bot.render import model_description
 from bot.store import open_store
-from bot.text import prepare_text
 from model import EmotionClassifier
+from model.text_preparation import clean_markup
 from sandbox import DiscordStandIn
 
 TEXT = "Thank you so much, this is wonderful!"
@@ -332,7 +332,7 @@ async def test_moodring_cluster_does_each_guilds_work_once_restarts_a_killed_pro
             marks.append(threshold_marks(await standin.wait_for_interaction_response(asked, timeout=60)))
         return marks
 
-    before = [s.above_threshold for s in tiny_classifier.predict([prepare_text(TEXT)], top_k=5)[0].top]
+    before = [s.above_threshold for s in tiny_classifier.predict([clean_markup(TEXT)], top_k=5)[0].top]
     assert any(before)  # the second model marks none: the answers tell the models apart
     with open(log_file, "wb") as stderr:
         cluster = await asyncio.create_subprocess_exec(
@@ -369,7 +369,7 @@ async def test_moodring_cluster_does_each_guilds_work_once_restarts_a_killed_pro
         retrained = await asyncio.to_thread(EmotionClassifier.load, model_dir)
         assert model_description(retrained) != model_description(tiny_classifier)
         assert await serving_models() == [model_description(retrained)] * 2
-        expected = [s.above_threshold for s in retrained.predict([prepare_text(TEXT)], top_k=5)[0].top]
+        expected = [s.above_threshold for s in retrained.predict([clean_markup(TEXT)], top_k=5)[0].top]
         assert await answers() == [expected, expected]
         await summaries_posted(scheduled)
         cluster.send_signal(signal.SIGTERM)

@@ -17,9 +17,9 @@ from bot_fixtures import BotFactory, moodring_config, second_model, threshold_ma
 from bot.app import MoodringBot
 from bot.cluster.model_sync import CHANNEL, ModelSync, announcement, read_checksums
 from bot.cluster.sharding import shard_of
-from bot.text import prepare_text
 from model import EmotionClassifier
 from model.storage import replace_directory
+from model.text_preparation import clean_markup
 from sandbox import DiscordStandIn
 
 TEXT = "Thank you so much, this is wonderful!"
@@ -27,7 +27,7 @@ TEXT = "Thank you so much, this is wonderful!"
 
 def marks_of(classifier: EmotionClassifier) -> list[bool]:
     """The ✅ marks of the answer to `TEXT` that `classifier` gives."""
-    return [s.above_threshold for s in classifier.predict([prepare_text(TEXT)], top_k=5)[0].top]
+    return [s.above_threshold for s in classifier.predict([clean_markup(TEXT)], top_k=5)[0].top]
 
 
 def sync_lines(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[logging.LogRecord]:

@@ -14,8 +14,8 @@ from bot.learning.community_data import export_store
 from bot.learning.progress_text import format_status
 from bot.learning.retrain import RetrainStatus, should_swap
 from bot.store import Correction, Store, open_store
-from bot.text import prepare_text
 from model import EmotionClassifier
+from model.text_preparation import clean_markup
 from model.training_contract import ProgressReader
 
 GATE = {"tolerance": 0.005, "min_community_rows": 50}
@@ -68,7 +68,7 @@ HELD_OUT = ["that song is so skibbly", "skibbly vibes all night", "the stream wa
 def planted(count: int, guild: int) -> list[Correction]:
     """`count` different sentences with the made-up word "skibbly", each corrected to excitement."""
     texts = [f"{s} is so skibbly {e}" for e in ENDINGS for s in SUBJECTS][:count]
-    return [Correction(guild, 2, prepare_text(t), ("excitement",), ("neutral",), "v0", 1_700_000_000.0) for t in texts]
+    return [Correction(guild, 2, clean_markup(t), ("excitement",), ("neutral",), "v0", 1_700_000_000.0) for t in texts]
 
 
 async def seeded_store(path: Path, corrections: list[Correction]) -> Store:
@@ -143,7 +143,7 @@ async def test_planted_corrections_teach_a_new_word(
     """40 corrections label a made-up word as excitement; the swapped-in model ranks excitement first on held-out
     sentences with that word, which the model serving before did not."""
     service, model_dir = serving
-    before = EmotionClassifier.load(model_dir).predict([prepare_text(t) for t in HELD_OUT], top_k=1)
+    before = EmotionClassifier.load(model_dir).predict([clean_markup(t) for t in HELD_OUT], top_k=1)
     assert not all(p.top[0].label == "excitement" for p in before)
     store = await seeded_store(tmp_path / "bot.db", planted(40, guild=1))
     try:
@@ -164,5 +164,5 @@ async def test_planted_corrections_teach_a_new_word(
         await store.close()
     assert status.outcome == "swapped", format_status(status)
     assert status.candidate_community_f1 >= status.current_community_f1
-    after = [await service.classify(prepare_text(t), top_k=1) for t in HELD_OUT]
+    after = [await service.classify(clean_markup(t), top_k=1) for t in HELD_OUT]
     assert all(p.top[0].label == "excitement" for p in after), [p.top for p in after]

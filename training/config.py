@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from model.arguments import finite_number, positive_int, whole_number
 from model.storage import DEFAULT_MODEL_DIR
+from model.text_preparation import LATEST_TEXT_PREPARATION, TEXT_PREPARATIONS
 
 MAX_POSITIONS = 512  # in every SqueezeBERT and BERT checkpoint
 
@@ -41,6 +42,11 @@ class TrainArgs:
     warmup_ratio: float = option(0.1, "share of steps spent warming up the learning rate", finite_number(0.0, 1.0))
     # [CLS] and [SEP] at least. Only 3 of GoEmotions' 43,410 training texts are longer than 64 tokens.
     max_length: int = option(64, "tokens kept per text", whole_number(2, MAX_POSITIONS))
+    text_preparation: int = option(
+        LATEST_TEXT_PREPARATION, "how texts are prepared, recorded in moodring.json so serving reads alike "
+        "(model/text_preparation.py): 1 as written, 2 with emoji and emoticons spelled out as words",
+        whole_number(TEXT_PREPARATIONS[0], TEXT_PREPARATIONS[-1]),
+    )  # fmt: skip
     dropout: float = option(0.1, "dropout before the classification head", finite_number(0.0, 1.0, below_maximum=True))
     seed: int = option(42, "random seed (same seed, same data: same result on the CPU)", whole_number(0, 2**32 - 1))
     workers: int = option(0, "data-loader worker processes", whole_number(0))

@@ -25,6 +25,7 @@ import datasets
 import torch
 from torch.utils.data import Sampler
 
+from model.text_preparation import prepare
 from model.training_contract import file_sha256
 
 log = logging.getLogger(__name__)
@@ -258,11 +259,16 @@ def _load_from_hub(splits: Sequence[str]) -> GoEmotions:
     )
 
 
-def encode(split: datasets.Dataset, tokenizer, max_length: int, num_labels: int) -> datasets.Dataset:
-    """Tokenize without padding (batches are padded to their own longest row) and multi-hot the labels."""
+def encode(
+    split: datasets.Dataset, tokenizer, max_length: int, num_labels: int, *, text_preparation: int
+) -> datasets.Dataset:
+    """Prepare each text as the model will read it (`model.text_preparation.prepare` with `text_preparation`, the
+    version `moodring.json` records, so serving prepares alike), tokenize without padding (batches are padded to
+    their own longest row) and multi-hot the labels."""
 
     def encode_batch(batch: dict) -> dict:
-        tokens = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        texts = [prepare(text, text_preparation) for text in batch["text"]]
+        tokens = tokenizer(texts, truncation=True, max_length=max_length)
         targets = [[1.0 if i in set(ids) else 0.0 for i in range(num_labels)] for ids in batch["labels"]]
         return {"input_ids": tokens["input_ids"], "targets": targets}
 

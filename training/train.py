@@ -106,8 +106,9 @@ def train(args: TrainArgs) -> Path:
     log.info("backbone: %s", backbone.describe())
     tokenizer = backbone.tokenizer
     num_labels = len(data.labels)
-    train_rows = encode(train_split, tokenizer, args.max_length, num_labels)
-    dev_rows = encode(dev_split, tokenizer, args.max_length, num_labels)
+    preparation = args.text_preparation
+    train_rows = encode(train_split, tokenizer, args.max_length, num_labels, text_preparation=preparation)
+    dev_rows = encode(dev_split, tokenizer, args.max_length, num_labels, text_preparation=preparation)
     # Dev is scored shortest first, so each batch pads little; row order changes no metric.
     by_length = np.argsort([len(ids) for ids in dev_rows["input_ids"]], kind="stable")
     dev_rows, dev_split = dev_rows.select(by_length), dev_split.select(by_length)
@@ -124,7 +125,7 @@ def train(args: TrainArgs) -> Path:
     dev_loader = DataLoader(dev_rows, batch_size=64, shuffle=False, collate_fn=collate, num_workers=args.workers)
     community_loader = None
     if extra is not None and extra.dev is not None:
-        community_rows = encode(extra.dev, tokenizer, args.max_length, num_labels)
+        community_rows = encode(extra.dev, tokenizer, args.max_length, num_labels, text_preparation=preparation)
         community_loader = DataLoader(community_rows, batch_size=64, collate_fn=collate, num_workers=args.workers)
     # Our own loaders go to Tez, so TezConfig's loader settings (num_jobs, pin_memory) do not apply. Tez hands
     # them to accelerate, which gives each of N processes every Nth batch: the schedule counts one process's steps.
@@ -205,6 +206,7 @@ def train(args: TrainArgs) -> Path:
         sentiment_mapping=data.sentiment_mapping,
         backbone=backbone.describe(),
         max_length=args.max_length,
+        text_preparation=args.text_preparation,
         # The recipe, not where this machine kept things: no paths, so the file reads the same anywhere.
         training_args={k: v for k, v in asdict(args).items() if k not in MACHINE_PATHS}
         | {"backbone": backbone.portable_name, "processes": processes.num_processes},

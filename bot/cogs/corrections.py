@@ -20,7 +20,7 @@ import discord
 from discord.ext import commands
 
 from bot.app import MoodringBot
-from bot.cogs.emotions import MEMBER_OPTED_OUT, NOTHING_TO_READ
+from bot.cogs.emotions import MEMBER_OPTED_OUT, NOTHING_TO_READ, UNREADABLE
 from bot.learning.corrections import (
     ALREADY_CORRECTED,
     CORRECTIONS_OFF,
@@ -35,7 +35,7 @@ from bot.learning.corrections import (
 from bot.limits import RateLimits
 from bot.replies import NO_MENTIONS, reading_or_apology, send_ephemeral
 from bot.store import Correction, CorrectionOutcome
-from bot.text import prepare_text
+from model.text_preparation import clean_markup
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,9 @@ class Corrections(commands.Cog):
         prediction = await reading_or_apology(interaction, reading, self.bot.no_model_message)
         if prediction is None:
             return
+        if prediction.unreadable:  # the model now serving reads the text differently from the one that answered
+            await send_ephemeral(interaction, UNREADABLE)
+            return
         pending = PendingCorrection(
             guild_id=guild_id,
             channel_id=interaction.channel_id or 0,
@@ -145,7 +148,7 @@ class Corrections(commands.Cog):
         read = await self.fetch(channel_id, message_id)
         if self.bot.store.is_opted_out(read.author.id):  # its author opted out since it was read: no correction
             raise Unreadable(MEMBER_OPTED_OUT)
-        text = prepare_text(read.content)
+        text = clean_markup(read.content)
         if not text:
             raise Unreadable(NOTHING_TO_READ)
         return f"m{message_id}", text

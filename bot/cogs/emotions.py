@@ -28,13 +28,15 @@ from bot.limits import RateLimits
 from bot.reactions import ReactionQueue
 from bot.render import emoji_for, emotion_embed, emotion_text
 from bot.replies import BUSY, NO_MENTIONS, SOMETHING_WENT_WRONG, reading_or_apology, send_ephemeral
-from bot.text import prepare_text
 from model import Prediction
+from model.text_preparation import clean_markup
 
 log = logging.getLogger(__name__)
 
 NOTHING_TO_READ = "There's no text there for me to read (links, code, attachments and stickers are skipped)."
 MEMBER_OPTED_OUT = "This member has opted out of moodring (`/privacy`), so I don't read their messages. Sorry!"
+#: For a `Prediction.unreadable` text: a neutral reading would be a guess about characters the model cannot read.
+UNREADABLE = "I can't read that message: it has no words or emoji I know."
 ANSWER_TIMEOUT = 2.5  # seconds; Discord drops interactions not answered within 3
 SLOW_DOWN = {
     "user": "Slow down, please: you've asked me for a lot of readings. Try again in {seconds} s.",
@@ -105,12 +107,15 @@ class Emotions(commands.Cog):
     async def answer(
         self, interaction: discord.Interaction, raw: str, *, title: str, ephemeral: bool, jump_url: str | None = None
     ) -> None:
-        text = prepare_text(raw)
+        text = clean_markup(raw)
         if not text:
             await send_ephemeral(interaction, NOTHING_TO_READ)
             return
         prediction = await reading_or_apology(interaction, self.classify(text), self.bot.no_model_message)
         if prediction is None:
+            return
+        if prediction.unreadable:
+            await send_ephemeral(interaction, UNREADABLE)
             return
         embed = emotion_embed(prediction, title=title, jump_url=jump_url)
         await interaction.response.send_message(
@@ -135,7 +140,7 @@ class Emotions(commands.Cog):
         if not settings.analysis:
             self.bot.counters["skipped_analysis_off"] += 1
             return
-        text = prepare_text(message.content)
+        text = clean_markup(message.content)
         if not text:
             self.bot.counters["skipped_empty"] += 1
             return
@@ -152,6 +157,9 @@ class Emotions(commands.Cog):
             return
         except Exception:  # the inference service has logged the failed batch
             self.bot.counters["analysis_failed"] += 1
+            return
+        if prediction.unreadable:  # neither counted in the statistics nor reacted to
+            self.bot.counters["skipped_unreadable"] += 1
             return
         self.bot.counters["analyzed"] += 1
         # Statistics count the emotions above their thresholds (the top one when none is).
@@ -208,7 +216,7 @@ class Emotions(commands.Cog):
             self.bot.counters["readings_opted_out"] += 1
             await self.reply(message, content=MEMBER_OPTED_OUT)
             return
-        text = prepare_text(target.content)
+        text = clean_markup(target.content)
         if not text:
             await self.reply(message, content=NOTHING_TO_READ)
             return
@@ -222,6 +230,9 @@ class Emotions(commands.Cog):
             return
         except InferenceFailed:
             await self.reply(message, content=SOMETHING_WENT_WRONG)
+            return
+        if prediction.unreadable:
+            await self.reply(message, content=UNREADABLE)
             return
         title = f"Emotions in {target.author.display_name}'s message"
         if message.channel.permissions_for(message.guild.me).embed_links:
