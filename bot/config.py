@@ -75,7 +75,9 @@ class BotConfig:
     # connection) is sent again with the same message nonce only this long after its claim: well inside the "few
     # minutes" in which Discord returns the first message for a nonce instead of posting a second (bot/cogs/mood.py).
     summary_retry_window_s: float = 120.0
-    backend: str = "auto"  # auto: int8 ONNX when the model has it and onnxruntime imports, else torch
+    # auto: fp32 ONNX when the model has it and onnxruntime imports, else torch (both give a text the same scores in
+    # any batch); onnx-int8, faster but batch-dependent, only when asked for.
+    backend: str = "auto"
     # Inference intra-op threads (MOODRING_THREADS); None: OMP_NUM_THREADS, else the cores this process may use.
     threads: int | None = None
     # A Discord-compatible server instead of Discord (`moodring sandbox`): discord.py's REST base and gateway URL.

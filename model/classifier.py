@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from model.backends import BACKEND_CHOICES, FILE_OF_BACKEND, INPUT_NAMES, OUTPUT_NAME
+from model.backends import AUTO_ONNX_BACKEND, BACKEND_CHOICES, FILE_OF_BACKEND, INPUT_NAMES, OUTPUT_NAME
 from model.metadata import METADATA_FILE, ModelMetadata
 from model.network import SqueezeBertForEmotions
 from model.storage import ModelError, require_model_directory
@@ -102,9 +102,11 @@ class EmotionClassifier:
     ) -> EmotionClassifier:
         """Load an exported model; never touches the network.
 
-        `backend`: "torch", "onnx" (fp32), "onnx-int8", or "auto" (int8 ONNX when its file is there and
-        onnxruntime imports, else torch; one log line says which and why). An explicit backend that cannot
-        load raises ModelError. `threads`: intra-op threads, default `model.threads.resolve_threads()`.
+        `backend`: "torch", "onnx" (fp32), "onnx-int8", or "auto" (fp32 ONNX when its file is there and
+        onnxruntime imports, else torch; one log line says which and why). torch and fp32 ONNX give a text the
+        same scores in any batch; dynamic int8 ("onnx-int8", opt-in only) does not: it scales activations per call,
+        over the whole batch. An explicit backend that cannot load raises ModelError. `threads`: intra-op threads,
+        default `model.threads.resolve_threads()`.
         """
         directory = require_model_directory(path)
         _check_model_files(directory)
@@ -309,7 +311,7 @@ def _choose_scorer(
     device: str,
     threads: int,
 ) -> _Scorer:
-    """The scorer for `backend`; for "auto", int8 ONNX when it loads on the CPU, else torch, logged in one line."""
+    """The scorer for `backend`; for "auto", fp32 ONNX when it loads on the CPU, else torch, logged in one line."""
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
     on_cpu = torch.device(device).type == "cpu"
@@ -322,12 +324,12 @@ def _choose_scorer(
     level, reason = logging.INFO, f"device {device}"
     if on_cpu:
         try:
-            scorer = _OnnxScorer.open(directory, metadata, "onnx-int8", threads)
+            scorer = _OnnxScorer.open(directory, metadata, AUTO_ONNX_BACKEND, threads)
         except ModelError as error:
             level = logging.INFO if isinstance(error, _Unavailable) else logging.WARNING
             reason = str(error)
         else:
-            log.info("backend auto: onnx-int8 from %s, %d threads", scorer.path, threads)
+            log.info("backend auto: %s from %s, %d threads", AUTO_ONNX_BACKEND, scorer.path, threads)
             return scorer
-    log.log(level, "backend auto: torch, %d threads (int8 ONNX not used: %s)", threads, reason)
+    log.log(level, "backend auto: torch, %d threads (ONNX not used: %s)", threads, reason)
     return _TorchScorer(network, device, threads)
