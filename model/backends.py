@@ -8,7 +8,8 @@ from __future__ import annotations
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
-FILE_OF_BACKEND = {"onnx": ONNX_FILE, "onnx-int8": INT8_FILE}
+INT8_BACKEND = "onnx-int8"
+FILE_OF_BACKEND = {"onnx": ONNX_FILE, INT8_BACKEND: INT8_FILE}
 #: What `EmotionClassifier.load(backend=...)`, `--backend` and MOODRING_BACKEND accept; "auto" picks one.
 BACKENDS = ("torch", *FILE_OF_BACKEND)
 BACKEND_CHOICES = ("auto", *BACKENDS)

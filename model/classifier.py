@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from model.backends import AUTO_ONNX_BACKEND, BACKEND_CHOICES, FILE_OF_BACKEND, INPUT_NAMES, OUTPUT_NAME
+from model.backends import AUTO_ONNX_BACKEND, BACKEND_CHOICES, FILE_OF_BACKEND, INPUT_NAMES, INT8_BACKEND, OUTPUT_NAME
+from model.cpu import describe_kernel_path, int8_kernel_path
 from model.metadata import METADATA_FILE, ModelMetadata
 from model.network import SqueezeBertForEmotions
 from model.storage import ModelError, require_model_directory
@@ -19,6 +20,10 @@ from model.threads import apply_torch_threads, ort_session_options, resolve_thre
 from model.training_contract import file_sha256
 
 log = logging.getLogger(__name__)
+
+#: The largest change in the stored int8 dev scores (moodring.json `int8_kernel`) on another CPU's int8 kernels that
+#: still serves the int8 thresholds tuned at export: one step of their grid (training/metrics.py THRESHOLD_GRID).
+INT8_SAMPLE_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -105,8 +110,10 @@ class EmotionClassifier:
         `backend`: "torch", "onnx" (fp32), "onnx-int8", or "auto" (fp32 ONNX when its file is there and
         onnxruntime imports, else torch; one log line says which and why). torch and fp32 ONNX give a text the
         same scores in any batch; dynamic int8 ("onnx-int8", opt-in only) does not: it scales activations per call,
-        over the whole batch. An explicit backend that cannot load raises ModelError. `threads`: intra-op threads,
-        default `model.threads.resolve_threads()`.
+        over the whole batch. On a CPU whose int8 kernels differ from the export's, "onnx-int8" serves fp32 ONNX
+        instead unless its stored dev sample still scores the same (`_int8_thresholds_hold_here`). An explicit
+        backend that cannot load raises ModelError. `threads`: intra-op threads, default
+        `model.threads.resolve_threads()`.
         """
         directory = require_model_directory(path)
         _check_model_files(directory)
@@ -119,8 +126,11 @@ class EmotionClassifier:
                 f"The model in {directory}/ is incomplete or unreadable ({error}). Re-export it with `moodring train`."
             ) from error
         _check_vocabulary(directory, network.config.vocab_size, len(tokenizer))
-        scorer = _choose_scorer(directory, metadata, network, backend, device, resolve_threads(threads))
-        return cls(scorer, tokenizer, metadata)
+        threads = resolve_threads(threads)
+        classifier = cls(_choose_scorer(directory, metadata, network, backend, device, threads), tokenizer, metadata)
+        if classifier.backend == INT8_BACKEND and not _int8_thresholds_hold_here(classifier):
+            return cls(_OnnxScorer.open(directory, metadata, AUTO_ONNX_BACKEND, threads), tokenizer, metadata)
+        return classifier
 
     def predict_scores(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
         """Sigmoid scores, shape `[len(texts), num_labels]`, in the order of `texts`."""
@@ -333,3 +343,36 @@ def _choose_scorer(
             return scorer
     log.log(level, "backend auto: torch, %d threads (ONNX not used: %s)", threads, reason)
     return _TorchScorer(network, device, threads)
+
+
+def _int8_thresholds_hold_here(classifier: EmotionClassifier) -> bool:
+    """Whether the int8 thresholds tuned at export may serve on this CPU.
+
+    Yes where it runs the int8 kernel path they were tuned on (model/cpu.py; nothing is re-scored), or where the
+    stored dev sample, each text scored alone as at export, moves by at most `INT8_SAMPLE_TOLERANCE`; no, said in one
+    warning line, otherwise. A model exported without the record is served unchecked (one debug line).
+    """
+    record = classifier.metadata.int8_kernel
+    if not record:
+        log.debug("backend onnx-int8: no int8 kernel record in %s (an older export): not checked", METADATA_FILE)
+        return True
+    here = int8_kernel_path()
+    if here == record["cpu"]:
+        return True
+    sample = record["sample"]
+    stored = np.asarray(sample["scores"], dtype=np.float32)
+    change = float(np.abs(classifier.predict_scores(sample["texts"], batch_size=1) - stored).max())
+    kernels = f"this CPU's int8 kernels ({describe_kernel_path(here)}) are not those its thresholds were tuned on "
+    kernels += f"({describe_kernel_path(record['cpu'])})"
+    if change > INT8_SAMPLE_TOLERANCE:
+        log.warning(
+            "backend onnx-int8: serving fp32 ONNX instead: %s, and they move its %d stored dev scores by up to %.4f "
+            "(more than %.2f)",
+            kernels,
+            len(stored),
+            change,
+            INT8_SAMPLE_TOLERANCE,
+        )
+        return False
+    log.info("backend onnx-int8: %s, but its %d stored dev scores agree within %.4f", kernels, len(stored), change)
+    return True

@@ -36,6 +36,10 @@ class ModelMetadata:
     thresholds_by_backend: dict[str, list[float]] = field(default_factory=dict)
     # That backend's dev figures: macro-F1 with its own and with the torch thresholds, and its largest score shift.
     dev_metrics_by_backend: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What the int8 thresholds were tuned on, checked at load where the CPU differs (model/cpu.py): {"cpu": the int8
+    # kernel path at export, "sample": {"texts": GoEmotions dev texts, "scores": their int8 scores, each text scored
+    # alone, to 4 decimals}}. Empty for a model exported before it, or without dev data: served unchecked.
+    int8_kernel: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -47,7 +49,7 @@ def confident_model_dir(tmp_path_factory: pytest.TempPathFactory, onnx_model_dir
 @pytest.fixture(scope="module")
 def dev_texts(goemotions_dir: Path) -> list[str]:
     with (goemotions_dir / "dev.tsv").open(newline="", encoding="utf-8") as handle:
-        return [row[0] for row in csv.reader(handle, delimiter="\t")][:200]
+        return [row[0] for row in csv.reader(handle, delimiter="\t")]
 
 
 def largest_batch_change(classifier: EmotionClassifier, texts: list[str], others: list[str]) -> tuple[float, int]:
@@ -92,3 +94,136 @@ def test_dynamic_int8_is_an_opt_in_because_its_readings_depend_on_the_batch(
     int8 = EmotionClassifier.load(confident_model_dir, backend="onnx-int8", threads=1)
     largest, _ = largest_batch_change(int8, TEXTS, dev_texts)
     assert largest > BATCH_TOLERANCE
+
+
+# Issue 23, faithful on any CPU: the int8 opt-in checks, on another int8 kernel path, the dev sample its thresholds
+# were tuned with.
+
+#: /proc/cpuinfo of a CPU with AVX2 and no VNNI (the AMD machine of issue 23's last round), abridged.
+AVX2_ONLY_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC 7B12
+flags\t\t: fpu sse sse2 ssse3 sse4_1 sse4_2 avx f16c fma avx2 bmi2
+
+processor\t: 1
+flags\t\t: fpu sse sse2 avx avx2 avx512f
+"""
+ARM_CPUINFO = "processor\t: 0\nFeatures\t: fp asimd aes crc32 asimddp sve i8mm\nCPU implementer\t: 0x41\n"
+
+
+def test_the_int8_kernel_path_reads_the_features_int8_kernels_choose_by() -> None:
+    from model.cpu import cpu_flags, cpu_model_name, int8_kernel_path
+
+    assert {"avx2", "fma"} <= cpu_flags(AVX2_ONLY_CPUINFO) and "avx512f" not in cpu_flags(AVX2_ONLY_CPUINFO)
+    assert int8_kernel_path(AVX2_ONLY_CPUINFO)["features"] == ["avx2"]
+    assert int8_kernel_path(ARM_CPUINFO)["features"] == ["asimddp", "i8mm", "sve"]
+    assert int8_kernel_path("")["features"] == []  # no /proc/cpuinfo: nothing known, so nothing matches a record
+    assert cpu_model_name(AVX2_ONLY_CPUINFO) == "AMD EPYC 7B12"
+
+
+def test_export_records_the_int8_kernel_path_and_a_dev_sample(onnx_model_dir: Path, dev_texts: list[str]) -> None:
+    from model.cpu import int8_kernel_path
+    from training.export import INT8_SAMPLE_ROWS
+
+    record = ModelMetadata.load(onnx_model_dir).int8_kernel
+    assert record["cpu"] == int8_kernel_path()
+    texts, scores = record["sample"]["texts"], np.asarray(record["sample"]["scores"])
+    assert len(texts) == INT8_SAMPLE_ROWS and scores.shape == (INT8_SAMPLE_ROWS, 28)
+    assert set(texts) <= set(dev_texts[:256])  # GoEmotions dev rows (the 256 training used), never a member's text
+    assert np.array_equal(scores, np.round(scores, 4))
+    int8 = EmotionClassifier.load(onnx_model_dir, backend="onnx-int8", threads=1)
+    assert np.abs(int8.predict_scores(texts, batch_size=1) - scores).max() <= 5e-5  # each alone, as at export
+
+
+@pytest.fixture
+def serving_cpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """Make this machine read as the CPU whose /proc/cpuinfo text is given."""
+    import model.cpu
+
+    def describe(cpuinfo: str) -> None:
+        path = tmp_path / "cpuinfo"
+        path.write_text(cpuinfo)
+        monkeypatch.setattr(model.cpu, "CPUINFO", path)
+
+    return describe
+
+
+@pytest.fixture
+def int8_copy(onnx_model_dir: Path, tmp_path: Path):
+    """A copy of the ONNX model whose stored int8 sample scores may be moved by `shift`."""
+
+    def make(shift: float = 0.0) -> Path:
+        directory = Path(shutil.copytree(onnx_model_dir, tmp_path / f"model-{shift}"))
+        meta = ModelMetadata.load(directory)
+        meta.int8_kernel["sample"]["scores"][7][3] += shift
+        meta.save(directory)
+        return directory
+
+    return make
+
+
+def load_int8(directory: Path, caplog: pytest.LogCaptureFixture) -> tuple[EmotionClassifier, list[logging.LogRecord]]:
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="model.classifier"):
+        classifier = EmotionClassifier.load(directory, backend="onnx-int8", threads=1)
+    return classifier, [r for r in caplog.records if r.name == "model.classifier"]
+
+
+def test_another_cpu_whose_int8_scores_still_match_keeps_int8_and_its_thresholds(
+    int8_copy, serving_cpu, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = int8_copy(shift=0.004)  # within the tolerance: rounding, or a kernel that sums in another order
+    serving_cpu(AVX2_ONLY_CPUINFO)
+    classifier, lines = load_int8(directory, caplog)
+    meta = ModelMetadata.load(directory)
+    assert classifier.backend == "onnx-int8"
+    assert classifier.thresholds.tolist() == pytest.approx(meta.thresholds_by_backend["onnx-int8"])
+    (line,) = lines
+    assert line.levelno == logging.INFO and "x86_64 avx2, onnxruntime" in line.getMessage()
+    assert "agree within 0.004" in line.getMessage()
+
+
+def test_another_cpu_whose_int8_scores_moved_falls_back_to_fp32_onnx_in_one_line(
+    int8_copy, serving_cpu, caplog: pytest.LogCaptureFixture
+) -> None:
+    from model.classifier import INT8_SAMPLE_TOLERANCE
+
+    directory = int8_copy(shift=0.05)  # as if this CPU's int8 kernels moved one stored score by 0.05
+    serving_cpu(AVX2_ONLY_CPUINFO)
+    classifier, lines = load_int8(directory, caplog)
+    assert classifier.backend == "onnx"
+    assert classifier.thresholds.tolist() == pytest.approx(ModelMetadata.load(directory).thresholds)
+    assert classifier.predict(["still works"])[0].top
+    (line,) = lines
+    message = line.getMessage()
+    assert line.levelno == logging.WARNING and message.startswith("backend onnx-int8: serving fp32 ONNX instead")
+    assert "x86_64 avx2, onnxruntime" in message and "by up to 0.05" in message
+    assert f"more than {INT8_SAMPLE_TOLERANCE:.2f}" in message
+
+
+def test_the_cpu_the_thresholds_were_tuned_on_serves_int8_without_re_scoring(
+    int8_copy, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = int8_copy(shift=0.05)  # a sample that would fail the check, were it scored
+    scored = []
+    original = EmotionClassifier.predict_scores
+    monkeypatch.setattr(
+        EmotionClassifier, "predict_scores", lambda self, *a, **k: scored.append(a) or original(self, *a, **k)
+    )
+    classifier, lines = load_int8(directory, caplog)
+    assert classifier.backend == "onnx-int8" and scored == [] and lines == []
+
+
+def test_a_model_without_the_record_serves_int8_unchecked_in_one_debug_line(
+    onnx_model_dir: Path, tmp_path: Path, serving_cpu, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = Path(shutil.copytree(onnx_model_dir, tmp_path / "old"))
+    path = directory / "moodring.json"
+    data = json.loads(path.read_text())
+    del data["int8_kernel"]  # exported before issue 23
+    path.write_text(json.dumps(data))
+    serving_cpu(AVX2_ONLY_CPUINFO)
+    classifier, lines = load_int8(directory, caplog)
+    assert classifier.backend == "onnx-int8"
+    (line,) = lines
+    assert line.levelno == logging.DEBUG and "not checked" in line.getMessage()
