@@ -1,23 +1,31 @@
-"""`EmotionClassifier`: the one inference API used by the bot, the CLI and the benchmarks."""
+"""`EmotionClassifier`: the one inference API used by the bot, the CLI and the benchmarks.
+
+torch and transformers' modelling code are imported only by the torch backend (`_TorchScorer`): an ONNX backend
+starts without them (issue 26: they were 3.4 s of `moodring classify`'s 4-5 s).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from transformers import AutoTokenizer
 
 from model.backends import AUTO_ONNX_BACKEND, BACKEND_CHOICES, FILE_OF_BACKEND, INPUT_NAMES, INT8_BACKEND, OUTPUT_NAME
 from model.cpu import describe_kernel_path, int8_kernel_path
 from model.metadata import METADATA_FILE, ModelMetadata
-from model.network import SqueezeBertForEmotions
 from model.storage import ModelError, require_model_directory
 from model.threads import apply_torch_threads, ort_session_options, resolve_threads
+from model.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, FastTokenizer
 from model.training_contract import file_sha256
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +67,7 @@ class EmotionClassifier:
     everything after that (thresholds, ranking, groups) is shared. `backend` says which one serves.
     """
 
-    def __init__(self, scorer: _Scorer, tokenizer, metadata: ModelMetadata) -> None:
+    def __init__(self, scorer: _Scorer, tokenizer: FastTokenizer, metadata: ModelMetadata) -> None:
         self.scorer = scorer
         self.backend = scorer.backend
         self.tokenizer = tokenizer
@@ -73,7 +81,7 @@ class EmotionClassifier:
     def from_network(
         cls,
         network: torch.nn.Module,
-        tokenizer,
+        tokenizer: FastTokenizer,
         metadata: ModelMetadata,
         device: str | torch.device = "cpu",
         threads: int | None = None,
@@ -117,17 +125,13 @@ class EmotionClassifier:
         """
         directory = require_model_directory(path)
         _check_model_files(directory)
-        try:
+        with _unreadable_as_model_error(directory):
             metadata = ModelMetadata.load(directory)
-            network = SqueezeBertForEmotions.from_pretrained(directory, local_files_only=True)
-            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        except (OSError, ValueError, TypeError, KeyError) as error:
-            raise ModelError(
-                f"The model in {directory}/ is incomplete or unreadable ({error}). Re-export it with `moodring train`."
-            ) from error
-        _check_vocabulary(directory, network.config.vocab_size, len(tokenizer))
+            tokenizer = FastTokenizer.load(directory, metadata.max_length)
+            vocab_size = json.loads((directory / "config.json").read_text(encoding="utf-8"))["vocab_size"]
+        _check_vocabulary(directory, vocab_size, len(tokenizer))
         threads = resolve_threads(threads)
-        classifier = cls(_choose_scorer(directory, metadata, network, backend, device, threads), tokenizer, metadata)
+        classifier = cls(_choose_scorer(directory, metadata, backend, device, threads), tokenizer, metadata)
         if classifier.backend == INT8_BACKEND and not _int8_thresholds_hold_here(classifier):
             return cls(_OnnxScorer.open(directory, metadata, AUTO_ONNX_BACKEND, threads), tokenizer, metadata)
         return classifier
@@ -139,14 +143,7 @@ class EmotionClassifier:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in index],
-                padding=True,
-                truncation=True,
-                max_length=self.metadata.max_length,
-                return_tensors="np",
-            )
-            scores[index] = self.scorer.scores(batch["input_ids"], batch["attention_mask"])
+            scores[index] = self.scorer.scores(*self.tokenizer.encode([texts[i] for i in index]))
         return scores
 
     def predict(self, texts: Sequence[str], top_k: int | None = 5, batch_size: int = 32) -> list[Prediction]:
@@ -183,8 +180,8 @@ MODEL_FILES = (
     "config.json",
     "model.safetensors",
     METADATA_FILE,
-    "tokenizer.json",
-    "tokenizer_config.json",
+    TOKENIZER_FILE,
+    TOKENIZER_CONFIG_FILE,
 )
 #: Rows by which a model's embedding may outnumber its tokenizer: some checkpoints pad it to a multiple of 64.
 VOCAB_PADDING = 64
@@ -200,10 +197,22 @@ def _check_model_files(directory: Path) -> None:
         raise ModelError(f"The model in {directory}/ is incomplete: {', '.join(missing)} missing. {_REPAIR_HINT}")
     weights = directory / "model.safetensors"
     try:
-        with safe_open(weights, framework="pt"):  # reads the header, which must describe the file to its last byte
+        # Reads the header, which must describe the file to its last byte ("numpy": "pt" would import torch).
+        with safe_open(weights, framework="numpy"):
             pass
     except (SafetensorError, OSError) as error:
         raise ModelError(f"{weights} is truncated or corrupt ({error}). {_REPAIR_HINT}") from error
+
+
+@contextlib.contextmanager
+def _unreadable_as_model_error(directory: Path) -> Iterator[None]:
+    """Turn what reading a model's files raises into one `ModelError` that says how to repair it."""
+    try:
+        yield
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise ModelError(
+            f"The model in {directory}/ is incomplete or unreadable ({error}). Re-export it with `moodring train`."
+        ) from error
 
 
 def _check_vocabulary(directory: Path, model_size: int, tokenizer_size: int) -> None:
@@ -224,28 +233,41 @@ class _Unavailable(ModelError):
 
 
 class _TorchScorer:
-    """Scores through the torch network (fp32, on any device)."""
+    """Scores through the torch network (fp32, on any device). The one importer of torch in this module."""
 
     backend = "torch"
     path = None  # no file is read after loading
 
     def __init__(self, network: torch.nn.Module, device: str | torch.device, threads: int) -> None:
+        import torch
+
         self.device = torch.device(device)
         self.network = network.eval().to(self.device)
         self.threads = threads
         apply_torch_threads(threads)
 
+    @classmethod
+    def load(cls, directory: Path, device: str, threads: int) -> _TorchScorer:
+        """The exported network in `directory`; ModelError if it does not load."""
+        from model.network import SqueezeBertForEmotions
+
+        with _unreadable_as_model_error(directory):
+            network = SqueezeBertForEmotions.from_pretrained(directory, local_files_only=True)
+        return cls(network, device, threads)
+
     def set_threads(self, threads: int) -> None:
         self.threads = threads  # applied by the next `scores` call, in whichever thread makes it
 
-    @torch.inference_mode()
     def scores(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        import torch
+
         apply_torch_threads(self.threads)  # per calling thread: the bot's worker may not be the loading thread
-        logits = self.network(
-            input_ids=torch.from_numpy(input_ids).to(self.device),
-            attention_mask=torch.from_numpy(attention_mask).to(self.device),
-        )
-        return torch.sigmoid(logits.float()).cpu().numpy()
+        with torch.inference_mode():
+            logits = self.network(
+                input_ids=torch.from_numpy(input_ids).to(self.device),
+                attention_mask=torch.from_numpy(attention_mask).to(self.device),
+            )
+            return torch.sigmoid(logits.float()).cpu().numpy()
 
 
 class _OnnxScorer:
@@ -313,20 +335,13 @@ def _cpu_session(path: Path, threads: int):
 _Scorer = _TorchScorer | _OnnxScorer
 
 
-def _choose_scorer(
-    directory: Path,
-    metadata: ModelMetadata,
-    network: torch.nn.Module,
-    backend: str,
-    device: str,
-    threads: int,
-) -> _Scorer:
+def _choose_scorer(directory: Path, metadata: ModelMetadata, backend: str, device: str, threads: int) -> _Scorer:
     """The scorer for `backend`; for "auto", fp32 ONNX when it loads on the CPU, else torch, logged in one line."""
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
-    on_cpu = torch.device(device).type == "cpu"
+    on_cpu = str(device).partition(":")[0] == "cpu"
     if backend == "torch":
-        return _TorchScorer(network, device, threads)
+        return _TorchScorer.load(directory, device, threads)
     if backend != "auto":
         if not on_cpu:
             raise ModelError(f"the {backend} backend runs on the CPU only, not on {device}; use the torch backend")
@@ -342,7 +357,7 @@ def _choose_scorer(
             log.info("backend auto: %s from %s, %d threads", AUTO_ONNX_BACKEND, scorer.path, threads)
             return scorer
     log.log(level, "backend auto: torch, %d threads (ONNX not used: %s)", threads, reason)
-    return _TorchScorer(network, device, threads)
+    return _TorchScorer.load(directory, device, threads)
 
 
 def _int8_thresholds_hold_here(classifier: EmotionClassifier) -> bool:

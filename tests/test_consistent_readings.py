@@ -227,3 +227,41 @@ def test_a_model_without_the_record_serves_int8_unchecked_in_one_debug_line(
     assert classifier.backend == "onnx-int8"
     (line,) = lines
     assert line.levelno == logging.DEBUG and "not checked" in line.getMessage()
+
+
+# Issue 26: the classifier tokenizes with the `tokenizers` library (no transformers import); the ids must be the ones
+# transformers' tokenizer gives, or every reading would change with the start-up fix.
+
+AWKWARD_TEXTS = [
+    "😂😂😂 bro",
+    "Je suis tellement heureux aujourd'hui !",
+    "這太棒了",
+    "a" * 10_000,
+    "ok " * 5000,
+    "[CLS] literal [SEP] special [PAD] tokens [MASK] [UNK]",
+    "\x1b[31m red \u202e reversed",
+    "Ünïcödé ÀÉÎ ß",
+    "  leading and trailing  ",
+    "tab\there\nnewline",
+    "\u200d\ufeff",
+    "[NAME] is here",
+    "SHOUTING WORDS",
+]
+
+
+def test_the_serving_tokenizer_gives_transformers_ids(tiny_model_dir: Path, dev_texts: list[str]) -> None:
+    from transformers import AutoTokenizer
+
+    from model.tokenizer import FastTokenizer
+
+    max_length = ModelMetadata.load(tiny_model_dir).max_length
+    served = FastTokenizer.load(tiny_model_dir, max_length)
+    reference = AutoTokenizer.from_pretrained(tiny_model_dir, local_files_only=True)
+    assert len(served) == len(reference)
+    texts = AWKWARD_TEXTS + dev_texts[:1000]
+    for start in range(0, len(texts), 64):
+        batch = texts[start : start + 64]
+        expected = reference(batch, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+        input_ids, attention_mask = served.encode(batch)
+        assert np.array_equal(input_ids, expected["input_ids"]), start
+        assert np.array_equal(attention_mask, expected["attention_mask"]), start

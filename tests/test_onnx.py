@@ -387,6 +387,23 @@ def test_classify_cli_backend_and_threads(
     assert f"{THREADS_ENV} must be a whole number" in capsys.readouterr().err
 
 
+def test_classify_with_an_onnx_backend_imports_neither_torch_nor_transformers(onnx_model_dir: Path) -> None:
+    """Issue 26: they were 3.4 s of `moodring classify`'s start-up; the ONNX backends need neither."""
+    program = (
+        "import sys, json\n"
+        "from moodring.cli import main\n"
+        "for backend in sys.argv[2:]:\n"
+        "    assert main(['classify', '--model', sys.argv[1], '--backend', backend, '--json', 'hi']) == 0\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules)))\n"
+    )
+    backends = ["onnx", "onnx-int8", "auto"]
+    run = subprocess.run(
+        [sys.executable, "-c", program, str(onnx_model_dir), *backends], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.splitlines()[-1]) == []
+
+
 def test_export_onnx_without_dev_data_is_a_clear_error_and_writes_nothing(
     tiny_model_dir: Path, copy_of, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
