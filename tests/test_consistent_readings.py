@@ -69,11 +69,12 @@ def largest_batch_change(classifier: EmotionClassifier, texts: list[str], others
     return largest, relabelled
 
 
+@pytest.mark.parametrize("threads", [1, 2])  # 2: the bot's default on two cores splits each product between threads
 def test_the_served_backend_gives_a_text_one_reading_in_any_batch(
-    confident_model_dir: Path, dev_texts: list[str], caplog: pytest.LogCaptureFixture
+    confident_model_dir: Path, dev_texts: list[str], caplog: pytest.LogCaptureFixture, threads: int
 ) -> None:
     with caplog.at_level(logging.INFO, logger="model.classifier"):
-        served = EmotionClassifier.load(confident_model_dir, threads=1)  # backend auto, as the bot loads it
+        served = EmotionClassifier.load(confident_model_dir, threads=threads)  # backend auto, as the bot loads it
     largest, relabelled = largest_batch_change(served, TEXTS, dev_texts)
     assert largest < BATCH_TOLERANCE and relabelled == 0
     assert served.backend == "onnx"
