@@ -81,7 +81,9 @@ class BotConfig:
     # How often each process reads the opt-outs' change counter (bot/store/interface.py), so that an opt-out another
     # process recorded is honoured within OPT_OUT_HONOURED_WITHIN_S; one small read per interval.
     opt_out_refresh_s: float = 2.0
-    backend: str = "auto"  # auto: int8 ONNX when the model has it and onnxruntime imports, else torch
+    # auto: fp32 ONNX when the model has it and onnxruntime imports, else torch (both give a text the same scores in
+    # any batch); onnx-int8, faster but batch-dependent, only when asked for.
+    backend: str = "auto"
     # Inference intra-op threads (MOODRING_THREADS); None: OMP_NUM_THREADS, else the cores this process may use.
     threads: int | None = None
     # A Discord-compatible server instead of Discord (`moodring sandbox`): discord.py's REST base and gateway URL.

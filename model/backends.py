@@ -8,10 +8,14 @@ from __future__ import annotations
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
-FILE_OF_BACKEND = {"onnx": ONNX_FILE, "onnx-int8": INT8_FILE}
+INT8_BACKEND = "onnx-int8"
+FILE_OF_BACKEND = {"onnx": ONNX_FILE, INT8_BACKEND: INT8_FILE}
 #: What `EmotionClassifier.load(backend=...)`, `--backend` and MOODRING_BACKEND accept; "auto" picks one.
 BACKENDS = ("torch", *FILE_OF_BACKEND)
 BACKEND_CHOICES = ("auto", *BACKENDS)
+#: What "auto" serves when the model has its file: fp32, whose scores for a text do not depend on its batch.
+#: Dynamic int8 ("onnx-int8") scales activations per call over the whole batch, so it is an explicit opt-in.
+AUTO_ONNX_BACKEND = "onnx"
 #: The ONNX graphs' inputs (int64, [batch, sequence]) and output (float32 sigmoid scores, [batch, num_labels]).
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "scores"

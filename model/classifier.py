@@ -1,27 +1,40 @@
-"""`EmotionClassifier`: the one inference API used by the bot, the CLI and the benchmarks."""
+"""`EmotionClassifier`: the one inference API used by the bot, the CLI and the benchmarks.
+
+torch and transformers' modelling code are imported only by the torch backend (`_TorchScorer`): an ONNX backend
+starts without them (issue 26: they were 3.4 s of `moodring classify`'s 4-5 s).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from transformers import AutoTokenizer
 
-from model.backends import BACKEND_CHOICES, FILE_OF_BACKEND, INPUT_NAMES, OUTPUT_NAME
+from model.backends import AUTO_ONNX_BACKEND, BACKEND_CHOICES, FILE_OF_BACKEND, INPUT_NAMES, INT8_BACKEND, OUTPUT_NAME
 from model.calibration import Calibration
+from model.cpu import describe_kernel_path, int8_kernel_path
 from model.metadata import METADATA_FILE, ModelMetadata
-from model.network import SqueezeBertForEmotions
 from model.storage import ModelError, require_model_directory
 from model.text_preparation import prepare
 from model.threads import apply_torch_threads, ort_session_options, resolve_threads
+from model.tokenizer import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, FastTokenizer
 from model.training_contract import file_sha256
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
+
+#: The largest change in the stored int8 dev scores (moodring.json `int8_kernel`) on another CPU's int8 kernels that
+#: still serves the int8 thresholds tuned at export: one step of their grid (training/metrics.py THRESHOLD_GRID).
+INT8_SAMPLE_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -68,7 +81,7 @@ class EmotionClassifier:
     Every text is first prepared as the model was trained to read it (`prepare`), so callers pass it as it is.
     """
 
-    def __init__(self, scorer: _Scorer, tokenizer, metadata: ModelMetadata) -> None:
+    def __init__(self, scorer: _Scorer, tokenizer: FastTokenizer, metadata: ModelMetadata) -> None:
         self.scorer = scorer
         self.backend = scorer.backend
         self.tokenizer = tokenizer
@@ -80,15 +93,15 @@ class EmotionClassifier:
         self._ekman = metadata.group_of(metadata.ekman_mapping)
         self._sentiment = metadata.group_of(metadata.sentiment_mapping)
         # The ids that carry no word: [UNK], the special tokens and punctuation-only tokens ("!", "##.").
-        self._wordless_ids = {tokenizer.unk_token_id, *tokenizer.all_special_ids} | {
-            token_id for token, token_id in tokenizer.get_vocab().items() if _is_punctuation(token.removeprefix("##"))
+        self._wordless_ids = tokenizer.special_ids() | {
+            token_id for token, token_id in tokenizer.vocabulary().items() if _is_punctuation(token.removeprefix("##"))
         }
 
     @classmethod
     def from_network(
         cls,
         network: torch.nn.Module,
-        tokenizer,
+        tokenizer: FastTokenizer,
         metadata: ModelMetadata,
         device: str | torch.device = "cpu",
         threads: int | None = None,
@@ -122,23 +135,26 @@ class EmotionClassifier:
     ) -> EmotionClassifier:
         """Load an exported model; never touches the network.
 
-        `backend`: "torch", "onnx" (fp32), "onnx-int8", or "auto" (int8 ONNX when its file is there and
-        onnxruntime imports, else torch; one log line says which and why). An explicit backend that cannot
-        load raises ModelError. `threads`: intra-op threads, default `model.threads.resolve_threads()`.
+        `backend`: "torch", "onnx" (fp32), "onnx-int8", or "auto" (fp32 ONNX when its file is there and
+        onnxruntime imports, else torch; one log line says which and why). torch and fp32 ONNX give a text the
+        same scores in any batch; dynamic int8 ("onnx-int8", opt-in only) does not: it scales activations per call,
+        over the whole batch. On a CPU whose int8 kernels differ from the export's, "onnx-int8" serves fp32 ONNX
+        instead unless its stored dev sample still scores the same (`_int8_thresholds_hold_here`). An explicit
+        backend that cannot load raises ModelError. `threads`: intra-op threads, default
+        `model.threads.resolve_threads()`.
         """
         directory = require_model_directory(path)
         _check_model_files(directory)
-        try:
+        with _unreadable_as_model_error(directory):
             metadata = ModelMetadata.load(directory)
-            network = SqueezeBertForEmotions.from_pretrained(directory, local_files_only=True)
-            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        except (OSError, ValueError, TypeError, KeyError) as error:
-            raise ModelError(
-                f"The model in {directory}/ is incomplete or unreadable ({error}). Re-export it with `moodring train`."
-            ) from error
-        _check_vocabulary(directory, network.config.vocab_size, len(tokenizer))
-        scorer = _choose_scorer(directory, metadata, network, backend, device, resolve_threads(threads))
-        return cls(scorer, tokenizer, metadata)
+            tokenizer = FastTokenizer.load(directory, metadata.max_length)
+            vocab_size = json.loads((directory / "config.json").read_text(encoding="utf-8"))["vocab_size"]
+        _check_vocabulary(directory, vocab_size, len(tokenizer))
+        threads = resolve_threads(threads)
+        classifier = cls(_choose_scorer(directory, metadata, backend, device, threads), tokenizer, metadata)
+        if classifier.backend == INT8_BACKEND and not _int8_thresholds_hold_here(classifier):
+            return cls(_OnnxScorer.open(directory, metadata, AUTO_ONNX_BACKEND, threads), tokenizer, metadata)
+        return classifier
 
     def prepare(self, text: str) -> str:
         """`text` as this model reads it: the text preparation it was trained with (`metadata.text_preparation`)."""
@@ -155,14 +171,7 @@ class EmotionClassifier:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in index],
-                padding=True,
-                truncation=True,
-                max_length=self.metadata.max_length,
-                return_tensors="np",
-            )
-            scores[index] = self.scorer.scores(batch["input_ids"], batch["attention_mask"])
+            scores[index] = self.scorer.scores(*self.tokenizer.encode([texts[i] for i in index]))
         return scores
 
     def probabilities(self, scores: np.ndarray) -> np.ndarray:
@@ -194,8 +203,8 @@ class EmotionClassifier:
         """Whether each prepared text holds a token with a word in it, among the tokens the model reads."""
         if not prepared:
             return []
-        ids = self.tokenizer(prepared, truncation=True, max_length=self.metadata.max_length)["input_ids"]
-        return [any(token_id not in self._wordless_ids for token_id in row) for row in ids]
+        input_ids, _ = self.tokenizer.encode(prepared)  # padded: [PAD] is one of the wordless ids
+        return [any(int(token_id) not in self._wordless_ids for token_id in row) for row in input_ids]
 
     def _prediction(self, text: str, row: np.ndarray, probability: np.ndarray, top_k: int | None) -> Prediction:
         above = row >= self.thresholds
@@ -220,8 +229,8 @@ MODEL_FILES = (
     "config.json",
     "model.safetensors",
     METADATA_FILE,
-    "tokenizer.json",
-    "tokenizer_config.json",
+    TOKENIZER_FILE,
+    TOKENIZER_CONFIG_FILE,
 )
 #: Rows by which a model's embedding may outnumber its tokenizer: some checkpoints pad it to a multiple of 64.
 VOCAB_PADDING = 64
@@ -237,10 +246,22 @@ def _check_model_files(directory: Path) -> None:
         raise ModelError(f"The model in {directory}/ is incomplete: {', '.join(missing)} missing. {_REPAIR_HINT}")
     weights = directory / "model.safetensors"
     try:
-        with safe_open(weights, framework="pt"):  # reads the header, which must describe the file to its last byte
+        # Reads the header, which must describe the file to its last byte ("numpy": "pt" would import torch).
+        with safe_open(weights, framework="numpy"):
             pass
     except (SafetensorError, OSError) as error:
         raise ModelError(f"{weights} is truncated or corrupt ({error}). {_REPAIR_HINT}") from error
+
+
+@contextlib.contextmanager
+def _unreadable_as_model_error(directory: Path) -> Iterator[None]:
+    """Turn what reading a model's files raises into one `ModelError` that says how to repair it."""
+    try:
+        yield
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise ModelError(
+            f"The model in {directory}/ is incomplete or unreadable ({error}). Re-export it with `moodring train`."
+        ) from error
 
 
 def _check_vocabulary(directory: Path, model_size: int, tokenizer_size: int) -> None:
@@ -265,28 +286,41 @@ class _Unavailable(ModelError):
 
 
 class _TorchScorer:
-    """Scores through the torch network (fp32, on any device)."""
+    """Scores through the torch network (fp32, on any device). The one importer of torch in this module."""
 
     backend = "torch"
     path = None  # no file is read after loading
 
     def __init__(self, network: torch.nn.Module, device: str | torch.device, threads: int) -> None:
+        import torch
+
         self.device = torch.device(device)
         self.network = network.eval().to(self.device)
         self.threads = threads
         apply_torch_threads(threads)
 
+    @classmethod
+    def load(cls, directory: Path, device: str, threads: int) -> _TorchScorer:
+        """The exported network in `directory`; ModelError if it does not load."""
+        from model.network import SqueezeBertForEmotions
+
+        with _unreadable_as_model_error(directory):
+            network = SqueezeBertForEmotions.from_pretrained(directory, local_files_only=True)
+        return cls(network, device, threads)
+
     def set_threads(self, threads: int) -> None:
         self.threads = threads  # applied by the next `scores` call, in whichever thread makes it
 
-    @torch.inference_mode()
     def scores(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        import torch
+
         apply_torch_threads(self.threads)  # per calling thread: the bot's worker may not be the loading thread
-        logits = self.network(
-            input_ids=torch.from_numpy(input_ids).to(self.device),
-            attention_mask=torch.from_numpy(attention_mask).to(self.device),
-        )
-        return torch.sigmoid(logits.float()).cpu().numpy()
+        with torch.inference_mode():
+            logits = self.network(
+                input_ids=torch.from_numpy(input_ids).to(self.device),
+                attention_mask=torch.from_numpy(attention_mask).to(self.device),
+            )
+            return torch.sigmoid(logits.float()).cpu().numpy()
 
 
 class _OnnxScorer:
@@ -354,20 +388,13 @@ def _cpu_session(path: Path, threads: int):
 _Scorer = _TorchScorer | _OnnxScorer
 
 
-def _choose_scorer(
-    directory: Path,
-    metadata: ModelMetadata,
-    network: torch.nn.Module,
-    backend: str,
-    device: str,
-    threads: int,
-) -> _Scorer:
-    """The scorer for `backend`; for "auto", int8 ONNX when it loads on the CPU, else torch, logged in one line."""
+def _choose_scorer(directory: Path, metadata: ModelMetadata, backend: str, device: str, threads: int) -> _Scorer:
+    """The scorer for `backend`; for "auto", fp32 ONNX when it loads on the CPU, else torch, logged in one line."""
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"backend must be one of {', '.join(BACKEND_CHOICES)}, got {backend!r}")
-    on_cpu = torch.device(device).type == "cpu"
+    on_cpu = str(device).partition(":")[0] == "cpu"
     if backend == "torch":
-        return _TorchScorer(network, device, threads)
+        return _TorchScorer.load(directory, device, threads)
     if backend != "auto":
         if not on_cpu:
             raise ModelError(f"the {backend} backend runs on the CPU only, not on {device}; use the torch backend")
@@ -375,12 +402,45 @@ def _choose_scorer(
     level, reason = logging.INFO, f"device {device}"
     if on_cpu:
         try:
-            scorer = _OnnxScorer.open(directory, metadata, "onnx-int8", threads)
+            scorer = _OnnxScorer.open(directory, metadata, AUTO_ONNX_BACKEND, threads)
         except ModelError as error:
             level = logging.INFO if isinstance(error, _Unavailable) else logging.WARNING
             reason = str(error)
         else:
-            log.info("backend auto: onnx-int8 from %s, %d threads", scorer.path, threads)
+            log.info("backend auto: %s from %s, %d threads", AUTO_ONNX_BACKEND, scorer.path, threads)
             return scorer
-    log.log(level, "backend auto: torch, %d threads (int8 ONNX not used: %s)", threads, reason)
-    return _TorchScorer(network, device, threads)
+    log.log(level, "backend auto: torch, %d threads (ONNX not used: %s)", threads, reason)
+    return _TorchScorer.load(directory, device, threads)
+
+
+def _int8_thresholds_hold_here(classifier: EmotionClassifier) -> bool:
+    """Whether the int8 thresholds tuned at export may serve on this CPU.
+
+    Yes where it runs the int8 kernel path they were tuned on (model/cpu.py; nothing is re-scored), or where the
+    stored dev sample, each text scored alone as at export, moves by at most `INT8_SAMPLE_TOLERANCE`; no, said in one
+    warning line, otherwise. A model exported without the record is served unchecked (one debug line).
+    """
+    record = classifier.metadata.int8_kernel
+    if not record:
+        log.debug("backend onnx-int8: no int8 kernel record in %s (an older export): not checked", METADATA_FILE)
+        return True
+    here = int8_kernel_path()
+    if here == record["cpu"]:
+        return True
+    sample = record["sample"]
+    stored = np.asarray(sample["scores"], dtype=np.float32)
+    change = float(np.abs(classifier.predict_scores(sample["texts"], batch_size=1) - stored).max())
+    kernels = f"this CPU's int8 kernels ({describe_kernel_path(here)}) are not those its thresholds were tuned on "
+    kernels += f"({describe_kernel_path(record['cpu'])})"
+    if change > INT8_SAMPLE_TOLERANCE:
+        log.warning(
+            "backend onnx-int8: serving fp32 ONNX instead: %s, and they move its %d stored dev scores by up to %.4f "
+            "(more than %.2f)",
+            kernels,
+            len(stored),
+            change,
+            INT8_SAMPLE_TOLERANCE,
+        )
+        return False
+    log.info("backend onnx-int8: %s, but its %d stored dev scores agree within %.4f", kernels, len(stored), change)
+    return True

@@ -44,6 +44,10 @@ class ModelMetadata:
     # The `model.text_preparation.prepare` version the model was trained with, and so reads with; 1 (the text as it
     # is) for the models exported before it was recorded.
     text_preparation: int = 1
+    # What the int8 thresholds were tuned on, checked at load where the CPU differs (model/cpu.py): {"cpu": the int8
+    # kernel path at export, "sample": {"texts": GoEmotions dev texts, "scores": their int8 scores, each text scored
+    # alone, to 4 decimals}}. Empty for a model exported before it, or without dev data: served unchecked.
+    int8_kernel: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:

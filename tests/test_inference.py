@@ -205,9 +205,9 @@ async def test_the_service_loads_models_through_its_configured_backend_and_threa
         torch_service = inference_service(backend="torch", threads=1)
         assert (await torch_service.load(onnx_model_dir)).backend == "torch"
         await torch_service.close()
-        # `auto` serves int8 ONNX where the model has it, torch where it doesn't (the tiny model has no ONNX files).
+        # `auto` serves fp32 ONNX where the model has it, torch where it doesn't (the tiny model has no ONNX files).
         auto = inference_service(backend="auto", threads=1)
-        assert (await auto.load(onnx_model_dir)).backend == "onnx-int8"
+        assert (await auto.load(onnx_model_dir)).backend == "onnx"
         assert (await auto.load(tiny_model_dir)).backend == "torch"
         await auto.close()
     finally:
@@ -216,7 +216,7 @@ async def test_the_service_loads_models_through_its_configured_backend_and_threa
 
 async def test_the_worker_gives_up_the_cores_a_retrain_takes_and_gets_them_back(onnx_model_dir, tiny_model_dir) -> None:
     """While a retrain child runs, the served model uses the cores that are left (at least one), then all again."""
-    for directory in (onnx_model_dir, tiny_model_dir):  # int8 ONNX and torch
+    for directory in (onnx_model_dir, tiny_model_dir):  # fp32 ONNX and torch
         service = inference_service(backend="auto", threads=2)
         service.start()
         try:

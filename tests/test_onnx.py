@@ -201,12 +201,12 @@ def test_each_backend_uses_its_own_dev_thresholds(onnx_model_dir: Path) -> None:
             assert item.above_threshold == (item.score >= expected[classifier.labels.index(item.label)])
 
 
-def test_auto_serves_int8_and_says_so(onnx_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_auto_serves_fp32_onnx_and_says_so(onnx_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="model.classifier"):
         classifier = EmotionClassifier.load(onnx_model_dir)
-    assert classifier.backend == "onnx-int8"
+    assert classifier.backend == "onnx"
     (line,) = [r.getMessage() for r in caplog.records if "backend auto" in r.getMessage()]
-    assert "onnx-int8" in line and INT8_FILE in line
+    assert "onnx" in line and ONNX_FILE in line
 
 
 def auto_fallback(directory: Path, caplog: pytest.LogCaptureFixture) -> str:
@@ -230,7 +230,7 @@ def test_auto_falls_back_to_torch_without_onnxruntime(
 
 
 def test_auto_falls_back_to_torch_without_the_file(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
-    assert f"no {INT8_FILE}" in auto_fallback(tiny_model_dir, caplog)
+    assert f"no {ONNX_FILE}" in auto_fallback(tiny_model_dir, caplog)
     for backend in ("onnx", "onnx-int8"):
         with pytest.raises(ModelError, match="moodring export-onnx"):
             EmotionClassifier.load(tiny_model_dir, backend=backend)
@@ -240,20 +240,23 @@ def test_corrupt_file_falls_back_for_auto_and_is_a_model_error_when_asked_for(
     onnx_model_dir: Path, copy_of, caplog: pytest.LogCaptureFixture
 ) -> None:
     directory = copy_of(onnx_model_dir)
-    path = directory / INT8_FILE
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated, as by a full disk
+    for path in (directory / INT8_FILE, directory / ONNX_FILE):  # ONNX_FILE last: the one auto serves
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated, as by a full disk
     assert "corrupt" in auto_fallback(directory, caplog)
     assert any(r.levelno == logging.WARNING for r in caplog.records)
-    with pytest.raises(ModelError, match=r"corrupt.*moodring export-onnx"):
-        EmotionClassifier.load(directory, backend="onnx-int8")
+    for backend in ("onnx", "onnx-int8"):
+        with pytest.raises(ModelError, match=r"corrupt.*moodring export-onnx"):
+            EmotionClassifier.load(directory, backend=backend)
 
     # Garbage whose checksum was recorded too: onnxruntime's own parse error is still a ModelError.
-    path.write_bytes(b"not an onnx graph" * 100)
     meta = ModelMetadata.load(directory)
-    meta.onnx_files[INT8_FILE]["sha256"] = sha256(path)
+    for path in (directory / INT8_FILE, directory / ONNX_FILE):
+        path.write_bytes(b"not an onnx graph" * 100)
+        meta.onnx_files[path.name]["sha256"] = sha256(path)
     meta.save(directory)
-    with pytest.raises(ModelError, match="corrupt or unreadable"):
-        EmotionClassifier.load(directory, backend="onnx-int8")
+    for backend in ("onnx", "onnx-int8"):
+        with pytest.raises(ModelError, match="corrupt or unreadable"):
+            EmotionClassifier.load(directory, backend=backend)
     caplog.clear()
     auto_fallback(directory, caplog)
 
@@ -321,7 +324,7 @@ def test_train_exports_onnx_with_int8_thresholds(
     }
     assert len(meta.thresholds_by_backend["onnx-int8"]) == 28
     assert meta.dev_metrics_by_backend["onnx-int8"]["rows"] == 48
-    assert EmotionClassifier.load(out).backend == "onnx-int8"
+    assert EmotionClassifier.load(out).backend == "onnx"
     assert sorted(p.name for p in out.parent.iterdir()) == ["model", "run"]  # no staging directory left
 
 
@@ -382,6 +385,23 @@ def test_classify_cli_backend_and_threads(
     monkeypatch.setenv(THREADS_ENV, "lots")
     assert main(["classify", "--model", model, "hi"]) == 2
     assert f"{THREADS_ENV} must be a whole number" in capsys.readouterr().err
+
+
+def test_classify_with_an_onnx_backend_imports_neither_torch_nor_transformers(onnx_model_dir: Path) -> None:
+    """Issue 26: they were 3.4 s of `moodring classify`'s start-up; the ONNX backends need neither."""
+    program = (
+        "import sys, json\n"
+        "from moodring.cli import main\n"
+        "for backend in sys.argv[2:]:\n"
+        "    assert main(['classify', '--model', sys.argv[1], '--backend', backend, '--json', 'hi']) == 0\n"
+        "print(json.dumps(sorted(m for m in ('torch', 'transformers', 'datasets') if m in sys.modules)))\n"
+    )
+    backends = ["onnx", "onnx-int8", "auto"]
+    run = subprocess.run(
+        [sys.executable, "-c", program, str(onnx_model_dir), *backends], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout.splitlines()[-1]) == []
 
 
 def test_export_onnx_without_dev_data_is_a_clear_error_and_writes_nothing(

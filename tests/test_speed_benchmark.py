@@ -39,3 +39,20 @@ def test_burner_runs_during_the_block_and_is_gone_after(speed) -> None:
 def test_burner_stops_by_itself_at_its_bound(speed) -> None:
     burner = subprocess.run([sys.executable, "-c", speed.BURNER, "0.2"], capture_output=True, text=True, timeout=60)
     assert burner.returncode == 0 and burner.stdout == "ready\n"
+
+
+def test_the_table_puts_the_served_backend_beside_both_int8_schemes(speed) -> None:
+    rows = speed.backends(None, threads=1)
+    assert {"torch fp32", "ONNX fp32 (served)", speed.INT8, "ONNX int8, one text per call"} <= set(rows)
+    assert rows[speed.INT8].per_call == speed.REQUEST and rows["ONNX int8, one text per call"].per_call == 1
+
+
+def test_batch_dependence_is_none_for_fp32_and_for_int8_one_text_per_call(speed, onnx_model_dir) -> None:
+    from model import EmotionClassifier
+
+    texts = [f"text number {i} {'and more ' * (i % 7)}" for i in range(2 * speed.REQUEST)]
+    fp32 = EmotionClassifier.load(onnx_model_dir, backend="onnx", threads=1)
+    assert speed.batch_dependence(fp32, texts, batches=2) < 1e-5
+    int8 = EmotionClassifier.load(onnx_model_dir, backend="onnx-int8", threads=1)
+    assert speed.batch_dependence(int8, texts, batches=2, per_call=1) == 0.0
+    assert speed.batch_dependence(int8, texts, batches=2) > 0.0  # dynamic scales over the request: not 0

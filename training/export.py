@@ -10,17 +10,23 @@ import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from model.backends import INT8_BACKEND
 from model.calibration import choose_calibration
 from model.metadata import ModelMetadata
 from model.network import SqueezeBertForEmotions
 from model.storage import default_model_dir, replace_directory, staging_directory
 
+if TYPE_CHECKING:
+    from model.classifier import EmotionClassifier
+
 log = logging.getLogger(__name__)
 
-INT8_BACKEND = "onnx-int8"
+#: Dev texts whose int8 scores `moodring.json` keeps, for the check on another CPU (`int8_kernel_record`).
+INT8_SAMPLE_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,7 @@ def drop_onnx(directory: Path, metadata: ModelMetadata) -> None:
     metadata.thresholds_by_backend.pop(INT8_BACKEND, None)
     metadata.dev_metrics_by_backend.pop(INT8_BACKEND, None)
     metadata.calibration.pop(INT8_BACKEND, None)
+    metadata.int8_kernel = {}
     metadata.save(directory)
 
 
@@ -128,8 +135,9 @@ def add_onnx(
 
     int8 scores differ from fp32 ones by up to a few hundredths, which moves the best per-label thresholds;
     with `dev`, the int8 backend gets its own thresholds and calibration, fitted on `dev` through the served int8
-    path, and its dev figures next to torch's. Without `dev`, any int8 thresholds and calibration from an earlier
-    export are dropped (the int8 backend then uses torch's). `moodring.json` is rewritten after each step.
+    path, and its dev figures next to torch's, and `int8_kernel` records what they were tuned on
+    (`int8_kernel_record`). Without `dev`, any int8 thresholds, calibration and record from an earlier export are
+    dropped (the int8 backend then uses torch's, unchecked). `moodring.json` is rewritten after each step.
     """
     import onnx
     import onnxruntime
@@ -145,16 +153,18 @@ def add_onnx(
     metadata.thresholds_by_backend.pop(INT8_BACKEND, None)
     metadata.dev_metrics_by_backend.pop(INT8_BACKEND, None)
     metadata.calibration.pop(INT8_BACKEND, None)
+    metadata.int8_kernel = {}
     metadata.save(directory)
     if dev is None:
         log.warning("no dev split: the int8 backend uses the torch thresholds and calibration")
         return metadata
 
     threads = torch.get_num_threads()  # what this (training) process already uses
-    scores = {
-        backend: EmotionClassifier.load(directory, backend=backend, threads=threads).predict_scores(dev.texts, 64)
+    classifiers = {
+        backend: EmotionClassifier.load(directory, backend=backend, threads=threads)
         for backend in ("torch", INT8_BACKEND)
     }
+    scores = {backend: classifier.predict_scores(dev.texts, 64) for backend, classifier in classifiers.items()}
     thresholds = tune_thresholds(dev.truth, scores[INT8_BACKEND])
     shift = np.abs(scores[INT8_BACKEND] - scores["torch"])
     labels = metadata.labels
@@ -174,6 +184,7 @@ def add_onnx(
         "mean_score_shift": float(shift.mean()),
         "thresholds_changed": int((np.abs(thresholds - torch_thresholds) > 1e-9).sum()),
     }
+    metadata.int8_kernel = int8_kernel_record(classifiers[INT8_BACKEND], dev.texts, shift)
     metadata.save(directory)
     figures = metadata.dev_metrics_by_backend[INT8_BACKEND]
     log.info(
@@ -183,6 +194,18 @@ def add_onnx(
         figures["max_score_shift"],
     )
     return metadata
+
+
+def int8_kernel_record(int8: EmotionClassifier, texts: list[str], shift: np.ndarray) -> dict:
+    """What `EmotionClassifier.load` checks the int8 backend against on another CPU: this machine's int8 kernel
+    path, and the `INT8_SAMPLE_ROWS` of `texts` whose int8 scores moved most from torch's (`shift`, `[rows, labels]`;
+    the rows most sensitive to the kernels), with their int8 scores, each text scored alone (batch-independent)."""
+    from model.cpu import int8_kernel_path
+
+    rows = sorted(np.argsort(-shift.max(axis=1), kind="stable")[:INT8_SAMPLE_ROWS].tolist())
+    sample = [texts[i] for i in rows]
+    scores = int8.predict_scores(sample, batch_size=1).astype(np.float64)
+    return {"cpu": int8_kernel_path(), "sample": {"texts": sample, "scores": np.round(scores, 4).tolist()}}
 
 
 def export_onnx(model_dir: str | Path | None, data_dir: str | Path | None = None) -> ModelMetadata:
