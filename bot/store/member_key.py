@@ -1,6 +1,8 @@
 """The deployment key of member hashes: one secret, kept in a file outside the database (MOODRING_MEMBER_KEY_FILE).
 
-A correction's member hash is ``HMAC-SHA256(key, "guild:message:member")``. With the key outside the database,
+A correction's member hash is ``HMAC-SHA256(key, "guild:message:member")``, and the hash that counts its member
+(``HMAC-SHA256(key, "member:member")``, the same for all of a member's corrections in every server: an export counts
+members by it, bot/learning/community_data.py). With the key outside the database,
 whoever holds the database alone (a backup, a dump, a copy for analysis) cannot hash member ids against message ids
 from a channel's history to find who corrected what. SQLite keeps its key in a file beside the database by default
 and creates it on first run (mode 0600); PostgreSQL, where several processes (perhaps on several machines) share one
@@ -24,6 +26,7 @@ __all__ = [
     "create_member_key",
     "load_member_key",
     "member_digest",
+    "member_hash",
     "member_key_beside",
     "rehash",
 ]
@@ -46,6 +49,11 @@ def member_digest(key: bytes, guild_id: int, message_key: str, member_id: int) -
     """The keyed hash that stands for "this member corrected this message"."""
     message = f"{int(guild_id)}:{message_key}:{int(member_id)}".encode()
     return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def member_hash(key: bytes, member_id: int) -> str:
+    """The keyed hash that stands for "this member" in every correction they make, in every server."""
+    return hmac.new(key, f"member:{int(member_id)}".encode(), hashlib.sha256).hexdigest()
 
 
 def rehash(key: bytes, old_hash: str) -> str:
