@@ -23,10 +23,11 @@ def privacy_sections(retention_days: int) -> list[tuple[str, str]]:
             "Corrections (only if an admin turns them on)",
             "when a member answers **Not quite?** under a reading, moodring keeps the text the model read (mentions "
             "masked), the emotions chosen, the model's top emotions and version, the server, channel and time, to "
-            "retrain the model. No user id: a hash keyed with a secret kept outside the database stops a member "
-            "correcting the same message twice and is deleted after the retention period. The copy a retrain trains "
-            "on is deleted when the retrain ends (or at the bot's next start, if it was killed). This is the only "
-            "place message text is kept; it is off by default (`/moodring corrections`).",
+            "retrain the model. No user id: two hashes keyed with a secret kept outside the database stop a member "
+            "correcting a message twice and count members (an emotion trains only when two chose it; members and "
+            "servers are capped); both are deleted after the retention period, when the correction stops training. "
+            "The copy a retrain trains on is deleted when the retrain ends (or at the bot's next start, if it was "
+            "killed). This is the only place message text is kept; it is off by default (`/moodring corrections`).",
         ),
         (
             "What it never stores",
