@@ -331,7 +331,7 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
             progress = ProgressMessage(channel)
             if not await self.bot.retrainer.start(progress.update):
                 return self.bot.retrainer.refusal
-            log.info("owner %s confirmed a retrain", interaction.user.id)
+            log.info("a retrain confirmed by an owner has started")
             return "Starting a retrain; progress follows here."
 
         usable = plan is not None and bool(plan.rows)

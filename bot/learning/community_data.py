@@ -16,9 +16,9 @@ member cannot poison the training data:
   by either cap are `capped`.
 - **The split follows members**: each row's *deciding member* is, of the members whose votes back its labels, the
   one with the smallest hash. The row goes to `dev.tsv` or `train.tsv` by a hash of that member (`split_of`), so all
-  the rows a member decides are on the same side, and a member who decides rows in community dev backs none of
-  the training rows they decide. (A row backed by several members follows one of them: a member's other rows may
-  be decided by someone else.)
+  the rows a member decides are on the same side, and a group that backs the same texts together lands on one side
+  whole. (A row backed by several members follows one of them: a member's rows that someone else decides may land
+  on the other side.)
 
 Every export of the same corrections (and the same key) is byte for byte the same.
 """
