@@ -288,7 +288,7 @@ class PostgresStore(Store):
             if not enabled:
                 return "disabled"
             status = await connection.execute(
-                f"INSERT INTO corrections ({CORRECTION_COLUMNS}, dedup_hash, member_hash) "
+                f"INSERT INTO corrections ({CORRECTION_COLUMNS}, dedup_hash, voter_hash) "
                 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (dedup_hash) DO NOTHING",
                 correction.guild_id,
                 correction.channel_id,
@@ -315,7 +315,7 @@ class PostgresStore(Store):
 
     async def counted_corrections(self) -> list[MemberCorrection]:
         rows = await self._fetch(
-            f"SELECT {CORRECTION_COLUMNS}, member_hash FROM corrections WHERE member_hash IS NOT NULL "
+            f"SELECT {CORRECTION_COLUMNS}, voter_hash FROM corrections WHERE voter_hash IS NOT NULL "
             "AND guild_id IN (SELECT guild_id FROM guild_settings WHERE corrections) ORDER BY id"
         )
         return [member_correction_from_row(row) for row in rows]
@@ -484,7 +484,7 @@ class PostgresStore(Store):
         deleted = 0
         async with self._connection() as connection, connection.transaction():
             status = await connection.execute(
-                "UPDATE corrections SET dedup_hash = NULL, member_hash = NULL "
+                "UPDATE corrections SET dedup_hash = NULL, voter_hash = NULL "
                 "WHERE dedup_hash IS NOT NULL AND created_at < $1::float8 - " + _RETENTION.format(alias="corrections"),
                 now,
                 DEFAULT_RETENTION_DAYS,

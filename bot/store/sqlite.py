@@ -304,7 +304,7 @@ class SqliteStore(Store):
                 return "disabled"
             digest = self._member_digest(correction.guild_id, message_key, member_id)
             async with db.execute(
-                f"INSERT INTO corrections ({CORRECTION_COLUMNS}, dedup_hash, member_hash) "
+                f"INSERT INTO corrections ({CORRECTION_COLUMNS}, dedup_hash, voter_hash) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedup_hash) DO NOTHING",
                 (
                     correction.guild_id,
@@ -333,7 +333,7 @@ class SqliteStore(Store):
 
     async def counted_corrections(self) -> list[MemberCorrection]:
         rows = await self._fetchall(
-            f"SELECT {CORRECTION_COLUMNS}, member_hash FROM corrections WHERE member_hash IS NOT NULL "
+            f"SELECT {CORRECTION_COLUMNS}, voter_hash FROM corrections WHERE voter_hash IS NOT NULL "
             "AND guild_id IN (SELECT guild_id FROM guild_settings WHERE corrections = 1) ORDER BY id",
             (),
         )
@@ -488,7 +488,7 @@ class SqliteStore(Store):
         async with self._write() as db:
             async with db.execute(
                 """
-                UPDATE corrections SET dedup_hash = NULL, member_hash = NULL
+                UPDATE corrections SET dedup_hash = NULL, voter_hash = NULL
                 WHERE dedup_hash IS NOT NULL AND created_at < :now - 86400 *
                     COALESCE((SELECT retention_days FROM guild_settings AS g WHERE g.guild_id = corrections.guild_id),
                     :default_days)
