@@ -79,7 +79,7 @@ class MoodringBot(commands.AutoShardedBot):
             extra_args=config.retrain_args,
             tolerance=config.retrain_tolerance,
             progress_interval=config.progress_interval,
-            export_corrections=lambda out: export_store(self.store, out, config.model_dir),
+            export_corrections=lambda out: export_store(self.store, out, config.model_dir, config.counting_rules),
             community_min_rows=config.community_dev_min_rows,
             after_swap=self._announce_model,
             cluster_lock=self.model_sync.retrain_lock if self.model_sync else None,  # one retrain per cluster

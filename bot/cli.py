@@ -132,7 +132,7 @@ def password_on_argv(value: str | None, instead: str) -> str | None:
 def export_corrections(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from bot.config import BotConfig, ConfigError, database_setting
+    from bot.config import BotConfig, ConfigError, counting_rules_setting, database_setting
     from bot.learning.community_data import ExportError, export_database
     from bot.store import StoreError, is_postgres_url
     from model import default_model_dir
@@ -148,17 +148,19 @@ def export_corrections(args: argparse.Namespace) -> int:
         database = database_setting(
             {**os.environ, "MOODRING_DATABASE": args.database} if args.database else os.environ, BotConfig.database
         )
+        rules = counting_rules_setting(os.environ)
     except ConfigError as error:
         return fail(str(error))
     if not is_postgres_url(database):
         database = Path(database)
     try:
-        summary = asyncio.run(export_database(database, Path(args.out), model_dir))
+        summary = asyncio.run(export_database(database, Path(args.out), model_dir, rules))
     except (ExportError, StoreError) as error:
         return fail(str(error))
     print(
         f"Exported {summary.corrections} corrections as {summary.train_rows} train and {summary.dev_rows} dev rows "
-        f"to {args.out} ({summary.dropped} texts without a majority label left out)."
+        f"to {args.out} ({summary.dropped} texts without a label chosen by two members and a majority, and "
+        f"{summary.capped} rows over a member's or a server's cap, left out)."
     )
     return 0
 

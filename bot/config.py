@@ -8,12 +8,15 @@ import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from bot.cluster.sharding import ShardSpecError, check_shard_ids, parse_shard_ids
 from model.backends import BACKEND_CHOICES
 from model.threads import threads_setting
+
+if TYPE_CHECKING:
+    from bot.learning.community_data import CountingRules
 
 #: Training options that MOODRING_RETRAIN_ARGS may not set: the retrainer chooses where the candidate model and its
 #: run go, and serves the candidate only once it passes the gate; `--out` would overwrite the serving model directly.
@@ -74,6 +77,11 @@ class BotConfig:
     corrections_per_member: int = 5  # "Not quite?" corrections a member may start per window
     corrections_window_s: float = 600.0
     community_dev_min_rows: int = 50  # the retrain gate compares community-dev F1 only with at least this many rows
+    # How an export counts corrections (bot/learning/community_data.py, issue 21): one member's votes back at most
+    # this many of its rows, and one server gives at most this share of its rows (or as many as one member may,
+    # if that is more: a bot in one server can still learn).
+    corrections_member_rows: int = 20
+    corrections_server_share: float = 0.5
     # A scheduled summary whose send may not have gone through (a crash after its claim, a 5xx, a dropped
     # connection) is sent again with the same message nonce only this long after its claim: well inside the "few
     # minutes" in which Discord returns the first message for a nonce instead of posting a second (bot/cogs/mood.py).
@@ -103,6 +111,7 @@ class BotConfig:
                 "(https://discord.com/developers/applications -> your app -> Bot -> Reset Token), "
                 "then put DISCORD_TOKEN=... in .env (see .env.example)."
             )
+        counting = counting_rules_setting(env)
         return cls(
             token=token,
             database=database_setting(env, cls.database),
@@ -128,6 +137,8 @@ class BotConfig:
             corrections_per_member=_at_least(1, env, "MOODRING_CORRECTIONS_PER_MEMBER", cls.corrections_per_member),
             corrections_window_s=_at_least(1.0, env, "MOODRING_CORRECTIONS_WINDOW_S", cls.corrections_window_s),
             community_dev_min_rows=_at_least(1, env, "MOODRING_COMMUNITY_DEV_MIN_ROWS", cls.community_dev_min_rows),
+            corrections_member_rows=counting.member_rows,
+            corrections_server_share=counting.server_share,
             discord_api=_url(env, "MOODRING_DISCORD_API", ("http", "https")),
             discord_gateway=_url(env, "MOODRING_DISCORD_GATEWAY", ("ws", "wss")),
             shard_count=_at_least(1, env, "MOODRING_SHARD_COUNT", cls.shard_count),
@@ -135,6 +146,13 @@ class BotConfig:
             # Last: the default imports torch, which a bad setting above should not wait for.
             model_dir=_default_model_dir(env),
         )
+
+    @property
+    def counting_rules(self) -> CountingRules:
+        """`corrections_member_rows` and `corrections_server_share`, as an export takes them."""
+        from bot.learning.community_data import CountingRules
+
+        return CountingRules(member_rows=self.corrections_member_rows, server_share=self.corrections_server_share)
 
     @property
     def member_key_path(self) -> Path:
@@ -181,6 +199,18 @@ class BotConfig:
                 check_shard_ids(self.shard_ids, self.shard_count)
             except ShardSpecError as error:
                 raise ConfigError(f"MOODRING_SHARD_IDS (--shards): {error}") from None
+
+
+def counting_rules_setting(env: Mapping[str, str]) -> CountingRules:
+    """MOODRING_CORRECTIONS_MEMBER_ROWS and MOODRING_CORRECTIONS_SERVER_SHARE (BotConfig's defaults when unset): the
+    one reader of both, for `BotConfig.from_env` and for `moodring corrections export`, which needs no token."""
+    from bot.learning.community_data import CountingRules
+
+    share = _float(env, "MOODRING_CORRECTIONS_SERVER_SHARE", BotConfig.corrections_server_share)
+    if not 0 < share <= 1:
+        raise ConfigError(f"MOODRING_CORRECTIONS_SERVER_SHARE must be above 0 and at most 1, got {share!r}")
+    member_rows = _at_least(1, env, "MOODRING_CORRECTIONS_MEMBER_ROWS", BotConfig.corrections_member_rows)
+    return CountingRules(member_rows=member_rows, server_share=share)
 
 
 def _number(env: Mapping[str, str], name: str, kind: type, default):

@@ -14,18 +14,18 @@ def privacy_sections(retention_days: int) -> list[tuple[str, str]]:
     return [
         (
             "What moodring stores",
-            "for each channel, whether analysis and auto-reactions are on, and mood-summary schedules; and mood "
-            "statistics: for each channel and hour, how many messages were analysed, how many showed each "
-            "emotion, and the sum of the model's scores. All of it is kept in the bot's own database (a SQLite "
-            "file on the bot's host, or its operator's PostgreSQL server).",
+            "channel settings (analysis, auto-reactions, mood-summary schedules) and mood statistics: per channel "
+            "and hour, how many messages were analysed, how many showed each emotion, and the sum of the model's "
+            "scores, all in the bot's own database (SQLite on its host, or its operator's PostgreSQL).",
         ),
         (
             "Corrections (only if an admin turns them on)",
             "when a member answers **Not quite?** under a reading, moodring keeps the text the model read (mentions "
             "masked), the emotions chosen, the model's top emotions and version, the server, channel and time, to "
-            "retrain the model. No user id: a hash keyed with a secret kept outside the database stops a member "
-            "correcting the same message twice and is deleted after the retention period. The copy a retrain trains "
-            "on is deleted when the retrain ends (or at the bot's next start, if it was killed). This is the only "
+            "retrain the model. No user id: two hashes keyed with a secret kept outside the database stop a member "
+            "correcting a message twice and count members (an emotion trains only when two chose it; members and "
+            "servers are capped); both are deleted after the retention period, when the correction stops training. "
+            "A retrain's copy is deleted when it ends (or at the next start, if it was killed). This is the only "
             "place message text is kept; it is off by default (`/moodring corrections`).",
         ),
         (
@@ -35,9 +35,8 @@ def privacy_sections(retention_days: int) -> list[tuple[str, str]]:
         ),
         (
             "What it never stores",
-            "user ids or names, or the text of messages nobody corrected. Messages are classified in memory and "
-            "forgotten. The flood limits remember who asked for a reading or sent a correction in memory only, "
-            "for one limit window.",
+            "user ids or names, or the text of messages nobody corrected: messages are classified in memory and "
+            "forgotten. The flood limits keep who asked in memory only, for one limit window.",
         ),
         (
             "How long",

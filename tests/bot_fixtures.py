@@ -117,6 +117,19 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what:
         await asyncio.sleep(0.005)
 
 
+async def confirm_retrain(standin: DiscordStandIn, asked: Mapping[str, Any], *, timeout: float = 5.0) -> str:
+    """What `/moodring retrain` (the interaction `asked`, run by the owner) ends with once the owner presses its
+    first button (**Train**) under the summary of the corrections; its answer itself when it came without buttons
+    (a refusal)."""
+    answer = (await standin.wait_for_interaction_response(asked, timeout=timeout)).json["data"]
+    if not answer.get("components"):
+        return answer["content"]
+    prompt = standin.message(standin.interaction(asked).original_message_id)
+    train = prompt["components"][0]["components"][0]
+    pressed = await standin.dispatch_component(train["custom_id"], prompt, user=standin.owner_id)
+    return (await standin.wait_for_interaction_response(pressed, timeout=timeout)).json["data"]["content"]
+
+
 def store_message(
     standin: DiscordStandIn, content: str, *, channel_id: int | None = None, author: int | None = None
 ) -> dict[str, Any]:

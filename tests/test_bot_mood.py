@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from bot_fixtures import ADMIN_PERMISSIONS, MEMBER_PERMISSIONS, BotFactory, wait_until
+from bot_fixtures import ADMIN_PERMISSIONS, MEMBER_PERMISSIONS, BotFactory, confirm_retrain, wait_until
 from test_retrain import TINY_ARGS
 
 from bot.app import MoodringBot
@@ -209,8 +209,7 @@ async def test_retrain_from_discord_edits_one_progress_message(
         progress_interval=0.2,
     ) as bot:
         interaction = await discord_standin.dispatch_slash_command("moodring retrain", user=discord_standin.owner_id)
-        answer = await discord_standin.wait_for_interaction_response(interaction)
-        assert "Starting a retrain" in answer.json["data"]["content"]
+        assert "Starting a retrain" in await confirm_retrain(discord_standin, interaction)  # Train, under the summary
         again = await discord_standin.dispatch_slash_command("moodring retrain", user=discord_standin.owner_id)
         assert "already running" in (await discord_standin.wait_for_interaction_response(again)).json["data"]["content"]
         status = await asyncio.wait_for(bot.retrainer.wait(), 300)

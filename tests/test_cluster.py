@@ -21,7 +21,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from bot_fixtures import threshold_marks
+from bot_fixtures import confirm_retrain, threshold_marks
 from postgres_fixtures import PostgresServer
 from process_guard import process_alive
 from test_retrain import TINY_ARGS
@@ -364,7 +364,7 @@ async def test_moodring_cluster_does_each_guilds_work_once_restarts_a_killed_pro
         asked = await standin.dispatch_slash_command(
             "moodring retrain", guild_id=on_process[1][0], channel_id=channels[on_process[1][0]], user=standin.owner_id
         )
-        assert "Starting a retrain" in (await standin.wait_for_interaction_response(asked)).json["data"]["content"]
+        assert "Starting a retrain" in await confirm_retrain(standin, asked)  # Train, under the summary
         await until(lambda: "another process swapped in" in log_file.read_text(), 300, "process 0 serving the retrain")
         retrained = await asyncio.to_thread(EmotionClassifier.load, model_dir)
         assert model_description(retrained) != model_description(tiny_classifier)

@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from bot_defaults import inference_service
-from bot_fixtures import BotFactory, second_model, wait_until
+from bot_fixtures import BotFactory, confirm_retrain, second_model, wait_until
 from process_guard import process_alive
 from test_cluster import until
 from test_retrain import LONG_ARGS, make_retrainer
@@ -203,7 +203,7 @@ async def test_a_retrain_asked_for_in_another_process_of_the_cluster_is_refused_
         asked = await standin.dispatch_slash_command(
             "moodring retrain", guild_id=guild_id, channel_id=channel_id, user=standin.owner_id
         )
-        return (await standin.wait_for_interaction_response(asked, timeout=30)).json["data"]["content"]
+        return await confirm_retrain(standin, asked, timeout=30)  # Train, under the summary of the corrections
 
     async with (
         make_moodring_bot(shard_ids=(0,), **settings) as first,

@@ -1,6 +1,6 @@
-"""Community corrections as training data: majority votes, the deterministic split, the export command, and the
-corrections read back by training/data.py (errors naming file and line), mixed into training and reported as
-"community dev" after each epoch and by `moodring evaluate --extra-data`."""
+"""Community corrections as training data: votes counted by members, the deterministic split, the export command,
+and the corrections read back by training/data.py (errors naming file and line), mixed into training and reported
+as "community dev" after each epoch and by `moodring evaluate --extra-data`."""
 
 from __future__ import annotations
 
@@ -12,17 +12,33 @@ from pathlib import Path
 
 import pytest
 
-from bot.learning.community_data import majority_labels, split_of, write_dataset
-from bot.store import Correction, open_store
+from bot.config import BotConfig
+from bot.learning.community_data import CountingRules, plan_export, split_of, write_dataset
+from bot.store import Correction, MemberCorrection, open_store
 from model import ModelMetadata
 from training.config import TrainArgs
 from training.data import DataError, load_extra_data, load_goemotions, mix_in
 
 REPO = Path(__file__).resolve().parents[1]
+#: The caps as deployed: BotConfig's defaults.
+RULES = CountingRules(BotConfig.corrections_member_rows, BotConfig.corrections_server_share)
+#: Caps that leave these tests' rows alone (one server, more rows than a server may give; the caps are tested in
+#: tests/test_corrections_counting.py).
+NO_CAPS = CountingRules(member_rows=1_000, server_share=1.0)
 
 
 def correction(text: str, *labels: str, guild: int = 1) -> Correction:
     return Correction(guild, 2, text, labels, ("neutral",), "v1", 1_700_000_000.0)
+
+
+def vote(member: str, text: str, *labels: str) -> MemberCorrection:
+    return MemberCorrection(member, correction(text, *labels))
+
+
+def by_two(corrections: list[Correction]) -> list[MemberCorrection]:
+    """Each correction made by two members of its own (a label counts only when two chose it); the deciding member
+    of its text's row is `a:<text>`."""
+    return [MemberCorrection(f"{member}:{c.text}", c) for c in corrections for member in ("a", "b")]
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +56,23 @@ def metadata(goemotions_dir: Path) -> ModelMetadata:
     )
 
 
-def test_a_label_needs_a_majority_of_that_texts_corrections() -> None:
+def test_a_label_needs_two_members_and_a_majority_of_that_texts_members(metadata: ModelMetadata) -> None:
     corrections = [
-        correction("alone", "joy", "love"),  # one correction: its labels are the majority
-        correction("agreed", "excitement"),
-        correction("agreed", "excitement", "joy"),
-        correction("agreed", "anger"),  # the odd one out
-        correction("split", "joy"),
-        correction("split", "sadness"),  # one each of two: no majority, left out
+        vote("a", "alone", "joy", "love"),  # one member, however often: not enough (issue 21)
+        vote("a", "alone", "joy", "love"),
+        vote("a", "agreed", "excitement"),
+        vote("b", "agreed", "excitement", "joy"),
+        vote("c", "agreed", "anger"),  # the odd one out
+        vote("a", "split", "joy"),
+        vote("b", "split", "sadness"),  # one each of two: no majority, left out
+        vote("a", "changed", "anger"),
+        vote("b", "changed", "fear"),
+        vote("a", "changed", "fear"),  # a member's latest correction of a text is their vote
     ]
-    assert majority_labels(corrections) == {"alone": ["joy", "love"], "agreed": ["excitement"]}
+    plan = plan_export(corrections, metadata, RULES)
+    labels = {row.text: [metadata.labels[i] for i in row.label_ids] for row in plan.rows}
+    assert labels == {"agreed": ["excitement"], "changed": ["fear"]}
+    assert (plan.corrections, plan.dropped, plan.capped) == (10, 2, 0)
 
 
 def test_the_split_depends_on_the_text_only() -> None:
@@ -62,10 +85,10 @@ def test_the_split_depends_on_the_text_only() -> None:
 def test_the_export_reads_back_through_the_goemotions_loader(tmp_path: Path, metadata: ModelMetadata) -> None:
     tricky = 'tabs\tand "quotes"\nand a new line'
     texts = [f"so skibbly {i}" for i in range(30)] + [tricky]
-    corrections = [correction(text, "excitement") for text in texts]
-    summary = write_dataset(corrections, tmp_path / "out", metadata)
-    assert (summary.corrections, summary.rows, summary.dropped) == (31, 31, 0)
-    again = write_dataset(corrections, tmp_path / "again", metadata)
+    corrections = by_two([correction(text, "excitement") for text in texts])
+    summary = write_dataset(corrections, tmp_path / "out", metadata, NO_CAPS)
+    assert (summary.corrections, summary.rows, summary.dropped) == (62, 31, 0)  # two members each
+    again = write_dataset(corrections, tmp_path / "again", metadata, NO_CAPS)
     for name in ("train.tsv", "dev.tsv", "emotions.txt", "ekman_mapping.json", "sentiment_mapping.json"):
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "again" / name).read_bytes(), name
     assert again == summary
@@ -75,11 +98,11 @@ def test_the_export_reads_back_through_the_goemotions_loader(tmp_path: Path, met
     assert len(extra.train) == summary.train_rows and len(extra.dev) == summary.dev_rows
     rows = {row["text"]: row["labels"] for split in (extra.train, extra.dev) for row in split}
     assert rows[tricky] == [metadata.labels.index("excitement")] and set(rows) == set(texts)
-    assert {split_of(text) for text in extra.dev["text"]} == {"dev"}
+    assert {split_of(f"a:{text}") for text in extra.dev["text"]} == {"dev"}  # by the deciding member
 
 
 def test_loader_errors_name_the_file_and_line(tmp_path: Path, metadata: ModelMetadata) -> None:
-    write_dataset([correction(f"text {i}", "joy") for i in range(20)], tmp_path, metadata)
+    write_dataset(by_two([correction(f"text {i}", "joy") for i in range(20)]), tmp_path, metadata, NO_CAPS)
     train_tsv = tmp_path / "train.tsv"
     lines = train_tsv.read_text(encoding="utf-8").splitlines()
     lines[1] = "a text\t99\tbad-row"
@@ -93,7 +116,7 @@ def test_loader_errors_name_the_file_and_line(tmp_path: Path, metadata: ModelMet
 
 
 def test_an_empty_split_is_allowed_and_mixing_oversamples(tmp_path: Path, metadata: ModelMetadata, goemotions_dir):
-    write_dataset([correction("only one", "joy")], tmp_path, metadata)
+    write_dataset(by_two([correction("only one", "joy")]), tmp_path, metadata, NO_CAPS)
     extra = load_extra_data(tmp_path, metadata.labels)
     assert (extra.train is None) != (extra.dev is None)  # one row, one split
     base = load_goemotions(goemotions_dir, splits=("dev",)).splits["dev"].select(range(10))
@@ -112,7 +135,9 @@ def test_export_command_reads_the_bots_database(tmp_path: Path, metadata: ModelM
         async with await open_store(database, member_key=bytes(range(32))) as store:
             await store.set_corrections_enabled(1, True)
             for i in range(12):
-                await store.add_correction(correction(f"skibbly {i}", "excitement"), message_key=f"m{i}", member_id=7)
+                for member in (7, 8):  # a label counts only when two members chose it
+                    text = correction(f"skibbly {i}", "excitement")
+                    await store.add_correction(text, message_key=f"m{i}", member_id=member)
 
     asyncio.run(seed())
     out = tmp_path / "export"
@@ -121,7 +146,7 @@ def test_export_command_reads_the_bots_database(tmp_path: Path, metadata: ModelM
         [*command, "--out", str(out), "--model", str(model_dir)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert "Exported 12 corrections" in result.stdout
+    assert "Exported 24 corrections" in result.stdout
     exported = load_extra_data(out, metadata.labels)
     assert sum(len(split) for split in (exported.train, exported.dev) if split is not None) == 12
     missing = subprocess.run(
@@ -140,7 +165,7 @@ def test_training_mixes_the_corrections_in_and_reports_community_dev(
     from training.train import train
 
     texts = [f"the raid was so skibbly {i}" for i in range(40)]
-    write_dataset([correction(text, "excitement") for text in texts], tmp_path / "extra", metadata)
+    write_dataset(by_two([correction(text, "excitement") for text in texts]), tmp_path / "extra", metadata, NO_CAPS)
     extra = load_extra_data(tmp_path / "extra", metadata.labels)
     out = train(
         TrainArgs(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from test_retrain import TINY_ARGS, make_retrainer, serving  # noqa: F401 (`serving` is a fixture)
 
-from bot.learning.community_data import export_store
+from bot.learning.community_data import CountingRules, export_store
 from bot.learning.progress_text import format_status
 from bot.learning.retrain import RetrainStatus, should_swap
 from bot.store import Correction, Store, open_store
@@ -19,6 +19,8 @@ from model.text_preparation import clean_markup
 from model.training_contract import ProgressReader
 
 GATE = {"tolerance": 0.005, "min_community_rows": 50}
+#: Caps that keep all the planted rows of one server (the caps are tested in tests/test_corrections_counting.py).
+NO_CAPS = CountingRules(member_rows=1_000, server_share=1.0)
 
 
 def test_the_gate_swaps_only_when_both_dev_sets_agree() -> None:
@@ -75,7 +77,8 @@ async def seeded_store(path: Path, corrections: list[Correction]) -> Store:
     store = await open_store(path, member_key=bytes(range(32)))  # any deployment key (bot/store/member_key.py)
     await store.set_corrections_enabled(1, True)
     for i, correction in enumerate(corrections):
-        assert await store.add_correction(correction, message_key=f"m{i}", member_id=1000 + i) == "stored"
+        for member in (1000 + i, 2000 + i):  # a label counts only when two members chose it
+            assert await store.add_correction(correction, message_key=f"m{i}", member_id=member) == "stored"
     return store
 
 
@@ -95,7 +98,7 @@ async def test_a_retrain_exports_the_corrections_and_scores_both_models_on_commu
             tiny_backbone_dir,
             goemotions_dir,
             tolerance=1.0,
-            export_corrections=lambda out: export_store(store, out, model_dir),
+            export_corrections=lambda out: export_store(store, out, model_dir, NO_CAPS),
             community_min_rows=1,
         )
         await retrainer.start()
@@ -155,7 +158,7 @@ async def test_planted_corrections_teach_a_new_word(
             goemotions_dir,
             tolerance=1.0,  # the tiny model's GoEmotions figures are noise; community dev must still not drop
             extra_args=TINY_ARGS.replace("--epochs 1", "--epochs 3") + " --extra-weight 4",
-            export_corrections=lambda out: export_store(store, out, model_dir),
+            export_corrections=lambda out: export_store(store, out, model_dir, NO_CAPS),
             community_min_rows=1,
         )
         await retrainer.start()

@@ -48,6 +48,7 @@ CALLS: dict[str, Callable[[Store], Awaitable[object]]] = {
     "confirm_slot": lambda s: s.confirm_slot(1, NOW),
     "corrections": lambda s: s.corrections(contributing=True),
     "corrections_enabled": lambda s: s.corrections_enabled(1),
+    "counted_corrections": lambda s: s.counted_corrections(),
     "delete_schedule": lambda s: s.delete_schedule(1),
     "disable_schedule": lambda s: s.disable_schedule(1, "a test"),
     "flush": _flush,
@@ -72,8 +73,8 @@ CALLS: dict[str, Callable[[Store], Awaitable[object]]] = {
 #: The rest: `open` (tested below), `close` (with a failed flush pending, below), and `channel_settings` and
 #: `is_opted_out` (both from memory).
 NOT_CALLED = {"open", "close", "channel_settings", "is_opted_out"}
-READS = {"corrections", "corrections_enabled", "guild_channel_settings", "has_corrected", "mood", "refresh_opt_outs",
-         "retention_days", "schedules", "timeline"}  # fmt: skip
+READS = {"corrections", "corrections_enabled", "counted_corrections", "guild_channel_settings", "has_corrected",
+         "mood", "refresh_opt_outs", "retention_days", "schedules", "timeline"}  # fmt: skip
 
 
 @pytest.mark.parametrize("engine", [SqliteStore, PostgresStore])

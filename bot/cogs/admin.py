@@ -15,9 +15,10 @@ from discord.ext import commands
 
 from bot.app import MoodringBot
 from bot.checks import admin_only, owner_only
-from bot.learning.corrections import corrections_report
+from bot.learning.community_data import plan_store
+from bot.learning.corrections import corrections_report, retrain_summary
 from bot.learning.progress_text import format_status
-from bot.learning.retrain import RetrainStatus
+from bot.learning.retrain import RUNNING_HERE, RetrainStatus
 from bot.privacy import privacy_statement
 from bot.render import count_of, model_description
 from bot.replies import NO_MENTIONS, send_ephemeral
@@ -33,6 +34,9 @@ CORRECTIONS_OFF_KEPT = (
     "Corrections are **off**: **Not quite?** tells members so, and retraining no longer uses this server's. The "
     "corrections kept so far stay until you delete them with `/moodring corrections action:clear`."
 )
+NOTHING_TRAINED = "Nothing was trained."
+RETRAIN_TIMED_OUT = "Nothing was trained: no one pressed **Train** in time."
+RETRAIN_CONFIRM_TIMEOUT_S = 120.0  # seconds the owner has to press Train or Cancel
 WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 OPTED_OUT = (
     "Done: I no longer read your messages, in any server: no automatic analysis, no reactions, no statistics, and "
@@ -86,6 +90,43 @@ class ConfirmDeletion(discord.ui.View):
     async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
         await interaction.response.edit_message(content="Nothing was deleted.", view=None)
         self.stop()
+
+
+class ConfirmRetrain(discord.ui.View):
+    """Train and Cancel under what the corrections hold; only the owner who asked can press them, and only while
+    still an owner of the bot (checked on every press). `train` starts the retrain and returns what to tell them;
+    without a press within `timeout` seconds nothing is trained."""
+
+    def __init__(self, owner_id: int, train_label: str, train: Callable[[], Awaitable[str]], timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.owner_id = owner_id
+        self.train = train
+        self.confirm.label = train_label
+        self.asked: discord.Interaction | None = None  # the `/moodring retrain` whose answer this view sits under
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        if interaction.user.id != self.owner_id or not await interaction.client.is_owner(interaction.user):
+            await send_ephemeral(interaction, "Only the owner who asked can confirm this.")
+            return False
+        return True
+
+    @discord.ui.button(label="Train", style=discord.ButtonStyle.primary)
+    async def confirm(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        self.stop()
+        await interaction.response.edit_message(content=await self.train(), view=None)
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
+    async def cancel(self, interaction: discord.Interaction, button: discord.ui.Button) -> None:
+        self.stop()
+        await interaction.response.edit_message(content=NOTHING_TRAINED, view=None)
+
+    async def on_timeout(self) -> None:
+        if self.asked is None:
+            return
+        try:
+            await self.asked.edit_original_response(content=RETRAIN_TIMED_OUT, view=None)
+        except discord.HTTPException as error:
+            log.warning("could not say that the retrain confirmation timed out: %s", error)
 
 
 @app_commands.guild_only()
@@ -282,14 +323,38 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
     @app_commands.command(name="retrain", description="Retrain the emotion model (bot owners only)")
     @owner_only()
     async def retrain(self, interaction: discord.Interaction) -> None:
+        """Show what the corrections hold (bot/learning/community_data.py counts them) and train only once the
+        owner presses Train; the run reads the corrections again then, so a deletion in between is honoured."""
         if not interaction.channel.permissions_for(interaction.guild.me).send_messages:
             await send_ephemeral(interaction, "I can't post progress here; run this in a channel where I can write.")
             return
-        progress = ProgressMessage(interaction.channel)
-        if not await self.bot.retrainer.start(progress.update):
-            await send_ephemeral(interaction, self.bot.retrainer.refusal)
+        if self.bot.retrainer.running:
+            await send_ephemeral(interaction, RUNNING_HERE)
             return
-        await interaction.response.send_message("Starting a retrain; progress follows here.", ephemeral=True)
+        config = self.bot.config
+        plan = await plan_store(self.bot.store, config.model_dir, config.counting_rules)
+        channel = interaction.channel
+
+        async def train() -> str:
+            progress = ProgressMessage(channel)
+            if not await self.bot.retrainer.start(progress.update):
+                return self.bot.retrainer.refusal
+            log.info("a retrain confirmed by an owner has started")
+            return "Starting a retrain; progress follows here."
+
+        usable = plan is not None and bool(plan.rows)
+        view = ConfirmRetrain(
+            interaction.user.id, "Train" if usable else "Train on GoEmotions alone", train, RETRAIN_CONFIRM_TIMEOUT_S
+        )
+        await interaction.response.send_message(
+            retrain_summary(plan, self.server_name), view=view, ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+        view.asked = interaction
+
+    def server_name(self, guild_id: int) -> str:
+        """A server as the bot knows it: its name (Markdown escaped), else its id."""
+        guild = self.bot.get_guild(guild_id)
+        return discord.utils.escape_markdown(guild.name) if guild is not None else f"server {guild_id}"
 
     @app_commands.command(name="retrain-cancel", description="Stop the running retrain (bot owners only)")
     @owner_only()

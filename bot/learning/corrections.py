@@ -1,5 +1,6 @@
 """Community corrections, the parts the cogs share: the **Not quite?** button under every reading, the emotion
-picker it opens, and the admins' report (the per-member limit is bot/limits.py's).
+picker it opens, the admins' report and what `/moodring retrain` shows the owner before it trains (the per-member
+limit is bot/limits.py's).
 
 The button is one persistent component (`NOT_QUITE_ID`, registered once with `bot.add_view` by
 bot/cogs/corrections.py), so it works on answers sent before a restart. It carries no state: a press finds the
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from bot.render import emoji_for
+from bot.learning.community_data import ExportPlan
+from bot.render import count_of, emoji_for
 from bot.replies import SOMETHING_WENT_WRONG, send_ephemeral
 from bot.store import Correction, CorrectionOutcome
 
@@ -30,6 +32,8 @@ PICK_CLOSEST_ID = "moodring:correction:closest"
 PICK_OTHERS_ID = "moodring:correction:others"
 SEND_ID = "moodring:correction:send"
 MAX_CHOICES = 3
+SERVERS_SHOWN = 10  # servers named in the retrain summary; the rest are counted
+LARGEST_CONTRIBUTORS = 3  # members whose shares the retrain summary shows (never who they are)
 SELECT_OPTIONS = 25  # Discord's limit per select: the 28 emotions are split over two
 PICKER_TIMEOUT = 600.0  # seconds the member has to pick (the picker is ephemeral and short-lived)
 
@@ -196,3 +200,31 @@ def corrections_report(corrections: Sequence[Correction], enabled: bool, top: in
         inline=False,
     )
     return embed
+
+
+def retrain_summary(plan: ExportPlan | None, server_name: Callable[[int], str]) -> str:
+    """What the corrections hold, for the owner to confirm a retrain: rows, rows per server (`server_name(id)`) and
+    the largest contributors' shares, never a member's id or hash; or that there are none to use."""
+    if plan is None or not plan.rows:
+        why = (
+            "no server that collects them has any, or no model names their labels yet"
+            if plan is None
+            else f"of {count_of(plan.corrections, 'correction')}, no text has a label that two members chose"
+        )
+        return f"**No usable corrections** ({why}). Train on GoEmotions alone?"
+    summary = plan.summary()
+    servers = plan.rows_per_server().most_common()
+    shown = ", ".join(f"**{server_name(guild_id)}** {count}" for guild_id, count in servers[:SERVERS_SHOWN])
+    if len(servers) > SERVERS_SHOWN:
+        shown += f" and {count_of(len(servers) - SERVERS_SHOWN, 'more server')}"
+    shares = ", ".join(f"{share:.0%}" for share in plan.largest_shares(LARGEST_CONTRIBUTORS))
+    return (
+        f"**Before retraining**, the corrections make **{count_of(summary.rows, 'row')}** "
+        f"({summary.train_rows} to train on, {summary.dev_rows} held out as community dev) from "
+        f"{count_of(plan.corrections, 'correction')} counted by members; left out: "
+        f"{count_of(plan.dropped, 'text')} without a label two members chose, and "
+        f"{count_of(plan.capped, 'row')} over a member's or a server's cap.\n"
+        f"Rows per server: {shown}.\n"
+        f"The largest contributors back {shares} of the rows (every row has two members or more).\n"
+        "Train on them and GoEmotions? The corrections are read again when you press **Train**."
+    )

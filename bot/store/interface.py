@@ -29,7 +29,9 @@ Privacy: no user ids are stored anywhere; statistics are per guild, channel and 
 one place only: the ``corrections`` table, for servers that opted in (``set_corrections_enabled``), holding the
 normalised text a member corrected. One correction per member per message is enforced with a keyed hash (an HMAC
 with the deployment key, kept outside the database: bot/store/member_key.py, so the hash cannot be matched against
-a user id without it) that ``prune`` erases once the guild's retention period has passed. A database from before
+a user id without it) that ``prune`` erases once the guild's retention period has passed; a second keyed hash,
+the same for all of a member's corrections in every server, lets an export count members (``counted_corrections``)
+and is erased with it. A database from before
 the key held a salt instead: the first open with a key replaces each hash by HMAC(key, old hash) and deletes the
 salt (``SALT_SECRET``).
 
@@ -59,7 +61,7 @@ from typing import Any, Literal, Self
 
 from bot.backoff import Backoff
 from bot.store.errors import PermanentStoreError, StoreError
-from bot.store.member_key import MEMBER_KEY_HOWTO, member_digest, opt_out_digest
+from bot.store.member_key import MEMBER_KEY_HOWTO, member_digest, member_hash, opt_out_digest
 from bot.store.redact import redact_url
 from bot.store.schema import CORRECTION_TABLES, SETTINGS_TABLES, STATISTICS_TABLES
 
@@ -68,6 +70,7 @@ __all__ = [
     "ChannelSettings",
     "Correction",
     "CorrectionOutcome",
+    "MemberCorrection",
     "MoodSummary",
     "Schedule",
     "ScheduleKind",
@@ -116,6 +119,15 @@ class Correction:
     model_labels: tuple[str, ...]
     model_version: str
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class MemberCorrection:
+    """A correction as an export counts it: with ``member``, the keyed hash of whoever made it (the same for all of
+    their corrections, in every server; never their id)."""
+
+    member: str
+    correction: Correction
 
 
 @dataclass(slots=True)
@@ -180,6 +192,11 @@ def schedule_from_row(row: Sequence[Any]) -> Schedule:
         send_pending=bool(row[11]),
         disabled_reason=row[10],
     )
+
+
+def member_correction_from_row(row: Sequence[Any]) -> MemberCorrection:
+    """A ``MemberCorrection`` from a row of ``bot.store.schema.CORRECTION_COLUMNS`` followed by the member hash."""
+    return MemberCorrection(member=row[-1], correction=correction_from_row(row[:-1]))
 
 
 def correction_from_row(row: Sequence[Any]) -> Correction:
@@ -491,6 +508,9 @@ class Store(abc.ABC):
     def _member_digest(self, guild_id: int, message_key: str, member_id: int) -> str:
         return member_digest(self._key(), guild_id, message_key, member_id)
 
+    def _member_hash(self, member_id: int) -> str:
+        return member_hash(self._key(), member_id)
+
     @abc.abstractmethod
     async def has_corrected(self, guild_id: int, message_key: str, member_id: int) -> bool:
         """Whether this member's correction of this message is already kept (within the retention period)."""
@@ -499,13 +519,20 @@ class Store(abc.ABC):
     async def add_correction(self, correction: Correction, *, message_key: str, member_id: int) -> CorrectionOutcome:
         """Keep a correction unless the guild has corrections off or the member already corrected ``message_key``.
 
-        ``member_id`` is only hashed (with the deployment key, the guild and the message key), never written.
+        ``member_id`` is only hashed, never written: with the deployment key, the guild and the message key (one
+        correction per member per message), and with the key alone (``counted_corrections``' member).
         """
 
     @abc.abstractmethod
     async def corrections(self, guild_id: int | None = None, *, contributing: bool = False) -> list[Correction]:
         """Every correction of one guild (or of all of them), oldest first; `contributing`: only those of guilds
         that collect corrections now (what training uses: a guild that turns them off stops contributing)."""
+
+    @abc.abstractmethod
+    async def counted_corrections(self) -> list[MemberCorrection]:
+        """The corrections an export counts, oldest first: those of guilds that collect corrections now that still
+        carry their member's hash (``prune`` erases it after the guild's retention period, and corrections kept
+        before schema version 7 have none)."""
 
     @abc.abstractmethod
     async def clear_corrections(self, guild_id: int) -> int:
@@ -827,8 +854,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def prune(self, now: float | None = None) -> int:
         """Delete buckets older than each guild's retention (``DEFAULT_RETENTION_DAYS`` without a setting), and
-        erase the member hashes of corrections that old (their "Not quite?" buttons have expired); returns the rows
-        deleted or erased."""
+        erase both member hashes of corrections that old (their "Not quite?" buttons have expired, and no export
+        counts them any more); returns the rows deleted or erased."""
 
 
 def make_directory(path: str) -> None:

@@ -1,7 +1,9 @@
 """The deployment key of member hashes: one secret, kept in a file outside the database (MOODRING_MEMBER_KEY_FILE).
 
-A correction's member hash is ``HMAC-SHA256(key, "guild:message:member")``, and an opt-out's (``/privacy``, one per
-user across all servers) ``HMAC-SHA256(key, "opt-out:member")``. With the key outside the database,
+A correction's member hash is ``HMAC-SHA256(key, "guild:message:member")``; the hash that counts its member
+(``HMAC-SHA256(key, "member:member")``, the same for all of a member's corrections in every server: an export counts
+members by it, bot/learning/community_data.py); and an opt-out's (``/privacy``, one per user across all servers)
+``HMAC-SHA256(key, "opt-out:member")``. With the key outside the database,
 whoever holds the database alone (a backup, a dump, a copy for analysis) cannot hash member ids against message ids
 from a channel's history to find who corrected what. SQLite keeps its key in a file beside the database by default
 and creates it on first run (mode 0600); PostgreSQL, where several processes (perhaps on several machines) share one
@@ -25,6 +27,7 @@ __all__ = [
     "create_member_key",
     "load_member_key",
     "member_digest",
+    "member_hash",
     "member_key_beside",
     "opt_out_digest",
     "rehash",
@@ -53,6 +56,11 @@ def member_digest(key: bytes, guild_id: int, message_key: str, member_id: int) -
 def opt_out_digest(key: bytes, member_id: int) -> str:
     """The keyed hash that stands for "this member opted out" (the same in every server)."""
     return hmac.new(key, f"opt-out:{int(member_id)}".encode(), hashlib.sha256).hexdigest()
+
+
+def member_hash(key: bytes, member_id: int) -> str:
+    """The keyed hash that stands for "this member" in every correction they make, in every server."""
+    return hmac.new(key, f"member:{int(member_id)}".encode(), hashlib.sha256).hexdigest()
 
 
 def rehash(key: bytes, old_hash: str) -> str:

@@ -41,12 +41,14 @@ from bot.store.interface import (
     Correction,
     CorrectionOutcome,
     EmotionRows,
+    MemberCorrection,
     MoodSummary,
     Schedule,
     ScheduleKind,
     Store,
     check_correction,
     correction_from_row,
+    member_correction_from_row,
     redact_url,
     schedule_from_row,
     summary_from_rows,
@@ -290,8 +292,8 @@ class PostgresStore(Store):
             if not enabled:
                 return "disabled"
             status = await connection.execute(
-                f"INSERT INTO corrections ({CORRECTION_COLUMNS}, dedup_hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) "
-                "ON CONFLICT (dedup_hash) DO NOTHING",
+                f"INSERT INTO corrections ({CORRECTION_COLUMNS}, dedup_hash, voter_hash) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (dedup_hash) DO NOTHING",
                 correction.guild_id,
                 correction.channel_id,
                 correction.text,
@@ -300,6 +302,7 @@ class PostgresStore(Store):
                 correction.model_version,
                 correction.created_at,
                 digest,
+                self._member_hash(member_id),
             )
         return "stored" if _rowcount(status) > 0 else "duplicate"
 
@@ -313,6 +316,13 @@ class PostgresStore(Store):
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = await self._fetch(f"SELECT {CORRECTION_COLUMNS} FROM corrections {where} ORDER BY id", *params)
         return [correction_from_row(row) for row in rows]
+
+    async def counted_corrections(self) -> list[MemberCorrection]:
+        rows = await self._fetch(
+            f"SELECT {CORRECTION_COLUMNS}, voter_hash FROM corrections WHERE voter_hash IS NOT NULL "
+            "AND guild_id IN (SELECT guild_id FROM guild_settings WHERE corrections) ORDER BY id"
+        )
+        return [member_correction_from_row(row) for row in rows]
 
     async def clear_corrections(self, guild_id: int) -> int:
         return await self._execute("DELETE FROM corrections WHERE guild_id = $1", guild_id)
@@ -503,8 +513,8 @@ class PostgresStore(Store):
         deleted = 0
         async with self._connection() as connection, connection.transaction():
             status = await connection.execute(
-                "UPDATE corrections SET dedup_hash = NULL WHERE dedup_hash IS NOT NULL AND created_at < $1::float8 - "
-                + _RETENTION.format(alias="corrections"),
+                "UPDATE corrections SET dedup_hash = NULL, voter_hash = NULL "
+                "WHERE dedup_hash IS NOT NULL AND created_at < $1::float8 - " + _RETENTION.format(alias="corrections"),
                 now,
                 DEFAULT_RETENTION_DAYS,
             )

@@ -59,7 +59,7 @@ TABLES = (
           ("guild_id", "channel_id", "bucket_start", "label"), counters=("count", "score_sum")),
     Table("corrections", "corrections",
           ("id", "guild_id", "channel_id", "text", "labels", "model_labels", "model_version", "created_at",
-           "dedup_hash"),
+           "dedup_hash", "voter_hash"),
           ("id",), identity=True),
     Table("store_secrets", "secrets", ("name", "value"), ("name",)),
     Table("statistics_flushes", "bookkeeping", ("id", "at"), ("id",)),
@@ -81,5 +81,7 @@ CORRECTION_TABLES = _names("corrections")
 SETTINGS_TABLES = _names("settings")
 #: The columns of a ``Schedule`` (bot.store.interface), in its fields' order.
 SCHEDULE_COLUMNS = ", ".join(_BY_NAME["summary_schedules"].columns)
-#: The columns of a ``Correction``, in its fields' order: all but the row id and the member hash.
-CORRECTION_COLUMNS = ", ".join(c for c in _BY_NAME["corrections"].columns if c not in ("id", "dedup_hash"))
+#: The columns of a ``Correction``, in its fields' order: all but the row id and the member hashes.
+CORRECTION_COLUMNS = ", ".join(
+    c for c in _BY_NAME["corrections"].columns if c not in ("id", "dedup_hash", "voter_hash")
+)

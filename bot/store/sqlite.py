@@ -40,6 +40,7 @@ from bot.store.interface import (
     Correction,
     CorrectionOutcome,
     EmotionRows,
+    MemberCorrection,
     MoodSummary,
     Schedule,
     ScheduleKind,
@@ -47,6 +48,7 @@ from bot.store.interface import (
     check_correction,
     correction_from_row,
     make_directory,
+    member_correction_from_row,
     schedule_from_row,
     summary_from_rows,
     timeline_from_rows,
@@ -306,8 +308,8 @@ class SqliteStore(Store):
                 return "disabled"
             digest = self._member_digest(correction.guild_id, message_key, member_id)
             async with db.execute(
-                f"INSERT INTO corrections ({CORRECTION_COLUMNS}, dedup_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (dedup_hash) DO NOTHING",
+                f"INSERT INTO corrections ({CORRECTION_COLUMNS}, dedup_hash, voter_hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dedup_hash) DO NOTHING",
                 (
                     correction.guild_id,
                     correction.channel_id,
@@ -317,6 +319,7 @@ class SqliteStore(Store):
                     correction.model_version,
                     correction.created_at,
                     digest,
+                    self._member_hash(member_id),
                 ),
             ) as cursor:
                 return "stored" if cursor.rowcount > 0 else "duplicate"
@@ -331,6 +334,14 @@ class SqliteStore(Store):
         where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         rows = await self._fetchall(f"SELECT {CORRECTION_COLUMNS} FROM corrections {where} ORDER BY id", params)
         return [correction_from_row(row) for row in rows]
+
+    async def counted_corrections(self) -> list[MemberCorrection]:
+        rows = await self._fetchall(
+            f"SELECT {CORRECTION_COLUMNS}, voter_hash FROM corrections WHERE voter_hash IS NOT NULL "
+            "AND guild_id IN (SELECT guild_id FROM guild_settings WHERE corrections = 1) ORDER BY id",
+            (),
+        )
+        return [member_correction_from_row(row) for row in rows]
 
     async def clear_corrections(self, guild_id: int) -> int:
         async with self._write() as db, db.execute("DELETE FROM corrections WHERE guild_id = ?", (guild_id,)) as cur:
@@ -504,7 +515,8 @@ class SqliteStore(Store):
         async with self._write() as db:
             async with db.execute(
                 """
-                UPDATE corrections SET dedup_hash = NULL WHERE dedup_hash IS NOT NULL AND created_at < :now - 86400 *
+                UPDATE corrections SET dedup_hash = NULL, voter_hash = NULL
+                WHERE dedup_hash IS NOT NULL AND created_at < :now - 86400 *
                     COALESCE((SELECT retention_days FROM guild_settings AS g WHERE g.guild_id = corrections.guild_id),
                     :default_days)
                 """,
