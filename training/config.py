@@ -63,6 +63,9 @@ class TrainArgs:
         positive_int,
     )  # fmt: skip
     onnx: bool = option(True, "model.onnx and model.int8.onnx beside the model (int8 thresholds tuned on dev)")
+    resume: bool = option(
+        True, "go on from the last finished epoch of an interrupted training with the same recipe and --work-dir"
+    )
     extra_data: str | None = option(
         None, "community corrections in GoEmotions' layout (`moodring corrections export`); its train split is "
         "mixed into GoEmotions' train and its dev split reported as community dev",

@@ -3,6 +3,10 @@
 Read top to bottom: data -> backbone -> loaders -> Tez fit (with our dev callback) -> best
 checkpoint -> dev thresholds -> export (with ONNX fp32/int8 files and int8 dev thresholds).
 The test split is never read here.
+
+A training that was interrupted (Ctrl-C, SIGTERM, a crash) goes on from the end of its last finished epoch when it
+is started again with the same recipe and work directory (`ResumePoint`); what it did of the epoch it was in is
+done again. With the same seed it ends with the weights an uninterrupted training would have had.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,9 +30,16 @@ from model.metadata import ModelMetadata
 from model.network import SqueezeBertForEmotions
 from model.storage import default_model_dir
 from model.threads import apply_torch_threads, available_cores, resolve_threads
-from model.training_contract import checkpoint_dir, progress_path
+from model.training_contract import checkpoint_dir, progress_path, resume_dir
 from training.backbones import load_backbone
-from training.callbacks import DevEvaluation, EveryProcessTez, ProgressLog, read_checkpoint
+from training.callbacks import (
+    DevEvaluation,
+    EveryProcessTez,
+    ProgressLog,
+    ResumePoint,
+    read_checkpoint,
+    read_resume_state,
+)
 from training.config import TrainArgs
 from training.data import (
     LengthGroupedSampler,
@@ -56,6 +68,8 @@ MACHINE_PATHS = (
     "work_dir",
     "extra_data",
 )  # data is identified by its checksums, the backbone by name
+#: How a training runs, not what it learns: a training may resume under other values of these.
+HOW_NOT_WHAT = ("threads", "workers", "resume", "onnx")
 
 
 class TrainingError(RuntimeError):
@@ -66,6 +80,26 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def resumable_state(work_dir: Path, recipe: dict) -> dict | None:
+    """The state an interrupted training left in `work_dir` to go on from, if it was saved for `recipe` and its best
+    checkpoint is still the one it chose; else None (logged), and the training starts from zero."""
+    saved = read_resume_state(resume_dir(work_dir))
+    if saved is None:
+        return None
+    if saved["recipe"] != recipe:
+        changed = sorted(k for k in recipe.keys() | saved["recipe"].keys() if recipe.get(k) != saved["recipe"].get(k))
+        log.warning("not resuming the interrupted training in %s: %s changed", work_dir, ", ".join(changed))
+        return None
+    try:
+        best_epoch = read_checkpoint(checkpoint_dir(work_dir))[2]
+    except (OSError, ValueError, KeyError):
+        best_epoch = None
+    if best_epoch != saved["dev_evaluation"]["best_epoch"]:
+        log.warning("not resuming the interrupted training in %s: its best checkpoint is gone", work_dir)
+        return None
+    return saved
 
 
 def train(args: TrainArgs) -> Path:
@@ -129,6 +163,14 @@ def train(args: TrainArgs) -> Path:
     # them to accelerate, which gives each of N processes every Nth batch: the schedule counts one process's steps.
     num_train_steps = math.ceil(len(train_loader) / processes.num_processes) * args.epochs
 
+    recipe = {k: v for k, v in asdict(args).items() if k not in MACHINE_PATHS + HOW_NOT_WHAT} | {
+        "processes": processes.num_processes,
+        "data_checksums": data.checksums,
+    }
+    saved = resumable_state(work_dir, recipe) if args.resume else None
+    done_epochs = saved["epoch"] if saved else 0
+    epochs_left = 0 if saved and saved["stopped"] else args.epochs - done_epochs
+
     module = TezEmotionModel(
         backbone.network,
         learning_rate=args.learning_rate,
@@ -137,7 +179,8 @@ def train(args: TrainArgs) -> Path:
         num_train_steps=num_train_steps,
         loss=args.loss,
     )
-    progress = ProgressLog(progress_path(work_dir), num_epochs=args.epochs) if main else None
+    resumed_steps = num_train_steps // args.epochs * done_epochs
+    progress = ProgressLog(progress_path(work_dir), args.epochs, resumed_steps=resumed_steps) if main else None
     dev_evaluation = DevEvaluation(
         dev_loader,
         best_dir,
@@ -145,9 +188,15 @@ def train(args: TrainArgs) -> Path:
         on_evaluated=progress.dev if progress else None,
         community_loader=community_loader,
     )
+    if saved is not None:
+        dev_evaluation.restore(saved["dev_evaluation"])
+        for record in dev_evaluation.history if progress else ():  # the epochs done before, for whoever reads
+            progress.dev(record["epoch"], {k: v for k, v in record.items() if k != "epoch"})
+        log.info("resuming from the end of epoch %d of %d (%s)", done_epochs, args.epochs, resume_dir(work_dir))
+    resume = ResumePoint(resume_dir(work_dir), recipe, args.epochs, sampler, dev_evaluation, saved)
     config = TezConfig(
         training_batch_size=args.batch_size,
-        epochs=args.epochs,
+        epochs=epochs_left,  # Tez runs the epochs left; `ResumePoint` tells it where it stands
         step_scheduler_after="batch",
         clip_grad_norm=1.0,
         fp16=args.precision == "fp16",
@@ -162,12 +211,18 @@ def train(args: TrainArgs) -> Path:
         processes.num_processes,
         threads,
     )
-    callbacks = [dev_evaluation] if progress is None else [dev_evaluation, progress]
+    # `resume` after `dev_evaluation`: the state it saves at an epoch's end holds that epoch's dev record.
+    callbacks = [dev_evaluation, resume] if progress is None else [dev_evaluation, progress, resume]
+    interrupted = False
     try:
-        with logging_redirect_tqdm():
-            trainer.fit(train_rows, config=config, train_loader=train_loader, callbacks=callbacks)
+        if epochs_left:
+            with logging_redirect_tqdm():
+                trainer.fit(train_rows, config=config, train_loader=train_loader, callbacks=callbacks)
     except KeyboardInterrupt:
-        log.warning("interrupted: exporting the best checkpoint so far")
+        interrupted = True
+        log.warning(
+            "interrupted: exporting the best checkpoint so far (the same command resumes from %s)", resume_dir(work_dir)
+        )
     if not main:  # the main process exports; wait for it (if it fails instead, the launcher stops this process)
         processes.wait_for_everyone()
         return out
@@ -214,6 +269,8 @@ def train(args: TrainArgs) -> Path:
         created_at=now_iso(),
     )
     export_model(network, tokenizer, metadata, out, onnx=args.onnx, dev=DevSet(list(dev_split["text"]), truth))
+    if not interrupted:
+        shutil.rmtree(resume_dir(work_dir), ignore_errors=True)  # complete: nothing left to resume
     progress.done(out, report["macro_f1"])
     log.info("exported %s", out)
     processes.wait_for_everyone()
