@@ -70,4 +70,10 @@ class TrainArgs:
         None, "community corrections in GoEmotions' layout (`moodring corrections export`); its train split is "
         "mixed into GoEmotions' train and its dev split reported as community dev",
     )  # fmt: skip
+    starter: bool = option(
+        False, "train a starter model in a couple of minutes instead: a linear head on the frozen backbone's "
+        "mean-pooled embeddings of --starter-rows train texts, thresholds tuned on --starter-dev-rows dev texts",
+    )  # fmt: skip
+    starter_rows: int = option(8000, "train texts a starter embeds (every label's rarer examples first)", positive_int)
+    starter_dev_rows: int = option(2000, "dev texts a starter tunes its thresholds on (a seeded sample)", positive_int)
     extra_weight: int = option(1, "copies of the extra train split mixed into GoEmotions' train", positive_int)

@@ -68,8 +68,8 @@ MACHINE_PATHS = (
     "work_dir",
     "extra_data",
 )  # data is identified by its checksums, the backbone by name
-#: How a training runs, not what it learns: a training may resume under other values of these.
-HOW_NOT_WHAT = ("threads", "workers", "resume", "onnx")
+#: How a training runs, not what it learns (or a starter's settings): a training may resume under other values.
+HOW_NOT_WHAT = ("threads", "workers", "resume", "onnx", "starter_rows", "starter_dev_rows")
 
 
 class TrainingError(RuntimeError):
@@ -109,7 +109,13 @@ def train(args: TrainArgs) -> Path:
     process, so the effective batch is N times it) and gradients are averaged. Only the main process scores dev,
     writes checkpoints and progress.jsonl, tunes thresholds and exports; the others wait for it at each epoch's end
     and at the export.
+
+    With `args.starter`, a starter model instead (training/starter.py), in one process.
     """
+    if args.starter:
+        from training.starter import train_starter
+
+        return train_starter(args)
     out = Path(args.out) if args.out else default_model_dir()
     work_dir = Path(args.work_dir) if args.work_dir else Path("runs") / out.name
     best_dir = checkpoint_dir(work_dir)
