@@ -44,8 +44,6 @@ async def test_the_first_training_serves_a_starter_then_resumes_the_full_model_a
         "data_dir": str(goemotions_dir),
         "retrain_args": FIRST_ARGS,
         "progress_interval": 0.2,
-        # The tiny backbone is random: its starter may score as well as its full model. The gate is not under test.
-        "retrain_tolerance": 1.0,
     }
     async with make_moodring_bot(**settings) as bot:
         await wait_until(lambda: bot.inference.ready, timeout=240, what="the starter model serving")
@@ -70,7 +68,10 @@ async def test_the_first_training_serves_a_starter_then_resumes_the_full_model_a
         assert bot.inference.ready and bot.inference.classifier.metadata.is_starter
         assert bot.retrainer.running and bot.retrainer.status.stage == "full"
         status = await asyncio.wait_for(bot.retrainer.wait(), 300)
+        # The full model replaces the starter, a stand-in not compared with (the tiny random backbone's starter may
+        # well score better on dev than its full model).
         assert status.outcome == "swapped", status.detail
+        assert status.current_f1 is None
         assert not bot.inference.classifier.metadata.is_starter
         reading = await discord_standin.dispatch_slash_command("emotion", {"text": "what a lovely surprise"})
         assert "starter" not in footer_of(await discord_standin.wait_for_interaction_response(reading))

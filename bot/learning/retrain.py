@@ -22,7 +22,8 @@ bot/learning/progress_text.py); the rest goes to the log.
 
 The first training (`start(first=True)`, when no model serves or only a starter does) has two stages in one run:
 a starter model (`moodring train --starter`, minutes), served as soon as it exists through the same gate and swap,
-then the full recipe behind it, which replaces it through the gate like any retrain. It runs in one directory,
+then the full recipe behind it, which replaces it through the gate like any retrain (a starter is not a model to
+beat: the gate compares with the serving model only when it is a full one). It runs in one directory,
 `FIRST_RUN_DIR`, whose checkpoint and resume state are kept when it is interrupted, so that the next start goes on
 from the last finished epoch (`moodring train` resumes by itself in the same work directory).
 """
@@ -311,7 +312,7 @@ class Retrainer:
             status.candidate_f1, status.candidate_community_f1 = await self._dev_scores(
                 candidate, run_dir / "eval-candidate.log", extra
             )
-            if self.inference.ready and await asyncio.to_thread((self.model_dir / METADATA_FILE).is_file):
+            if self._serving_full_model and await asyncio.to_thread((self.model_dir / METADATA_FILE).is_file):
                 status.current_f1, status.current_community_f1 = await self._dev_scores(
                     self.model_dir, run_dir / "eval-current.log", extra
                 )
@@ -344,6 +345,13 @@ class Retrainer:
             )
             await finish_despite_cancel(lock.aclose())  # after the swap and its announcement: the cluster's turn
         return status
+
+    @property
+    def _serving_full_model(self) -> bool:
+        """A model serves, and not a starter (which is only a stand-in until the full model is trained: the gate
+        serves whatever the full recipe trains instead of it, as when no model serves)."""
+        classifier = self.inference.classifier
+        return classifier is not None and not classifier.metadata.is_starter
 
     @property
     def _stop_reason(self) -> str:
@@ -509,7 +517,8 @@ def should_swap(
     current_community: float | None = None,
     community_rows: int = 0,
 ) -> bool:
-    """The retrain gate. Serve the candidate when there is no current model; otherwise only if both hold:
+    """The retrain gate. Serve the candidate when there is no current model (`current_f1` None: none serves, or only
+    a starter model); otherwise only if both hold:
 
     - GoEmotions dev macro-F1 >= the current model's minus `tolerance` (it has not forgotten GoEmotions);
     - with at least `min_community_rows` community-dev rows, community-dev micro-F1 >= the current model's
