@@ -19,7 +19,8 @@ from bot.cluster.shard_lock import ShardLocks
 from bot.config import BotConfig
 from bot.inference import InferenceService
 from bot.learning.community_data import export_store
-from bot.learning.retrain import Retrainer
+from bot.learning.progress_text import first_training_line, starter_note, still_learning
+from bot.learning.retrain import Retrainer, RetrainStatus
 from bot.replies import NO_MENTIONS, SOMETHING_WENT_WRONG, InvalidArgument, send_ephemeral
 from bot.store import Store, is_postgres_url, open_store
 from model import ModelError, ModelNotFoundError
@@ -33,6 +34,11 @@ NO_MODEL = (
     "I haven't been trained yet, so I can't read emotions. "
     "The bot's owner can train me with `moodring train` or `/moodring retrain`."
 )
+
+
+#: Seconds between two lines of the first training's progress within one stage and phase. Also how often the bot's
+#: status changes: discord.py holds every gateway frame (heartbeats too) once a shard sends 110 in a minute.
+FIRST_TRAINING_LINE_S = 15.0
 
 
 def intents_for(config: BotConfig) -> discord.Intents:
@@ -93,6 +99,7 @@ class MoodringBot(commands.AutoShardedBot):
             else None
         )
         self.counters: Counter[str] = Counter()
+        self._first_training_shown: tuple[tuple[str, str], float] = (("", ""), 0.0)  # (stage, phase), when
         self.clock: Callable[[], float] = time.time  # one clock for schedules and statistics; tests move it
 
     async def setup_hook(self) -> None:
@@ -103,9 +110,15 @@ class MoodringBot(commands.AutoShardedBot):
         await self.retrainer.remove_orphaned_exports()  # before any retrain of this process can start
         self.inference.start()
         loaded = await (self.model_sync.start(self.load_model) if self.model_sync else self.load_model())
-        if not loaded and self.config.train_on_start:
-            log.info("no model yet: training the first one in a child process (MOODRING_TRAIN_ON_START)")
-            await self.retrainer.start()
+        serving_starter = loaded and self.inference.classifier.metadata.is_starter
+        if (not loaded or serving_starter) and self.config.train_on_start:
+            log.info(
+                "%s: training %s in child processes (MOODRING_TRAIN_ON_START); progress below, logs in %s",
+                "serving a starter model" if serving_starter else f"no model in {self.config.model_dir} yet",
+                "the full model behind it" if serving_starter else "a starter model, then the full one behind it",
+                self.config.work_dir,
+            )
+            await self.retrainer.start(self._show_first_training, first=True)
         for extension in COGS:
             await self.load_extension(extension)
         self.tree.on_error = self.on_app_command_error
@@ -141,7 +154,8 @@ class MoodringBot(commands.AutoShardedBot):
             await asyncio.to_thread(recover_directory, self.config.model_dir)  # after a crash mid-swap
             await self.inference.load(self.config.model_dir)
         except ModelNotFoundError as error:
-            log.warning("%s", error)
+            if not self.config.train_on_start:  # else the first training starts now: nothing for the operator to do
+                log.warning("%s", error)
             return False
         except ModelError as error:  # says what is wrong and what to do: no traceback needed
             log.error("%s Answering without a model meanwhile.", error)
@@ -162,8 +176,33 @@ class MoodringBot(commands.AutoShardedBot):
         """What members are told while no model is serving."""
         status = self.retrainer.status
         if self.retrainer.running and status is not None:
-            return f"I'm still learning ({status.percent}% of my first training done). Please try again later."
+            return still_learning(status)
         return NO_MODEL
+
+    def model_note(self) -> str | None:
+        """Which model answers, when it is not a full one: "starter model; the full one is 35% trained"."""
+        classifier = self.inference.classifier
+        if classifier is None or not classifier.metadata.is_starter:
+            return None
+        return starter_note(self.retrainer.status if self.retrainer.running else None)
+
+    async def _show_first_training(self, status: RetrainStatus) -> None:
+        """The first training's progress where people look: a log line (the terminal) and the bot's status (the
+        member list, the sandbox's sidebar), at each new stage or phase and every `FIRST_TRAINING_LINE_S` between;
+        the status is cleared when the training ends."""
+        now = time.monotonic()
+        stage, shown_at = (status.stage, status.phase), self._first_training_shown
+        if not status.finished and stage == shown_at[0] and now - shown_at[1] < FIRST_TRAINING_LINE_S:
+            return
+        self._first_training_shown = (stage, now)
+        line = first_training_line(status)
+        if status.finished:
+            log.info("first training %s. %s", status.outcome, status.detail)
+        else:
+            log.info("%s", line)
+        if self.is_ready():  # before the gateway is connected there is no status to set
+            activity = None if status.finished else discord.CustomActivity(name=line[:128])
+            await self.change_presence(activity=activity)
 
     async def on_ready(self) -> None:
         log.info("connected as %s (%s) to %d guilds", self.user, getattr(self.user, "id", "?"), len(self.guilds))

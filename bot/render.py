@@ -69,8 +69,11 @@ def emotion_lines(prediction: Prediction) -> list[str]:
     ]
 
 
-def emotion_embed(prediction: Prediction, title: str = "Emotions", jump_url: str | None = None) -> discord.Embed:
-    """Top emotions with score bars, a ✅ on those above their threshold, Ekman group and sentiment."""
+def emotion_embed(
+    prediction: Prediction, title: str = "Emotions", jump_url: str | None = None, model_note: str | None = None
+) -> discord.Embed:
+    """Top emotions with score bars, a ✅ on those above their threshold, Ekman group and sentiment; `model_note`
+    (which model answered, when it is not the full one) ends the footer."""
     sentiment = prediction.sentiment[0] if prediction.sentiment else "neutral"
     embed = discord.Embed(
         title=shorten(title, 256),
@@ -81,14 +84,17 @@ def emotion_embed(prediction: Prediction, title: str = "Emotions", jump_url: str
     embed.add_field(name="Top emotions", value="\n".join(emotion_lines(prediction))[:1024], inline=False)
     embed.add_field(name="Ekman group", value=", ".join(prediction.ekman) or "—", inline=True)
     embed.add_field(name="Sentiment", value=", ".join(prediction.sentiment) or "—", inline=True)
-    embed.set_footer(text="✅ above the label's threshold · GoEmotions SqueezeBERT")
+    footer = "✅ above the label's threshold · GoEmotions SqueezeBERT"
+    embed.set_footer(text=f"{footer} · {model_note}" if model_note else footer)
     return embed
 
 
-def emotion_text(prediction: Prediction) -> str:
+def emotion_text(prediction: Prediction, model_note: str | None = None) -> str:
     """The embed's content as plain text, for channels where the bot cannot embed links."""
     lines = [f"> {shorten(_one_line(prediction.text), QUOTE_LIMIT)}", *emotion_lines(prediction)]
     lines.append(f"Ekman: {', '.join(prediction.ekman) or '—'} · Sentiment: {', '.join(prediction.sentiment) or '—'}")
+    if model_note:
+        lines.append(f"({model_note})")
     return shorten("\n".join(lines), 2000)
 
 
@@ -120,6 +126,8 @@ def model_description(classifier: EmotionClassifier | None) -> str:
     metadata = classifier.metadata
     metrics = metadata.dev_metrics_by_backend.get(classifier.backend) or metadata.dev_metrics
     parts = [f"trained {readable_time(metadata.created_at) if metadata.created_at else 'at an unknown time'}"]
+    if metadata.is_starter:
+        parts.insert(0, "starter model")
     if isinstance(metrics.get("macro_f1"), int | float):
         parts.append(f"dev macro-F1 {metrics['macro_f1']:.3f}")
     parts.append(f"served with {classifier.backend}")

@@ -66,6 +66,11 @@ class ModelMetadata:
                 f"{', '.join(map(str, TEXT_PREPARATIONS))}): the model was made by a newer one"
             )
 
+    @property
+    def is_starter(self) -> bool:
+        """A starter model (`moodring train --starter`): quick and rougher, served until the full one is trained."""
+        return bool(self.training_args.get("starter"))
+
     def thresholds_for(self, backend: str) -> list[float]:
         """The per-label thresholds tuned on dev for `backend`'s scores."""
         return self.thresholds_by_backend.get(backend, self.thresholds)

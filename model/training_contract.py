@@ -6,7 +6,9 @@ file's name and each field the bot reads are written down once, here:
 
 - `moodring train --work-dir W` appends its progress to `progress_path(W)`, one JSON event per line: training's
   `ProgressLog` callback writes through `ProgressWriter`, the retrainer reads with `ProgressReader`. The best
-  checkpoint so far is kept in `checkpoint_dir(W)` (large: the retrainer deletes it after a run).
+  checkpoint so far is kept in `checkpoint_dir(W)`, and what an interrupted training needs to go on from its last
+  finished epoch in `resume_dir(W)` (both large: the retrainer deletes them after a run, except after an interrupted
+  first training, which the next start resumes).
 - `moodring evaluate --split S` writes its report into the model directory it scored, as `report_path(dir, S)`
   (`write_report`), with a chart beside it (`report_chart_path`). Both names start with `REPORT_PREFIX`, which
   marks them as reports, not model files (`model_checksums`). The retrainer reads a dev report with
@@ -30,6 +32,7 @@ from pathlib import Path
 #: In a training's work directory: its progress events and its best checkpoint.
 PROGRESS_FILE = "progress.jsonl"
 CHECKPOINT_DIR = "best"
+RESUME_DIR = "resume"
 #: How the reports `moodring evaluate` writes into a model directory begin; they are not part of the model.
 REPORT_PREFIX = "eval-"
 
@@ -43,6 +46,11 @@ def progress_path(work_dir: Path) -> Path:
 
 def checkpoint_dir(work_dir: Path) -> Path:
     return Path(work_dir) / CHECKPOINT_DIR
+
+
+def resume_dir(work_dir: Path) -> Path:
+    """Where `moodring train` keeps the state after its last finished epoch until the training is complete."""
+    return Path(work_dir) / RESUME_DIR
 
 
 def report_path(model_dir: Path, split: str) -> Path:

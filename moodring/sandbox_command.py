@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from model.child_process import Lifeline, start_child, stop_child
+from model.metadata import METADATA_FILE
 from model.storage import DEFAULT_MODEL_DIR
 from sandbox import DiscordStandIn, state
 from sandbox import payloads as p
@@ -230,6 +231,13 @@ async def serve(host: str, port: int, seed: list[str], model_dir: Path, state_fi
             )
             print(f"Sandbox at http://{host}:{standin.port}", flush=True)
             print(f"Bot: moodring run (pid {bot.pid}), connecting to it. Stop both with Ctrl-C.", flush=True)
+            if not (model_dir / METADATA_FILE).is_file():
+                print(
+                    "No model yet: the bot trains a starter model first (minutes) and serves it, then the full one "
+                    "behind it. Its progress shows below and under the bot's name in the page's sidebar; stopped, the "
+                    "training goes on from its last finished epoch at the next start.",
+                    flush=True,
+                )
             seeding = asyncio.create_task(seed_history(standin, cast, seed)) if seed else None
             exited = asyncio.create_task(bot.wait())
             stopping = asyncio.create_task(stop.wait())

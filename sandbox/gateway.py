@@ -208,7 +208,18 @@ class Gateway:
         self.identify_count = 0
         self.resume_count = 0
         self.heartbeat_count = 0
+        #: The bot's last PRESENCE_UPDATE (op 3) `d`, whose activity is the status Discord shows under its name.
+        self.presence: JSON | None = None
+        #: Called after each PRESENCE_UPDATE (the sandbox page redraws its sidebar from here).
+        self.presence_listeners: list[Callable[[], None]] = []
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+
+    def status_text(self) -> str:
+        """The bot's status as Discord shows it under its name: its first activity's custom `state`, else its `name`
+        ("" without one)."""
+        activities = (self.presence or {}).get("activities") or []
+        first = activities[0] if activities and isinstance(activities[0], dict) else {}
+        return str(first.get("state") or first.get("name") or "")
 
     # --- waiting --------------------------------------------------------------------------
 
@@ -358,7 +369,11 @@ class Gateway:
             await conn.close(CLOSE_NOT_AUTHENTICATED, "Not authenticated.")
         elif op == p.OP_REQUEST_GUILD_MEMBERS:
             await self._on_request_members(conn.session, data)
-        elif op in (p.OP_PRESENCE_UPDATE, p.OP_VOICE_STATE_UPDATE):
+        elif op == p.OP_PRESENCE_UPDATE:  # nothing to answer
+            self.presence = data if isinstance(data, dict) else None
+            for listener in self.presence_listeners:
+                listener()
+        elif op == p.OP_VOICE_STATE_UPDATE:
             pass  # recorded in ``frames``; nothing to answer
         else:
             await conn.close(CLOSE_UNKNOWN_OPCODE, "Unknown opcode.")

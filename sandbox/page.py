@@ -11,7 +11,8 @@ API (JSON; errors are ``{"error": "..."}`` with status 400; every POST must be `
 
 * ``GET /sandbox/api/state``: guild, channels, members (with their role in the story and their server-wide
   ``permissions``, by which the page hides the commands whose ``default_member_permissions`` a member lacks, as
-  Discord does), the bot, its synced commands
+  Discord does), the bot (with its ``status``: the activity of its last presence update, as Discord shows it under its
+  name), its synced commands
 * ``GET /sandbox/api/channels/{channel_id}/messages?viewer=ID``: the last 100 messages member ID can see, oldest first
   (ephemeral answers only for the member who asked)
 * ``POST /sandbox/api/messages`` ``{channel_id, author_id, content, reply_to?}``: ``<@id>`` in content mentions
@@ -112,6 +113,7 @@ class SandboxPage:
         self._sockets: set[web.WebSocketResponse] = set()
         self._announcing: asyncio.Task[None] | None = None
         standin.request_listeners.append(self._on_request)
+        standin.gateway.presence_listeners.append(self.changed)  # the bot's status, shown in the sidebar
 
     def routes(self) -> list[web.AbstractRouteDef]:
         """The page's routes, for the stand-in's aiohttp app."""
@@ -205,6 +207,7 @@ class SandboxPage:
                 "id": p.sid(world.bot_user_id),
                 "name": world.bot_user["username"],
                 "online": bool(standin.gateway.connected_sessions()),
+                "status": standin.gateway.status_text(),
             },
             "commands": list(commands.values()),
         }

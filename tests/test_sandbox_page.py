@@ -11,6 +11,7 @@ import os
 import socket
 from pathlib import Path
 
+import discord
 import pytest
 from aiohttp import web
 from bot_fixtures import BotFactory
@@ -18,6 +19,8 @@ from playwright.async_api import Page, async_playwright, expect
 from test_bot_emotions import reacting_text
 
 from bot.learning.corrections import PICK_CLOSEST_ID, PICK_OTHERS_ID
+from bot.learning.progress_text import first_training_line
+from bot.learning.retrain import RetrainStatus
 from model import EmotionClassifier
 from moodring.sandbox_command import furnish, post_welcome
 from sandbox import DiscordStandIn
@@ -73,7 +76,7 @@ async def test_a_newcomer_tries_the_bot_in_a_browser(
     expect.set_options(timeout=STEP_TIMEOUT_MS)
     errors: list[str] = []
     failed_loads: list[str] = []  # what the browser console reports as a failed load (a 404...)
-    async with make_moodring_bot(), async_playwright() as playwright:
+    async with make_moodring_bot() as bot, async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         try:
             page = await browser.new_page(viewport={"width": 1280, "height": 860})
@@ -207,6 +210,20 @@ async def test_a_newcomer_tries_the_bot_in_a_browser(
             await expect(refused.locator(".embed")).to_have_count(0)
             await refused.scroll_into_view_if_needed()
             await snapshot("opted-out")
+
+            # 11. The bot's status shows under its name in the sidebar, as Discord shows a bot's presence (gateway
+            # opcode 3): a first training's progress (bot/app.py sets it), and nothing once it is cleared.
+            training = RetrainStatus(first=True, stage="full", phase="training", epoch=1, epochs=2, step=700)
+            training.total_steps, training.eta_s = 2000, 1500
+            await bot.change_presence(activity=discord.CustomActivity(name=first_training_line(training)))
+            activity = page.locator("#bot-activity")
+            await expect(activity).to_have_text(
+                "Learning: full model, epoch 1/2, step 700/2000 (35%), about 25m 00s left"
+            )
+            await expect(activity).to_be_visible()
+            await snapshot("status")
+            await bot.change_presence(activity=None)
+            await expect(activity).to_be_hidden()
         finally:
             await browser.close()
     assert not errors, errors

@@ -3,7 +3,8 @@
 Tez averages metrics per batch (wrong for F1), its `EarlyStopping` uses `np.Inf` (gone in NumPy 2)
 and its full checkpoints pickle a config that `torch.load` refuses by default. `DevEvaluation`
 replaces all three: it scores the whole dev split, saves the best weights as safetensors and stops
-on a patience. `ProgressLog` writes machine-readable progress for the bot's retrain command.
+on a patience. `ProgressLog` writes machine-readable progress for the bot's retrain command. `ResumePoint` keeps
+what an interrupted training needs to go on from its last finished epoch, and puts it back when it does.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from accelerate.utils import broadcast
 from tez import Tez, enums
 from tez.callbacks import Callback
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler, Sampler
 
 from model.storage import replace_directory, staging_directory
 from model.training_contract import ProgressWriter
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Beside the weights in a checkpoint: the dev predictions they make, which the thresholds are tuned on.
 CHECKPOINT_PREDICTIONS = "dev-predictions.npz"
+#: In a resume directory: weights, optimiser, schedule, random states and the dev record after the last epoch.
+RESUME_STATE = "state.pt"
 
 
 class EveryProcessTez(Tez):
@@ -113,6 +116,20 @@ class DevEvaluation(Callback):
         self.misses = 0
         self.history: list[dict] = []
 
+    def state(self) -> dict:
+        """What it has decided so far (the best epoch, its score, the misses, the history), for `restore`."""
+        return {
+            "best_score": self.best_score,
+            "best_epoch": self.best_epoch,
+            "misses": self.misses,
+            "history": self.history,
+        }
+
+    def restore(self, state: dict) -> None:
+        """Go on from `state()` of an interrupted run whose best checkpoint is still in `checkpoint_dir`."""
+        self.best_score, self.best_epoch = state["best_score"], state["best_epoch"]
+        self.misses, self.history = state["misses"], list(state["history"])
+
     def on_epoch_end(self, tez_trainer, **kwargs) -> None:
         """Under `accelerate launch` only the main process evaluates; the others wait for its stop decision."""
         driver = tez_trainer._driver
@@ -163,15 +180,25 @@ class DevEvaluation(Callback):
         return False
 
     def _save_checkpoint(self, network: torch.nn.Module, scores: np.ndarray, truth: np.ndarray, epoch: int) -> None:
-        staging = staging_directory(self.checkpoint_dir)
-        shutil.rmtree(staging, ignore_errors=True)
-        try:
+        def write(staging: Path) -> None:
             network.save_pretrained(staging)
             np.savez(staging / CHECKPOINT_PREDICTIONS, scores=scores, truth=truth, epoch=epoch)
-        except BaseException:  # Ctrl-C included: the half-written copy goes, the checkpoint in place stays
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        replace_directory(staging, self.checkpoint_dir)
+
+        write_whole_directory(self.checkpoint_dir, write)
+
+
+def write_whole_directory(target: Path, write: Callable[[Path], None]) -> None:
+    """`write(staging)` fills a staging directory, which then replaces `target`: an interrupt (Ctrl-C included)
+    during the write leaves what was in `target` whole, and no half-written copy."""
+    staging = staging_directory(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir(parents=True)
+        write(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace_directory(staging, target)
 
 
 class ProgressLog(Callback):
@@ -179,10 +206,12 @@ class ProgressLog(Callback):
     `step` event at most every `interval` seconds (and at the last step), `dev` after each epoch (the method is
     `DevEvaluation`'s `on_evaluated`) and `done` after the export."""
 
-    def __init__(self, path: Path, num_epochs: int, interval: float = 2.0) -> None:
+    def __init__(self, path: Path, num_epochs: int, interval: float = 2.0, resumed_steps: int = 0) -> None:
+        """`resumed_steps`: steps a resumed training did before it was interrupted (the ETA counts this run's)."""
         self.writer = ProgressWriter(path)
         self.num_epochs = num_epochs
         self.interval = interval
+        self.resumed_steps = resumed_steps
         self.started = time.monotonic()
         self.last_write = 0.0
 
@@ -193,7 +222,8 @@ class ProgressLog(Callback):
             return
         self.last_write = now
         elapsed = now - self.started
-        eta = elapsed / step * (total - step) if step else None
+        done_here = step - self.resumed_steps
+        eta = elapsed / done_here * (total - step) if done_here > 0 else None
         loss = tez_trainer.metrics["train"].get("loss")
         self.writer.step(
             epoch=tez_trainer.current_epoch + 1,
@@ -210,3 +240,79 @@ class ProgressLog(Callback):
 
     def done(self, out: Path, dev_macro_f1: float) -> None:
         self.writer.done(out, dev_macro_f1)
+
+
+class ResumePoint(Callback):
+    """After each epoch the main process saves, whole or not at all (`write_whole_directory`), what the training
+    needs to go on from there: the network's weights, the optimiser and its learning-rate schedule, the random
+    states (dropout's, the batch order's) and `DevEvaluation`'s record (`read_resume_state` reads it back). Given
+    such a `saved` state, every process puts it back when training starts, so that Tez runs only the epochs left
+    and, with the same seed, ends with the weights an uninterrupted training would have had.
+
+    A state is only for the `recipe` it was saved with (the training's arguments and data), which it records.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        recipe: dict,
+        total_epochs: int,
+        sampler: Sampler,
+        dev_evaluation: DevEvaluation,
+        saved: dict | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.recipe = recipe
+        self.total_epochs = total_epochs
+        self.sampler = sampler
+        self.dev_evaluation = dev_evaluation
+        self.saved = saved
+
+    def on_train_start(self, tez_trainer, **kwargs) -> None:
+        if self.saved is None:
+            return
+        saved = self.saved
+        tez_trainer._driver.unwrap_model(tez_trainer.model).network.load_state_dict(saved["network"])
+        tez_trainer.optimizer.load_state_dict(saved["optimizer"])
+        tez_trainer.scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        if isinstance(self.sampler, RandomSampler):
+            self.sampler.generator.set_state(saved["sampler"])
+        else:  # LengthGroupedSampler: seeded by its epoch
+            self.sampler.epoch = int(saved["sampler"])
+        steps_per_epoch = len(tez_trainer.train_loader)  # this process's share, as Tez counts its steps
+        tez_trainer.current_epoch = saved["epoch"]
+        tez_trainer._train_step = steps_per_epoch * saved["epoch"]
+        tez_trainer.num_train_steps = steps_per_epoch * self.total_epochs
+
+    def on_epoch_end(self, tez_trainer, **kwargs) -> None:
+        """After `DevEvaluation` (listed before this callback), so that the state holds this epoch's record."""
+        if not tez_trainer._driver.is_main_process:
+            return
+        network = tez_trainer._driver.unwrap_model(tez_trainer.model).network
+        sampler = self.sampler.generator.get_state() if isinstance(self.sampler, RandomSampler) else self.sampler.epoch
+        state = {
+            "recipe": self.recipe,
+            "epoch": tez_trainer.current_epoch + 1,
+            "stopped": tez_trainer.model_state == enums.ModelState.END,  # early: no epoch is left to train
+            "network": network.state_dict(),
+            "optimizer": tez_trainer.optimizer.state_dict(),
+            "scheduler": tez_trainer.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "sampler": sampler,
+            "dev_evaluation": self.dev_evaluation.state(),
+        }
+        write_whole_directory(self.directory, lambda staging: torch.save(state, staging / RESUME_STATE))
+        log.info("epoch %d: saved the state to resume from in %s", state["epoch"], self.directory)
+
+
+def read_resume_state(directory: Path) -> dict | None:
+    """The state `ResumePoint` saved in `directory`, or None when there is none or it can't be read (logged)."""
+    path = Path(directory) / RESUME_STATE
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a state from another version, or damaged: train from the start instead
+        log.warning("cannot resume from %s (%s): training from the start", path, error)
+        return None

@@ -32,6 +32,11 @@ def register(commands: argparse._SubParsersAction) -> None:
             train.add_argument(
                 "--no-onnx", dest="onnx", action="store_false", help=f"do not export {help_text}; exported by default"
             )
+        elif spec.type == "bool" and spec.default:
+            help_text = f"do not {help_text} (default: {spec.name})"
+            train.add_argument(f"--no-{flag[2:]}", dest=spec.name, action="store_false", help=help_text)
+        elif spec.type == "bool":
+            train.add_argument(flag, action="store_true", help=f"{help_text} (default: off)")
         elif spec.metadata["choices"]:
             help_text += f" (default: {spec.default})"
             train.add_argument(flag, choices=spec.metadata["choices"], default=spec.default, help=help_text)

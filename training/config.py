@@ -69,8 +69,17 @@ class TrainArgs:
         positive_int,
     )  # fmt: skip
     onnx: bool = option(True, "model.onnx and model.int8.onnx beside the model (int8 thresholds tuned on dev)")
+    resume: bool = option(
+        True, "go on from the last finished epoch of an interrupted training with the same recipe and --work-dir"
+    )
     extra_data: str | None = option(
         None, "community corrections in GoEmotions' layout (`moodring corrections export`); its train split is "
         "mixed into GoEmotions' train and its dev split reported as community dev",
     )  # fmt: skip
+    starter: bool = option(
+        False, "train a starter model in a couple of minutes instead: a linear head on the frozen backbone's "
+        "mean-pooled embeddings of --starter-rows train texts, thresholds tuned on --starter-dev-rows dev texts",
+    )  # fmt: skip
+    starter_rows: int = option(8000, "train texts a starter embeds (every label's rarer examples first)", positive_int)
+    starter_dev_rows: int = option(2000, "dev texts a starter tunes its thresholds on (a seeded sample)", positive_int)
     extra_weight: int = option(1, "copies of the extra train split mixed into GoEmotions' train", positive_int)

@@ -7,7 +7,7 @@ import logging
 import platform
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,6 +22,9 @@ from model.storage import default_model_dir, replace_directory, staging_director
 
 if TYPE_CHECKING:
     from model.classifier import EmotionClassifier
+    from training.backbones import Backbone
+    from training.config import TrainArgs
+    from training.data import GoEmotions
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,47 @@ def git_commit() -> str | None:
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+#: TrainArgs fields that say where this machine kept things: not recorded, so `moodring.json` reads the same anywhere
+#: (data is identified by its checksums, the backbone by name).
+MACHINE_PATHS = ("data_dir", "out", "work_dir", "extra_data")
+
+
+def trained_metadata(
+    args: TrainArgs,
+    data: GoEmotions,
+    backbone: Backbone,
+    *,
+    thresholds: np.ndarray,
+    global_threshold: float,
+    dev_metrics: dict,
+    truth: np.ndarray,
+    scores: np.ndarray,
+    processes: int,
+    commit: str | None,
+) -> ModelMetadata:
+    """The `moodring.json` of a model `args` trained on `data`, from its dev `truth` and `scores`: the one place
+    `train` and the starter build it, so that a starter carries every field a full model does."""
+    return ModelMetadata(
+        labels=data.labels,
+        thresholds=[float(t) for t in thresholds],
+        global_threshold=global_threshold,
+        ekman_mapping=data.ekman_mapping,
+        sentiment_mapping=data.sentiment_mapping,
+        backbone=backbone.describe(),
+        max_length=args.max_length,
+        text_preparation=args.text_preparation,
+        training_args={k: v for k, v in asdict(args).items() if k not in MACHINE_PATHS}
+        | {"backbone": backbone.portable_name, "processes": processes},
+        data_checksums=data.checksums,
+        dev_metrics=dev_metrics,
+        versions=library_versions(),
+        git_commit=commit,
+        created_at=now_iso(),
+        # What members are shown as a percentage: fitted on the same dev scores as the thresholds.
+        calibration={"torch": choose_calibration(truth, scores, seed=args.seed).to_dict()},
+    )
 
 
 def export_model(

@@ -3,6 +3,10 @@
 Read top to bottom: data -> backbone -> loaders -> Tez fit (with our dev callback) -> best
 checkpoint -> dev thresholds and calibration -> export (with ONNX fp32/int8 files and int8 dev thresholds).
 The test split is never read here.
+
+A training that was interrupted (Ctrl-C, SIGTERM, a crash) goes on from the end of its last finished epoch when it
+is started again with the same recipe and work directory (`ResumePoint`); what it did of the epoch it was in is
+done again. With the same seed it ends with the weights an uninterrupted training would have had.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,14 +26,19 @@ from tez import TezConfig
 from torch.utils.data import DataLoader, RandomSampler
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from model.calibration import choose_calibration
-from model.metadata import ModelMetadata
 from model.network import SqueezeBertForEmotions
 from model.storage import default_model_dir
 from model.threads import apply_torch_threads, available_cores, resolve_threads
-from model.training_contract import checkpoint_dir, progress_path
+from model.training_contract import checkpoint_dir, progress_path, resume_dir
 from training.backbones import load_backbone
-from training.callbacks import DevEvaluation, EveryProcessTez, ProgressLog, read_checkpoint
+from training.callbacks import (
+    DevEvaluation,
+    EveryProcessTez,
+    ProgressLog,
+    ResumePoint,
+    read_checkpoint,
+    read_resume_state,
+)
 from training.config import TrainArgs
 from training.data import (
     LengthGroupedSampler,
@@ -39,7 +49,7 @@ from training.data import (
     mix_in,
     resolve_data_dir,
 )
-from training.export import DevSet, export_model, git_commit, library_versions, now_iso
+from training.export import MACHINE_PATHS, DevSet, export_model, git_commit, trained_metadata
 from training.metrics import (
     THRESHOLD_RULES,
     classification_report,
@@ -51,12 +61,8 @@ from training.module import TezEmotionModel
 
 log = logging.getLogger(__name__)
 
-MACHINE_PATHS = (
-    "data_dir",
-    "out",
-    "work_dir",
-    "extra_data",
-)  # data is identified by its checksums, the backbone by name
+#: How a training runs, not what it learns (or a starter's settings): a training may resume under other values.
+HOW_NOT_WHAT = ("threads", "workers", "resume", "onnx", "starter_rows", "starter_dev_rows")
 
 
 class TrainingError(RuntimeError):
@@ -69,6 +75,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resumable_state(work_dir: Path, recipe: dict) -> dict | None:
+    """The state an interrupted training left in `work_dir` to go on from, if it was saved for `recipe` and its best
+    checkpoint is still the one it chose; else None (logged), and the training starts from zero."""
+    saved = read_resume_state(resume_dir(work_dir))
+    if saved is None:
+        return None
+    if saved["recipe"] != recipe:
+        changed = sorted(k for k in recipe.keys() | saved["recipe"].keys() if recipe.get(k) != saved["recipe"].get(k))
+        log.warning("not resuming the interrupted training in %s: %s changed", work_dir, ", ".join(changed))
+        return None
+    try:
+        best_epoch = read_checkpoint(checkpoint_dir(work_dir))[2]
+    except (OSError, ValueError, KeyError):
+        best_epoch = None
+    if best_epoch != saved["dev_evaluation"]["best_epoch"]:
+        log.warning("not resuming the interrupted training in %s: its best checkpoint is gone", work_dir)
+        return None
+    return saved
+
+
 def train(args: TrainArgs) -> Path:
     """Run one training and export the best model; returns the export directory.
 
@@ -76,7 +102,13 @@ def train(args: TrainArgs) -> Path:
     process, so the effective batch is N times it) and gradients are averaged. Only the main process scores dev,
     writes checkpoints and progress.jsonl, tunes thresholds and exports; the others wait for it at each epoch's end
     and at the export.
+
+    With `args.starter`, a starter model instead (training/starter.py), in one process.
     """
+    if args.starter:
+        from training.starter import train_starter
+
+        return train_starter(args)
     out = Path(args.out) if args.out else default_model_dir()
     work_dir = Path(args.work_dir) if args.work_dir else Path("runs") / out.name
     best_dir = checkpoint_dir(work_dir)
@@ -131,6 +163,14 @@ def train(args: TrainArgs) -> Path:
     # them to accelerate, which gives each of N processes every Nth batch: the schedule counts one process's steps.
     num_train_steps = math.ceil(len(train_loader) / processes.num_processes) * args.epochs
 
+    recipe = {k: v for k, v in asdict(args).items() if k not in MACHINE_PATHS + HOW_NOT_WHAT} | {
+        "processes": processes.num_processes,
+        "data_checksums": data.checksums,
+    }
+    saved = resumable_state(work_dir, recipe) if args.resume else None
+    done_epochs = saved["epoch"] if saved else 0
+    epochs_left = 0 if saved and saved["stopped"] else args.epochs - done_epochs
+
     module = TezEmotionModel(
         backbone.network,
         learning_rate=args.learning_rate,
@@ -139,7 +179,8 @@ def train(args: TrainArgs) -> Path:
         num_train_steps=num_train_steps,
         loss=args.loss,
     )
-    progress = ProgressLog(progress_path(work_dir), num_epochs=args.epochs) if main else None
+    resumed_steps = num_train_steps // args.epochs * done_epochs
+    progress = ProgressLog(progress_path(work_dir), args.epochs, resumed_steps=resumed_steps) if main else None
     dev_evaluation = DevEvaluation(
         dev_loader,
         best_dir,
@@ -147,9 +188,15 @@ def train(args: TrainArgs) -> Path:
         on_evaluated=progress.dev if progress else None,
         community_loader=community_loader,
     )
+    if saved is not None:
+        dev_evaluation.restore(saved["dev_evaluation"])
+        for record in dev_evaluation.history if progress else ():  # the epochs done before, for whoever reads
+            progress.dev(record["epoch"], {k: v for k, v in record.items() if k != "epoch"})
+        log.info("resuming from the end of epoch %d of %d (%s)", done_epochs, args.epochs, resume_dir(work_dir))
+    resume = ResumePoint(resume_dir(work_dir), recipe, args.epochs, sampler, dev_evaluation, saved)
     config = TezConfig(
         training_batch_size=args.batch_size,
-        epochs=args.epochs,
+        epochs=epochs_left,  # Tez runs the epochs left; `ResumePoint` tells it where it stands
         step_scheduler_after="batch",
         clip_grad_norm=1.0,
         fp16=args.precision == "fp16",
@@ -164,12 +211,18 @@ def train(args: TrainArgs) -> Path:
         processes.num_processes,
         threads,
     )
-    callbacks = [dev_evaluation] if progress is None else [dev_evaluation, progress]
+    # `resume` after `dev_evaluation`: the state it saves at an epoch's end holds that epoch's dev record.
+    callbacks = [dev_evaluation, resume] if progress is None else [dev_evaluation, progress, resume]
+    interrupted = False
     try:
-        with logging_redirect_tqdm():
-            trainer.fit(train_rows, config=config, train_loader=train_loader, callbacks=callbacks)
+        if epochs_left:
+            with logging_redirect_tqdm():
+                trainer.fit(train_rows, config=config, train_loader=train_loader, callbacks=callbacks)
     except KeyboardInterrupt:
-        log.warning("interrupted: exporting the best checkpoint so far")
+        interrupted = True
+        log.warning(
+            "interrupted: exporting the best checkpoint so far (the same command resumes from %s)", resume_dir(work_dir)
+        )
     if not main:  # the main process exports; wait for it (if it fails instead, the launcher stops this process)
         processes.wait_for_everyone()
         return out
@@ -198,27 +251,21 @@ def train(args: TrainArgs) -> Path:
         dev_metrics["cross_fit_macro_f1"]["per_label"],
         report["micro_f1"],
     )
-    metadata = ModelMetadata(
-        labels=data.labels,
-        thresholds=[float(t) for t in thresholds],
+    metadata = trained_metadata(
+        args,
+        data,
+        backbone,
+        thresholds=thresholds,
         global_threshold=global_threshold,
-        ekman_mapping=data.ekman_mapping,
-        sentiment_mapping=data.sentiment_mapping,
-        backbone=backbone.describe(),
-        max_length=args.max_length,
-        text_preparation=args.text_preparation,
-        # The recipe, not where this machine kept things: no paths, so the file reads the same anywhere.
-        training_args={k: v for k, v in asdict(args).items() if k not in MACHINE_PATHS}
-        | {"backbone": backbone.portable_name, "processes": processes.num_processes},
-        data_checksums=data.checksums,
         dev_metrics=dev_metrics,
-        versions=library_versions(),
-        git_commit=commit,
-        created_at=now_iso(),
-        # What members are shown as a percentage: fitted on the same dev scores as the thresholds.
-        calibration={"torch": choose_calibration(truth, scores, seed=args.seed).to_dict()},
+        truth=truth,
+        scores=scores,
+        processes=processes.num_processes,
+        commit=commit,
     )
     export_model(network, tokenizer, metadata, out, onnx=args.onnx, dev=DevSet(list(dev_split["text"]), truth))
+    if not interrupted:
+        shutil.rmtree(resume_dir(work_dir), ignore_errors=True)  # complete: nothing left to resume
     progress.done(out, report["macro_f1"])
     log.info("exported %s", out)
     processes.wait_for_everyone()

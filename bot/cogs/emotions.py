@@ -117,7 +117,7 @@ class Emotions(commands.Cog):
         if prediction.unreadable:
             await send_ephemeral(interaction, UNREADABLE)
             return
-        embed = emotion_embed(prediction, title=title, jump_url=jump_url)
+        embed = emotion_embed(prediction, title=title, jump_url=jump_url, model_note=self.bot.model_note())
         await interaction.response.send_message(
             embed=embed, ephemeral=ephemeral, allowed_mentions=NO_MENTIONS, view=not_quite_view()
         )
@@ -236,10 +236,10 @@ class Emotions(commands.Cog):
             return
         title = f"Emotions in {target.author.display_name}'s message"
         if message.channel.permissions_for(message.guild.me).embed_links:
-            embed = emotion_embed(prediction, title=title, jump_url=target.jump_url)
+            embed = emotion_embed(prediction, title=title, jump_url=target.jump_url, model_note=self.bot.model_note())
             await self.reply(message, embed=embed, view=not_quite_view())
         else:
-            await self.reply(message, content=emotion_text(prediction), view=not_quite_view())
+            await self.reply(message, content=emotion_text(prediction, self.bot.model_note()), view=not_quite_view())
 
     async def reply(self, message: discord.Message, **kwargs) -> None:
         try:

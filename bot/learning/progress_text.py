@@ -1,7 +1,9 @@
 """The retrain's progress message in Discord: one message, edited in place while a retrain runs (bot/cogs/admin.py).
 
 Epoch, step and ETA while training, the dev scores by epoch, and the outcome with both models' scores, all from
-the run's `RetrainStatus`, whose `detail` never holds a host path or a child's output.
+the run's `RetrainStatus`, whose `detail` never holds a host path or a child's output. The first training's one-line
+progress (`first_training_line`: the log, the bot's status), what members are told meanwhile
+(`still_learning`) and the note on readings from a starter (`starter_note`) are made here too.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ def format_status(status: RetrainStatus) -> str:
     if status.phase == "starting":
         lines.append("Starting `moodring train`…")
     elif status.phase == "training":
-        eta = f", about {_duration(status.eta_s)} left" if status.eta_s is not None else ""
+        eta = f", about {duration(status.eta_s)} left" if status.eta_s is not None else ""
         lines.append(
             f"Epoch {status.epoch}/{status.epochs} · step {status.step}/{status.total_steps} ({status.percent}%){eta}"
         )
@@ -48,7 +50,7 @@ def format_status(status: RetrainStatus) -> str:
     elif status.outcome == "cancelled":
         lines.append(f"⏹️ Retraining cancelled ({status.detail}); the current model keeps serving.")
     if status.finished:  # while running, the message changes only when progress does
-        lines.append(f"Took {_duration(elapsed)}.")
+        lines.append(f"Took {duration(elapsed)}.")
     return "\n".join(lines)
 
 
@@ -63,7 +65,45 @@ def _community_line(status: RetrainStatus) -> list[str]:
     ]
 
 
-def _duration(seconds: float | None) -> str:
+STAGE_NAMES = {"starter": "starter model", "full": "full model"}
+
+
+def first_training_line(status: RetrainStatus) -> str:
+    """The first training's progress in one line, e.g. "Learning: full model, epoch 1/2, step 300/2714 (11%), about
+    25m 10s left"."""
+    stage = STAGE_NAMES.get(status.stage, "first model")
+    if status.phase == "starting":
+        return f"Learning: starting the {stage}"
+    if status.phase == "evaluating":
+        return f"Learning: {stage} trained, scoring it on dev"
+    if status.phase != "training":
+        return f"Learning: {stage} {status.phase}"
+    eta = f", about {duration(status.eta_s)} left" if status.eta_s is not None else ""
+    epochs = f"epoch {status.epoch}/{status.epochs}, " if status.epochs > 1 else ""
+    return f"Learning: {stage}, {epochs}step {status.step}/{status.total_steps} ({status.percent}%){eta}"
+
+
+def still_learning(status: RetrainStatus) -> str:
+    """What a member is told while no model serves yet and the first training runs, with its ETA when known."""
+    stage = STAGE_NAMES.get(status.stage, "first model")
+    if status.phase == "training" and status.eta_s is not None:
+        return (
+            f"I'm still learning ({status.percent}% of my {stage} done, about {duration(status.eta_s)} left). "
+            "Please try again then."
+        )
+    if status.phase == "training":
+        return f"I'm still learning ({status.percent}% of my {stage} done). Please try again in a few minutes."
+    return f"I'm still learning (my {stage} is starting: 0% done). Please try again in a few minutes."
+
+
+def starter_note(status: RetrainStatus | None) -> str:
+    """The note on a reading from a starter model: which model answered, and how far the full one is."""
+    if status is None or status.finished or status.stage != "full":
+        return "starter model"
+    return f"starter model; the full one is {status.percent}% trained"
+
+
+def duration(seconds: float | None) -> str:
     seconds = int(seconds or 0)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)

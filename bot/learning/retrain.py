@@ -19,6 +19,13 @@ group, SIGKILL after a grace period), and a child whose bot dies without warning
 (bot/learning/training_child.py). Once the swap has begun it is finished, so that memory and disk agree; file
 work runs off the event loop. What is posted to Discord is a short reason (the message itself:
 bot/learning/progress_text.py); the rest goes to the log.
+
+The first training (`start(first=True)`, when no model serves or only a starter does) has two stages in one run:
+a starter model (`moodring train --starter`, minutes), served as soon as it exists through the same gate and swap,
+then the full recipe behind it, which replaces it through the gate like any retrain (a starter is not a model to
+beat: the gate compares with the serving model only when it is a full one). It runs in one directory,
+`FIRST_RUN_DIR`, whose checkpoint and resume state are kept when it is interrupted, so that the next start goes on
+from the last finished epoch (`moodring train` resumes by itself in the same work directory).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from bot.inference import InferenceService
 from bot.learning.community_data import ExportSummary
 from bot.learning.training_child import TrainingChild, child_threads, failure_reason, finish_despite_cancel
 from bot.store import StoreError
-from model.metadata import METADATA_FILE
+from model.metadata import METADATA_FILE, ModelMetadata
 from model.storage import replace_directory
 from model.training_contract import (
     ProgressReader,
@@ -50,6 +57,7 @@ from model.training_contract import (
     progress_path,
     read_dev_scores,
     report_path,
+    resume_dir,
     reusable_dev_f1,
 )
 
@@ -81,6 +89,10 @@ LOCK_UNAVAILABLE = (
 #: A run's export of the corrections (inside its run directory), and the lock its retrain holds while it exists.
 EXPORT_DIR = "corrections"
 EXPORT_LOCK = "corrections.lock"
+#: The first training's run directory under the work root: one name, so that a restart finds it and resumes it.
+FIRST_RUN_DIR = "first-training"
+#: The starter's own options, after the operator's: no ONNX files (a minute more; the full model brings them).
+STARTER_ARGS = ("--starter", "--no-onnx")
 
 
 def lock_export(run_dir: Path) -> int:
@@ -119,9 +131,12 @@ class RetrainFailed(RuntimeError):
 
 @dataclass
 class RetrainStatus:
-    """What a progress message shows; `phase` is starting, training, evaluating, or a final phase."""
+    """What a progress message shows; `phase` is starting, training, evaluating, or a final phase. A first training
+    has a `stage`: "starter", then "full" (the full recipe, trained while the starter serves)."""
 
     phase: str = "starting"
+    first: bool = False
+    stage: str = ""
     epoch: int = 0
     epochs: int = 0
     step: int = 0
@@ -147,6 +162,12 @@ class RetrainStatus:
     @property
     def finished(self) -> bool:
         return self.outcome is not None
+
+    def next_stage(self, stage: str) -> None:
+        """A first training moves on to `stage`: its progress starts again."""
+        self.stage, self.phase = stage, "starting"
+        self.epoch = self.epochs = self.step = self.total_steps = 0
+        self.eta_s, self.dev_f1, self.community_f1 = None, [], []
 
     def follow(self, progress: TrainingProgress) -> None:
         """Show the training child's progress so far; a run still starting is training once a step is reported."""
@@ -204,6 +225,7 @@ class Retrainer:
         self._task: asyncio.Task | None = None
         self._child = TrainingChild()
         self._cancel_reason: str | None = None
+        self._progress = ProgressReader(Path(os.devnull))  # the running stage's progress file
 
     async def remove_orphaned_exports(self) -> None:
         """At start-up: delete the corrections text that killed retrains left in the work directory (one line each)."""
@@ -219,9 +241,10 @@ class Retrainer:
         """The pid of the child process running now (training or evaluating), if any."""
         return self._child.pid
 
-    async def start(self, on_progress: ProgressCallback | None = None) -> bool:
+    async def start(self, on_progress: ProgressCallback | None = None, *, first: bool = False) -> bool:
         """Start a retrain unless one is running here or (with a `cluster_lock`) in another process, or the lock
-        can't be checked: then False, with `refusal` set to what to tell the owner."""
+        can't be checked: then False, with `refusal` set to what to tell the owner. `first`: the first training (see
+        the module docstring)."""
         if self.running:
             self.refusal = RUNNING_HERE
             return False
@@ -237,7 +260,7 @@ class Retrainer:
                 await lock.aclose()
                 self.refusal = RUNNING_HERE if self.running else RUNNING_ELSEWHERE
                 return False
-        self.status = RetrainStatus()
+        self.status = RetrainStatus(first=first)
         self._cancel_reason = None
         self._task = asyncio.create_task(self._run(self.status, on_progress, lock), name="moodring-retrain")
         return True
@@ -266,23 +289,30 @@ class Retrainer:
         # Unique, not only to the second: two runs started at once (two clusters on one work directory, or a retrain
         # right after one that failed at once) must not write into each other's directory.
         run_dir = self.work_root / f"retrain-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(4)}"
+        if status.first:
+            run_dir = self.work_root / FIRST_RUN_DIR
         candidate = run_dir / "model"
-        progress = ProgressReader(progress_path(self._work_dir(run_dir)))
+        self._progress = ProgressReader(progress_path(self._work_dir(run_dir)))
         finished = asyncio.Event()
-        reporter = asyncio.create_task(self._report(status, progress, on_progress, finished))
+        reporter = asyncio.create_task(self._report(status, on_progress, finished))
         export_lock: int | None = None
         try:
             await self.inference.reserve_cores(child_threads())
-            await asyncio.to_thread(run_dir.mkdir, parents=True)
+            await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=status.first)
             export_lock = await asyncio.to_thread(lock_export, run_dir)
+            if status.first and not self.inference.ready:
+                await self._serve_starter(status, run_dir)
+            if status.first:
+                status.next_stage("full")
+                self._progress = ProgressReader(progress_path(self._work_dir(run_dir)))
             extra = await self._export(run_dir / EXPORT_DIR, status)
             await self._train(candidate, run_dir, extra)
-            status.follow(await asyncio.to_thread(progress.read))
+            status.follow(await asyncio.to_thread(self._progress.read))
             status.phase = "evaluating"  # the reporter task shows it
             status.candidate_f1, status.candidate_community_f1 = await self._dev_scores(
                 candidate, run_dir / "eval-candidate.log", extra
             )
-            if self.inference.ready and await asyncio.to_thread((self.model_dir / METADATA_FILE).is_file):
+            if self._serving_full_model and await asyncio.to_thread((self.model_dir / METADATA_FILE).is_file):
                 status.current_f1, status.current_community_f1 = await self._dev_scores(
                     self.model_dir, run_dir / "eval-current.log", extra
                 )
@@ -317,6 +347,13 @@ class Retrainer:
         return status
 
     @property
+    def _serving_full_model(self) -> bool:
+        """A model serves, and not a starter (which is only a stand-in until the full model is trained: the gate
+        serves whatever the full recipe trains instead of it, as when no model serves)."""
+        classifier = self.inference.classifier
+        return classifier is not None and not classifier.metadata.is_starter
+
+    @property
     def _stop_reason(self) -> str:
         return self._cancel_reason or "the bot is shutting down"
 
@@ -339,9 +376,12 @@ class Retrainer:
         await reporter
         status.phase = status.outcome or "cancelled"
         # Keep the logs for whoever investigates; the checkpoint and the candidate are large, and the corrections'
-        # text is kept in the database only.
-        for heavy in (candidate, checkpoint_dir(self._work_dir(run_dir)), run_dir / EXPORT_DIR):
-            await asyncio.to_thread(shutil.rmtree, heavy, ignore_errors=True)
+        # text is kept in the database only. An unfinished first training keeps what the next start resumes from.
+        heavy = [candidate, run_dir / "starter", run_dir / EXPORT_DIR]
+        if not status.first or status.outcome in ("swapped", "kept"):
+            heavy += [checkpoint_dir(self._work_dir(run_dir)), resume_dir(self._work_dir(run_dir))]
+        for directory in heavy:
+            await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
         if export_lock is not None:  # only once the export is gone
             os.close(export_lock)
         await self.inference.reserve_cores(0)
@@ -368,8 +408,32 @@ class Retrainer:
         )
         return directory
 
-    async def _train(self, candidate: Path, run_dir: Path, extra: Path | None = None) -> None:
-        work_dir = self._work_dir(run_dir)
+    async def _serve_starter(self, status: RetrainStatus, run_dir: Path) -> None:
+        """A first training's first stage: train a starter model and serve it through the gate (which passes any
+        model while none serves), judged by the dev figure it measured itself."""
+        status.next_stage("starter")
+        starter, work_dir = run_dir / "starter", run_dir / "starter-work"
+        self._progress = ProgressReader(progress_path(work_dir))
+        await self._train(starter, run_dir, work_dir=work_dir, log_name="starter.log", options=STARTER_ARGS)
+        metadata = await asyncio.to_thread(ModelMetadata.load, starter)
+        starter_f1 = float(metadata.dev_metrics["macro_f1"])
+        if should_swap(starter_f1, None, self.tolerance, min_community_rows=self.community_min_rows):
+            await finish_despite_cancel(self._swap_in(starter))
+            log.info("serving the starter model (dev-sample macro-F1 %.3f) while the full one trains", starter_f1)
+
+    async def _train(
+        self,
+        candidate: Path,
+        run_dir: Path,
+        extra: Path | None = None,
+        *,
+        work_dir: Path | None = None,
+        log_name: str = "train.log",
+        options: tuple[str, ...] = (),
+    ) -> None:
+        """`moodring train` into `candidate`, with its progress and checkpoints in `work_dir` (by default the run's)
+        and its output in `log_name` in the run directory; `options` come after the operator's."""
+        work_dir = work_dir or self._work_dir(run_dir)
         args = ["train", "--out", str(candidate), "--work-dir", str(work_dir)]
         if self.backbone is not None:
             args += ["--backbone", self.backbone]
@@ -377,8 +441,8 @@ class Retrainer:
             args += ["--data-dir", self.data_dir]
         if extra is not None:
             args += ["--extra-data", str(extra)]
-        log_path = run_dir / "train.log"
-        code = await self._child.run([*args, *self.extra_args], log_path)
+        log_path = run_dir / log_name
+        code = await self._child.run([*args, *self.extra_args, *options], log_path)
         if code != 0:
             raise RetrainFailed(await failure_reason("training", code, log_path))
         if not await asyncio.to_thread((candidate / METADATA_FILE).is_file):
@@ -422,16 +486,13 @@ class Retrainer:
             await self.after_swap(checksums)
 
     async def _report(
-        self,
-        status: RetrainStatus,
-        progress: ProgressReader,
-        on_progress: ProgressCallback | None,
-        finished: asyncio.Event,
+        self, status: RetrainStatus, on_progress: ProgressCallback | None, finished: asyncio.Event
     ) -> None:
-        """Show progress every `progress_interval` until `finished`; never interrupted mid-message."""
+        """Show progress every `progress_interval` until `finished`; never interrupted mid-message. The progress
+        file read is the current stage's (`_progress`)."""
         while not finished.is_set():
             if status.phase in ("starting", "training"):
-                status.follow(await asyncio.to_thread(progress.read))
+                status.follow(await asyncio.to_thread(self._progress.read))
             await self._notify(status, on_progress)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(finished.wait(), self.progress_interval)
@@ -456,7 +517,8 @@ def should_swap(
     current_community: float | None = None,
     community_rows: int = 0,
 ) -> bool:
-    """The retrain gate. Serve the candidate when there is no current model; otherwise only if both hold:
+    """The retrain gate. Serve the candidate when there is no current model (`current_f1` None: none serves, or only
+    a starter model); otherwise only if both hold:
 
     - GoEmotions dev macro-F1 >= the current model's minus `tolerance` (it has not forgotten GoEmotions);
     - with at least `min_community_rows` community-dev rows, community-dev micro-F1 >= the current model's

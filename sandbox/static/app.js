@@ -127,6 +127,9 @@ function drawSidebar() {
   const status = $("#bot-status");
   status.className = state.bot.online ? "online" : "offline";
   status.textContent = `${state.bot.name} ${state.bot.online ? "online" : "offline"} · ${state.commands.length} commands`;
+  const activity = $("#bot-activity");  // the bot's status (its presence), e.g. how far its first training is
+  activity.textContent = state.bot.online ? state.bot.status : "";
+  activity.hidden = !activity.textContent;
   const channels = $("#channels");
   channels.replaceChildren(...state.channels.map((channel) => el("li", {},
     el("button", {
