@@ -25,7 +25,7 @@ def privacy_sections(retention_days: int) -> list[tuple[str, str]]:
             "retrain the model. No user id: two hashes keyed with a secret kept outside the database stop a member "
             "correcting a message twice and count members (an emotion trains only when two chose it; members and "
             "servers are capped); both are deleted after the retention period, when the correction stops training. "
-            "A retrain's copy is deleted when it ends (or at the next start, if it was killed). This is the only "
+            "A retrain's copy is deleted when the retrain ends (or at the next start, if killed). This is the only "
             "place message text is kept; it is off by default (`/moodring corrections`).",
         ),
         (

@@ -17,7 +17,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-LONG_TRAINING = "--epochs 50 --patience 50 --train-limit 256 --dev-limit 32 --max-length 16"
+LONG_TRAINING = "--epochs 1000 --patience 1000 --train-limit 256 --dev-limit 32 --max-length 16"
 
 
 async def retrainer_parent(root: Path, backbone: str, data_dir: str) -> None:

@@ -16,7 +16,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from bot_fixtures import BotFactory, wait_until
+from bot_fixtures import BotFactory, confirm_retrain, wait_until
 from process_guard import process_alive, wait_until_gone
 
 from model import EmotionClassifier, ModelMetadata
@@ -89,7 +89,7 @@ async def test_bot_shutdown_stops_its_training_child(
         train_on_start=True,
         backbone=str(tiny_backbone_dir),
         data_dir=str(goemotions_dir),
-        retrain_args="--epochs 50 --patience 50 --train-limit 256 --dev-limit 32 --max-length 16",
+        retrain_args="--epochs 1000 --patience 1000 --train-limit 256 --dev-limit 32 --max-length 16",
     ) as bot:
         await wait_until(lambda: bot.retrainer.child_pid is not None, timeout=30, what="the training child")
         child = bot.retrainer.child_pid
@@ -111,11 +111,11 @@ async def test_retrain_cancel_from_discord_stops_the_child_and_says_which_model_
         model_dir=Path(shutil.copytree(tiny_model_dir, tmp_path / "serving")),
         backbone=str(tiny_backbone_dir),
         data_dir=str(goemotions_dir),
-        retrain_args="--epochs 50 --patience 50 --train-limit 256 --dev-limit 32 --max-length 16",
+        retrain_args="--epochs 1000 --patience 1000 --train-limit 256 --dev-limit 32 --max-length 16",
     ) as bot:
         serving = bot.inference.classifier
         started = await discord_standin.dispatch_slash_command("moodring retrain", user=discord_standin.owner_id)
-        await discord_standin.wait_for_interaction_response(started)
+        await confirm_retrain(discord_standin, started)
         await wait_until(lambda: bot.retrainer.child_pid is not None, timeout=30, what="the training child")
         child = bot.retrainer.child_pid
         cancel = await discord_standin.dispatch_slash_command("moodring retrain-cancel", user=discord_standin.owner_id)

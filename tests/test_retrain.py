@@ -27,7 +27,7 @@ from model.training_contract import ProgressReader, reusable_dev_f1
 MIN_ROWS = BOT_DEFAULTS.community_dev_min_rows
 TINY_ARGS = "--epochs 1 --train-limit 64 --dev-limit 64 --max-length 16 --batch-size 16 --learning-rate 1e-3"
 #: Training that runs until it is stopped (for tests that need a running child, not a result).
-LONG_ARGS = "--epochs 50 --patience 50 --train-limit 256 --dev-limit 32 --max-length 16"
+LONG_ARGS = "--epochs 1000 --patience 1000 --train-limit 256 --dev-limit 32 --max-length 16"
 
 
 def test_swap_rule() -> None:
@@ -156,7 +156,7 @@ async def test_cancel_stops_the_child_and_keeps_the_model(
         tmp_path,
         tiny_backbone_dir,
         goemotions_dir,
-        extra_args="--epochs 50 --patience 50 --train-limit 256 --dev-limit 32 --max-length 16",
+        extra_args="--epochs 1000 --patience 1000 --train-limit 256 --dev-limit 32 --max-length 16",
     )
     seen_training = asyncio.Event()
 

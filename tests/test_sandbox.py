@@ -384,7 +384,7 @@ async def test_sigterm_to_moodring_run_stops_its_training_child(
         MOODRING_BACKBONE=str(tiny_backbone_dir),
         GOEMOTIONS_DIR=str(goemotions_dir),
         # Trains until stopped: the child must still be running when the bot is told to stop.
-        MOODRING_RETRAIN_ARGS="--epochs 50 --patience 50 --train-limit 256 --dev-limit 32 --max-length 16",
+        MOODRING_RETRAIN_ARGS="--epochs 1000 --patience 1000 --train-limit 256 --dev-limit 32 --max-length 16",
     )
     async with child("run", env=env, cwd=tmp_path) as bot:
         await standin.wait_until_identified(1, timeout=60)
