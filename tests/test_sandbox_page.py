@@ -15,7 +15,8 @@ import discord
 import pytest
 from aiohttp import web
 from bot_fixtures import BotFactory
-from playwright.async_api import Page, async_playwright, expect
+from playwright.async_api import Error as PlaywrightError
+from playwright.async_api import Locator, Page, async_playwright, expect
 from test_bot_emotions import reacting_text
 
 from bot.learning.corrections import PICK_CLOSEST_ID, PICK_OTHERS_ID
@@ -53,6 +54,18 @@ async def run_command(page: Page, name: str, *, typed: bool = False, **options: 
 async def scroll_to_top(page: Page) -> None:
     """Scroll the message list up, as a member reading back does (and check that it did)."""
     assert await page.locator("#messages").evaluate("box => { box.scrollTop = 0; return box.scrollTop; }") == 0
+
+
+async def scroll_into_view(locator: Locator, attempts: int = 5) -> None:
+    """Scroll a message into view for its snapshot. The page redraws its messages on every change the bot makes, so
+    the element found may be replaced while Playwright waits for it to be stable; then scroll to its successor."""
+    for attempt in range(attempts):
+        try:
+            await locator.scroll_into_view_if_needed()
+            return
+        except PlaywrightError as error:
+            if "not attached to the DOM" not in str(error) or attempt == attempts - 1:
+                raise
 
 
 def seed_old_messages(standin: DiscordStandIn, author: int, count: int) -> None:
@@ -156,7 +169,7 @@ async def test_a_newcomer_tries_the_bot_in_a_browser(
             await expect(chart).to_be_visible()
             await chart.evaluate("img => img.decode()")  # rejects if the image does not load
             assert await chart.evaluate("img => img.naturalWidth") > 0
-            await chart.scroll_into_view_if_needed()
+            await scroll_into_view(chart)
             await snapshot("mood")
 
             # 8. The admin turns corrections on; the member corrects the /emotion reading with "Not quite?", picking
@@ -181,7 +194,7 @@ async def test_a_newcomer_tries_the_bot_in_a_browser(
             await others.select_option(other_labels[:4])  # more than the list's max_values (3): refused
             await expect(page.locator("#notice")).to_contain_text("up to 3")
             await expect(others).to_have_values(other_labels[:1])
-            await picker.scroll_into_view_if_needed()
+            await scroll_into_view(picker)
             await snapshot("correction")
             await picker.locator('button[data-custom-id="moodring:correction:send"]').click()
             thanks = page.locator(".message.ephemeral", has_text="Thank you! I'll learn from your correction")
@@ -208,7 +221,7 @@ async def test_a_newcomer_tries_the_bot_in_a_browser(
             refused = page.locator(".message.ephemeral", has_text="This member has opted out")
             await expect(refused.locator(".used")).to_have_text(f"{cast_names[0]} used Analyze emotions")
             await expect(refused.locator(".embed")).to_have_count(0)
-            await refused.scroll_into_view_if_needed()
+            await scroll_into_view(refused)
             await snapshot("opted-out")
 
             # 11. The bot's status shows under its name in the sidebar, as Discord shows a bot's presence (gateway
