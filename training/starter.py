@@ -29,13 +29,7 @@ from training.config import TrainArgs
 from training.data import PadCollator, encode, load_goemotions, resolve_data_dir
 from training.export import DevSet, export_model, git_commit, trained_metadata
 from training.losses import make_loss
-from training.metrics import (
-    THRESHOLD_RULES,
-    classification_report,
-    cross_fit_macro_f1,
-    tune_global_threshold,
-    tune_thresholds,
-)
+from training.metrics import dev_figures
 
 log = logging.getLogger(__name__)
 
@@ -167,31 +161,27 @@ def train_starter(args: TrainArgs) -> Path:
         network.classifier.bias.copy_(bias)
         scores = torch.sigmoid(dev_features @ weight.T + bias).numpy()
     truth = dev_targets.numpy().astype(bool)
-    thresholds = tune_thresholds(truth, scores)
-    report = classification_report(truth, scores >= thresholds, data.labels)
+    thresholds, global_threshold, figures = dev_figures(truth, scores, data.labels)
     dev_metrics = {
-        "rows": len(dev_split),
+        **figures,
         # Thresholds tuned and figures measured on a seeded sample of dev, not all of it.
         "dev_sample": {"rows": len(dev_split), "of": dev_total, "seed": args.seed},
         "train_rows": len(train_split),
-        "macro_f1": report["macro_f1"],
-        "micro_f1": report["micro_f1"],
-        "cross_fit_macro_f1": {rule: cross_fit_macro_f1(truth, scores, rule) for rule in THRESHOLD_RULES},
         "best_epoch": None,
         "history": [],
     }
     log.info(
         "starter: dev-sample macro-F1 %.4f (%.4f cross-fit), micro-F1 %.4f",
-        report["macro_f1"],
-        dev_metrics["cross_fit_macro_f1"]["per_label"],
-        report["micro_f1"],
+        figures["macro_f1"],
+        figures["cross_fit_macro_f1"]["per_label"],
+        figures["micro_f1"],
     )
     metadata = trained_metadata(
         args,
         data,
         backbone,
         thresholds=thresholds,
-        global_threshold=tune_global_threshold(truth, scores),
+        global_threshold=global_threshold,
         dev_metrics=dev_metrics,
         truth=truth,
         scores=scores,
@@ -199,7 +189,7 @@ def train_starter(args: TrainArgs) -> Path:
         commit=commit,
     )
     export_model(network, tokenizer, metadata, out, onnx=args.onnx, dev=DevSet(list(dev_split["text"]), truth))
-    progress.done(out, report["macro_f1"])
+    progress.done(out, figures["macro_f1"])
     log.info("exported the starter model %s in %.0f s", out, elapsed_since(started))
     return out
 

@@ -50,13 +50,7 @@ from training.data import (
     resolve_data_dir,
 )
 from training.export import MACHINE_PATHS, DevSet, export_model, git_commit, trained_metadata
-from training.metrics import (
-    THRESHOLD_RULES,
-    classification_report,
-    cross_fit_macro_f1,
-    tune_global_threshold,
-    tune_thresholds,
-)
+from training.metrics import dev_figures
 from training.module import TezEmotionModel
 
 log = logging.getLogger(__name__)
@@ -232,24 +226,14 @@ def train(args: TrainArgs) -> Path:
     # The weights and the dev predictions they make come from one checkpoint, so the thresholds match the weights.
     network = SqueezeBertForEmotions.from_pretrained(best_dir)
     scores, truth, best_epoch = read_checkpoint(best_dir)
-    thresholds = tune_thresholds(truth, scores)
-    global_threshold = tune_global_threshold(truth, scores)
-    report = classification_report(truth, scores >= thresholds, data.labels)
-    dev_metrics = {
-        "rows": len(dev_split),
-        "macro_f1": report["macro_f1"],
-        "micro_f1": report["micro_f1"],
-        # The honest estimate: each dev row decided by thresholds tuned on the other four fifths of dev.
-        "cross_fit_macro_f1": {rule: cross_fit_macro_f1(truth, scores, rule) for rule in THRESHOLD_RULES},
-        "best_epoch": best_epoch,
-        "history": dev_evaluation.history,
-    }
+    thresholds, global_threshold, figures = dev_figures(truth, scores, data.labels)
+    dev_metrics = {**figures, "best_epoch": best_epoch, "history": dev_evaluation.history}
     log.info(
         "best epoch %d: dev macro-F1 %.4f (%.4f cross-fit), micro-F1 %.4f",
         best_epoch,
-        report["macro_f1"],
-        dev_metrics["cross_fit_macro_f1"]["per_label"],
-        report["micro_f1"],
+        figures["macro_f1"],
+        figures["cross_fit_macro_f1"]["per_label"],
+        figures["micro_f1"],
     )
     metadata = trained_metadata(
         args,
@@ -266,7 +250,7 @@ def train(args: TrainArgs) -> Path:
     export_model(network, tokenizer, metadata, out, onnx=args.onnx, dev=DevSet(list(dev_split["text"]), truth))
     if not interrupted:
         shutil.rmtree(resume_dir(work_dir), ignore_errors=True)  # complete: nothing left to resume
-    progress.done(out, report["macro_f1"])
+    progress.done(out, figures["macro_f1"])
     log.info("exported %s", out)
     processes.wait_for_everyone()
     return out
