@@ -244,3 +244,21 @@ def store_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "bot.db")
     return request.getfixturevalue("postgres_url")
+
+
+async def raw_rows(database: str, sql: str) -> list[tuple]:
+    """The rows `sql` reads from either engine's database (a SQLite path or a PostgreSQL URL), past the store."""
+    import sqlite3
+
+    import asyncpg
+
+    from bot.store import is_postgres_url
+
+    if not is_postgres_url(database):
+        with sqlite3.connect(database) as con:
+            return [tuple(row) for row in con.execute(sql)]
+    connection = await asyncpg.connect(database)
+    try:
+        return [tuple(row) for row in await connection.fetch(sql)]
+    finally:
+        await connection.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from postgres_fixtures import raw_rows as rows
 
 from bot.config import BotConfig, ConfigError
 from bot.store import Correction, PermanentStoreError, is_postgres_url, open_store
@@ -34,17 +35,6 @@ def correction(guild: int = 1) -> Correction:
 
 def keyed(key: bytes, guild: int, message_key: str, member: int) -> str:
     return hmac.new(key, f"{guild}:{message_key}:{member}".encode(), hashlib.sha256).hexdigest()
-
-
-async def rows(database: str, sql: str) -> list[tuple]:
-    if not is_postgres_url(database):
-        with sqlite3.connect(database) as con:
-            return [tuple(row) for row in con.execute(sql)]
-    connection = await asyncpg.connect(database)
-    try:
-        return [tuple(row) for row in await connection.fetch(sql)]
-    finally:
-        await connection.close()
 
 
 async def test_a_member_hash_is_an_hmac_with_the_deployment_key(store_database: str) -> None:

@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import asyncpg
 import pytest
+from postgres_fixtures import raw_rows as rows
 
 from bot.store import PermanentStoreError, is_postgres_url, open_store
 from bot.store.transfer import copy_sqlite_to_postgres
@@ -34,17 +34,6 @@ def opt_out_hash(key: bytes, member: int) -> str:
 def shared(database: str) -> dict[str, object]:
     """Options to open a second store on the same database (SQLite's one-bot lock is for bots, not tests)."""
     return {} if is_postgres_url(database) else {"exclusive": False}
-
-
-async def rows(database: str, sql: str) -> list[tuple]:
-    if not is_postgres_url(database):
-        with sqlite3.connect(database) as con:
-            return [tuple(row) for row in con.execute(sql)]
-    connection = await asyncpg.connect(database)
-    try:
-        return [tuple(row) for row in await connection.fetch(sql)]
-    finally:
-        await connection.close()
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> float:
