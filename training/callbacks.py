@@ -5,6 +5,7 @@ and its full checkpoints pickle a config that `torch.load` refuses by default. `
 replaces all three: it scores the whole dev split, saves the best weights as safetensors and stops
 on a patience. `ProgressLog` writes machine-readable progress for the bot's retrain command. `ResumePoint` keeps
 what an interrupted training needs to go on from its last finished epoch, and puts it back when it does.
+`WeightAverage` keeps an exponential moving average of the weights, which `DevEvaluation` then scores and saves.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,49 @@ def read_checkpoint(checkpoint_dir: Path) -> tuple[np.ndarray, np.ndarray, int]:
         return saved["scores"], saved["truth"], int(saved["epoch"])
 
 
+class WeightAverage(Callback):
+    """An exponential moving average of the network's trained parameters, updated after every optimiser step.
+
+    The decay warms up as `min(decay, (1 + n) / (10 + n))` after `n` updates, so the average soon forgets the
+    randomly initialised head instead of carrying `decay ** steps` of it to the end. The training itself never sees
+    the average: it only reads the weights, so with the same seed the trained weights are those of a training
+    without it. `applied()` puts the average in the network for a block (to score dev, to save a checkpoint).
+    """
+
+    def __init__(self, network: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.parameters = [p for p in network.parameters() if p.requires_grad]
+        self.average = [p.detach().clone() for p in self.parameters]
+        self.updates = 0
+
+    @torch.no_grad()
+    def on_train_step_end(self, tez_trainer, **kwargs) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.average, [p.detach() for p in self.parameters], 1.0 - decay)
+
+    @contextmanager
+    def applied(self) -> Iterator[None]:
+        """The average in the network's parameters for the block; the trained weights back afterwards, whatever
+        the block raised."""
+        trained = [p.detach().clone() for p in self.parameters]
+        with torch.no_grad():
+            torch._foreach_copy_([p.detach() for p in self.parameters], self.average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([p.detach() for p in self.parameters], trained)
+
+    def state(self) -> dict:
+        return {"average": [a.clone() for a in self.average], "updates": self.updates}
+
+    def restore(self, state: dict) -> None:
+        with torch.no_grad():
+            torch._foreach_copy_(self.average, state["average"])
+        self.updates = int(state["updates"])
+
+
 class DevEvaluation(Callback):
     """After each epoch: score the whole dev split, keep the best weights, stop after `patience` misses.
 
@@ -93,7 +138,8 @@ class DevEvaluation(Callback):
     staging directory and renamed into place, so that an interrupt (Ctrl-C) during a save leaves the
     previous checkpoint whole, with its own predictions. `best_score` changes only once the new one is in place.
     With a `community_loader` (the corrections' dev split) each epoch also reports "community dev"; the best
-    epoch is still chosen on GoEmotions dev.
+    epoch is still chosen on GoEmotions dev. With a `weight_average`, the average is what is scored, chosen and
+    saved; the trained weights' own dev figures are kept beside it in the history (`trained_weights`), for the record.
     """
 
     def __init__(
@@ -104,8 +150,10 @@ class DevEvaluation(Callback):
         min_delta: float = 0.0,
         on_evaluated: Callable[[int, dict], None] | None = None,
         community_loader: DataLoader | None = None,
+        weight_average: WeightAverage | None = None,
     ) -> None:
         self.dev_loader = dev_loader
+        self.weight_average = weight_average
         self.community_loader = community_loader
         self.checkpoint_dir = Path(checkpoint_dir)
         self.patience = patience
@@ -142,6 +190,16 @@ class DevEvaluation(Callback):
     def _evaluate(self, tez_trainer) -> bool:
         """Score dev, keep the best checkpoint; True when patience has run out."""
         network = tez_trainer._driver.unwrap_model(tez_trainer.model).network
+        if self.weight_average is None:
+            return self._evaluate_weights(tez_trainer, network, {})
+        # A pass over a DataLoader draws its seed from torch's random state: the extra pass leaves that state as it
+        # was, so the dropout of the epochs that follow, and the trained weights, are those of a plain training.
+        with torch.random.fork_rng(devices=[]):
+            trained = dev_summary(*predict_scores(network, self.dev_loader))
+        with self.weight_average.applied():
+            return self._evaluate_weights(tez_trainer, network, {"trained_weights": trained})
+
+    def _evaluate_weights(self, tez_trainer, network: torch.nn.Module, extra: dict) -> bool:
         scores, truth = predict_scores(network, self.dev_loader)
         summary = dev_summary(scores, truth)
         epoch = tez_trainer.current_epoch + 1
@@ -154,7 +212,7 @@ class DevEvaluation(Callback):
                 summary["community_dev_micro_f1"],
                 summary["community_dev_rows"],
             )
-        self.history.append({"epoch": epoch, **summary})
+        self.history.append({"epoch": epoch, **summary, **extra})
         tez_trainer.metrics["valid"].update(summary)
         score = summary["macro_f1"]
         if self.best_score is None or score > self.best_score + self.min_delta:
@@ -261,6 +319,7 @@ class ResumePoint(Callback):
         dev_evaluation: DevEvaluation,
         saved: dict | None = None,
     ) -> None:
+        """The weight average, if any, is `dev_evaluation`'s, and is saved and put back with the rest."""
         self.directory = Path(directory)
         self.recipe = recipe
         self.total_epochs = total_epochs
@@ -275,6 +334,8 @@ class ResumePoint(Callback):
         tez_trainer._driver.unwrap_model(tez_trainer.model).network.load_state_dict(saved["network"])
         tez_trainer.optimizer.load_state_dict(saved["optimizer"])
         tez_trainer.scheduler.load_state_dict(saved["scheduler"])
+        if self.dev_evaluation.weight_average is not None:
+            self.dev_evaluation.weight_average.restore(saved["weight_average"])
         torch.set_rng_state(saved["torch_rng"])
         if isinstance(self.sampler, RandomSampler):
             self.sampler.generator.set_state(saved["sampler"])
@@ -291,6 +352,7 @@ class ResumePoint(Callback):
             return
         network = tez_trainer._driver.unwrap_model(tez_trainer.model).network
         sampler = self.sampler.generator.get_state() if isinstance(self.sampler, RandomSampler) else self.sampler.epoch
+        average = self.dev_evaluation.weight_average
         state = {
             "recipe": self.recipe,
             "epoch": tez_trainer.current_epoch + 1,
@@ -301,6 +363,7 @@ class ResumePoint(Callback):
             "torch_rng": torch.get_rng_state(),
             "sampler": sampler,
             "dev_evaluation": self.dev_evaluation.state(),
+            "weight_average": None if average is None else average.state(),
         }
         write_whole_directory(self.directory, lambda staging: torch.save(state, staging / RESUME_STATE))
         log.info("epoch %d: saved the state to resume from in %s", state["epoch"], self.directory)

@@ -40,6 +40,16 @@ class TrainArgs:
     learning_rate: float = option(8e-5, "peak AdamW learning rate", finite_number(0.0, 1.0, above_minimum=True))
     weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)", finite_number(0.0, 1.0))
     warmup_ratio: float = option(0.1, "share of steps spent warming up the learning rate", finite_number(0.0, 1.0))
+    layer_decay: float = option(
+        1.0, "layer-wise learning-rate decay: the head trains at the learning rate, each encoder layer below at this "
+        "factor of the one above, the embeddings last (1: one rate for all)",
+        finite_number(0.0, 1.0, above_minimum=True),
+    )  # fmt: skip
+    ema: float = option(
+        0.0, "decay of an exponential moving average of the weights, updated every step (for example 0.999); "
+        "when set, the average is what dev scores, the checkpoint keeps and the export holds (0: off)",
+        finite_number(0.0, 1.0, below_maximum=True),
+    )  # fmt: skip
     # [CLS] and [SEP] at least. Only 3 of GoEmotions' 43,410 training texts are longer than 64 tokens.
     max_length: int = option(64, "tokens kept per text", whole_number(2, MAX_POSITIONS))
     text_preparation: int = option(

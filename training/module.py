@@ -32,6 +32,7 @@ class TezEmotionModel(nn.Module):
         warmup_ratio: float,
         num_train_steps: int,
         loss: str = "bce",
+        layer_decay: float = 1.0,
     ) -> None:
         super().__init__()
         self.network = network
@@ -43,6 +44,7 @@ class TezEmotionModel(nn.Module):
         self.weight_decay = weight_decay
         self.warmup_ratio = warmup_ratio
         self.num_train_steps = num_train_steps
+        self.layer_decay = layer_decay
         self.loss_fn = make_loss(loss)
 
     def forward(
@@ -55,12 +57,22 @@ class TezEmotionModel(nn.Module):
         loss = self.loss_fn(logits, targets) if targets is not None else None
         return logits, loss, {}
 
+    def learning_rate_scale(self, name: str) -> float:
+        """`layer_decay ** depth_from_the_top` for a parameter: 1 for the head (and anything above the encoder),
+        `layer_decay` for the last encoder layer, down to `layer_decay ** (layers + 1)` for the embeddings."""
+        layers = self.network.config.num_hidden_layers
+        if name.startswith("transformer.embeddings."):
+            return self.layer_decay ** (layers + 1)
+        if name.startswith("transformer.encoder.layers."):
+            return self.layer_decay ** (layers - int(name.split(".")[3]))
+        return 1.0
+
     def optimizer_scheduler(self) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        named = list(self.network.named_parameters())
-        groups = [
-            {"params": [p for n, p in named if not n.endswith(NO_DECAY)], "weight_decay": self.weight_decay},
-            {"params": [p for n, p in named if n.endswith(NO_DECAY)], "weight_decay": 0.0},
-        ]
+        groups: dict[tuple[float, float], list[nn.Parameter]] = {}
+        for name, parameter in self.network.named_parameters():
+            decay = 0.0 if name.endswith(NO_DECAY) else self.weight_decay
+            groups.setdefault((self.learning_rate * self.learning_rate_scale(name), decay), []).append(parameter)
+        groups = [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
         # The fused kernel updates all parameters in one pass: 50 ms a step on 2 CPU cores instead of 180 ms.
         optimizer = torch.optim.AdamW(groups, lr=self.learning_rate, fused=True)
         scheduler = get_linear_schedule_with_warmup(

@@ -36,6 +36,7 @@ from training.callbacks import (
     EveryProcessTez,
     ProgressLog,
     ResumePoint,
+    WeightAverage,
     read_checkpoint,
     read_resume_state,
 )
@@ -172,6 +173,7 @@ def train(args: TrainArgs) -> Path:
         warmup_ratio=args.warmup_ratio,
         num_train_steps=num_train_steps,
         loss=args.loss,
+        layer_decay=args.layer_decay,
     )
     resumed_steps = num_train_steps // args.epochs * done_epochs
     progress = ProgressLog(progress_path(work_dir), args.epochs, resumed_steps=resumed_steps) if main else None
@@ -181,6 +183,7 @@ def train(args: TrainArgs) -> Path:
         patience=args.patience,
         on_evaluated=progress.dev if progress else None,
         community_loader=community_loader,
+        weight_average=WeightAverage(module.network, args.ema) if args.ema else None,
     )
     if saved is not None:
         dev_evaluation.restore(saved["dev_evaluation"])
@@ -207,6 +210,8 @@ def train(args: TrainArgs) -> Path:
     )
     # `resume` after `dev_evaluation`: the state it saves at an epoch's end holds that epoch's dev record.
     callbacks = [dev_evaluation, resume] if progress is None else [dev_evaluation, progress, resume]
+    if dev_evaluation.weight_average is not None:  # updated after each step, before anything reads the step
+        callbacks.insert(0, dev_evaluation.weight_average)
     interrupted = False
     try:
         if epochs_left:
