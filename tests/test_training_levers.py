@@ -1,8 +1,10 @@
-"""The accuracy levers of `moodring train` (issue 25): a weight average and layer-wise learning-rate decay, through the
-real Tez loop on the tiny SqueezeBERT."""
+"""The accuracy levers of `moodring train` (issue 25): a weight average, layer-wise learning-rate decay and
+self-distillation, through the real Tez loop on the tiny SqueezeBERT."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,12 @@ from test_resume import STEPS_PER_EPOCH, interrupt_at_step, tiny_args
 from transformers import SqueezeBertConfig
 
 from model import ModelMetadata
+from model.classifier import EmotionClassifier
 from model.network import SqueezeBertForEmotions
-from model.training_contract import resume_dir
+from model.training_contract import file_sha256, model_checksums, resume_dir
 from training.callbacks import WeightAverage
+from training.data import load_goemotions
+from training.distillation import TEACHER_TARGETS, blend
 from training.module import TezEmotionModel
 from training.train import train
 
@@ -110,3 +115,39 @@ def test_without_layer_decay_every_parameter_trains_at_the_learning_rate_in_two_
     optimizer, _ = module.optimizer_scheduler()
     assert [group["weight_decay"] for group in optimizer.param_groups] == [0.01, 0.0]
     assert set(learning_rates(module).values()) == {1e-3}
+
+
+def test_a_distilled_training_learns_from_its_teachers_averaged_scores_and_reuses_them(
+    tmp_path: Path,
+    tiny_backbone_dir: Path,
+    goemotions_dir: Path,
+    tiny_model_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    plain = train(tiny_args(tmp_path, tiny_backbone_dir, goemotions_dir, "plain", epochs=1))
+    args = tiny_args(tmp_path, tiny_backbone_dir, goemotions_dir, "student", epochs=1, teacher=(str(tiny_model_dir),))
+    caplog.set_level(logging.INFO, logger="training.distillation")
+    student = train(args)
+    assert "scoring 96 training texts" in caplog.text
+    work = Path(args.work_dir)
+    soft = np.load(work / TEACHER_TARGETS)
+    texts = load_goemotions(goemotions_dir, splits=("train",)).splits["train"]["text"][:96]
+    expected = EmotionClassifier.load(tiny_model_dir).predict_scores(texts)
+    assert np.allclose(soft, expected, atol=1e-6)  # one teacher: its own scores
+    record = ModelMetadata.load(student).training_args["teacher_targets"]
+    assert record["sha256"] == file_sha256(work / TEACHER_TARGETS) and record["rows"] == 96
+    assert record["teachers"] == [model_checksums(tiny_model_dir)]
+    assert "teacher" not in ModelMetadata.load(student).training_args  # no machine paths in moodring.json
+    plain_weights, student_weights = (load_file(str(d / "model.safetensors")) for d in (plain, student))
+    assert not np.array_equal(plain_weights["classifier.weight"].numpy(), student_weights["classifier.weight"].numpy())
+
+    caplog.clear()
+    train(replace(args, out=str(tmp_path / "again")))
+    assert "teacher targets: reusing" in caplog.text and "scoring" not in caplog.text
+
+
+def test_blended_targets_mix_labels_and_teacher_scores() -> None:
+    hard = np.array([[1.0, 0.0]], dtype=np.float32)
+    soft = np.array([[0.6, 0.2]], dtype=np.float32)
+    assert np.allclose(blend(hard, soft, 0.25), [[0.9, 0.05]])
+    assert np.array_equal(blend(hard, soft, 0.0), hard)

@@ -40,6 +40,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         elif spec.metadata["choices"]:
             help_text += f" (default: {spec.default})"
             train.add_argument(flag, choices=spec.metadata["choices"], default=spec.default, help=help_text)
+        elif spec.name == "teacher":
+            train.add_argument(flag, nargs="+", metavar="DIR", default=spec.default, help=help_text)
         elif spec.name == "backbone":  # the environment's choice, else TrainArgs'
             help_text += f" (default: $MOODRING_BACKBONE, else {spec.default})"
             train.add_argument(flag, default=os.environ.get("MOODRING_BACKBONE") or spec.default, help=help_text)

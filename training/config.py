@@ -93,3 +93,11 @@ class TrainArgs:
     starter_rows: int = option(8000, "train texts a starter embeds (every label's rarer examples first)", positive_int)
     starter_dev_rows: int = option(2000, "dev texts a starter tunes its thresholds on (a seeded sample)", positive_int)
     extra_weight: int = option(1, "copies of the extra train split mixed into GoEmotions' train", positive_int)
+    teacher: tuple[str, ...] = option(
+        (), "self-distillation: exported models whose averaged scores on the training texts become soft targets "
+        "(computed once into the work directory, with their sha256, and reused)",
+    )  # fmt: skip
+    teacher_weight: float = option(
+        0.5, "with --teacher: the soft targets' share of each training target (the labels' share is the rest)",
+        finite_number(0.0, 1.0),
+    )  # fmt: skip

@@ -81,8 +81,8 @@ def now_iso() -> str:
 
 
 #: TrainArgs fields that say where this machine kept things: not recorded, so `moodring.json` reads the same anywhere
-#: (data is identified by its checksums, the backbone by name).
-MACHINE_PATHS = ("data_dir", "out", "work_dir", "extra_data")
+#: (data is identified by its checksums, the backbone by name, teachers by their targets' record).
+MACHINE_PATHS = ("data_dir", "out", "work_dir", "extra_data", "teacher")
 
 
 def trained_metadata(
@@ -97,6 +97,7 @@ def trained_metadata(
     scores: np.ndarray,
     processes: int,
     commit: str | None,
+    teacher_targets: dict | None = None,
 ) -> ModelMetadata:
     """The `moodring.json` of a model `args` trained on `data`, from its dev `truth` and `scores`: the one place
     `train` and the starter build it, so that a starter carries every field a full model does."""
@@ -110,7 +111,8 @@ def trained_metadata(
         max_length=args.max_length,
         text_preparation=args.text_preparation,
         training_args={k: v for k, v in asdict(args).items() if k not in MACHINE_PATHS}
-        | {"backbone": backbone.portable_name, "processes": processes},
+        | {"backbone": backbone.portable_name, "processes": processes}
+        | ({"teacher_targets": teacher_targets} if teacher_targets else {}),
         data_checksums=data.checksums,
         dev_metrics=dev_metrics,
         versions=library_versions(),

@@ -1,6 +1,6 @@
 """Fine-tune SqueezeBERT on GoEmotions with Tez, tune thresholds on dev, export.
 
-Read top to bottom: data -> backbone -> loaders -> Tez fit (with our dev callback) -> best
+Read top to bottom: data -> backbone -> (teacher targets) -> loaders -> Tez fit (with our dev callback) -> best
 checkpoint -> dev thresholds and calibration -> export (with ONNX fp32/int8 files and int8 dev thresholds).
 The test split is never read here.
 
@@ -50,6 +50,7 @@ from training.data import (
     mix_in,
     resolve_data_dir,
 )
+from training.distillation import blend, teacher_targets
 from training.export import MACHINE_PATHS, DevSet, export_model, git_commit, trained_metadata
 from training.metrics import dev_figures
 from training.module import TezEmotionModel
@@ -136,6 +137,14 @@ def train(args: TrainArgs) -> Path:
     preparation = args.text_preparation
     train_rows = encode(train_split, tokenizer, args.max_length, num_labels, text_preparation=preparation)
     dev_rows = encode(dev_split, tokenizer, args.max_length, num_labels, text_preparation=preparation)
+    distilled = None  # self-distillation: the teachers' averaged scores, blended into the labels
+    if args.teacher:
+        soft, record = teacher_targets(args.teacher, train_split["text"], data.labels, work_dir)
+        targets = blend(np.array(train_rows["targets"], dtype=np.float32), soft, args.teacher_weight)
+        train_rows = train_rows.remove_columns("targets").add_column("targets", targets.tolist())
+        distilled = {k: v for k, v in record.items() if k != "teachers"} | {
+            "teachers": [teacher["checksums"] for teacher in record["teachers"]]
+        }
     # Dev is scored shortest first, so each batch pads little; row order changes no metric.
     by_length = np.argsort([len(ids) for ids in dev_rows["input_ids"]], kind="stable")
     dev_rows, dev_split = dev_rows.select(by_length), dev_split.select(by_length)
@@ -161,6 +170,7 @@ def train(args: TrainArgs) -> Path:
     recipe = {k: v for k, v in asdict(args).items() if k not in MACHINE_PATHS + HOW_NOT_WHAT} | {
         "processes": processes.num_processes,
         "data_checksums": data.checksums,
+        "teacher_targets": distilled and distilled["sha256"],
     }
     saved = resumable_state(work_dir, recipe) if args.resume else None
     done_epochs = saved["epoch"] if saved else 0
@@ -251,6 +261,7 @@ def train(args: TrainArgs) -> Path:
         scores=scores,
         processes=processes.num_processes,
         commit=commit,
+        teacher_targets=distilled,
     )
     export_model(network, tokenizer, metadata, out, onnx=args.onnx, dev=DevSet(list(dev_split["text"]), truth))
     if not interrupted:
