@@ -133,7 +133,7 @@ def test_a_distilled_training_learns_from_its_teachers_averaged_scores_and_reuse
     soft = np.load(work / TEACHER_TARGETS)
     texts = load_goemotions(goemotions_dir, splits=("train",)).splits["train"]["text"][:96]
     expected = EmotionClassifier.load(tiny_model_dir).predict_scores(texts)
-    assert np.allclose(soft, expected, atol=1e-6)  # one teacher: its own scores
+    assert np.allclose(soft, expected, atol=1e-3)  # one teacher: its own scores, kept as float16
     record = ModelMetadata.load(student).training_args["teacher_targets"]
     assert record["sha256"] == file_sha256(work / TEACHER_TARGETS) and record["rows"] == 96
     assert record["teachers"] == [model_checksums(tiny_model_dir)]
@@ -142,8 +142,10 @@ def test_a_distilled_training_learns_from_its_teachers_averaged_scores_and_reuse
     assert not np.array_equal(plain_weights["classifier.weight"].numpy(), student_weights["classifier.weight"].numpy())
 
     caplog.clear()
-    train(replace(args, out=str(tmp_path / "again")))
+    again = train(replace(args, out=str(tmp_path / "again")))
     assert "teacher targets: reusing" in caplog.text and "scoring" not in caplog.text
+    again_weights = load_file(str(again / "model.safetensors"))  # the very targets again: the same student
+    assert all(np.array_equal(student_weights[k].numpy(), again_weights[k].numpy()) for k in student_weights)
 
 
 def test_blended_targets_mix_labels_and_teacher_scores() -> None:
