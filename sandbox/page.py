@@ -172,7 +172,8 @@ class SandboxPage:
         return web.json_response(self.state())
 
     def state(self) -> JSON:
-        """What the page needs to draw the server: channels, members, the bot and its commands."""
+        """What the page needs to draw the server: channels, roles (for role mentions), members, the bot and its
+        commands."""
         standin, world = self.standin, self.standin.world
         guild = world.guilds[standin.guild_id]
         channels = [{"id": p.sid(cid), "name": c["name"]} for cid, c in guild.channels.items()]
@@ -202,6 +203,7 @@ class SandboxPage:
         return {
             "guild": {"id": p.sid(guild.id), "name": guild.name},
             "channels": channels,
+            "roles": [{"id": p.sid(rid), "name": r["name"]} for rid, r in guild.roles.items() if rid != guild.id],
             "members": members,
             "bot": {
                 "id": p.sid(world.bot_user_id),
