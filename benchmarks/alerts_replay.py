@@ -1,5 +1,5 @@
 """Mood alerts measured: four simulated weeks replayed through the Discord stand-in into the real bot, on its
-injectable clock; false alerts per channel-week without a spike, then a planted spike per channel.
+injectable clock; false alerts per channel-week without a spike, then planted spikes, alerted or not, and how soon.
 
     python benchmarks/alerts_replay.py --model DIR [--weeks 4] [--seed 28] [--data-dir $GOEMOTIONS_DIR] [--json OUT]
 
@@ -8,19 +8,23 @@ What runs. The real `MoodringBot` (built from `BotConfig` with its defaults, a f
 simulation's: each message is analysed and counted at its simulated time. `/moodring alerts` is run through the
 stand-in by the server's owner (moderators' channel #mods, the default emotions and sensitivity). Three channels of
 different sizes get GoEmotions dev texts (drawn at random, with replacement) at a Poisson rate that swings with the
-hour of day (quiet at night, busiest in the evening) and the day of the week (weekends 1.4 times busier, Mondays
+hour of day (quiet at night, busiest in the afternoon) and the day of the week (weekends 1.4 times busier, Mondays
 0.8), with no planted spike: every alert in those weeks is a false alert. Time moves in slices of 5 minutes (1
-minute in the spike hours): the slice's messages are dispatched through the gateway, the script waits until the
+minute on the spike days): the slice's messages are dispatched through the gateway, the script waits until the
 bot has an outcome for each, flushes the statistics, and runs the alert check at the slice's end. The bot's
 counts only change at a slice's end, and the detector is a function of counts, so this tests every state the
 minute loop would see (its own loop also runs, on the same simulated clock; the claim keeps them from alerting
 twice).
 
-Then a day with a planted spike per channel: one hour (14:00, 16:00 and 18:00 UTC of the day after the weeks) whose
-texts are drawn with the anger group's share tripled (the group: the watched emotions, `BotConfig.alert_labels`,
-by GoEmotions' gold labels; the volume is that hour's usual one). Reported per channel: whether it was alerted,
-and the minutes from the spike's first message to the alert (the alert's own timestamp, the simulated time it was
-posted). Alerts are read from what the bot posted to #mods through the stand-in.
+Then two days with a planted spike per channel, each one hour near the channel's peak (13:00-15:00 UTC) at its
+usual volume, in which the anger group's share is tripled (the group: the watched emotions,
+`BotConfig.alert_labels`), first as GoEmotions' gold labels say (the day after the weeks: what people wrote), then
+as the served model reads the texts (the day after: what the detector can see; the model reads each dev text once
+before the replay, with the bot's own text preparation and counting rule, and gives the same scores in the bot,
+since fp32 ONNX and torch are batch-independent). Reported per channel and spike: whether it was alerted, and the
+minutes from the spike's first message to the alert (the alert's own timestamp, the simulated time it was posted),
+with the model's share of watched messages over the weeks and in the spike hour. Alerts are read from what the bot
+posted to #mods through the stand-in.
 
 The report is JSON (stdout, and `--json OUT`), with the machine's CPU and the command line.
 """
@@ -44,15 +48,17 @@ from pathlib import Path
 
 HOUR = 3600
 T0 = int(datetime(2026, 11, 2, tzinfo=UTC).timestamp())  # a Monday, 00:00 UTC
-#: Peak messages per hour of each channel (the evening), and the hour of its planted spike on the last day.
-CHANNELS = {"busy": (40.0, 14), "medium": (20.0, 16), "quiet": (10.0, 18)}
+#: Peak messages per hour of each channel (at 14:00 UTC), and the hour of its planted spikes.
+CHANNELS = {"busy": (40.0, 14), "medium": (20.0, 15), "quiet": (10.0, 13)}
+#: The planted spikes, in order, one day each after the weeks: by the gold labels, then by the model's reading.
+SPIKES = ("gold", "model")
 WEEKDAY_FACTOR = (0.8, 1.0, 1.0, 1.0, 1.0, 1.4, 1.4)
 OUTCOMES = ("analyzed", "analysis_failed", "analysis_timed_out", "reply_mentions")
 
 
 def hourly_rate(peak: float, moment: float) -> float:
-    """Messages per hour at `moment`: a daily swing (a floor of 5% at night, the peak at 20:00 UTC) times the day's
-    weekly factor."""
+    """Messages per hour at `moment`: a daily swing (5% of the peak from midnight to 06:00 UTC, the peak at 14:00,
+    a quarter of it by 22:00) times the day's weekly factor."""
     when = datetime.fromtimestamp(moment, UTC)
     daily = 0.05 + 0.95 * max(0.0, math.sin(math.pi * (when.hour + 0.5 - 6) / 18)) ** 2
     return peak * daily * WEEKDAY_FACTOR[when.weekday()]
@@ -84,8 +90,26 @@ class Channel:
     peak: float
     spike_hour: int
     messages: int = 0
-    spike_first_at: float | None = None
+    spike_first_at: dict[str, float] = field(default_factory=dict)
     alerts: list[float] = field(default_factory=list)
+
+
+def model_watched(model_dir: Path, texts: list[str], group: set[str]) -> list[str]:
+    """The texts the served model reads with a watched emotion, by the bot's rule (bot/cogs/emotions.py: the
+    emotions above their thresholds, else the top one; unreadable texts are not counted)."""
+    from model import EmotionClassifier
+    from model.text_preparation import clean_markup
+
+    classifier = EmotionClassifier.load(model_dir)
+    prepared = [clean_markup(text) for text in texts]
+    kept = [(text, ready) for text, ready in zip(texts, prepared, strict=True) if ready]
+    predictions = classifier.predict([ready for _, ready in kept], top_k=None, batch_size=64)
+    watched = []
+    for (text, _), prediction in zip(kept, predictions, strict=True):
+        shown = [s.label for s in prediction.top if s.above_threshold] or [prediction.top[0].label]
+        if not prediction.unreadable and group & set(shown):
+            watched.append(text)
+    return watched
 
 
 def outcomes(bot) -> int:
@@ -102,9 +126,15 @@ async def replay(args: argparse.Namespace) -> dict:
     rng = random.Random(args.seed)
     group = set(BotConfig.alert_labels)
     inside, outside = dev_texts(Path(args.data_dir), group)
-    gold_share = len(inside) / (len(inside) + len(outside))
     every = inside + outside
     started = time.monotonic()
+    read_watched = model_watched(Path(args.model), every, group)
+    flagged = set(read_watched)
+    pools = {
+        "gold": (inside, outside, len(inside) / len(every)),
+        "model": (read_watched, [t for t in every if t not in flagged], len(read_watched) / len(every)),
+    }
+    print(f"read the dev texts: {len(read_watched)} of {len(every)} watched", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory() as workdir:
         standin = DiscordStandIn(identify_window_s=0.0)
         async with standin:
@@ -143,37 +173,42 @@ async def replay(args: argparse.Namespace) -> dict:
                     answer = (await standin.wait_for_interaction_response(asked, timeout=30)).json["data"]["content"]
                     if "**on**" not in answer:
                         raise RuntimeError(f"/moodring alerts did not switch alerts on: {answer}")
-                    await run_hours(bot, standin, channels, rng, every, inside, outside, gold_share, clock, args)
+                    await run_hours(bot, standin, channels, rng, every, pools, clock, args)
                     counts = await spike_counts(bot, guild, channels, args)
                 finally:
                     await bot.close()
                     await asyncio.wait([task], timeout=30)
             read_alerts(standin, mods, channels)
-    return report(args, channels, gold_share, counts, time.monotonic() - started)
+    return report(args, channels, pools, counts, time.monotonic() - started)
 
 
-async def run_hours(bot, standin, channels, rng, every, inside, outside, gold_share, clock, args) -> None:
+def spike_start(args: argparse.Namespace, kind: str, channel: Channel) -> int:
+    return T0 + (args.weeks * 7 + SPIKES.index(kind)) * 86400 + channel.spike_hour * HOUR
+
+
+async def run_hours(bot, standin, channels, rng, every, pools, clock, args) -> None:
     alerts = bot.get_cog("Alerts")
-    hours = args.weeks * 7 * 24 + 24
-    spike_day = T0 + args.weeks * 7 * 86400
+    hours = (args.weeks * 7 + len(SPIKES)) * 24
+    spike_days = T0 + args.weeks * 7 * 86400
     sent = 0
     for hour in range(hours):
         start = T0 + hour * HOUR
-        spiking = {c.name for c in channels if start == spike_day + c.spike_hour * HOUR}
-        slice_s = 60 if start >= spike_day else 300
+        slice_s = 60 if start >= spike_days else 300
         arrivals: list[tuple[float, Channel, str]] = []
         for channel in channels:
-            count = poisson(rng, hourly_rate(channel.peak, start))
-            for _ in range(count):
-                if channel.name in spiking:
-                    text = rng.choice(inside if rng.random() < min(1.0, 3 * gold_share) else outside)
-                else:
+            kind = next((k for k in SPIKES if spike_start(args, k, channel) == start), None)
+            for _ in range(poisson(rng, hourly_rate(channel.peak, start))):
+                if kind is None:
                     text = rng.choice(every)
+                else:  # the anger group's share tripled
+                    group, others, group_share = pools[kind]
+                    text = rng.choice(group if rng.random() < min(1.0, 3 * group_share) else others)
                 arrivals.append((start + rng.random() * HOUR, channel, text))
+            if kind is not None:
+                times = [at for at, c, _ in arrivals if c is channel]
+                if times:
+                    channel.spike_first_at[kind] = min(times)
         arrivals.sort(key=lambda item: item[0])
-        for channel in channels:
-            if channel.name in spiking:
-                channel.spike_first_at = next((at for at, c, _ in arrivals if c is channel), None)
         index = 0
         for edge in range(start + slice_s, start + HOUR + 1, slice_s):
             batch = []
@@ -208,24 +243,25 @@ def poisson(rng: random.Random, mean: float) -> int:
 
 
 async def spike_counts(bot, guild: int, channels: list[Channel], args: argparse.Namespace) -> dict:
-    """What the model saw: each channel's share of watched messages over the weeks, and in its spike hour."""
-    spike_day = T0 + args.weeks * 7 * 86400
+    """What the model saw: each channel's share of watched messages over the weeks, and in each spike hour."""
+    from bot.store import AlertCounts
+
+    spike_days = T0 + args.weeks * 7 * 86400
     found = {}
     for channel in channels:
-        spike = spike_day + channel.spike_hour * HOUR
-        weeks = await bot.store.alert_counts(guild, T0, spike_day, spike_day)
-        hour = await bot.store.alert_counts(guild, spike, spike, spike + HOUR)
-        base = weeks.get(channel.channel_id, (None, None))[0]
-        window = hour.get(channel.channel_id, (None, None))[1]
-        found[channel.name] = {
-            "weeks_messages": base.messages if base else 0,
-            "weeks_watched_share": round(base.watched / base.messages, 4) if base and base.messages else None,
-            "spike_hour_messages": window.messages if window else 0,
-            "spike_hour_watched_share": round(window.watched / window.messages, 4)
-            if window and window.messages
-            else None,
-        }
+        weeks = await bot.store.alert_counts(guild, T0, spike_days, spike_days)
+        base = weeks[channel.channel_id][0] if channel.channel_id in weeks else AlertCounts()
+        found[channel.name] = {"weeks_messages": base.messages, "weeks_watched_share": share(base)}
+        for kind in SPIKES:
+            at = spike_start(args, kind, channel)
+            hour = await bot.store.alert_counts(guild, at, at, at + HOUR)
+            window = hour[channel.channel_id][1] if channel.channel_id in hour else AlertCounts()
+            found[channel.name][kind] = {"messages": window.messages, "watched_share": share(window)}
     return found
+
+
+def share(counts) -> float:
+    return round(counts.watched / max(counts.messages, 1), 4)
 
 
 def read_alerts(standin, mods: int, channels: list[Channel]) -> None:
@@ -239,34 +275,40 @@ def read_alerts(standin, mods: int, channels: list[Channel]) -> None:
         by_id[channel_id].alerts.append(posted)
 
 
-def report(args: argparse.Namespace, channels: list[Channel], gold_share: float, counts: dict, elapsed: float) -> dict:
-    spike_day = T0 + args.weeks * 7 * 86400
+def report(args: argparse.Namespace, channels: list[Channel], pools: dict, counts: dict, elapsed: float) -> dict:
+    spike_days = T0 + args.weeks * 7 * 86400
     rows = {}
     false_total = 0
     for channel in channels:
-        false_alerts = [at for at in channel.alerts if at < spike_day]
+        false_alerts = [at for at in channel.alerts if at < spike_days]
         false_total += len(false_alerts)
-        spike_at = spike_day + channel.spike_hour * HOUR
-        caught = [at for at in channel.alerts if spike_at <= at < spike_at + HOUR]
-        first = channel.spike_first_at
-        rows[channel.name] = {
+        row = {
             "peak_per_hour": channel.peak,
             "messages": channel.messages,
             "false_alerts": len(false_alerts),
             "false_alerts_per_week": round(len(false_alerts) / args.weeks, 3),
             "false_alert_times": [datetime.fromtimestamp(at, UTC).isoformat() for at in false_alerts],
-            "spike_hour": datetime.fromtimestamp(spike_at, UTC).isoformat(),
-            "spike_alerted": bool(caught),
-            "spike_delay_min": round((caught[0] - first) / 60, 1) if caught and first is not None else None,
-            **counts[channel.name],
+            "weeks_messages": counts[channel.name]["weeks_messages"],
+            "weeks_watched_share": counts[channel.name]["weeks_watched_share"],
         }
+        for kind in SPIKES:
+            at = spike_start(args, kind, channel)
+            caught = [moment for moment in channel.alerts if at <= moment < at + HOUR]
+            first = channel.spike_first_at.get(kind)
+            row[f"spike_{kind}"] = {
+                "hour": datetime.fromtimestamp(at, UTC).isoformat(),
+                "alerted": bool(caught),
+                "delay_min": round((caught[0] - first) / 60, 1) if caught and first is not None else None,
+                **counts[channel.name][kind],
+            }
+        rows[channel.name] = row
     return {
         "command": "python " + " ".join(sys.argv),
         "cpu": cpu_model(),
         "model": str(args.model),
         "weeks": args.weeks,
         "seed": args.seed,
-        "gold_anger_group_share": round(gold_share, 4),
+        "anger_group_share_of_dev_texts": {kind: round(pool[2], 4) for kind, pool in pools.items()},
         "false_alerts_per_channel_week": round(false_total / (args.weeks * len(channels)), 3),
         "channels": rows,
         "elapsed_s": round(elapsed, 1),

@@ -87,10 +87,12 @@ async def test_a_rising_channel_gets_one_alert_and_an_ordinary_one_none(
         assert f"<#{watched}>" in embed["description"] and re.search(r"\(1[23] of 31\)", embed["description"])
         assert "(40 of 400)" in embed["description"] and "**10%**" in embed["description"]
         assert [f["name"] for f in embed["fields"]] == ["Top emotions since then", "Why"]
-        assert "**anger** " in embed["fields"][0]["value"] and "**annoyance** " in embed["fields"][0]["value"]
+        top = embed["fields"][0]["value"].splitlines()
+        assert len(top) == 3 and any("**anger** 4" in line for line in top)  # 12 or 13 of 31
         assert "xyzzy" not in str(body)  # the analysed message's text is nowhere in the alert
         assert body["content"] == f"<@&{role}>"  # the role alone may be pinged
-        assert body["allowed_mentions"]["parse"] == [] and body["allowed_mentions"]["roles"] == [str(role)]
+        allowed = body["allowed_mentions"]
+        assert allowed["parse"] == [] and [str(r) for r in allowed["roles"]] == [str(role)]
         stored = discord_standin.message(posted.response["id"])
         assert stored["mention_roles"] == [str(role)] and not stored["mention_everyone"]
         ids = [c["custom_id"] for row in body["components"] for c in row["components"]]
@@ -138,7 +140,8 @@ async def test_buttons_check_manage_server_at_each_press_and_act(
         assert await alerts.check_alerts(NOW) == 1
         (posted,) = alerts_posted(discord_standin, mods)
         alert = discord_standin.message(posted.response["id"])
-        assert alert["allowed_mentions"]["parse"] == [] and not alert["content"]  # no role: no one pinged
+        assert posted.json["allowed_mentions"]["parse"] == [] and not posted.json.get("content")  # no one pinged
+        assert alert["mention_roles"] == []
 
         async def press(button: str, user: int) -> dict:
             message = discord_standin.message(alert["id"])
@@ -196,7 +199,10 @@ async def test_a_lost_moderators_channel_switches_alerts_off_and_tells_the_admin
             )
             guild_object = bot.get_guild(guild)
             await wait_until(
-                lambda: not guild_object.get_channel(mods).permissions_for(guild_object.me).send_messages,
+                lambda: (
+                    (found := guild_object.get_channel(mods)) is not None
+                    and not found.permissions_for(guild_object.me).send_messages
+                ),
                 what="the bot seeing its lost permission",
             )
         await bot.store.set_alert_settings(

@@ -6,7 +6,10 @@ two stores race for it, refused while snoozed) and the moderators' actions."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import sys
+from pathlib import Path
 
 import pytest
 from postgres_fixtures import raw_rows
@@ -14,6 +17,7 @@ from postgres_fixtures import raw_rows
 from bot.store import AlertChannel, AlertCounts, is_postgres_url, open_store
 from bot.store.sqlite import MIGRATIONS
 
+REPO = Path(__file__).resolve().parents[1]
 H = 3600
 T0 = 1_800_000_000 - 1_800_000_000 % H  # a whole hour
 WATCHED = ("anger", "annoyance")
@@ -121,6 +125,57 @@ async def test_two_stores_racing_for_an_alert_claim_it_once(store_database: str)
                 *(store.claim_alert(1, 2, since=at - 6 * H, at=at) for store in (first, second, first, second))
             )
             assert sorted(won) == [False, False, False, True]
+
+
+CLAIMING_CHILD = """
+import asyncio, sys
+from pathlib import Path
+from bot.store import open_store
+
+async def main(database, ready, go, windows):
+    store = await open_store(database, exclusive=False)
+    try:
+        Path(ready).touch()
+        while not Path(go).exists():  # the barrier: both children claim at once
+            await asyncio.sleep(0.001)
+        for window in range(int(windows)):
+            at = 1_800_000_000 + window * 7 * 3600
+            if await store.claim_alert(1, 2, since=at - 6 * 3600, at=at):
+                print(window, flush=True)
+    finally:
+        await store.close()
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_two_processes_claim_each_alert_once(store_database: str, tmp_path) -> None:
+    """Two processes on one database race for 20 cooldown windows of one channel: each is won exactly once."""
+    async with await open_store(store_database, exclusive=False) as store:
+        await alerts_on(store)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    go = tmp_path / "go"
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CLAIMING_CHILD, store_database, str(tmp_path / f"ready{i}"), str(go), "20",
+            cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        for i in range(2)
+    ]  # fmt: skip
+    try:
+        async with asyncio.timeout(60):
+            while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+                await asyncio.sleep(0.01)
+            go.touch()
+            outputs = [await child.communicate() for child in children]
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+    assert [child.returncode for child in children] == [0, 0], [err.decode() for _, err in outputs]
+    won = [int(line) for out, _ in outputs for line in out.split()]
+    assert sorted(won) == list(range(20))  # every window once, by one process or the other
 
 
 async def test_guild_deletions_and_the_prune_reach_the_alerts(store_database: str) -> None:

@@ -303,7 +303,9 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
         no_ping: bool = False,
         enabled: bool | None = None,
     ) -> None:
-        """Options left out keep their value (or, on first use, the defaults); without any, the settings are shown."""
+        """Options left out keep their value (or, on first use, the defaults), and a change switches alerts on unless
+        it says `enabled:false` (so that setting them up again after the bot switched them off works); without any
+        option, the settings are shown."""
         store, config = self.bot.store, self.bot.config
         current = await store.alert_settings(interaction.guild.id)
         if channel is emotions is sensitivity is role is enabled is None and not no_ping:

@@ -28,6 +28,7 @@ from discord.ext import commands, tasks
 from bot.alerts.detector import Finding, Rules, detect, level_for
 from bot.alerts.message import (
     SNOOZE_HOURS,
+    TOP_EMOTIONS,
     AlertAction,
     AlertView,
     alert_channel,
@@ -159,10 +160,8 @@ class Alerts(commands.Cog):
         """Claim the channel's alert and send it: True when sent, False when not (claimed elsewhere, or refused and
         given back), None when alerts were switched off."""
         store = self.bot.store
-        if not await store.claim_alert(settings.guild_id, channel_id, now - self.bot.config.alert_cooldown_s, now):
-            return False  # another tick or process alerted, or a moderator snoozed it meanwhile
         mood = await store.mood(settings.guild_id, channel_id, since, now + 1)
-        top = sorted(mood.label_counts.items(), key=lambda item: (-item[1], item[0]))[:3]
+        top = sorted(mood.label_counts.items(), key=lambda item: (-item[1], item[0]))[:TOP_EMOTIONS]
         embed = alert_embed(
             settings,
             channel_id,
@@ -174,6 +173,8 @@ class Alerts(commands.Cog):
             now=now,
         )
         role = settings.role_id
+        if not await store.claim_alert(settings.guild_id, channel_id, now - self.bot.config.alert_cooldown_s, now):
+            return False  # another tick or process alerted, or a moderator snoozed it meanwhile
         try:
             await target.send(
                 content=f"<@&{role}>" if role else None,

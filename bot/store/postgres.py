@@ -533,10 +533,9 @@ class PostgresStore(Store):
     async def _upsert_alert_settings(self, settings: AlertSettings) -> AlertSettings:
         labels = ",".join(settings.labels)
         async with self._connection() as connection, connection.transaction():
-            # FOR UPDATE: two changes at once take turns, so each sees the labels the other committed.
             await connection.execute(
                 "DELETE FROM alert_buckets WHERE guild_id = $1 AND EXISTS (SELECT 1 FROM alert_settings "
-                "WHERE guild_id = $1 AND labels <> $2 FOR UPDATE)",
+                "WHERE guild_id = $1 AND labels <> $2)",
                 settings.guild_id,
                 labels,
             )

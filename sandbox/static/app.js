@@ -388,6 +388,10 @@ function optionInput(option) {
     return el("select", {name}, el("option", {value: "", text: ""}),
       ...view.state.channels.map((c) => el("option", {value: c.id, text: "#" + c.name})));
   }
+  if (option.type === 8) {
+    return el("select", {name}, el("option", {value: "", text: ""}),
+      ...view.state.roles.map((r) => el("option", {value: r.id, text: "@" + r.name})));
+  }
   const numeric = option.type === 4 || option.type === 10;
   return el("input", {name, type: numeric ? "number" : "text", placeholder: option.description, required: option.required});
 }
