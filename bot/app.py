@@ -28,7 +28,14 @@ from model.storage import recover_directory
 
 log = logging.getLogger(__name__)
 
-COGS = ("bot.cogs.emotions", "bot.cogs.corrections", "bot.cogs.mood", "bot.cogs.housekeeping", "bot.cogs.admin")
+COGS = (
+    "bot.cogs.emotions",
+    "bot.cogs.corrections",
+    "bot.cogs.mood",
+    "bot.cogs.alerts",
+    "bot.cogs.housekeeping",
+    "bot.cogs.admin",
+)
 
 NO_MODEL = (
     "I haven't been trained yet, so I can't read emotions. "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 __all__ = ["Backoff"]
 
@@ -79,6 +79,18 @@ class Backoff:
         )
         self.failures = 0
         self._skip = 0
+
+    async def tick(self, work: Callable[[], Awaitable[object]]) -> None:
+        """One tick of a loop with a fixed tick: nothing while ``skip()`` says so, else ``work()``, whose failure is
+        counted (``failed``) and never raised, so the loop never ends."""
+        if self.skip():
+            return
+        try:
+            await work()
+        except Exception as error:
+            self.failed(error)
+        else:
+            self.succeeded()
 
     def skip(self) -> bool:
         """For a loop with a fixed tick: True while it should let ticks pass after a failure."""

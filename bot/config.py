@@ -86,6 +86,18 @@ class BotConfig:
     # connection) is sent again with the same message nonce only this long after its claim: well inside the "few
     # minutes" in which Discord returns the first message for a nonce instead of posting a second (bot/cogs/mood.py).
     summary_retry_window_s: float = 120.0
+    # Mood alerts (bot/alerts/detector.py says how they decide): the window in clock hours (the one in progress
+    # included), the baseline's days before it, the least analysed messages in each, the least rise of the share, and
+    # at most one alert per channel per cooldown. A server's first `/moodring alerts` watches `alert_labels` at
+    # `alert_sensitivity` unless the admin chooses others.
+    alert_window_hours: int = 1
+    alert_baseline_days: int = 14
+    alert_min_messages: int = 20
+    alert_min_baseline_messages: int = 200
+    alert_min_ratio: float = 1.5
+    alert_cooldown_s: float = 6 * 3600.0
+    alert_labels: tuple[str, ...] = ("anger", "annoyance", "disgust", "disapproval")
+    alert_sensitivity: str = "medium"
     # How often each process reads the opt-outs' change counter (bot/store/interface.py), so that an opt-out another
     # process recorded is honoured within OPT_OUT_HONOURED_WITHIN_S; one small read per interval.
     opt_out_refresh_s: float = 2.0
@@ -137,6 +149,8 @@ class BotConfig:
             corrections_per_member=_at_least(1, env, "MOODRING_CORRECTIONS_PER_MEMBER", cls.corrections_per_member),
             corrections_window_s=_at_least(1.0, env, "MOODRING_CORRECTIONS_WINDOW_S", cls.corrections_window_s),
             community_dev_min_rows=_at_least(1, env, "MOODRING_COMMUNITY_DEV_MIN_ROWS", cls.community_dev_min_rows),
+            alert_window_hours=_at_least(1, env, "MOODRING_ALERT_WINDOW_HOURS", cls.alert_window_hours),
+            alert_cooldown_s=_at_least(60.0, env, "MOODRING_ALERT_COOLDOWN_S", cls.alert_cooldown_s),
             corrections_member_rows=counting.member_rows,
             corrections_server_share=counting.server_share,
             discord_api=_url(env, "MOODRING_DISCORD_API", ("http", "https")),
@@ -183,6 +197,13 @@ class BotConfig:
             raise ConfigError(
                 f"opt_out_refresh_s must be above 0 and at most {OPT_OUT_HONOURED_WITHIN_S / 2:g} s: every process "
                 f"must honour an opt-out within {OPT_OUT_HONOURED_WITHIN_S:g} s, got {self.opt_out_refresh_s!r}"
+            )
+        if min(self.alert_window_hours, self.alert_baseline_days, self.alert_min_messages) < 1 or not (
+            self.alert_labels and self.alert_min_ratio >= 1 and self.alert_cooldown_s > 0
+        ):
+            raise ConfigError(
+                "the mood alerts' settings need a window, baseline and minimum of at least 1, a minimum ratio of at "
+                "least 1, a cooldown above 0 and at least one watched emotion"
             )
         if (self.discord_api is None) != (self.discord_gateway is None):
             raise ConfigError(

@@ -14,19 +14,23 @@ def privacy_sections(retention_days: int) -> list[tuple[str, str]]:
     return [
         (
             "What moodring stores",
-            "channel settings (analysis, auto-reactions, mood-summary schedules) and mood statistics: per channel "
-            "and hour, how many messages were analysed, how many showed each emotion, and the sum of the model's "
-            "scores, all in the bot's own database (SQLite on its host, or its operator's PostgreSQL).",
+            "settings (channels, summaries, alerts) and, per channel and hour, how many messages were analysed, how "
+            "many showed each emotion and the sum of the model's scores, in the bot's own database (SQLite or "
+            "PostgreSQL).",
         ),
         (
             "Corrections (only if an admin turns them on)",
-            "when a member answers **Not quite?** under a reading, moodring keeps the text the model read (mentions "
-            "masked), the emotions chosen, the model's top emotions and version, the server, channel and time, to "
-            "retrain the model. No user id: two hashes keyed with a secret kept outside the database stop a member "
-            "correcting a message twice and count members (an emotion trains only when two chose it; members and "
-            "servers are capped); both are deleted after the retention period, when the correction stops training. "
-            "A retrain's copy is deleted when the retrain ends (or at the next start, if killed). This is the only "
-            "place message text is kept; it is off by default (`/moodring corrections`).",
+            "for a **Not quite?** answer, moodring keeps the text the model read (mentions masked), the emotions "
+            "chosen, the model's top emotions and version, the server, channel and time, to retrain it. No "
+            "user id: two hashes keyed with a secret outside the database stop a second correction of a message and "
+            "count members (an emotion trains only when two chose it; members and servers are capped); both go "
+            "after the retention period. A retrain's copy is deleted when the retrain ends (or at the next start, if "
+            "killed). The only place message text is kept; off by default (`/moodring corrections`).",
+        ),
+        (
+            "Mood alerts (if an admin sets them up)",
+            "per channel and hour, how many analysed messages showed a watched emotion; per channel, its snooze, "
+            "sensitivity and alert times. Alerts quote no text; who pressed a button shows only in the alert.",
         ),
         (
             "Opt-out",
@@ -36,19 +40,19 @@ def privacy_sections(retention_days: int) -> list[tuple[str, str]]:
         (
             "What it never stores",
             "user ids or names, or the text of messages nobody corrected: messages are classified in memory and "
-            "forgotten. The flood limits keep who asked in memory only, for one limit window.",
+            "forgotten. The flood limits keep who asked in memory, for one window.",
         ),
         (
             "How long",
-            f"statistics older than {count_of(retention_days, 'day')} are deleted by a daily prune, and so are the "
-            "correction hashes (admins: `/moodring retention`); corrections stay until an admin deletes them.",
+            f"statistics (alert counts too) older than {count_of(retention_days, 'day')} are deleted by a daily "
+            "prune, as are the correction hashes (`/moodring retention`); corrections stay until an admin deletes "
+            "them.",
         ),
         (
             "How to delete it",
-            "admins can delete all of this server's statistics and corrections with `/moodring forget`, the "
-            "corrections alone with `/moodring corrections action:clear`, or stop analysis in a channel with "
-            "`/moodring channel analysis:false`. When the bot is removed from a server, that server's "
-            "statistics, corrections, settings and schedules are deleted.",
+            "admins: `/moodring forget` deletes this server's statistics and corrections, `/moodring corrections "
+            "action:clear` the corrections alone; `/moodring channel analysis:false` stops analysis in a channel. "
+            "When the bot is removed from a server, everything of that server is deleted.",
         ),
     ]
 

@@ -38,6 +38,20 @@ async def send_ephemeral(interaction: discord.Interaction, content: str) -> None
         log.info("shutting down: no reply for interaction %s", interaction.id)
 
 
+async def tell_admins(client: discord.Client, guild: discord.Guild, notice: str, what: str) -> None:
+    """Tell a server's admins something the bot stopped doing: in its system channel when the bot may post there,
+    else in a direct message to its owner. A failure is logged (as "could not tell ... that `what`"), not raised."""
+    target = guild.system_channel
+    try:
+        if target is not None and target.permissions_for(guild.me).send_messages:
+            await target.send(notice, allowed_mentions=NO_MENTIONS)
+        elif guild.owner_id is not None:
+            owner = client.get_user(guild.owner_id) or await client.fetch_user(guild.owner_id)
+            await owner.send(f"[{guild.name}] {notice}", allowed_mentions=NO_MENTIONS)
+    except discord.HTTPException:
+        log.warning("could not tell guild %s that %s", guild.id, what)
+
+
 async def reading_or_apology(
     interaction: discord.Interaction, reading: Awaitable[Prediction], no_model: Callable[[], str]
 ) -> Prediction | None:

@@ -9,7 +9,7 @@ the page reads again what it shows.
 API (JSON; errors are ``{"error": "..."}`` with status 400; every POST must be ``Content-Type: application/json``,
 415 otherwise; only the page's own origin may use it, 403 otherwise: sandbox/guard.py):
 
-* ``GET /sandbox/api/state``: guild, channels, members (with their role in the story and their server-wide
+* ``GET /sandbox/api/state``: guild, channels, roles (for role mentions and role options), members (with their role in the story and their server-wide
   ``permissions``, by which the page hides the commands whose ``default_member_permissions`` a member lacks, as
   Discord does), the bot (with its ``status``: the activity of its last presence update, as Discord shows it under its
   name), its synced commands
@@ -172,7 +172,8 @@ class SandboxPage:
         return web.json_response(self.state())
 
     def state(self) -> JSON:
-        """What the page needs to draw the server: channels, members, the bot and its commands."""
+        """What the page needs to draw the server: channels, roles (for role mentions), members, the bot and its
+        commands."""
         standin, world = self.standin, self.standin.world
         guild = world.guilds[standin.guild_id]
         channels = [{"id": p.sid(cid), "name": c["name"]} for cid, c in guild.channels.items()]
@@ -202,6 +203,7 @@ class SandboxPage:
         return {
             "guild": {"id": p.sid(guild.id), "name": guild.name},
             "channels": channels,
+            "roles": [{"id": p.sid(rid), "name": r["name"]} for rid, r in guild.roles.items() if rid != guild.id],
             "members": members,
             "bot": {
                 "id": p.sid(world.bot_user_id),

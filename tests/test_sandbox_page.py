@@ -30,6 +30,8 @@ from sandbox import payloads as p
 CHROMIUM = os.environ.get("MOODRING_CHROMIUM", "/usr/bin/chromium")
 #: The bot answers within a second or two; a loaded 2-core machine gets more.
 STEP_TIMEOUT_MS = 30_000
+#: The mood alert test's clock: half past an hour.
+ALERT_NOW = 1_796_000_000 - 1_796_000_000 % 3600 + 1800
 
 
 async def run_command(page: Page, name: str, *, typed: bool = False, **options: str) -> None:
@@ -333,3 +335,70 @@ async def test_another_site_open_in_the_browser_cannot_drive_the_sandbox(
     assert refused >= {("POST", "/sandbox/api/messages"), ("POST", "/sandbox/api/commands")}, refused
     assert {("GET", "/sandbox/ws"), ("GET", "/gateway"), ("GET", "/sandbox/api/state")} <= refused, refused
     assert not standin.errors
+
+
+async def test_a_mood_alert_and_its_buttons_in_a_browser(
+    discord_standin: DiscordStandIn, make_moodring_bot: BotFactory, tmp_path: Path
+) -> None:
+    """An admin sets up alerts from the page; a channel turns angry (its statistics seeded, the clock held); the
+    alert shows in #mods with its role mention and buttons; a member's press is refused, the admin's acknowledge,
+    snooze and less-sensitive presses edit the alert."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"no Chromium at {CHROMIUM}: `apt-get install chromium` (.ci/run does) or set MOODRING_CHROMIUM")
+    standin = discord_standin
+    cast = furnish(standin)
+    guild, general = standin.guild_id, standin.channel_id
+    mods = int(standin.world.add_text_channel(guild, "mods")["id"])
+    role = int(standin.world.add_role(guild, "Moderators")["id"])
+    expect.set_options(timeout=STEP_TIMEOUT_MS)
+    errors: list[str] = []
+    async with make_moodring_bot() as bot, async_playwright() as playwright:
+        bot.clock = lambda: ALERT_NOW
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 860})
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            await page.goto(standin.base_url)
+            await expect(page.locator("#bot-status")).to_have_class("online")
+            await page.select_option("#member", str(cast.admin))
+            await run_command(page, "moodring alerts", channel=str(mods), role=str(role))
+            await expect(page.locator(".message.ephemeral", has_text="Mood alerts: on")).to_be_visible()
+
+            for day in range(1, 11):  # ten calm days in #general, then an angry half hour
+                for i in range(40):
+                    labels = [("anger", 0.9)] if i % 10 == 0 else [("joy", 0.8)]
+                    bot.store.record(guild, general, labels, at=ALERT_NOW - day * 86400 + i)
+            for i in range(30):
+                labels = [("anger", 0.9), ("annoyance", 0.7)] if i < 15 else [("joy", 0.8)]
+                bot.store.record(guild, general, labels, at=ALERT_NOW - 1800 + i * 60)
+            await bot.store.flush()
+            assert await bot.get_cog("Alerts").check_alerts(ALERT_NOW) == 1
+
+            await page.click(f'#channels [data-channel-id="{mods}"]')
+            alert = page.locator(".message", has=page.locator(".embed-title", has_text="Mood alert")).last
+            await expect(alert.locator(".content .mention").first).to_have_text("@Moderators")
+            await expect(alert.locator(".embed")).to_contain_text("#general")
+            await expect(alert.locator(".embed")).to_contain_text("(15 of 30)")
+            await expect(alert.locator(".components button")).to_have_count(4)
+            await page.screenshot(path=tmp_path / "alert.png")
+
+            await page.select_option("#member", str(cast.member))  # no Manage Server: refused, politely
+            await alert.locator('button[data-custom-id="moodring:alert:acknowledge"]').click()
+            await expect(page.locator(".message.ephemeral", has_text="Manage Server")).to_be_visible()
+
+            await page.select_option("#member", str(cast.admin))
+            admin = standin.world.users[cast.admin]["global_name"]
+            await alert.locator('button[data-custom-id="moodring:alert:acknowledge"]').click()
+            await expect(alert.locator(".embed")).to_contain_text(f"Acknowledged by @{admin}")
+            await expect(alert.locator('button[data-custom-id="moodring:alert:acknowledge"]')).to_be_disabled()
+            await alert.locator('button[data-custom-id="moodring:alert:snooze-1"]').click()
+            await expect(alert.locator(".embed")).to_contain_text("Snoozed for 1 h")
+            await alert.locator('button[data-custom-id="moodring:alert:less-sensitive"]').click()
+            await expect(alert.locator(".embed")).to_contain_text("Made less sensitive")
+            await scroll_into_view(alert)
+            await page.screenshot(path=tmp_path / "alert-handled.png")
+            state = (await bot.store.alert_channels(guild))[general]
+            assert state.acknowledged_at == ALERT_NOW and state.steps == 1 and state.snoozed_until == ALERT_NOW + 3600
+        finally:
+            await browser.close()
+    assert not errors, errors

@@ -20,9 +20,9 @@ from bot.learning.corrections import corrections_report, retrain_summary
 from bot.learning.progress_text import format_status
 from bot.learning.retrain import RUNNING_HERE, RetrainStatus
 from bot.privacy import privacy_statement
-from bot.render import count_of, model_description
+from bot.render import EMOJI, count_of, model_description
 from bot.replies import NO_MENTIONS, send_ephemeral
-from bot.store import ChannelSettings, Schedule
+from bot.store import AlertSensitivity, AlertSettings, ChannelSettings, Schedule
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,28 @@ def describe_schedule(schedule: Schedule) -> str:
     source = f"<#{schedule.source_channel_id}>" if schedule.source_channel_id else "the whole server"
     state = "" if schedule.enabled else f" — **disabled**: {schedule.disabled_reason}"
     return f"<#{schedule.channel_id}>: {when}, about {source}{state}"
+
+
+def describe_alerts(settings: AlertSettings | None) -> str:
+    if settings is None:
+        return "None. Set them up with `/moodring alerts`."
+    ping = f"mentioning <@&{settings.role_id}>" if settings.role_id else "mentioning no one"
+    state = "on" if settings.enabled else "off" + (f" — {settings.disabled_reason}" if settings.disabled_reason else "")
+    return (
+        f"**{state}**: to <#{settings.mod_channel_id}>, watching {', '.join(settings.labels)}, "
+        f"sensitivity **{settings.sensitivity}**, {ping}"
+    )
+
+
+def parse_emotions(text: str) -> tuple[str, ...]:
+    """'anger, disgust' -> ('anger', 'disgust'); ValueError naming what is not one of the model's emotions."""
+    labels = tuple(dict.fromkeys(part.strip().lower() for part in text.replace(" ", ",").split(",") if part.strip()))
+    unknown = [label for label in labels if label not in EMOJI]
+    if unknown or not labels:
+        raise ValueError(
+            f"{', '.join(unknown) or 'Nothing'} is not an emotion I read. Choose from: {', '.join(sorted(EMOJI))}."
+        )
+    return labels
 
 
 class ConfirmDeletion(discord.ui.View):
@@ -191,6 +213,8 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
             or "None. Add one with `/moodring summary`.",
             inline=False,
         )
+        alerts = await self.bot.store.alert_settings(guild_id)
+        embed.add_field(name="Mood alerts", value=describe_alerts(alerts)[:1024], inline=False)
         embed.add_field(name="Statistics kept for", value=count_of(retention, "day"), inline=True)
         corrections = await self.bot.store.corrections_enabled(guild_id)
         embed.add_field(
@@ -258,6 +282,60 @@ class Admin(commands.GroupCog, group_name="moodring", group_description="moodrin
             await self.bot.store.delete_schedule(schedule.id)
         message = f"Stopped the summaries in {channel.mention}." if removed else f"{channel.mention} had none."
         await interaction.response.send_message(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    @app_commands.command(name="alerts", description="Private mood alerts for moderators, with buttons")
+    @app_commands.describe(
+        channel="The moderators' channel the alerts go to",
+        emotions="The emotions to watch, comma-separated (default: anger, annoyance, disgust, disapproval)",
+        sensitivity="How readily an alert fires (default: medium)",
+        role="A role to mention in each alert (default: no one is pinged)",
+        no_ping="Mention no one (drops the role)",
+        enabled="Alerts on or off",
+    )
+    @admin_only()
+    async def alerts(
+        self,
+        interaction: discord.Interaction,
+        channel: discord.TextChannel | None = None,
+        emotions: str | None = None,
+        sensitivity: AlertSensitivity | None = None,
+        role: discord.Role | None = None,
+        no_ping: bool = False,
+        enabled: bool | None = None,
+    ) -> None:
+        """Options left out keep their value (or, on first use, the defaults), and a change switches alerts on unless
+        it says `enabled:false` (so that setting them up again after the bot switched them off works); without any
+        option, the settings are shown."""
+        store, config = self.bot.store, self.bot.config
+        current = await store.alert_settings(interaction.guild.id)
+        if channel is emotions is sensitivity is role is enabled is None and not no_ping:
+            await send_ephemeral(interaction, "Mood alerts: " + describe_alerts(current))
+            return
+        target_id = channel.id if channel else current.mod_channel_id if current else None
+        if target_id is None:
+            await send_ephemeral(interaction, "Choose the moderators' `channel` the alerts go to.")
+            return
+        target = channel or interaction.guild.get_channel(target_id)
+        if target is not None:
+            permissions = target.permissions_for(interaction.guild.me)
+            if not (permissions.send_messages and permissions.embed_links):
+                await send_ephemeral(interaction, f"I need Send Messages and Embed Links in {target.mention} first.")
+                return
+        try:
+            labels = parse_emotions(emotions) if emotions else current.labels if current else config.alert_labels
+        except ValueError as error:
+            await send_ephemeral(interaction, str(error))
+            return
+        saved = await store.set_alert_settings(
+            interaction.guild.id,
+            mod_channel_id=target_id,
+            labels=labels,
+            sensitivity=sensitivity or (current.sensitivity if current else config.alert_sensitivity),
+            role_id=None if no_ping else role.id if role else current.role_id if current else None,
+            enabled=enabled if enabled is not None else True,
+        )
+        log.info("guild %s mood alerts: %s", interaction.guild.id, saved)
+        await send_ephemeral(interaction, "Updated. Mood alerts: " + describe_alerts(saved))
 
     @app_commands.command(name="retention", description="How many days of mood statistics to keep")
     @admin_only()

@@ -19,7 +19,7 @@ from bot.backoff import Backoff
 from bot.charts import mood_chart
 from bot.cluster.sharding import owns_guild
 from bot.render import emoji_for
-from bot.replies import NO_MENTIONS, InvalidArgument, send_ephemeral
+from bot.replies import NO_MENTIONS, InvalidArgument, send_ephemeral, tell_admins
 from bot.store import Schedule, StoreError
 
 log = logging.getLogger(__name__)
@@ -169,14 +169,7 @@ class Mood(commands.Cog):
     async def summaries(self) -> None:
         """Never raises, so the loop never ends: a failed tick is logged (once per outage) and retried after
         1, 2, 4... up to ``SUMMARY_BACKOFF_CAP`` ticks."""
-        if self.summary_backoff.skip():
-            return
-        try:
-            await self.post_due_summaries(self.bot.clock())
-        except Exception as error:
-            self.summary_backoff.failed(error)
-        else:
-            self.summary_backoff.succeeded()
+        await self.summary_backoff.tick(lambda: self.post_due_summaries(self.bot.clock()))
 
     @summaries.before_loop
     async def _before_summaries(self) -> None:
@@ -282,15 +275,7 @@ class Mood(commands.Cog):
             f"I stopped posting the scheduled mood summary to <#{schedule.channel_id}>: {reason}. "
             "An admin can set it up again with `/moodring summary`."
         )
-        target = guild.system_channel
-        try:
-            if target is not None and target.permissions_for(guild.me).send_messages:
-                await target.send(notice, allowed_mentions=NO_MENTIONS)
-            elif guild.owner_id is not None:
-                owner = self.bot.get_user(guild.owner_id) or await self.bot.fetch_user(guild.owner_id)
-                await owner.send(f"[{guild.name}] {notice}", allowed_mentions=NO_MENTIONS)
-        except discord.HTTPException:
-            log.warning("could not tell guild %s that a summary schedule was disabled", guild.id)
+        await tell_admins(self.bot, guild, notice, "a summary schedule was disabled")
 
 
 async def setup(bot: MoodringBot) -> None:

@@ -1,4 +1,4 @@
-"""The bot's store: settings, hourly statistics, summary schedules and corrections, in SQLite or PostgreSQL.
+"""The bot's store: settings, hourly statistics, summary schedules, mood alerts, corrections, in SQLite or PostgreSQL.
 
 ``interface`` holds the engine-independent part (data classes, the write buffer, the contract every engine keeps);
 ``sqlite`` and ``postgres`` are the engines; ``schema`` declares the tables, which the numbered scripts in
@@ -14,7 +14,12 @@ from typing import Any
 
 from bot.store.errors import PermanentStoreError, StoreError, TransientStoreError
 from bot.store.interface import (
+    ALERT_SENSITIVITIES,
     DEFAULT_RETENTION_DAYS,
+    AlertChannel,
+    AlertCounts,
+    AlertSensitivity,
+    AlertSettings,
     ChannelSettings,
     Correction,
     CorrectionOutcome,
@@ -28,7 +33,12 @@ from bot.store.interface import (
 )
 
 __all__ = [
+    "ALERT_SENSITIVITIES",
     "DEFAULT_RETENTION_DAYS",
+    "AlertChannel",
+    "AlertCounts",
+    "AlertSensitivity",
+    "AlertSettings",
     "ChannelSettings",
     "Correction",
     "CorrectionOutcome",

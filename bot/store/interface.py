@@ -66,7 +66,12 @@ from bot.store.redact import redact_url
 from bot.store.schema import CORRECTION_TABLES, SETTINGS_TABLES, STATISTICS_TABLES
 
 __all__ = [
+    "ALERT_SENSITIVITIES",
     "DEFAULT_RETENTION_DAYS",
+    "AlertChannel",
+    "AlertCounts",
+    "AlertSensitivity",
+    "AlertSettings",
     "ChannelSettings",
     "Correction",
     "CorrectionOutcome",
@@ -91,6 +96,9 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 SALT_SECRET = "corrections_salt"
 
 ScheduleKind = Literal["daily", "weekly", "every"]
+#: How readily a guild's mood alerts fire (bot/alerts/detector.py maps each to a test level).
+AlertSensitivity = Literal["low", "medium", "high"]
+ALERT_SENSITIVITIES: tuple[AlertSensitivity, ...] = ("low", "medium", "high")
 #: What became of a correction: kept, refused as the member's second one for that message, or refused because the
 #: server does not collect corrections (checked in the same transaction as the write).
 CorrectionOutcome = Literal["stored", "duplicate", "disabled"]
@@ -155,6 +163,40 @@ class Schedule:
     send_pending: bool = False  # the slot claimed at last_posted_at is not known to be posted yet
 
 
+@dataclass(frozen=True, slots=True)
+class AlertSettings:
+    """A guild's mood alerts (``/moodring alerts``): posted to ``mod_channel_id`` when a channel's share of messages
+    carrying any of ``labels`` rises above its own baseline; ``role_id`` is mentioned (None: no one is pinged)."""
+
+    guild_id: int
+    mod_channel_id: int
+    labels: tuple[str, ...]
+    sensitivity: AlertSensitivity
+    role_id: int | None
+    enabled: bool
+    disabled_reason: str | None  # why the bot switched them off (the moderators' channel went, say)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertChannel:
+    """One watched channel's alert state: no user id (who acknowledged is written in the alert message)."""
+
+    guild_id: int
+    channel_id: int
+    snoozed_until: float | None = None
+    steps: int = 0  # times a moderator pressed "Less sensitive" (each makes the test stricter)
+    last_alert_at: float | None = None  # the claim of its latest alert
+    acknowledged_at: float | None = None  # of that alert
+
+
+@dataclass(frozen=True, slots=True)
+class AlertCounts:
+    """The alert counter over a span: messages analysed, and those carrying at least one watched emotion."""
+
+    messages: int = 0
+    watched: int = 0
+
+
 #: How long a flush id is kept: far longer than any retry of its batch takes.
 FLUSH_IDS_KEPT_S = 86400
 
@@ -164,6 +206,8 @@ _Entry = tuple[int, int, float, tuple[tuple[str, float], ...]]
 #: {(guild, channel, bucket_start, label): (count, score_sum)}.
 ChannelRows = dict[tuple[int, int, int], int]
 EmotionRows = dict[tuple[int, int, int, str], tuple[int, float]]
+#: The alert counter of one flush: {(guild, channel, bucket_start): (messages, watched)}, for guilds with alerts on.
+AlertRows = dict[tuple[int, int, int], tuple[int, int]]
 
 
 def bucket_start(at: float) -> int:
@@ -259,9 +303,39 @@ def check_schedule(kind: str, hour: int | None, weekday: int | None, every_hours
         raise ValueError("every_hours must be at least 1")
 
 
-def _aggregate(entries: Sequence[_Entry]) -> tuple[ChannelRows, EmotionRows]:
+def alert_settings_from_row(row: Sequence[Any]) -> AlertSettings:
+    """An ``AlertSettings`` from a row of ``bot.store.schema.ALERT_SETTINGS_COLUMNS`` (labels comma-separated)."""
+    guild_id, channel_id, labels, sensitivity, role_id, enabled, reason = row
+    return AlertSettings(guild_id, channel_id, tuple(labels.split(",")), sensitivity, role_id, bool(enabled), reason)
+
+
+def counts_by_channel(rows: Sequence[Sequence[Any]]) -> dict[int, tuple[AlertCounts, AlertCounts]]:
+    """``Store.alert_counts``' result from ``(channel_id, in_window, SUM(messages), SUM(watched))`` rows."""
+    found: dict[int, list[AlertCounts]] = {}
+    for channel_id, in_window, messages, watched in rows:
+        spans = found.setdefault(int(channel_id), [AlertCounts(), AlertCounts()])
+        spans[1 if in_window else 0] = AlertCounts(int(messages), int(watched))
+    return {channel_id: (baseline, window) for channel_id, (baseline, window) in found.items()}
+
+
+def check_alert_settings(mod_channel_id: int, labels: Sequence[str], sensitivity: str) -> tuple[str, ...]:
+    """The labels as stored (sorted, distinct); ``ValueError`` for settings the schema would refuse."""
+    watched = tuple(sorted({str(label) for label in labels}))
+    if not watched or any(not label or "," in label for label in watched):
+        raise ValueError("alerts watch at least one emotion, named without commas")
+    if sensitivity not in ALERT_SENSITIVITIES:
+        raise ValueError(f"sensitivity must be one of {', '.join(ALERT_SENSITIVITIES)}")
+    if int(mod_channel_id) < 1:
+        raise ValueError("alerts need a moderators' channel")
+    return watched
+
+
+def _aggregate(
+    entries: Sequence[_Entry], watched: dict[int, frozenset[str]]
+) -> tuple[ChannelRows, EmotionRows, AlertRows]:
     channel_rows: ChannelRows = {}
     emotion_rows: dict[tuple[int, int, int, str], list[float]] = {}
+    alert_rows: dict[tuple[int, int, int], list[int]] = {}
     for guild_id, channel_id, at, labels in entries:
         key = (guild_id, channel_id, bucket_start(at))
         channel_rows[key] = channel_rows.get(key, 0) + 1
@@ -269,7 +343,13 @@ def _aggregate(entries: Sequence[_Entry]) -> tuple[ChannelRows, EmotionRows]:
             totals = emotion_rows.setdefault((*key, label), [0, 0.0])
             totals[0] += 1
             totals[1] += score
-    return channel_rows, {key: (int(count), score) for key, (count, score) in emotion_rows.items()}
+        watching = watched.get(guild_id)
+        if watching is not None:
+            counts = alert_rows.setdefault(key, [0, 0])
+            counts[0] += 1
+            counts[1] += any(label in watching for label, _ in labels)
+    emotions = {key: (int(count), score) for key, (count, score) in emotion_rows.items()}
+    return channel_rows, emotions, {key: (messages, hits) for key, (messages, hits) in alert_rows.items()}
 
 
 class Store(abc.ABC):
@@ -332,6 +412,10 @@ class Store(abc.ABC):
         self._opt_out_backoff = Backoff("reading the opt-outs", log, cap=1, expected=(StoreError,))
         self.opt_out_polls = 0
         self.opt_out_reloads = 0
+        # The watched emotions of every guild with alerts on, which each flush counts into alert_buckets: read at
+        # open, changed by this store's own writes at once, and read again by every ``enabled_alert_settings`` (the
+        # alert loop's, each minute: a change another process made is counted from then on).
+        self._watched: dict[int, frozenset[str]] = {}
 
     @property
     def failed_flushes(self) -> int:
@@ -346,11 +430,12 @@ class Store(abc.ABC):
     # ------------------------------------------------------------------ lifecycle
 
     async def _open(self, opt_out_refresh_s: float | None) -> None:
-        """The end of an engine's ``open``: read the opt-outs and start the flusher, and the opt-outs' poll every
-        ``opt_out_refresh_s`` seconds (None: none, for a store that is the only writer of its database). When the
-        read fails, the store is disconnected and the error raised."""
+        """The end of an engine's ``open``: read the opt-outs and the alerts' watched emotions, and start the
+        flusher, and the opt-outs' poll every ``opt_out_refresh_s`` seconds (None: none, for a store that is the only
+        writer of its database). When a read fails, the store is disconnected and the error raised."""
         try:
             await self.refresh_opt_outs()
+            await self.enabled_alert_settings()
         except BaseException:
             self._db_closed = True
             await self._disconnect()
@@ -675,7 +760,7 @@ class Store(abc.ABC):
         self._in_flight = len(entries)
         self._flush_committed = self._flush_outcome_unknown = False
         try:
-            await self._write_buckets(*_aggregate(entries), flush_id)
+            await self._write_buckets(*_aggregate(entries, self._watched), flush_id)
         except BaseException:
             if self._flush_committed:  # cancelled after COMMIT went through: re-buffering would count twice
                 self.flushed_total += len(entries)
@@ -691,12 +776,14 @@ class Store(abc.ABC):
         return len(entries)
 
     @abc.abstractmethod
-    async def _write_buckets(self, channel_rows: ChannelRows, emotion_rows: EmotionRows, flush_id: str) -> None:
-        """Add the rows to the buckets in ONE transaction (under the lock), together with ``flush_id`` in
-        ``statistics_flushes``; write nothing (and succeed) when ``flush_id`` is there already: an earlier try of this
-        batch committed. Ids older than ``FLUSH_IDS_KEPT_S`` go in the same transaction. Sets ``_flush_committed``
-        when an error (a cancellation) arrives after the COMMIT went through, ``_flush_outcome_unknown`` when the
-        COMMIT was sent and its answer lost."""
+    async def _write_buckets(
+        self, channel_rows: ChannelRows, emotion_rows: EmotionRows, alert_rows: AlertRows, flush_id: str
+    ) -> None:
+        """Add the rows to the buckets and the alert counter in ONE transaction (under the lock), together with
+        ``flush_id`` in ``statistics_flushes``; write nothing (and succeed) when ``flush_id`` is there already: an
+        earlier try of this batch committed. Ids older than ``FLUSH_IDS_KEPT_S`` go in the same transaction. Sets
+        ``_flush_committed`` when an error (a cancellation) arrives after the COMMIT went through,
+        ``_flush_outcome_unknown`` when the COMMIT was sent and its answer lost."""
 
     async def _flush_loop(self) -> None:
         """Flush every ``flush_interval``; after failures, wait 2, 4, ... up to ``FLUSH_BACKOFF_CAP`` intervals.
@@ -805,21 +892,117 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def delete_schedule(self, schedule_id: int) -> bool: ...
 
+    # ------------------------------------------------------------------ mood alerts
+
+    async def enabled_alert_settings(self) -> list[AlertSettings]:
+        """Every guild's alert settings that are on (for the alert loop), by guild; the flushes count, from now on,
+        exactly these guilds' watched emotions."""
+        enabled = await self._enabled_alert_settings()
+        self._watched = {settings.guild_id: frozenset(settings.labels) for settings in enabled}
+        return enabled
+
+    @abc.abstractmethod
+    async def _enabled_alert_settings(self) -> list[AlertSettings]: ...
+
+    @abc.abstractmethod
+    async def alert_settings(self, guild_id: int) -> AlertSettings | None:
+        """The guild's alert settings, on or off; None when they were never set."""
+
+    async def set_alert_settings(
+        self,
+        guild_id: int,
+        *,
+        mod_channel_id: int,
+        labels: Sequence[str],
+        sensitivity: AlertSensitivity,
+        role_id: int | None,
+        enabled: bool,
+    ) -> AlertSettings:
+        """Create or replace the guild's alert settings (switched on or off as asked, with no reason kept).
+
+        Changing the watched emotions deletes the guild's alert counter in the same transaction: a baseline is
+        never a mix of two sets of emotions, so alerts wait until the new set has a baseline of its own.
+        """
+        watched = check_alert_settings(mod_channel_id, labels, sensitivity)
+        saved = await self._upsert_alert_settings(
+            AlertSettings(guild_id, int(mod_channel_id), watched, sensitivity, role_id, bool(enabled), None)
+        )
+        if saved.enabled:
+            self._watched[guild_id] = frozenset(saved.labels)
+        else:
+            self._watched.pop(guild_id, None)
+        return saved
+
+    @abc.abstractmethod
+    async def _upsert_alert_settings(self, settings: AlertSettings) -> AlertSettings:
+        """Insert or replace the row and, when its labels changed, delete the guild's ``alert_buckets``, in one
+        transaction; the row as committed."""
+
+    async def disable_alerts(self, guild_id: int, reason: str) -> bool:
+        """Switch the guild's alerts off (the bot cannot post them); True only for the call that switched them off,
+        so of any number of callers (ticks, processes) one tells the admins."""
+        changed = await self._disable_alerts(guild_id, reason)
+        self._watched.pop(guild_id, None)
+        return changed
+
+    @abc.abstractmethod
+    async def _disable_alerts(self, guild_id: int, reason: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def alert_channels(self, guild_id: int) -> dict[int, AlertChannel]:
+        """The guild's channels that have an alert state (the others have none: never alerted, snoozed or made
+        less sensitive)."""
+
+    @abc.abstractmethod
+    async def alert_counts(
+        self, guild_id: int, since: float, window_start: float, until: float
+    ) -> dict[int, tuple[AlertCounts, AlertCounts]]:
+        """Per channel of the guild with counts: (baseline, window), the counter summed over the hourly buckets
+        starting in [since, window_start) and in [window_start, until)."""
+
+    @abc.abstractmethod
+    async def claim_alert(self, guild_id: int, channel_id: int, since: float, at: float) -> bool:
+        """Record, before posting, that the channel's alert is posted at ``at``; False when it already had one at or
+        after ``since`` (its cooldown) or is snoozed past ``at``. Atomic like ``claim_slot``: of any number of
+        callers (ticks, processes) exactly one gets True; a send Discord refused gives it back with
+        ``release_alert``."""
+
+    @abc.abstractmethod
+    async def release_alert(self, guild_id: int, channel_id: int, at: float, previous: float | None) -> bool:
+        """Undo ``claim_alert(..., at)`` (the alert was not sent): ``last_alert_at`` back to ``previous``, unless it
+        was claimed again since."""
+
+    @abc.abstractmethod
+    async def update_alert_channel(
+        self,
+        guild_id: int,
+        channel_id: int,
+        *,
+        snoozed_until: float | None = None,
+        more_steps: int = 0,
+        acknowledged_at: float | None = None,
+    ) -> AlertChannel:
+        """A moderator's action on a channel's alert: snooze it until ``snoozed_until``, add ``more_steps`` to its
+        "less sensitive" steps, or record ``acknowledged_at`` (None and 0: unchanged); the state as committed."""
+
     # ------------------------------------------------------------------ privacy
 
     async def forget_guild(self, guild_id: int) -> int:
-        """Delete every statistics row of one guild, buffered ones included, and its corrections; returns the rows
-        deleted."""
+        """Delete every statistics row of one guild (its alert counter included), buffered ones included, and its
+        corrections; returns the rows deleted."""
         return await self._delete_guild(guild_id, (*STATISTICS_TABLES, *CORRECTION_TABLES))
 
     async def remove_guild(self, guild_id: int) -> int:
         """Delete everything kept about a guild (the bot was removed from it): statistics, buffered ones
-        included, corrections, channel and guild settings and summary schedules; returns the rows deleted. The
+        included, corrections, channel and guild settings, summary schedules and alert settings and states; returns
+        the rows deleted. The
         opt-outs stay (as with ``forget_guild``): each is a member's own choice, in every server."""
         return await self._delete_guild(guild_id, (*STATISTICS_TABLES, *CORRECTION_TABLES, *SETTINGS_TABLES))
 
     async def _delete_guild(self, guild_id: int, tables: Sequence[str]) -> int:
         settings = "channel_settings" in tables
+        if settings:
+            self._watched.pop(guild_id, None)
         async with self._lock:
             self._check_open()
             keys = {key for key in (*self._settings, *self._settings_unknown) if key[0] == guild_id}

@@ -36,6 +36,10 @@ from bot.store.interface import (
     DEFAULT_RETENTION_DAYS,
     FLUSH_IDS_KEPT_S,
     SALT_SECRET,
+    AlertChannel,
+    AlertCounts,
+    AlertRows,
+    AlertSettings,
     ChannelRows,
     ChannelSettings,
     Correction,
@@ -46,8 +50,10 @@ from bot.store.interface import (
     Schedule,
     ScheduleKind,
     Store,
+    alert_settings_from_row,
     check_correction,
     correction_from_row,
+    counts_by_channel,
     member_correction_from_row,
     redact_url,
     schedule_from_row,
@@ -56,7 +62,13 @@ from bot.store.interface import (
 )
 from bot.store.member_key import rehash
 from bot.store.migrate import MigrationTarget, load_scripts, migrate
-from bot.store.schema import CORRECTION_COLUMNS, SCHEDULE_COLUMNS, STATISTICS_TABLES
+from bot.store.schema import (
+    ALERT_CHANNEL_COLUMNS,
+    ALERT_SETTINGS_COLUMNS,
+    CORRECTION_COLUMNS,
+    SCHEDULE_COLUMNS,
+    STATISTICS_TABLES,
+)
 
 __all__ = ["MIGRATIONS", "MIGRATION_LOCK", "Listener", "LockHolder", "PostgresStore", "hold_locks", "listen", "notify"]
 
@@ -86,6 +98,11 @@ _UPSERT_EMOTION_BUCKET = """
     VALUES ($1, $2, $3, $4, $5, $6)
     ON CONFLICT (guild_id, channel_id, bucket_start, label)
     DO UPDATE SET count = e.count + excluded.count, score_sum = e.score_sum + excluded.score_sum
+"""
+_UPSERT_ALERT_BUCKET = """
+    INSERT INTO alert_buckets AS a (guild_id, channel_id, bucket_start, messages, watched) VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (guild_id, channel_id, bucket_start)
+    DO UPDATE SET messages = a.messages + excluded.messages, watched = a.watched + excluded.watched
 """
 #: The guild's retention in seconds, for a row of ``alias`` ($2: the default in days).
 _RETENTION = (
@@ -354,7 +371,9 @@ class PostgresStore(Store):
 
     # ------------------------------------------------------------------ statistics
 
-    async def _write_buckets(self, channel_rows: ChannelRows, emotion_rows: EmotionRows, flush_id: str) -> None:
+    async def _write_buckets(
+        self, channel_rows: ChannelRows, emotion_rows: EmotionRows, alert_rows: AlertRows, flush_id: str
+    ) -> None:
         # Sorted keys: two processes flushing overlapping buckets take the row locks in the same order (no deadlock).
         now = time.time()
         async with self._connection() as connection:
@@ -374,6 +393,9 @@ class PostgresStore(Store):
                     )
                     await connection.executemany(
                         _UPSERT_EMOTION_BUCKET, [(*k, c, s) for k, (c, s) in sorted(emotion_rows.items())]
+                    )
+                    await connection.executemany(
+                        _UPSERT_ALERT_BUCKET, [(*k, n, w) for k, (n, w) in sorted(alert_rows.items())]
                     )
             except BaseException:
                 await _rollback(transaction)
@@ -497,6 +519,123 @@ class PostgresStore(Store):
 
     async def delete_schedule(self, schedule_id: int) -> bool:
         return await self._changed("DELETE FROM summary_schedules WHERE id = $1", schedule_id)
+
+    # ------------------------------------------------------------------ mood alerts
+
+    async def _enabled_alert_settings(self) -> list[AlertSettings]:
+        rows = await self._fetch(f"SELECT {ALERT_SETTINGS_COLUMNS} FROM alert_settings WHERE enabled ORDER BY guild_id")
+        return [alert_settings_from_row(row) for row in rows]
+
+    async def alert_settings(self, guild_id: int) -> AlertSettings | None:
+        row = await self._fetchrow(f"SELECT {ALERT_SETTINGS_COLUMNS} FROM alert_settings WHERE guild_id = $1", guild_id)
+        return alert_settings_from_row(row) if row else None
+
+    async def _upsert_alert_settings(self, settings: AlertSettings) -> AlertSettings:
+        labels = ",".join(settings.labels)
+        async with self._connection() as connection, connection.transaction():
+            await connection.execute(
+                "DELETE FROM alert_buckets WHERE guild_id = $1 AND EXISTS (SELECT 1 FROM alert_settings "
+                "WHERE guild_id = $1 AND labels <> $2)",
+                settings.guild_id,
+                labels,
+            )
+            row = await connection.fetchrow(
+                f"""
+                INSERT INTO alert_settings ({ALERT_SETTINGS_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, NULL)
+                ON CONFLICT (guild_id) DO UPDATE SET
+                    mod_channel_id = excluded.mod_channel_id, labels = excluded.labels,
+                    sensitivity = excluded.sensitivity, role_id = excluded.role_id, enabled = excluded.enabled,
+                    disabled_reason = NULL
+                RETURNING {ALERT_SETTINGS_COLUMNS}
+                """,
+                settings.guild_id,
+                settings.mod_channel_id,
+                labels,
+                settings.sensitivity,
+                settings.role_id,
+                settings.enabled,
+            )
+        return alert_settings_from_row(row)
+
+    async def _disable_alerts(self, guild_id: int, reason: str) -> bool:
+        return await self._changed(
+            "UPDATE alert_settings SET enabled = FALSE, disabled_reason = $1 WHERE guild_id = $2 AND enabled",
+            reason,
+            guild_id,
+        )
+
+    async def alert_channels(self, guild_id: int) -> dict[int, AlertChannel]:
+        rows = await self._fetch(f"SELECT {ALERT_CHANNEL_COLUMNS} FROM alert_channels WHERE guild_id = $1", guild_id)
+        return {row[1]: AlertChannel(*row) for row in rows}
+
+    async def alert_counts(
+        self, guild_id: int, since: float, window_start: float, until: float
+    ) -> dict[int, tuple[AlertCounts, AlertCounts]]:
+        # bucket_start is a whole second: [a, b) over reals is [ceil(a), ceil(b)) over integers.
+        since_s, window_s, until_s = (-int(-moment // 1) for moment in (since, window_start, until))
+        rows = await self._fetch(
+            "SELECT channel_id, bucket_start >= $2, SUM(messages), SUM(watched) FROM alert_buckets "
+            "WHERE guild_id = $1 AND bucket_start >= $3 AND bucket_start < $4 GROUP BY 1, 2",
+            guild_id,
+            window_s,
+            since_s,
+            until_s,
+        )
+        return counts_by_channel(rows)
+
+    async def claim_alert(self, guild_id: int, channel_id: int, since: float, at: float) -> bool:
+        # As ``claim_slot``: a second writer of the row waits for the first and re-checks the WHERE clause on the row
+        # it committed (an INSERT that meets a row inserted meanwhile does the same through ON CONFLICT).
+        row = await self._fetchrow(
+            """
+            INSERT INTO alert_channels AS a (guild_id, channel_id, last_alert_at) VALUES ($1, $2, $3)
+            ON CONFLICT (guild_id, channel_id) DO UPDATE SET last_alert_at = $3, acknowledged_at = NULL
+            WHERE (a.last_alert_at IS NULL OR a.last_alert_at < $4)
+                AND (a.snoozed_until IS NULL OR a.snoozed_until <= $3)
+            RETURNING TRUE
+            """,
+            guild_id,
+            channel_id,
+            at,
+            since,
+        )
+        return row is not None
+
+    async def release_alert(self, guild_id: int, channel_id: int, at: float, previous: float | None) -> bool:
+        return await self._changed(
+            "UPDATE alert_channels SET last_alert_at = $1 "
+            "WHERE guild_id = $2 AND channel_id = $3 AND last_alert_at = $4",
+            previous,
+            guild_id,
+            channel_id,
+            at,
+        )
+
+    async def update_alert_channel(
+        self,
+        guild_id: int,
+        channel_id: int,
+        *,
+        snoozed_until: float | None = None,
+        more_steps: int = 0,
+        acknowledged_at: float | None = None,
+    ) -> AlertChannel:
+        row = await self._fetchrow(
+            f"""
+            INSERT INTO alert_channels AS a (guild_id, channel_id, snoozed_until, steps, acknowledged_at)
+            VALUES ($1, $2, $3::float8, $4::integer, $5::float8)
+            ON CONFLICT (guild_id, channel_id) DO UPDATE SET
+                snoozed_until = COALESCE($3::float8, a.snoozed_until), steps = a.steps + $4::integer,
+                acknowledged_at = COALESCE($5::float8, a.acknowledged_at)
+            RETURNING {ALERT_CHANNEL_COLUMNS}
+            """,
+            guild_id,
+            channel_id,
+            snoozed_until,
+            int(more_steps),
+            acknowledged_at,
+        )
+        return AlertChannel(*row)
 
     # ------------------------------------------------------------------ privacy
 

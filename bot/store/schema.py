@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "ALERT_CHANNEL_COLUMNS",
+    "ALERT_SETTINGS_COLUMNS",
     "CORRECTION_COLUMNS",
     "CORRECTION_TABLES",
     "SCHEDULE_COLUMNS",
@@ -65,6 +67,14 @@ TABLES = (
     Table("statistics_flushes", "bookkeeping", ("id", "at"), ("id",)),
     Table("opt_outs", "choices", ("digest", "opted_out_at"), ("digest",)),
     Table("opt_out_changes", "bookkeeping", ("version",), ()),  # one row: the count of opt-out changes, polled
+    Table("alert_settings", "settings",
+          ("guild_id", "mod_channel_id", "labels", "sensitivity", "role_id", "enabled", "disabled_reason"),
+          ("guild_id",), booleans=("enabled",)),
+    Table("alert_channels", "settings",
+          ("guild_id", "channel_id", "snoozed_until", "steps", "last_alert_at", "acknowledged_at"),
+          ("guild_id", "channel_id")),
+    Table("alert_buckets", "statistics", ("guild_id", "channel_id", "bucket_start", "messages", "watched"),
+          ("guild_id", "channel_id", "bucket_start"), counters=("messages", "watched")),
 )  # fmt: skip
 
 _BY_NAME = {table.name: table for table in TABLES}
@@ -82,6 +92,9 @@ SETTINGS_TABLES = _names("settings")
 #: The columns of a ``Schedule`` (bot.store.interface), in its fields' order.
 SCHEDULE_COLUMNS = ", ".join(_BY_NAME["summary_schedules"].columns)
 #: The columns of a ``Correction``, in its fields' order: all but the row id and the member hashes.
+#: The columns of an ``AlertSettings`` and an ``AlertChannel`` (bot.store.interface), in their fields' order.
+ALERT_SETTINGS_COLUMNS = ", ".join(_BY_NAME["alert_settings"].columns)
+ALERT_CHANNEL_COLUMNS = ", ".join(_BY_NAME["alert_channels"].columns)
 CORRECTION_COLUMNS = ", ".join(
     c for c in _BY_NAME["corrections"].columns if c not in ("id", "dedup_hash", "voter_hash")
 )

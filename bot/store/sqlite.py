@@ -35,6 +35,10 @@ from bot.store.interface import (
     DEFAULT_RETENTION_DAYS,
     FLUSH_IDS_KEPT_S,
     SALT_SECRET,
+    AlertChannel,
+    AlertCounts,
+    AlertRows,
+    AlertSettings,
     ChannelRows,
     ChannelSettings,
     Correction,
@@ -45,8 +49,10 @@ from bot.store.interface import (
     Schedule,
     ScheduleKind,
     Store,
+    alert_settings_from_row,
     check_correction,
     correction_from_row,
+    counts_by_channel,
     make_directory,
     member_correction_from_row,
     schedule_from_row,
@@ -55,7 +61,13 @@ from bot.store.interface import (
 )
 from bot.store.member_key import rehash
 from bot.store.migrate import MigrationTarget, load_scripts, migrate
-from bot.store.schema import CORRECTION_COLUMNS, SCHEDULE_COLUMNS, STATISTICS_TABLES
+from bot.store.schema import (
+    ALERT_CHANNEL_COLUMNS,
+    ALERT_SETTINGS_COLUMNS,
+    CORRECTION_COLUMNS,
+    SCHEDULE_COLUMNS,
+    STATISTICS_TABLES,
+)
 
 __all__ = ["MIGRATIONS", "SqliteStore"]
 
@@ -80,6 +92,11 @@ _UPSERT_EMOTION_BUCKET = """
     VALUES (?, ?, ?, ?, ?, ?)
     ON CONFLICT (guild_id, channel_id, bucket_start, label)
     DO UPDATE SET count = count + excluded.count, score_sum = score_sum + excluded.score_sum
+"""
+_UPSERT_ALERT_BUCKET = """
+    INSERT INTO alert_buckets (guild_id, channel_id, bucket_start, messages, watched) VALUES (?, ?, ?, ?, ?)
+    ON CONFLICT (guild_id, channel_id, bucket_start)
+    DO UPDATE SET messages = messages + excluded.messages, watched = watched + excluded.watched
 """
 
 
@@ -372,7 +389,9 @@ class SqliteStore(Store):
 
     # ------------------------------------------------------------------ statistics
 
-    async def _write_buckets(self, channel_rows: ChannelRows, emotion_rows: EmotionRows, flush_id: str) -> None:
+    async def _write_buckets(
+        self, channel_rows: ChannelRows, emotion_rows: EmotionRows, alert_rows: AlertRows, flush_id: str
+    ) -> None:
         db = self._db
         committing = False
         now = time.time()
@@ -387,6 +406,7 @@ class SqliteStore(Store):
                     # Parents first: emotion_buckets references channel_buckets.
                     await db.executemany(_UPSERT_CHANNEL_BUCKET, [(*k, n) for k, n in channel_rows.items()])
                     await db.executemany(_UPSERT_EMOTION_BUCKET, [(*k, c, s) for k, (c, s) in emotion_rows.items()])
+                    await db.executemany(_UPSERT_ALERT_BUCKET, [(*k, n, w) for k, (n, w) in alert_rows.items()])
                 committing = True
                 await db.execute("COMMIT")
             except BaseException as error:
@@ -460,41 +480,154 @@ class SqliteStore(Store):
             params = (guild_id,)
         return [schedule_from_row(row) for row in await self._fetchall(sql, params)]
 
-    async def _update_schedule(self, sql: str, params: Sequence[object]) -> bool:
+    async def _changed(self, sql: str, params: Sequence[object]) -> bool:
+        """One statement in its own write transaction; whether it changed a row."""
         async with self._write() as db, db.execute(sql, params) as cursor:
             return cursor.rowcount > 0
 
     async def mark_posted(self, schedule_id: int, at: float) -> bool:
-        return await self._update_schedule(
-            "UPDATE summary_schedules SET last_posted_at = ? WHERE id = ?", (at, schedule_id)
-        )
+        return await self._changed("UPDATE summary_schedules SET last_posted_at = ? WHERE id = ?", (at, schedule_id))
 
     async def claim_slot(self, schedule_id: int, slot: float, at: float) -> bool:
-        return await self._update_schedule(
+        return await self._changed(
             "UPDATE summary_schedules SET last_posted_at = ?, send_pending = 1 "
             "WHERE id = ? AND enabled = 1 AND (last_posted_at IS NULL OR last_posted_at < ?)",
             (at, schedule_id, slot),
         )
 
     async def confirm_slot(self, schedule_id: int, at: float) -> bool:
-        return await self._update_schedule(
+        return await self._changed(
             "UPDATE summary_schedules SET send_pending = 0 WHERE id = ? AND send_pending = 1 AND last_posted_at = ?",
             (schedule_id, at),
         )
 
     async def release_slot(self, schedule_id: int, at: float, previous: float | None) -> bool:
-        return await self._update_schedule(
+        return await self._changed(
             "UPDATE summary_schedules SET last_posted_at = ?, send_pending = 0 WHERE id = ? AND last_posted_at = ?",
             (previous, schedule_id, at),
         )
 
     async def disable_schedule(self, schedule_id: int, reason: str) -> bool:
-        return await self._update_schedule(
+        return await self._changed(
             "UPDATE summary_schedules SET enabled = 0, disabled_reason = ? WHERE id = ?", (reason, schedule_id)
         )
 
     async def delete_schedule(self, schedule_id: int) -> bool:
-        return await self._update_schedule("DELETE FROM summary_schedules WHERE id = ?", (schedule_id,))
+        return await self._changed("DELETE FROM summary_schedules WHERE id = ?", (schedule_id,))
+
+    # ------------------------------------------------------------------ mood alerts
+
+    async def _enabled_alert_settings(self) -> list[AlertSettings]:
+        rows = await self._fetchall(
+            f"SELECT {ALERT_SETTINGS_COLUMNS} FROM alert_settings WHERE enabled = 1 ORDER BY guild_id", ()
+        )
+        return [alert_settings_from_row(row) for row in rows]
+
+    async def alert_settings(self, guild_id: int) -> AlertSettings | None:
+        rows = await self._fetchall(
+            f"SELECT {ALERT_SETTINGS_COLUMNS} FROM alert_settings WHERE guild_id = ?", (guild_id,)
+        )
+        return alert_settings_from_row(rows[0]) if rows else None
+
+    async def _upsert_alert_settings(self, settings: AlertSettings) -> AlertSettings:
+        labels = ",".join(settings.labels)
+        async with self._write() as db:
+            await db.execute(
+                "DELETE FROM alert_buckets WHERE guild_id = ? AND EXISTS (SELECT 1 FROM alert_settings "
+                "WHERE guild_id = ? AND labels <> ?)",
+                (settings.guild_id, settings.guild_id, labels),
+            )
+            async with db.execute(
+                f"""
+                INSERT INTO alert_settings ({ALERT_SETTINGS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, NULL)
+                ON CONFLICT (guild_id) DO UPDATE SET
+                    mod_channel_id = excluded.mod_channel_id, labels = excluded.labels,
+                    sensitivity = excluded.sensitivity, role_id = excluded.role_id, enabled = excluded.enabled,
+                    disabled_reason = NULL
+                RETURNING {ALERT_SETTINGS_COLUMNS}
+                """,
+                (
+                    settings.guild_id,
+                    settings.mod_channel_id,
+                    labels,
+                    settings.sensitivity,
+                    settings.role_id,
+                    int(settings.enabled),
+                ),
+            ) as cursor:
+                row = await cursor.fetchone()
+        return alert_settings_from_row(row)
+
+    async def _disable_alerts(self, guild_id: int, reason: str) -> bool:
+        return await self._changed(
+            "UPDATE alert_settings SET enabled = 0, disabled_reason = ? WHERE guild_id = ? AND enabled = 1",
+            (reason, guild_id),
+        )
+
+    async def alert_channels(self, guild_id: int) -> dict[int, AlertChannel]:
+        rows = await self._fetchall(
+            f"SELECT {ALERT_CHANNEL_COLUMNS} FROM alert_channels WHERE guild_id = ?", (guild_id,)
+        )
+        return {row[1]: AlertChannel(*row) for row in rows}
+
+    async def alert_counts(
+        self, guild_id: int, since: float, window_start: float, until: float
+    ) -> dict[int, tuple[AlertCounts, AlertCounts]]:
+        rows = await self._fetchall(
+            "SELECT channel_id, bucket_start >= ?, SUM(messages), SUM(watched) FROM alert_buckets "
+            "WHERE guild_id = ? AND bucket_start >= ? AND bucket_start < ? GROUP BY 1, 2",
+            (window_start, guild_id, since, until),
+        )
+        return counts_by_channel(rows)
+
+    async def claim_alert(self, guild_id: int, channel_id: int, since: float, at: float) -> bool:
+        async with (
+            self._write() as db,
+            db.execute(
+                """
+            INSERT INTO alert_channels (guild_id, channel_id, last_alert_at) VALUES (:guild, :channel, :at)
+            ON CONFLICT (guild_id, channel_id) DO UPDATE SET last_alert_at = :at, acknowledged_at = NULL
+            WHERE (last_alert_at IS NULL OR last_alert_at < :since) AND (snoozed_until IS NULL OR snoozed_until <= :at)
+            RETURNING 1
+            """,
+                {"guild": guild_id, "channel": channel_id, "at": at, "since": since},
+            ) as cursor,
+        ):
+            return await cursor.fetchone() is not None
+
+    async def release_alert(self, guild_id: int, channel_id: int, at: float, previous: float | None) -> bool:
+        return await self._changed(
+            "UPDATE alert_channels SET last_alert_at = ? WHERE guild_id = ? AND channel_id = ? AND last_alert_at = ?",
+            (previous, guild_id, channel_id, at),
+        )
+
+    async def update_alert_channel(
+        self,
+        guild_id: int,
+        channel_id: int,
+        *,
+        snoozed_until: float | None = None,
+        more_steps: int = 0,
+        acknowledged_at: float | None = None,
+    ) -> AlertChannel:
+        row = await self._write_returning(
+            f"""
+            INSERT INTO alert_channels (guild_id, channel_id, snoozed_until, steps, acknowledged_at)
+            VALUES (:guild, :channel, :snoozed, :steps, :acknowledged)
+            ON CONFLICT (guild_id, channel_id) DO UPDATE SET
+                snoozed_until = COALESCE(:snoozed, snoozed_until), steps = steps + :steps,
+                acknowledged_at = COALESCE(:acknowledged, acknowledged_at)
+            RETURNING {ALERT_CHANNEL_COLUMNS}
+            """,
+            {
+                "guild": guild_id,
+                "channel": channel_id,
+                "snoozed": snoozed_until,
+                "steps": int(more_steps),
+                "acknowledged": acknowledged_at,
+            },
+        )
+        return AlertChannel(*row)
 
     # ------------------------------------------------------------------ privacy
 

@@ -85,18 +85,33 @@ function nameOf(id) {
   return state.members.find((m) => m.id === id)?.name ?? "unknown";
 }
 
-// Discord's markdown, the part the bot uses: **bold**, `code`, > quotes, <@mentions>, <#channels>.
+// A role's name for a role mention (<@&id>).
+function roleName(id) {
+  return view.state.roles.find((r) => r.id === id)?.name ?? "unknown-role";
+}
+
+// Discord's timestamp markup, <t:unix> and <t:unix:style>, in the viewer's time zone (t: time, else date and time).
+function timestampText(part) {
+  const [, seconds, style] = part.match(/^<t:(-?\d+)(?::([tTdDfFR]))?>$/);
+  const moment = new Date(Number(seconds) * 1000);
+  return /^[tT]$/.test(style || "") ? moment.toLocaleTimeString() : moment.toLocaleString();
+}
+
+// Discord's markdown, the part the bot uses: **bold**, `code`, > quotes, <@mentions>, <@&role mentions>,
+// <#channels> and <t:timestamps>.
 function renderMarkdown(text) {
   const node = el("div", {class: "content"});
   for (const [index, line] of (text || "").split("\n").entries()) {
     if (index) node.append(el("br"));
     const quoted = line.startsWith("> ");
     const target = quoted ? el("blockquote") : node;
-    const parts = (quoted ? line.slice(2) : line).split(/(\*\*[^*]+\*\*|`[^`]+`|<@!?\d+>|<#\d+>)/);
+    const parts = (quoted ? line.slice(2) : line).split(/(\*\*[^*]+\*\*|`[^`]+`|<@!?\d+>|<@&\d+>|<#\d+>|<t:-?\d+(?::[tTdDfFR])?>)/);
     for (const part of parts) {
       if (/^\*\*.+\*\*$/.test(part)) target.append(el("b", {text: part.slice(2, -2)}));
       else if (/^`.+`$/.test(part)) target.append(el("code", {text: part.slice(1, -1)}));
       else if (/^<@!?\d+>$/.test(part)) target.append(el("span", {class: "mention", text: "@" + nameOf(part.replace(/\D/g, ""))}));
+      else if (/^<@&\d+>$/.test(part)) target.append(el("span", {class: "mention", text: "@" + roleName(part.replace(/\D/g, ""))}));
+      else if (/^<t:/.test(part)) target.append(el("span", {class: "timestamp", text: timestampText(part)}));
       else if (/^<#\d+>$/.test(part)) {
         const channel = view.state.channels.find((c) => c.id === part.replace(/\D/g, ""));
         target.append(el("span", {class: "mention", text: "#" + (channel?.name ?? "unknown")}));
@@ -109,7 +124,7 @@ function renderMarkdown(text) {
 
 // A message's text with mentions as names, for one-line previews.
 function plainText(text) {
-  return (text || "").replace(/<@!?(\d+)>/g, (_, id) => "@" + nameOf(id));
+  return (text || "").replace(/<@!?(\d+)>/g, (_, id) => "@" + nameOf(id)).replace(/<@&(\d+)>/g, (_, id) => "@" + roleName(id));
 }
 
 // "@Name" typed in the composer becomes a real mention, <@id>, as Discord's client does.
@@ -372,6 +387,10 @@ function optionInput(option) {
   if (option.type === 7) {
     return el("select", {name}, el("option", {value: "", text: ""}),
       ...view.state.channels.map((c) => el("option", {value: c.id, text: "#" + c.name})));
+  }
+  if (option.type === 8) {
+    return el("select", {name}, el("option", {value: "", text: ""}),
+      ...view.state.roles.map((r) => el("option", {value: r.id, text: "@" + r.name})));
   }
   const numeric = option.type === 4 || option.type === 10;
   return el("input", {name, type: numeric ? "number" : "text", placeholder: option.description, required: option.required});
