@@ -136,7 +136,7 @@ async def test_a_removal_during_an_outage_is_retried_and_deletes_the_servers_dat
     assert any(f"deleted the data of guild {guild}" in r.getMessage() for r in caplog.records)
 
 
-async def test_the_summary_and_retention_loops_log_one_line_per_outage(
+async def test_the_summary_alert_and_retention_loops_log_one_line_per_outage(
     discord_standin: DiscordStandIn,
     make_moodring_bot: BotFactory,
     postgres_server: PostgresServer,
@@ -146,32 +146,35 @@ async def test_the_summary_and_retention_loops_log_one_line_per_outage(
     """While PostgreSQL is down the loops fail tick after tick: one warning each (no traceback), and one line each
     when the server is back."""
     async with make_moodring_bot(database=postgres_url) as bot:
-        summaries, housekeeping = bot.get_cog("Mood"), bot.get_cog("Housekeeping")
+        loops = {
+            "posting scheduled summaries": (bot.get_cog("Mood").summaries, bot.get_cog("Mood").summary_backoff),
+            "checking mood alerts": (bot.get_cog("Alerts").alerts, bot.get_cog("Alerts").backoff),
+            "the retention prune": (
+                bot.get_cog("Housekeeping").retention,
+                bot.get_cog("Housekeeping").retention_backoff,
+            ),
+        }
         with caplog.at_level(logging.DEBUG, logger="bot.cogs"):
             with postgres_down(postgres_server):
-                summaries.summaries.change_interval(seconds=0.05)
-                housekeeping.retention.change_interval(seconds=0.05)
+                for loop, _ in loops.values():
+                    loop.change_interval(seconds=0.05)
                 await wait_until(
-                    lambda: (
-                        summaries.summary_backoff.total_failures >= 3
-                        and housekeeping.retention_backoff.total_failures >= 3
-                    ),
+                    lambda: all(backoff.total_failures >= 3 for _, backoff in loops.values()),
                     timeout=60,
                     what="three failed ticks of each loop",
                 )
             await wait_until(
-                lambda: not summaries.summary_backoff.failing and not housekeeping.retention_backoff.failing,
+                lambda: not any(backoff.failing for _, backoff in loops.values()),
                 timeout=60,
-                what="both loops working again",
+                what="every loop working again",
             )
     records = [r for r in caplog.records if r.name.startswith("bot.cogs")]
     warnings = [r for r in records if r.levelno >= logging.WARNING]
-    assert sorted(r.getMessage().split(" failed: ")[0] for r in warnings) == [
-        "posting scheduled summaries",
-        "the retention prune",
-    ], [r.getMessage() for r in warnings]
+    assert sorted(r.getMessage().split(" failed: ")[0] for r in warnings) == sorted(loops), [
+        r.getMessage() for r in warnings
+    ]
     assert all(r.exc_info is None for r in warnings), [r.getMessage() for r in warnings]
-    assert sum("works again" in r.getMessage() for r in records) == 2
+    assert sum("works again" in r.getMessage() for r in records) == len(loops)
 
 
 async def test_moodring_run_while_postgresql_is_down_exits_75_with_one_line(
