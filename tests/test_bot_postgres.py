@@ -1,8 +1,8 @@
 """The real bot on PostgreSQL through the stand-in: a message is analysed, its statistics reach the database and a
 scheduled summary counts it; and `moodring run` with credentials PostgreSQL refuses exits with one line. Outages of a
 real server that the tests stop and start: a removal from a server during one is retried and deletes every row of
-that server once PostgreSQL is back; the summary and retention loops log one line per outage; `moodring run` exits
-75 (try again later) while the server is down, and 2 for a database it must not use."""
+that server once PostgreSQL is back; the summary, alert and retention loops log one line per outage; `moodring run`
+exits 75 (try again later) while the server is down, and 2 for a database it must not use."""
 
 from __future__ import annotations
 
@@ -136,7 +136,7 @@ async def test_a_removal_during_an_outage_is_retried_and_deletes_the_servers_dat
     assert any(f"deleted the data of guild {guild}" in r.getMessage() for r in caplog.records)
 
 
-async def test_the_summary_and_retention_loops_log_one_line_per_outage(
+async def test_the_summary_alert_and_retention_loops_log_one_line_per_outage(
     discord_standin: DiscordStandIn,
     make_moodring_bot: BotFactory,
     postgres_server: PostgresServer,
@@ -146,32 +146,30 @@ async def test_the_summary_and_retention_loops_log_one_line_per_outage(
     """While PostgreSQL is down the loops fail tick after tick: one warning each (no traceback), and one line each
     when the server is back."""
     async with make_moodring_bot(database=postgres_url) as bot:
-        summaries, housekeeping = bot.get_cog("Mood"), bot.get_cog("Housekeeping")
+        summaries, housekeeping, alerts = bot.get_cog("Mood"), bot.get_cog("Housekeeping"), bot.get_cog("Alerts")
+        backoffs = (summaries.summary_backoff, housekeeping.retention_backoff, alerts.backoff)
         with caplog.at_level(logging.DEBUG, logger="bot.cogs"):
             with postgres_down(postgres_server):
                 summaries.summaries.change_interval(seconds=0.05)
                 housekeeping.retention.change_interval(seconds=0.05)
+                alerts.alerts.change_interval(seconds=0.05)
                 await wait_until(
-                    lambda: (
-                        summaries.summary_backoff.total_failures >= 3
-                        and housekeeping.retention_backoff.total_failures >= 3
-                    ),
+                    lambda: all(backoff.total_failures >= 3 for backoff in backoffs),
                     timeout=60,
                     what="three failed ticks of each loop",
                 )
             await wait_until(
-                lambda: not summaries.summary_backoff.failing and not housekeeping.retention_backoff.failing,
-                timeout=60,
-                what="both loops working again",
+                lambda: not any(backoff.failing for backoff in backoffs), timeout=60, what="the loops working again"
             )
     records = [r for r in caplog.records if r.name.startswith("bot.cogs")]
     warnings = [r for r in records if r.levelno >= logging.WARNING]
     assert sorted(r.getMessage().split(" failed: ")[0] for r in warnings) == [
+        "checking mood alerts",
         "posting scheduled summaries",
         "the retention prune",
     ], [r.getMessage() for r in warnings]
     assert all(r.exc_info is None for r in warnings), [r.getMessage() for r in warnings]
-    assert sum("works again" in r.getMessage() for r in records) == 2
+    assert sum("works again" in r.getMessage() for r in records) == 3
 
 
 async def test_moodring_run_while_postgresql_is_down_exits_75_with_one_line(
