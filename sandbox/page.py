@@ -9,10 +9,10 @@ the page reads again what it shows.
 API (JSON; errors are ``{"error": "..."}`` with status 400; every POST must be ``Content-Type: application/json``,
 415 otherwise; only the page's own origin may use it, 403 otherwise: sandbox/guard.py):
 
-* ``GET /sandbox/api/state``: guild, channels, roles (for role mentions and role options), members (with their role in the story and their server-wide
-  ``permissions``, by which the page hides the commands whose ``default_member_permissions`` a member lacks, as
-  Discord does), the bot (with its ``status``: the activity of its last presence update, as Discord shows it under its
-  name), its synced commands
+* ``GET /sandbox/api/state``: guild, channels, roles (for role mentions and role options), members (with their
+  role in the story and their server-wide ``permissions``, by which the page hides the commands whose
+  ``default_member_permissions`` a member lacks, as Discord does), the bot (with its ``status``: the activity of
+  its last presence update, as Discord shows it under its name), its synced commands
 * ``GET /sandbox/api/channels/{channel_id}/messages?viewer=ID``: the last 100 messages member ID can see, oldest first
   (ephemeral answers only for the member who asked)
 * ``POST /sandbox/api/messages`` ``{channel_id, author_id, content, reply_to?}``: ``<@id>`` in content mentions

@@ -84,6 +84,25 @@ async def test_another_process_turning_alerts_on_is_counted_after_the_next_read(
         assert await first.alert_counts(1, 0, T0, T0 + H) == {2: (AlertCounts(), AlertCounts(1, 1))}
 
 
+async def test_a_read_of_the_settings_that_a_change_overtook_does_not_undo_it(store_database: str) -> None:
+    """The alert loop's read began before an admin's change and ended after it: the change is still counted (it
+    failed before: the read's older answer wiped the watched emotions until the next read)."""
+    async with await open_store(store_database, flush_interval=3600) as store:
+        read = store._enabled_alert_settings
+
+        async def overtaken() -> list:
+            before = await read()  # nothing on yet
+            await alerts_on(store)  # meanwhile, this store's own change
+            return before
+
+        store._enabled_alert_settings = overtaken
+        assert await store.enabled_alert_settings() == []
+        store._enabled_alert_settings = read
+        store.record(1, 2, [("anger", 0.9)], at=T0)
+        await store.flush()
+        assert await store.alert_counts(1, 0, T0, T0 + H) == {2: (AlertCounts(), AlertCounts(1, 1))}
+
+
 async def test_alerts_are_switched_off_once(store_database: str) -> None:
     async with await open_store(store_database) as store:
         await alerts_on(store)

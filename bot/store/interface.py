@@ -416,6 +416,9 @@ class Store(abc.ABC):
         # open, changed by this store's own writes at once, and read again by every ``enabled_alert_settings`` (the
         # alert loop's, each minute: a change another process made is counted from then on).
         self._watched: dict[int, frozenset[str]] = {}
+        # Raised by each of those own writes: a read that a write of this store overtook is not taken (it may
+        # predate the write, and would undo it until the next read).
+        self._watched_changes = 0
 
     @property
     def failed_flushes(self) -> int:
@@ -897,8 +900,10 @@ class Store(abc.ABC):
     async def enabled_alert_settings(self) -> list[AlertSettings]:
         """Every guild's alert settings that are on (for the alert loop), by guild; the flushes count, from now on,
         exactly these guilds' watched emotions."""
+        changes = self._watched_changes
         enabled = await self._enabled_alert_settings()
-        self._watched = {settings.guild_id: frozenset(settings.labels) for settings in enabled}
+        if changes == self._watched_changes:
+            self._watched = {settings.guild_id: frozenset(settings.labels) for settings in enabled}
         return enabled
 
     @abc.abstractmethod
@@ -931,6 +936,7 @@ class Store(abc.ABC):
             self._watched[guild_id] = frozenset(saved.labels)
         else:
             self._watched.pop(guild_id, None)
+        self._watched_changes += 1
         return saved
 
     @abc.abstractmethod
@@ -943,6 +949,7 @@ class Store(abc.ABC):
         so of any number of callers (ticks, processes) one tells the admins."""
         changed = await self._disable_alerts(guild_id, reason)
         self._watched.pop(guild_id, None)
+        self._watched_changes += 1
         return changed
 
     @abc.abstractmethod
@@ -1003,6 +1010,7 @@ class Store(abc.ABC):
         settings = "channel_settings" in tables
         if settings:
             self._watched.pop(guild_id, None)
+            self._watched_changes += 1
         async with self._lock:
             self._check_open()
             keys = {key for key in (*self._settings, *self._settings_unknown) if key[0] == guild_id}
