@@ -43,6 +43,12 @@ async def _flush(store: Store) -> int:
 #: One call of every public method that uses the database.
 CALLS: dict[str, Callable[[Store], Awaitable[object]]] = {
     "add_correction": lambda s: s.add_correction(CORRECTION, message_key="m", member_id=3),
+    "alert_channels": lambda s: s.alert_channels(1),
+    "alert_counts": lambda s: s.alert_counts(1, NOW - 86400, NOW - 3600, NOW),
+    "alert_settings": lambda s: s.alert_settings(1),
+    "claim_alert": lambda s: s.claim_alert(1, 2, NOW - 3600, NOW),
+    "disable_alerts": lambda s: s.disable_alerts(1, "a test"),
+    "enabled_alert_settings": lambda s: s.enabled_alert_settings(),
     "claim_slot": lambda s: s.claim_slot(1, NOW - 60, NOW),
     "clear_corrections": lambda s: s.clear_corrections(1),
     "confirm_slot": lambda s: s.confirm_slot(1, NOW),
@@ -59,22 +65,28 @@ CALLS: dict[str, Callable[[Store], Awaitable[object]]] = {
     "mood": lambda s: s.mood(1, None, 0, NOW),
     "prune": lambda s: s.prune(NOW),
     "refresh_opt_outs": lambda s: s.refresh_opt_outs(),
+    "release_alert": lambda s: s.release_alert(1, 2, NOW, None),
     "release_slot": lambda s: s.release_slot(1, NOW, None),
     "remove_guild": lambda s: s.remove_guild(1),
     "retention_days": lambda s: s.retention_days(1),
     "schedules": lambda s: s.schedules(),
+    "set_alert_settings": lambda s: s.set_alert_settings(
+        1, mod_channel_id=9, labels=("anger",), sensitivity="medium", role_id=None, enabled=True
+    ),
     "set_channel_settings": lambda s: s.set_channel_settings(1, 2, reactions=True),
     "set_corrections_enabled": lambda s: s.set_corrections_enabled(1, True),
     "set_opted_out": lambda s: s.set_opted_out(3, True),
     "set_retention_days": lambda s: s.set_retention_days(1, 30),
     "timeline": lambda s: s.timeline(1, 2, 0, NOW),
+    "update_alert_channel": lambda s: s.update_alert_channel(1, 2, more_steps=1),
     "upsert_schedule": lambda s: s.upsert_schedule(1, 2, "daily", hour=9),
 }
 #: The rest: `open` (tested below), `close` (with a failed flush pending, below), and `channel_settings` and
 #: `is_opted_out` (both from memory).
 NOT_CALLED = {"open", "close", "channel_settings", "is_opted_out"}
-READS = {"corrections", "corrections_enabled", "counted_corrections", "guild_channel_settings", "has_corrected",
-         "mood", "refresh_opt_outs", "retention_days", "schedules", "timeline"}  # fmt: skip
+READS = {"alert_channels", "alert_counts", "alert_settings", "corrections", "corrections_enabled",
+         "counted_corrections", "enabled_alert_settings", "guild_channel_settings", "has_corrected", "mood",
+         "refresh_opt_outs", "retention_days", "schedules", "timeline"}  # fmt: skip
 
 
 @pytest.mark.parametrize("engine", [SqliteStore, PostgresStore])

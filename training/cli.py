@@ -41,7 +41,9 @@ def register(commands: argparse._SubParsersAction) -> None:
             help_text += f" (default: {spec.default})"
             train.add_argument(flag, choices=spec.metadata["choices"], default=spec.default, help=help_text)
         elif spec.name == "teacher":
-            train.add_argument(flag, nargs="+", metavar="DIR", default=spec.default, help=help_text)
+            train.add_argument(
+                flag, nargs="+", metavar="DIR", default=spec.default, help=help_text + " (default: none)"
+            )
         elif spec.name == "backbone":  # the environment's choice, else TrainArgs'
             help_text += f" (default: $MOODRING_BACKBONE, else {spec.default})"
             train.add_argument(flag, default=os.environ.get("MOODRING_BACKBONE") or spec.default, help=help_text)
