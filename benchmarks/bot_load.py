@@ -704,8 +704,11 @@ class LagProbe:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await self._task
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise  # this task was cancelled too (Ctrl-C): not the probe's cancellation, so not ours to swallow
 
 
 @dataclass
